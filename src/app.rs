@@ -1,0 +1,102 @@
+//! The commands, as library functions: `main` only parses arguments, sets up
+//! logging and signals, and calls [`run`]. Tests call the binary.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{check_roots, Cli, Command, OutputFormat, SyncArgs, VerifyArgs};
+use crate::error::{exit, Fatal};
+use crate::reconcile::{reconcile, RunOptions, Scope, Summary};
+use crate::sink::Sink;
+use crate::verify::{render_text, verify};
+
+/// Run a parsed command until it finishes or `cancel` fires; returns the exit code.
+pub async fn run(cli: Cli, cancel: CancellationToken) -> u8 {
+    let result = match cli.command {
+        Command::Sync(args) => sync(args, cancel).await,
+        Command::Verify(args) => verify_cmd(args, cancel).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(fatal) => {
+            tracing::error!(exit_code = fatal.exit_code(), "{fatal}");
+            eprintln!("docmirror: {fatal}");
+            fatal.exit_code()
+        }
+    }
+}
+
+async fn sync(args: SyncArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    let started = Instant::now();
+    let mut settings = args.common.settings(false)?;
+    args.write.apply(&mut settings.engine)?;
+    check_roots(&settings.engine.roots)?;
+    let engine = Arc::new(settings.engine);
+    let sink = Sink::connect(settings.sink, cancel.clone()).await?;
+    if !args.dry_run {
+        engine.indexes.apply(&sink).await?;
+    }
+    let opts = RunOptions {
+        dry_run: args.dry_run,
+        log_all_rejects: true,
+    };
+    let summary = reconcile(&engine, &sink, Scope::Full, opts, &cancel).await?;
+    println!("{}", summary_line(&summary, args.dry_run, started));
+    Ok(if summary.rejected > 0 {
+        exit::REJECTED
+    } else {
+        exit::OK
+    })
+}
+
+/// The one line `sync` ends with.
+pub fn summary_line(s: &Summary, dry_run: bool, started: Instant) -> String {
+    let (head, verb) = if dry_run {
+        ("sync (dry run)", "would be ")
+    } else {
+        ("sync", "")
+    };
+    format!(
+        "{head}: {} records read from {} files; {verb}inserted {}, {verb}updated {}, unchanged {}, \
+         skipped (newer in MongoDB) {}, rejected {} (bad files {}), {verb}archived {}, {verb}deleted {}, \
+         deletes held back {}; {:.2}s",
+        s.read,
+        s.files,
+        s.inserted,
+        s.updated,
+        s.unchanged,
+        s.skipped_newer,
+        s.rejected,
+        s.bad_files,
+        s.archived,
+        s.deleted,
+        s.deletes_held,
+        started.elapsed().as_secs_f64()
+    )
+}
+
+async fn verify_cmd(args: VerifyArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    let settings = args.common.settings(false)?;
+    check_roots(&settings.engine.roots)?;
+    let engine = Arc::new(settings.engine);
+    let sink = Sink::connect(settings.sink, cancel.clone()).await?;
+    let report = tokio::select! {
+        r = verify(&engine, &sink) => r?,
+        () = cancel.cancelled() => return Err(Fatal::Interrupted),
+    };
+    match args.format {
+        OutputFormat::Text => print!("{}", render_text(&report)),
+        OutputFormat::Json => {
+            let text =
+                serde_json::to_string_pretty(&report).map_err(|e| Fatal::Source(e.to_string()))?;
+            println!("{text}");
+        }
+    }
+    Ok(if report.in_sync {
+        exit::OK
+    } else {
+        exit::DIFFERENCES
+    })
+}

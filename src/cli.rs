@@ -1,0 +1,258 @@
+//! The command line, in two steps: what was typed ([`Cli`], parsed by clap)
+//! and what it means ([`Settings`]: validated, with the layout and index
+//! definitions loaded), so the commands never see a half-checked value.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::Fatal;
+use crate::layout::Layout;
+use crate::reconcile::{Conflict, Engine, OnDelete};
+use crate::sink::indexes::IndexSet;
+use crate::sink::{SinkOptions, WriteMode};
+use crate::source::{ReadLimits, Roots};
+
+pub const DEFAULT_URI: &str = "mongodb://localhost:27017/ml_training_platform";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "docmirror",
+    version,
+    about = "Mirror the ML Training Platform's JSON files into MongoDB"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on stderr: text for people, json for journald and containers
+    /// (auto: text on a terminal, json otherwise).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "auto",
+        env = "DOCMIRROR_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log only warnings and errors (RUST_LOG overrides).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    /// More logging: -v debug, -vv trace (RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mirror every record into MongoDB once, then exit.
+    Sync(SyncArgs),
+    /// Compare the files with MongoDB and report every difference (writes nothing).
+    Verify(VerifyArgs),
+}
+
+/// Where the files are, where MongoDB is, and how to write.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// The platform's data folder (users.json, datasets/metadata.json).
+    #[arg(long, env = "DOCMIRROR_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// The platform's artifacts folder (jobs/*.json).
+    #[arg(long, env = "DOCMIRROR_ARTIFACTS_DIR", default_value = "./artifacts")]
+    pub artifacts_dir: PathBuf,
+
+    /// MongoDB connection string; the database is its path unless --database is given.
+    #[arg(long, env = "MONGODB_URI", default_value = DEFAULT_URI, hide_env_values = true)]
+    pub mongodb_uri: String,
+
+    /// Database name (overrides the URI's path).
+    #[arg(long, env = "DOCMIRROR_DATABASE")]
+    pub database: Option<String>,
+
+    /// A layout file describing sources and mappings (default: the platform's, built in).
+    #[arg(long, env = "DOCMIRROR_LAYOUT")]
+    pub layout: Option<PathBuf>,
+
+    /// A folder of <collection>.json index definitions (default: built in, as in indexes/).
+    #[arg(long, env = "DOCMIRROR_INDEXES_DIR")]
+    pub indexes_dir: Option<PathBuf>,
+
+    /// How batches are written: bulk-write needs MongoDB 8.0+, commands works on 3.6+.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub write_mode: WriteMode,
+
+    /// Operations per write batch.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
+
+    /// Write batches in flight at once.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: u32,
+
+    /// Seconds to keep retrying an unreachable MongoDB before giving up.
+    #[arg(long, default_value_t = 30)]
+    pub mongodb_timeout: u64,
+
+    /// Files larger than this are rejected unread.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_file_bytes: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Read, map and compare; print what would be written; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub write: WriteArgs,
+}
+
+/// How changes are applied (sync and watch).
+#[derive(Debug, Clone, Args)]
+pub struct WriteArgs {
+    /// What to do with a document whose record is gone from the files.
+    #[arg(long, value_enum, default_value = "archive")]
+    pub on_delete: OnDelete,
+
+    /// newer-wins: never replace a document whose version time (updatedAt /
+    /// updated_at) is newer than the file's; file-wins: the file always wins.
+    #[arg(long, value_enum, default_value = "newer-wins")]
+    pub conflict: Conflict,
+
+    /// Apply deletes even when they would remove more than --mass-delete-fraction of a collection.
+    #[arg(long)]
+    pub allow_mass_delete: bool,
+
+    /// Fraction of a collection that one change may delete before deletes are held back.
+    #[arg(long, default_value_t = 0.5)]
+    pub mass_delete_fraction: f64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+/// Validated settings shared by every command.
+pub struct Settings {
+    pub engine: Engine,
+    pub sink: SinkOptions,
+}
+
+impl CommonArgs {
+    /// Load the layout and indexes and check the folders.
+    pub fn settings(&self, retry_forever: bool) -> Result<Settings, Fatal> {
+        let layout = match &self.layout {
+            Some(p) => Layout::from_file(p).map_err(|e| Fatal::Config(e.to_string()))?,
+            None => Layout::builtin(),
+        };
+        let indexes = match &self.indexes_dir {
+            Some(d) => IndexSet::from_dir(d)?,
+            None => IndexSet::builtin(),
+        };
+        let roots = Roots {
+            data: self.data_dir.clone(),
+            artifacts: self.artifacts_dir.clone(),
+        };
+        let mut engine = Engine::new(layout, roots, indexes);
+        engine.limits = ReadLimits {
+            max_file_bytes: self.max_file_bytes,
+        };
+        let sink = SinkOptions {
+            uri: self.mongodb_uri.clone(),
+            database: self.database.clone(),
+            write_mode: self.write_mode,
+            batch_size: usize::try_from(self.batch_size).unwrap_or(1000),
+            concurrency: usize::try_from(self.concurrency).unwrap_or(4),
+            retry_budget: (!retry_forever).then(|| Duration::from_secs(self.mongodb_timeout)),
+        };
+        Ok(Settings { engine, sink })
+    }
+}
+
+impl WriteArgs {
+    pub fn apply(&self, engine: &mut Engine) -> Result<(), Fatal> {
+        if !(self.mass_delete_fraction > 0.0 && self.mass_delete_fraction <= 1.0) {
+            return Err(Fatal::Config(
+                "--mass-delete-fraction must be above 0 and at most 1".into(),
+            ));
+        }
+        engine.on_delete = self.on_delete;
+        engine.conflict = self.conflict;
+        engine.allow_mass_delete = self.allow_mass_delete;
+        engine.mass_delete_fraction = self.mass_delete_fraction;
+        Ok(())
+    }
+}
+
+/// A one-shot command needs at least one of its folders: two missing folders
+/// mean a wrong path, not an empty platform.
+pub fn check_roots(roots: &Roots) -> Result<(), Fatal> {
+    let missing: Vec<_> = [
+        ("--data-dir", &roots.data),
+        ("--artifacts-dir", &roots.artifacts),
+    ]
+    .into_iter()
+    .filter(|(_, p)| !p.is_dir())
+    .collect();
+    if missing.len() == 2 {
+        return Err(Fatal::Source(format!(
+            "neither {} nor {} is a folder; set --data-dir/--artifacts-dir (or DOCMIRROR_DATA_DIR/DOCMIRROR_ARTIFACTS_DIR)",
+            roots.data.display(),
+            roots.artifacts.display()
+        )));
+    }
+    for (flag, p) in missing {
+        tracing::warn!(folder = %p.display(), "{flag} folder does not exist; reading it as empty");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_follow_the_guide() {
+        let cli = Cli::try_parse_from(["docmirror", "sync"]).unwrap();
+        let Command::Sync(s) = cli.command else {
+            panic!()
+        };
+        assert_eq!(s.common.data_dir, PathBuf::from("./data"));
+        assert_eq!(s.common.artifacts_dir, PathBuf::from("./artifacts"));
+        assert!(!s.dry_run);
+        assert_eq!(s.write.on_delete, OnDelete::Archive);
+    }
+}

@@ -1,0 +1,48 @@
+//! Fatal errors and the exit codes they map to. Per-record problems are not
+//! errors here: they are [`crate::mapping::Reject`]s, counted and stored.
+
+/// Exit codes, documented in the README. Stable: scripts rely on them.
+pub mod exit {
+    /// Success: every record mirrored (sync), or MongoDB matches the files (verify).
+    pub const OK: u8 = 0;
+    /// `verify` found differences.
+    pub const DIFFERENCES: u8 = 1;
+    /// Bad command line or configuration (layout, index files, URI).
+    pub const USAGE: u8 = 2;
+    /// `sync` finished, but some records or files were rejected (see `mirror_rejects`).
+    pub const REJECTED: u8 = 3;
+    /// MongoDB could not be reached in time, refused the credentials, or a write failed.
+    pub const MONGODB: u8 = 4;
+    /// An index could not be built (for example two documents already share an email).
+    pub const INDEX: u8 = 5;
+    /// A source folder could not be read.
+    pub const SOURCE: u8 = 6;
+    /// Stopped by SIGINT/SIGTERM before finishing (sync, verify).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Fatal {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("source: {0}")]
+    Source(String),
+    #[error("MongoDB: {0}")]
+    Mongo(String),
+    #[error("index: {0}")]
+    Index(String),
+    #[error("interrupted before finishing")]
+    Interrupted,
+}
+
+impl Fatal {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Fatal::Config(_) => exit::USAGE,
+            Fatal::Source(_) => exit::SOURCE,
+            Fatal::Mongo(_) => exit::MONGODB,
+            Fatal::Index(_) => exit::INDEX,
+            Fatal::Interrupted => exit::INTERRUPTED,
+        }
+    }
+}

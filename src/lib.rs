@@ -1,0 +1,23 @@
+//! docmirror: mirror the ML Training Platform's JSON-file storage into MongoDB.
+//!
+//! The modules follow the pipeline:
+//!
+//! - [`source`]: find the files a [`layout`] names, read them consistently, parse them;
+//! - [`mapping`]: turn each record into a BSON document, or a [`mapping::Reject`];
+//! - [`sink`]: batched, retried MongoDB writes and reads, and the [`sink::indexes`];
+//! - [`reconcile`]: the core shared by every command: compare the files with
+//!   MongoDB and write only the difference;
+//! - [`verify`]: the cutover check built on the same scan;
+//! - [`cli`] and [`app`]: the command line and the commands;
+//! - [`redact`]: keeping credentials out of logs; [`error`]: fatal errors and exit codes.
+
+pub mod app;
+pub mod cli;
+pub mod error;
+pub mod layout;
+pub mod mapping;
+pub mod reconcile;
+pub mod redact;
+pub mod sink;
+pub mod source;
+pub mod verify;

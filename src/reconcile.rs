@@ -1,0 +1,1255 @@
+//! The reconcile core shared by `sync`, `watch` and `verify`: read a set of
+//! source files, map their records, compare them with what MongoDB holds, and
+//! write only the difference. `sync` reconciles everything once; `watch`
+//! reconciles everything once and then the files that changed; `verify` stops
+//! after the comparison.
+//!
+//! Conservation rule: every record read ends in exactly one bucket:
+//! inserted, updated, unchanged, skipped (newer in MongoDB) or rejected.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bson::{doc, Bson, Document};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Fatal;
+use crate::layout::{Layout, SourceSpec};
+use crate::mapping::{self, map_record, Mapped, Reject};
+use crate::sink::indexes::IndexSet;
+use crate::sink::{OpResult, Sink, SinkError, WriteOp};
+use crate::source::{self, FileProblem, ReadLimits, Roots, SourceFile};
+
+pub const REJECTS: &str = "mirror_rejects";
+pub const ARCHIVE: &str = "mirror_archive";
+
+/// What happens to a document whose record disappeared from the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDelete {
+    /// Copy the last version into `mirror_archive`, then delete it.
+    Archive,
+    /// Delete it.
+    Delete,
+    /// Leave it in MongoDB.
+    Keep,
+}
+
+/// Which version wins when MongoDB holds a newer document than the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Conflict {
+    /// Only replace a document when the file's version time is not older.
+    NewerWins,
+    /// The file always wins.
+    FileWins,
+}
+
+/// Everything the core needs to know, fixed for a run.
+pub struct Engine {
+    pub layout: Layout,
+    pub fingerprints: Vec<String>,
+    pub roots: Roots,
+    pub limits: ReadLimits,
+    pub indexes: IndexSet,
+    pub on_delete: OnDelete,
+    pub conflict: Conflict,
+    /// Hold deletes that would remove more than this fraction of a collection.
+    pub mass_delete_fraction: f64,
+    pub allow_mass_delete: bool,
+}
+
+impl Engine {
+    pub fn new(layout: Layout, roots: Roots, indexes: IndexSet) -> Self {
+        let fingerprints = layout.sources.iter().map(Layout::fingerprint).collect();
+        Engine {
+            layout,
+            fingerprints,
+            roots,
+            limits: ReadLimits::default(),
+            indexes,
+            on_delete: OnDelete::Archive,
+            conflict: Conflict::NewerWins,
+            mass_delete_fraction: 0.5,
+            allow_mass_delete: false,
+        }
+    }
+}
+
+/// Which files to look at.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Every file of every source.
+    Full,
+    /// Just these files (they may have been deleted).
+    Files(Vec<SourceFile>),
+}
+
+/// Counters for one reconcile; the `sync` summary line prints them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub files: u64,
+    pub read: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub unchanged: u64,
+    pub skipped_newer: u64,
+    pub rejected: u64,
+    pub bad_files: u64,
+    pub deleted: u64,
+    pub archived: u64,
+    pub deletes_held: u64,
+}
+
+impl Summary {
+    pub fn add(&mut self, o: &Summary) {
+        self.files += o.files;
+        self.read += o.read;
+        self.inserted += o.inserted;
+        self.updated += o.updated;
+        self.unchanged += o.unchanged;
+        self.skipped_newer += o.skipped_newer;
+        self.rejected += o.rejected;
+        self.bad_files += o.bad_files;
+        self.deleted += o.deleted;
+        self.archived += o.archived;
+        self.deletes_held += o.deletes_held;
+    }
+
+    pub fn changed(&self) -> bool {
+        self.inserted + self.updated + self.deleted + self.archived > 0
+    }
+}
+
+/// A mapped record that is ready to be compared.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub mapped: Mapped,
+    pub rel: String,
+    pub position: Option<usize>,
+}
+
+impl Candidate {
+    pub fn locate(&self) -> String {
+        match self.position {
+            Some(p) => format!("{}[{p}]", self.rel),
+            None => self.rel.clone(),
+        }
+    }
+}
+
+/// A record or file that cannot be mirrored, as stored in `mirror_rejects`.
+#[derive(Debug, Clone)]
+pub struct RejectRecord {
+    pub key: String,
+    pub collection: String,
+    pub rel: String,
+    pub position: Option<usize>,
+    pub id: Option<String>,
+    pub reason: Reject,
+    pub record: Option<Bson>,
+}
+
+impl RejectRecord {
+    pub fn locate(&self) -> String {
+        match self.position {
+            Some(p) => format!("{}[{p}]", self.rel),
+            None => self.rel.clone(),
+        }
+    }
+
+    fn to_document(&self) -> Document {
+        let mut d = doc! {
+            "_id": &self.key,
+            "collection": &self.collection,
+            "source": &self.rel,
+            "position": self.position.and_then(|p| i64::try_from(p).ok()),
+            "record_id": self.id.clone(),
+            "reason_code": self.reason.code(),
+            "reason": self.reason.to_string(),
+            "first_seen": bson::DateTime::now(),
+        };
+        if let Some(r) = &self.record {
+            d.insert("record", r.clone());
+        }
+        d
+    }
+}
+
+/// One source's files, read and mapped.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    pub spec: usize,
+    pub candidates: Vec<Candidate>,
+    pub rejects: Vec<RejectRecord>,
+    /// Files read completely (their records are the whole truth for them).
+    pub read_ok: HashSet<String>,
+    /// Files confirmed absent.
+    pub missing: HashSet<String>,
+    /// Files that could not be read or parsed: documents from them are left alone.
+    pub bad: HashSet<String>,
+    /// Ids of rejected records: never deleted because of the reject.
+    pub protected_ids: HashSet<String>,
+    /// Files with a rejected record that has no usable id: no deletes from them.
+    pub no_deletes: HashSet<String>,
+    /// Whether the scan covered every file of the source.
+    pub complete: bool,
+    pub files: u64,
+    pub records: u64,
+}
+
+/// Read and map one source's files (blocking: run it on the blocking pool).
+pub fn scan_source(
+    engine: &Engine,
+    spec_idx: usize,
+    files: Option<Vec<SourceFile>>,
+) -> Result<Scanned, Fatal> {
+    let spec = &engine.layout.sources[spec_idx];
+    let fingerprint = &engine.fingerprints[spec_idx];
+    let mut out = Scanned {
+        spec: spec_idx,
+        complete: files.is_none(),
+        ..Default::default()
+    };
+    let files = match files {
+        Some(f) => f,
+        None => match source::discover(&engine.layout, &engine.roots, spec_idx) {
+            Ok(f) => f,
+            Err((rel, problem)) => {
+                return Err(Fatal::Source(format!(
+                    "{rel} ({}): {problem}",
+                    engine.roots.dir(spec.root).display()
+                )))
+            }
+        },
+    };
+    let mut first_by_id: HashMap<String, String> = HashMap::new();
+    let mut first_by_unique: HashMap<(String, String), String> = HashMap::new();
+    for file in files {
+        out.files += 1;
+        let records = match source::read_stable(&file.path, engine.limits) {
+            Ok(None) => {
+                out.missing.insert(file.rel.clone());
+                continue;
+            }
+            Ok(Some((bytes, _))) => source::parse(&bytes, spec.shape),
+            Err(p) => Err(p),
+        };
+        let records = match records {
+            Ok(r) => r,
+            Err(problem) => {
+                out.bad.insert(file.rel.clone());
+                out.rejects.push(file_reject(spec, &file.rel, problem));
+                continue;
+            }
+        };
+        out.read_ok.insert(file.rel.clone());
+        for raw in records {
+            out.records += 1;
+            let located = raw.locate(&file.rel);
+            match map_record(spec, fingerprint, &raw.value) {
+                Ok(m) => {
+                    if let Some(first) = first_by_id.get(&m.id) {
+                        let reason = Reject::DuplicateId {
+                            id: m.id.clone(),
+                            first: first.clone(),
+                        };
+                        out.protected_ids.insert(m.id.clone());
+                        out.rejects.push(record_reject(
+                            spec,
+                            &file.rel,
+                            raw.position,
+                            Some(m.id.clone()),
+                            reason,
+                            &raw.value,
+                        ));
+                        continue;
+                    }
+                    let mut clash = None;
+                    for field in &spec.normalize_email {
+                        if let Some(v) = m.doc.get_str(field).ok().map(str::to_string) {
+                            if let Some(first) = first_by_unique.get(&(field.clone(), v.clone())) {
+                                clash = Some(Reject::DuplicateEmail {
+                                    email: v,
+                                    first: first.clone(),
+                                });
+                                break;
+                            }
+                        }
+                    }
+                    if let Some(reason) = clash {
+                        out.protected_ids.insert(m.id.clone());
+                        out.rejects.push(record_reject(
+                            spec,
+                            &file.rel,
+                            raw.position,
+                            Some(m.id.clone()),
+                            reason,
+                            &raw.value,
+                        ));
+                        continue;
+                    }
+                    first_by_id.insert(m.id.clone(), located);
+                    for field in &spec.normalize_email {
+                        if let Ok(v) = m.doc.get_str(field) {
+                            first_by_unique
+                                .insert((field.clone(), v.to_string()), raw.locate(&file.rel));
+                        }
+                    }
+                    out.candidates.push(Candidate {
+                        mapped: m,
+                        rel: file.rel.clone(),
+                        position: raw.position,
+                    });
+                }
+                Err(reason) => {
+                    let id = raw
+                        .value
+                        .get(&spec.id_field)
+                        .and_then(|v| v.as_str())
+                        .filter(|s| !s.is_empty());
+                    match id {
+                        Some(id) => {
+                            out.protected_ids.insert(id.to_string());
+                        }
+                        None => {
+                            out.no_deletes.insert(file.rel.clone());
+                        }
+                    }
+                    let id = id.map(str::to_string);
+                    out.rejects.push(record_reject(
+                        spec,
+                        &file.rel,
+                        raw.position,
+                        id,
+                        reason,
+                        &raw.value,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn reject_key(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    mapping::hex(&h.finalize()[..12])
+}
+
+fn record_reject(
+    spec: &SourceSpec,
+    rel: &str,
+    position: Option<usize>,
+    id: Option<String>,
+    reason: Reject,
+    value: &serde_json::Value,
+) -> RejectRecord {
+    let content = match value {
+        serde_json::Value::Object(obj) => {
+            let skip = spec.password_field.as_deref().filter(|f| {
+                obj.get(*f)
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|p| !mapping::is_bcrypt(p))
+            });
+            mapping::content_hash("", obj, skip)
+        }
+        other => mapping::hex(&Sha256::digest(other.to_string().as_bytes())[..12]),
+    };
+    let pos = position.map(|p| p.to_string()).unwrap_or_default();
+    RejectRecord {
+        key: reject_key(&[&spec.collection, rel, &pos, reason.code(), &content]),
+        collection: spec.collection.clone(),
+        rel: rel.to_string(),
+        position,
+        id,
+        reason,
+        // Filled in (with plaintext passwords hashed) only when it is stored.
+        record: Some(Bson::String(value.to_string())),
+    }
+}
+
+fn file_reject(spec: &SourceSpec, rel: &str, problem: FileProblem) -> RejectRecord {
+    let detail = problem.to_string();
+    RejectRecord {
+        key: reject_key(&[&spec.collection, rel, "file", problem.code(), &detail]),
+        collection: spec.collection.clone(),
+        rel: rel.to_string(),
+        position: None,
+        id: None,
+        reason: Reject::File(problem),
+        record: None,
+    }
+}
+
+/// What MongoDB holds for one document, as far as the mirror cares.
+#[derive(Debug, Clone, Default)]
+pub struct Existing {
+    pub hash: Option<String>,
+    pub source: Option<String>,
+    pub fields: Vec<String>,
+    pub version: Option<bson::DateTime>,
+}
+
+fn existing_projection(spec: &SourceSpec) -> Document {
+    let mut p = doc! { "_mirror.hash": 1, "_mirror.source": 1, "_mirror.fields": 1 };
+    if let Some(v) = &spec.version_field {
+        p.insert(v.clone(), 1);
+    }
+    p
+}
+
+fn existing_from(spec: &SourceSpec, d: &Document) -> Option<(String, Existing)> {
+    let id = match d.get("_id") {
+        Some(Bson::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => return None,
+    };
+    let m = d.get_document("_mirror").ok();
+    let ex = Existing {
+        hash: m.and_then(|m| m.get_str("hash").ok()).map(str::to_string),
+        source: m.and_then(|m| m.get_str("source").ok()).map(str::to_string),
+        fields: m
+            .and_then(|m| m.get_array("fields").ok())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|b| b.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        version: spec
+            .version_field
+            .as_ref()
+            .and_then(|v| d.get_datetime(v).ok().copied()),
+    };
+    Some((id, ex))
+}
+
+/// The planned writes for one source, and the bookkeeping to check their results.
+#[derive(Debug, Default)]
+struct Plan {
+    inserts: Vec<Candidate>,
+    updates: Vec<(Candidate, Existing)>,
+    deletes: Vec<(String, Existing)>,
+    unchanged: u64,
+}
+
+/// How a reconcile run behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub dry_run: bool,
+    /// Log every reject, not only those not stored before (sync does).
+    pub log_all_rejects: bool,
+}
+
+/// Reconcile a scope: the heart of sync and watch.
+pub async fn reconcile(
+    engine: &Arc<Engine>,
+    sink: &Sink,
+    scope: Scope,
+    opts: RunOptions,
+    cancel: &CancellationToken,
+) -> Result<Summary, Fatal> {
+    let mut total = Summary::default();
+    let mut per_spec: Vec<Option<Vec<SourceFile>>> = vec![None; engine.layout.sources.len()];
+    let mut wanted: Vec<bool> = vec![matches!(scope, Scope::Full); engine.layout.sources.len()];
+    if let Scope::Files(files) = scope {
+        for f in files {
+            if let Some(slot) = per_spec.get_mut(f.spec) {
+                slot.get_or_insert_with(Vec::new).push(f.clone());
+                wanted[f.spec] = true;
+            }
+        }
+    }
+    for (spec_idx, files) in per_spec.into_iter().enumerate() {
+        if !wanted[spec_idx] {
+            continue;
+        }
+        if cancel.is_cancelled() {
+            return Err(Fatal::Interrupted);
+        }
+        let e = engine.clone();
+        let scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, files))
+            .await
+            .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
+        let s = reconcile_source(engine, sink, scanned, opts).await?;
+        total.add(&s);
+    }
+    Ok(total)
+}
+
+/// Fetch what MongoDB holds for the scanned files of one source.
+async fn fetch_existing(
+    engine: &Engine,
+    sink: &Sink,
+    scanned: &Scanned,
+) -> Result<HashMap<String, Existing>, SinkError> {
+    let spec = &engine.layout.sources[scanned.spec];
+    let projection = Some(existing_projection(spec));
+    let docs = if scanned.complete {
+        sink.find_all(&spec.collection, doc! {}, projection).await?
+    } else {
+        let mut ids: Vec<String> = scanned
+            .candidates
+            .iter()
+            .map(|c| c.mapped.id.clone())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let mut docs = sink
+            .find_by_ids(&spec.collection, &ids, projection.clone())
+            .await?;
+        let rels: Vec<Bson> = scanned
+            .read_ok
+            .iter()
+            .chain(&scanned.missing)
+            .map(|r| Bson::String(r.clone()))
+            .collect();
+        if !rels.is_empty() {
+            docs.extend(
+                sink.find_all(
+                    &spec.collection,
+                    doc! { "_mirror.source": { "$in": rels } },
+                    projection,
+                )
+                .await?,
+            );
+        }
+        docs
+    };
+    Ok(docs.iter().filter_map(|d| existing_from(spec, d)).collect())
+}
+
+async fn reconcile_source(
+    engine: &Arc<Engine>,
+    sink: &Sink,
+    mut scanned: Scanned,
+    opts: RunOptions,
+) -> Result<Summary, Fatal> {
+    let spec = engine.layout.sources[scanned.spec].clone();
+    let mut summary = Summary {
+        files: scanned.files,
+        read: scanned.records,
+        ..Default::default()
+    };
+    let existing = fetch_existing(engine, sink, &scanned).await?;
+    let candidates = std::mem::take(&mut scanned.candidates);
+
+    // Plan: compare content hashes; records whose file did not change are not touched.
+    let mut plan = Plan::default();
+    let mut plaintext_same = Vec::new();
+    let mut ids_in_files: HashSet<String> = HashSet::with_capacity(candidates.len());
+    for c in candidates {
+        ids_in_files.insert(c.mapped.id.clone());
+        match existing.get(&c.mapped.id) {
+            None => plan.inserts.push(c),
+            Some(ex) => {
+                if let Some(other) = other_live_source(engine, &spec, &c, ex) {
+                    let reason = Reject::DuplicateId {
+                        id: c.mapped.id.clone(),
+                        first: other,
+                    };
+                    scanned.rejects.push(candidate_reject(&spec, &c, reason));
+                    continue;
+                }
+                if ex.hash.as_deref() == Some(c.mapped.hash.as_str())
+                    && ex.source.as_deref() == Some(c.rel.as_str())
+                {
+                    if c.mapped.plaintext.is_some() {
+                        plaintext_same.push((c, ex.clone()));
+                    } else {
+                        plan.unchanged += 1;
+                    }
+                } else {
+                    plan.updates.push((c, ex.clone()));
+                }
+            }
+        }
+    }
+    // Plaintext passwords are not in the content hash: check them with bcrypt.
+    if !plaintext_same.is_empty() {
+        let changed = plaintext_changed(sink, &spec, plaintext_same).await?;
+        for (c, ex, differs) in changed {
+            if differs {
+                plan.updates.push((c, ex));
+            } else {
+                plan.unchanged += 1;
+            }
+        }
+    }
+    // Deletes: documents the mirror wrote from files it has now read in full
+    // (or that are gone) whose records are no longer there.
+    for (id, ex) in &existing {
+        let Some(src) = &ex.source else { continue };
+        if ids_in_files.contains(id)
+            || scanned.protected_ids.contains(id)
+            || scanned.no_deletes.contains(src)
+        {
+            continue;
+        }
+        let authoritative = scanned.read_ok.contains(src)
+            || scanned.missing.contains(src)
+            || (scanned.complete && !scanned.bad.contains(src) && belongs_to(engine, &spec, src));
+        if authoritative {
+            plan.deletes.push((id.clone(), ex.clone()));
+        }
+    }
+    plan.deletes.sort_by(|a, b| a.0.cmp(&b.0));
+
+    summary.unchanged = plan.unchanged;
+    if opts.dry_run {
+        print_plan(&spec, &plan, engine.on_delete);
+        summary.inserted = count(plan.inserts.len());
+        summary.updated = count(plan.updates.len());
+        if engine.on_delete != OnDelete::Keep {
+            summary.deleted = count(plan.deletes.len());
+        }
+        summary.rejected = count(scanned.rejects.len());
+        summary.bad_files = count(scanned.bad.len());
+        for r in &scanned.rejects {
+            println!(
+                "would reject {} {}: {}",
+                spec.collection,
+                r.locate(),
+                r.reason
+            );
+        }
+        return Ok(summary);
+    }
+
+    let mut rejects = scanned.rejects;
+    apply_writes(
+        engine,
+        sink,
+        &spec,
+        plan.inserts,
+        plan.updates,
+        &mut summary,
+        &mut rejects,
+    )
+    .await?;
+    apply_deletes(
+        engine,
+        sink,
+        &spec,
+        plan.deletes,
+        existing.len(),
+        &mut summary,
+    )
+    .await?;
+    summary.bad_files = count(scanned.bad.len());
+    summary.rejected = count(rejects.len());
+    store_rejects(
+        sink,
+        &spec,
+        &scanned.read_ok,
+        &scanned.bad,
+        &scanned.missing,
+        scanned.complete,
+        rejects,
+        opts,
+    )
+    .await?;
+    Ok(summary)
+}
+
+/// Whether `rel` names a file of this source (used to find documents whose file is gone).
+fn belongs_to(engine: &Engine, spec: &SourceSpec, rel: &str) -> bool {
+    let prefix = format!("{}/", spec.root.label());
+    let _ = engine;
+    rel.strip_prefix(&prefix)
+        .is_some_and(|r| spec.matches_rel(std::path::Path::new(r)))
+}
+
+/// For one-record-per-file sources: another file that still exists already holds this id.
+fn other_live_source(
+    engine: &Engine,
+    spec: &SourceSpec,
+    c: &Candidate,
+    ex: &Existing,
+) -> Option<String> {
+    let src = ex.source.as_ref()?;
+    if src == &c.rel || !spec.is_pattern() || !belongs_to(engine, spec, src) {
+        return None;
+    }
+    let rel = src.strip_prefix(&format!("{}/", spec.root.label()))?;
+    let path = engine.roots.dir(spec.root).join(rel);
+    // Only a file that still holds the same id keeps it.
+    let (bytes, _) = source::read_stable(&path, engine.limits).ok()??;
+    let records = source::parse(&bytes, spec.shape).ok()?;
+    records
+        .iter()
+        .any(|r| r.value.get(&spec.id_field).and_then(|v| v.as_str()) == Some(c.mapped.id.as_str()))
+        .then(|| src.clone())
+}
+
+fn candidate_reject(spec: &SourceSpec, c: &Candidate, reason: Reject) -> RejectRecord {
+    let pos = c.position.map(|p| p.to_string()).unwrap_or_default();
+    RejectRecord {
+        key: reject_key(&[
+            &spec.collection,
+            &c.rel,
+            &pos,
+            reason.code(),
+            &c.mapped.hash,
+        ]),
+        collection: spec.collection.clone(),
+        rel: c.rel.clone(),
+        position: c.position,
+        id: Some(c.mapped.id.clone()),
+        reason,
+        record: Some(Bson::Document(c.mapped.doc.clone())),
+    }
+}
+
+async fn plaintext_changed(
+    sink: &Sink,
+    spec: &SourceSpec,
+    same: Vec<(Candidate, Existing)>,
+) -> Result<Vec<(Candidate, Existing, bool)>, Fatal> {
+    let Some(field) = spec.password_field.clone() else {
+        return Ok(same.into_iter().map(|(c, e)| (c, e, false)).collect());
+    };
+    let ids: Vec<String> = same.iter().map(|(c, _)| c.mapped.id.clone()).collect();
+    let docs = sink
+        .find_by_ids(&spec.collection, &ids, Some(doc! { field.clone(): 1 }))
+        .await?;
+    let stored: HashMap<String, String> = docs
+        .iter()
+        .filter_map(|d| {
+            Some((
+                d.get_str("_id").ok()?.to_string(),
+                d.get_str(&field).ok()?.to_string(),
+            ))
+        })
+        .collect();
+    let checked = tokio::task::spawn_blocking(move || {
+        same.into_iter()
+            .map(|(c, e)| {
+                let ok = match (c.mapped.plaintext.as_ref(), stored.get(&c.mapped.id)) {
+                    (Some(p), Some(h)) => bcrypt::verify(p.expose(), h).unwrap_or(false),
+                    _ => false,
+                };
+                (c, e, !ok)
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Fatal::Source(format!("bcrypt task failed: {e}")))?;
+    Ok(checked)
+}
+
+/// Hash plaintext passwords of the records about to be written, on all cores
+/// of the blocking pool.
+async fn hash_plaintexts(
+    spec: &SourceSpec,
+    cands: Vec<Candidate>,
+) -> Result<Vec<Candidate>, Fatal> {
+    let Some(field) = spec.password_field.clone() else {
+        return Ok(cands);
+    };
+    if cands.iter().all(|c| c.mapped.plaintext.is_none()) {
+        return Ok(cands);
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut cands = cands;
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let chunk = cands.len().div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            for part in cands.chunks_mut(chunk) {
+                let field = field.as_str();
+                s.spawn(move || {
+                    for c in part {
+                        // bcrypt fails only on an over-long password; such a record is
+                        // written without its password rather than in plaintext.
+                        if mapping::hash_password(&mut c.mapped, field).is_err() {
+                            c.mapped.plaintext = None;
+                        }
+                    }
+                });
+            }
+        });
+        cands
+    })
+    .await
+    .map_err(|e| Fatal::Source(format!("bcrypt task failed: {e}")))
+}
+
+fn mirror_doc(c: &Candidate) -> Document {
+    doc! {
+        "source": &c.rel,
+        "hash": &c.mapped.hash,
+        "fields": c.mapped.fields.clone(),
+        "at": bson::DateTime::now(),
+    }
+}
+
+fn insert_op(spec: &SourceSpec, c: &Candidate) -> WriteOp {
+    let mut d = c.mapped.doc.clone();
+    d.insert("_mirror", mirror_doc(c));
+    WriteOp::Insert {
+        coll: spec.collection.clone(),
+        doc: d,
+    }
+}
+
+fn update_op(engine: &Engine, spec: &SourceSpec, c: &Candidate, ex: &Existing) -> WriteOp {
+    let mut set = c.mapped.doc.clone();
+    set.remove("_id");
+    set.insert("_mirror", mirror_doc(c));
+    let mut update = doc! { "$set": set };
+    let removed: Document = ex
+        .fields
+        .iter()
+        .filter(|f| !c.mapped.fields.contains(f) && f.as_str() != "_id" && f.as_str() != "_mirror")
+        .map(|f| (f.clone(), Bson::String(String::new())))
+        .collect();
+    if !removed.is_empty() {
+        update.insert("$unset", removed);
+    }
+    WriteOp::Update {
+        coll: spec.collection.clone(),
+        filter: update_filter(engine, spec, c),
+        update,
+        upsert: false,
+    }
+}
+
+/// `{_id}` plus, under newer-wins, "MongoDB's version is not newer than the file's".
+/// The check and the write are one server-side operation.
+fn update_filter(engine: &Engine, spec: &SourceSpec, c: &Candidate) -> Document {
+    let mut f = doc! { "_id": &c.mapped.id };
+    if let (Conflict::NewerWins, Some(vf), Some(v)) =
+        (engine.conflict, &spec.version_field, c.mapped.version)
+    {
+        f.insert(
+            "$or",
+            vec![
+                Bson::Document(doc! { vf.clone(): { "$lte": v } }),
+                Bson::Document(doc! { vf.clone(): { "$not": { "$type": "date" } } }),
+            ],
+        );
+    }
+    f
+}
+
+/// Write inserts and updates, then settle every outcome: duplicates become
+/// rejects, updates refused by the version check become `skipped_newer`, and
+/// anything that raced with another writer is planned again (a few rounds).
+async fn apply_writes(
+    engine: &Engine,
+    sink: &Sink,
+    spec: &SourceSpec,
+    inserts: Vec<Candidate>,
+    updates: Vec<(Candidate, Existing)>,
+    summary: &mut Summary,
+    rejects: &mut Vec<RejectRecord>,
+) -> Result<(), Fatal> {
+    const ROUNDS: usize = 4;
+    let mut inserts = hash_plaintexts(spec, inserts).await?;
+    let (mut upd_c, mut upd_e): (Vec<Candidate>, Vec<Existing>) = updates.into_iter().unzip();
+    upd_c = hash_plaintexts(spec, upd_c).await?;
+    let mut updates: Vec<(Candidate, Existing)> = upd_c.into_iter().zip(upd_e.drain(..)).collect();
+
+    for round in 0..ROUNDS {
+        if inserts.is_empty() && updates.is_empty() {
+            break;
+        }
+        let mut ops: Vec<WriteOp> = inserts.iter().map(|c| insert_op(spec, c)).collect();
+        ops.extend(updates.iter().map(|(c, ex)| update_op(engine, spec, c, ex)));
+        let results = sink.write(ops).await?;
+        let n_ins = inserts.len();
+        let mut unsure: Vec<(Candidate, bool, OpResult)> = Vec::new();
+        let mut pending = inserts
+            .into_iter()
+            .map(|c| (c, true))
+            .chain(updates.into_iter().map(|(c, _)| (c, false)));
+        for (i, r) in results.into_iter().enumerate() {
+            let Some((c, is_insert)) = pending.next() else {
+                break;
+            };
+            debug_assert_eq!(is_insert, i < n_ins);
+            match (&r, is_insert) {
+                (OpResult::Applied { .. }, true) => summary.inserted += 1,
+                (OpResult::Applied { matched: Some(n) }, false) if *n > 0 => summary.updated += 1,
+                (OpResult::Failed { message, .. }, _) => {
+                    let reason = Reject::IdTaken {
+                        id: c.mapped.id.clone(),
+                        detail: message.clone(),
+                    };
+                    rejects.push(candidate_reject(spec, &c, reason));
+                }
+                _ => unsure.push((c, is_insert, r)),
+            }
+        }
+        inserts = Vec::new();
+        updates = Vec::new();
+        if unsure.is_empty() {
+            break;
+        }
+        // Look at what MongoDB holds now for every op whose effect is unknown.
+        let ids: Vec<String> = unsure.iter().map(|(c, _, _)| c.mapped.id.clone()).collect();
+        let now: HashMap<String, Existing> = sink
+            .find_by_ids(&spec.collection, &ids, Some(existing_projection(spec)))
+            .await?
+            .iter()
+            .filter_map(|d| existing_from(spec, d))
+            .collect();
+        for (c, is_insert, r) in unsure {
+            let held = now.get(&c.mapped.id);
+            match held {
+                Some(ex)
+                    if ex.hash.as_deref() == Some(c.mapped.hash.as_str())
+                        && ex.source.as_deref() == Some(c.rel.as_str()) =>
+                {
+                    // Our write is there (an earlier attempt of a retried batch, or a
+                    // command that reports no per-op counts).
+                    if is_insert {
+                        summary.inserted += 1;
+                    } else {
+                        summary.updated += 1;
+                    }
+                }
+                Some(ex) if !is_insert && is_newer(engine, &c, ex) => {
+                    summary.skipped_newer += 1;
+                    tracing::info!(collection = %spec.collection, id = %c.mapped.id, source = %c.locate(), "Kept newer document in MongoDB (newer-wins)");
+                }
+                None if matches!(r, OpResult::DuplicateKey { .. }) => {
+                    match unique_clash(engine, sink, spec, &c).await? {
+                        Some(reason) => rejects.push(candidate_reject(spec, &c, reason)),
+                        None if round + 1 < ROUNDS => inserts.push(c),
+                        None => rejects.push(candidate_reject(spec, &c, retry_exhausted(&c))),
+                    }
+                }
+                Some(_) if matches!(r, OpResult::DuplicateKey { .. }) && !is_insert => {
+                    match unique_clash(engine, sink, spec, &c).await? {
+                        Some(reason) => rejects.push(candidate_reject(spec, &c, reason)),
+                        None if round + 1 < ROUNDS => {
+                            updates.push((c, held.cloned().unwrap_or_default()))
+                        }
+                        None => rejects.push(candidate_reject(spec, &c, retry_exhausted(&c))),
+                    }
+                }
+                _ if round + 1 == ROUNDS => {
+                    rejects.push(candidate_reject(spec, &c, retry_exhausted(&c)))
+                }
+                None => inserts.push(c),
+                Some(ex) => updates.push((c, ex.clone())),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn retry_exhausted(c: &Candidate) -> Reject {
+    Reject::IdTaken {
+        id: c.mapped.id.clone(),
+        detail: "another writer kept changing this document; will be tried again on the next run"
+            .into(),
+    }
+}
+
+fn is_newer(engine: &Engine, c: &Candidate, ex: &Existing) -> bool {
+    engine.conflict == Conflict::NewerWins
+        && matches!((ex.version, c.mapped.version), (Some(held), Some(file)) if held > file)
+}
+
+/// Find the other document that holds one of this record's unique values.
+async fn unique_clash(
+    engine: &Engine,
+    sink: &Sink,
+    spec: &SourceSpec,
+    c: &Candidate,
+) -> Result<Option<Reject>, Fatal> {
+    let mut fields = engine.indexes.unique_fields(&spec.collection);
+    fields.extend(
+        spec.normalize_email
+            .iter()
+            .filter(|f| !fields.contains(f))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    for field in fields {
+        let Ok(value) = c.mapped.doc.get_str(&field) else {
+            continue;
+        };
+        let filter = doc! { field.clone(): value, "_id": { "$ne": &c.mapped.id } };
+        let found = sink
+            .find_all(&spec.collection, filter, Some(doc! { "_id": 1 }))
+            .await?;
+        if let Some(other) = found.first().and_then(|d| d.get("_id")) {
+            let other_id = match other {
+                Bson::String(s) => s.clone(),
+                b => b.to_string(),
+            };
+            return Ok(Some(Reject::EmailTaken {
+                email: value.to_string(),
+                other_id,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+async fn apply_deletes(
+    engine: &Engine,
+    sink: &Sink,
+    spec: &SourceSpec,
+    deletes: Vec<(String, Existing)>,
+    held_total: usize,
+    summary: &mut Summary,
+) -> Result<(), Fatal> {
+    if deletes.is_empty() || engine.on_delete == OnDelete::Keep {
+        return Ok(());
+    }
+    let total = if held_total > deletes.len() {
+        held_total
+    } else {
+        usize::try_from(
+            sink.collection(&spec.collection)
+                .estimated_document_count()
+                .await
+                .unwrap_or(0),
+        )
+        .unwrap_or(usize::MAX)
+    };
+    let n = deletes.len();
+    let fraction = if total == 0 { 1.0 } else { ratio(n, total) };
+    if n >= 2 && fraction > engine.mass_delete_fraction && !engine.allow_mass_delete {
+        summary.deletes_held += count(n);
+        tracing::warn!(
+            collection = %spec.collection,
+            deletes = n,
+            documents = total,
+            "Holding back deletes: they would remove more than {:.0}% of the collection in one change \
+             (a file truncated or removed by mistake?). Rerun with --allow-mass-delete if this is intended",
+            engine.mass_delete_fraction * 100.0
+        );
+        return Ok(());
+    }
+    let ids: Vec<String> = deletes.iter().map(|(id, _)| id.clone()).collect();
+    if engine.on_delete == OnDelete::Archive {
+        let docs = sink.find_by_ids(&spec.collection, &ids, None).await?;
+        let now = bson::DateTime::now();
+        let ops: Vec<WriteOp> = docs
+            .into_iter()
+            .map(|d| {
+                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+                let hash = d
+                    .get_document("_mirror")
+                    .ok()
+                    .and_then(|m| m.get_str("hash").ok())
+                    .unwrap_or("")
+                    .to_string();
+                WriteOp::Insert {
+                    coll: ARCHIVE.to_string(),
+                    doc: doc! {
+                        "_id": { "collection": &spec.collection, "id": id.clone(), "hash": hash },
+                        "collection": &spec.collection,
+                        "doc_id": id,
+                        "deleted_at": now,
+                        "document": d,
+                    },
+                }
+            })
+            .collect();
+        for r in sink.write(ops).await? {
+            if let OpResult::Failed { message, .. } = r {
+                return Err(Fatal::Mongo(format!(
+                    "cannot archive a document of {} before deleting it: {message}",
+                    spec.collection
+                )));
+            }
+        }
+    }
+    let ops: Vec<WriteOp> = deletes
+        .iter()
+        .map(|(id, ex)| {
+            let mut filter = doc! { "_id": id };
+            if let Some(h) = &ex.hash {
+                filter.insert("_mirror.hash", h);
+            }
+            WriteOp::Delete {
+                coll: spec.collection.clone(),
+                filter,
+            }
+        })
+        .collect();
+    let results = sink.write(ops).await?;
+    for ((id, ex), r) in deletes.iter().zip(results) {
+        if matches!(r, OpResult::Applied { .. }) {
+            if engine.on_delete == OnDelete::Archive {
+                summary.archived += 1;
+            } else {
+                summary.deleted += 1;
+            }
+            tracing::info!(collection = %spec.collection, id = %id, source = ex.source.as_deref().unwrap_or(""), action = ?engine.on_delete, "Record gone from the files");
+        }
+    }
+    Ok(())
+}
+
+/// Make `mirror_rejects` hold exactly the current rejects of the scanned files:
+/// new ones are inserted (plaintext passwords hashed), cleared ones removed.
+#[allow(clippy::too_many_arguments)]
+async fn store_rejects(
+    sink: &Sink,
+    spec: &SourceSpec,
+    read_ok: &HashSet<String>,
+    bad: &HashSet<String>,
+    missing: &HashSet<String>,
+    complete: bool,
+    rejects: Vec<RejectRecord>,
+    opts: RunOptions,
+) -> Result<(), Fatal> {
+    let scope_filter = if complete {
+        doc! { "collection": &spec.collection }
+    } else {
+        let rels: Vec<Bson> = read_ok
+            .iter()
+            .chain(bad)
+            .chain(missing)
+            .map(|r| Bson::String(r.clone()))
+            .collect();
+        doc! { "collection": &spec.collection, "source": { "$in": rels } }
+    };
+    let stored: HashSet<String> = sink
+        .find_all(REJECTS, scope_filter.clone(), Some(doc! { "_id": 1 }))
+        .await?
+        .iter()
+        .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+        .collect();
+    let current: HashSet<&str> = rejects.iter().map(|r| r.key.as_str()).collect();
+    let mut new = Vec::new();
+    for r in &rejects {
+        let is_new = !stored.contains(&r.key);
+        if is_new || opts.log_all_rejects {
+            tracing::warn!(collection = %r.collection, source = %r.locate(), id = r.id.as_deref().unwrap_or(""), reason = r.reason.code(), "Rejected: {}", r.reason);
+        }
+        if is_new {
+            new.push(r.clone());
+        }
+    }
+    let new = hash_reject_records(spec, new).await?;
+    let ops: Vec<WriteOp> = new
+        .iter()
+        .map(|r| WriteOp::Insert {
+            coll: REJECTS.to_string(),
+            doc: r.to_document(),
+        })
+        .collect();
+    for r in sink.write(ops).await? {
+        if let OpResult::Failed { message, .. } = r {
+            return Err(Fatal::Mongo(format!(
+                "cannot store a reject in {REJECTS}: {message}"
+            )));
+        }
+    }
+    let stale: Vec<Bson> = stored
+        .iter()
+        .filter(|k| !current.contains(k.as_str()))
+        .map(|k| Bson::String(k.clone()))
+        .collect();
+    if !stale.is_empty() {
+        let ops = vec![WriteOp::DeleteMany {
+            coll: REJECTS.to_string(),
+            filter: doc! { "_id": { "$in": stale } },
+        }];
+        sink.write(ops).await?;
+    }
+    Ok(())
+}
+
+/// Turn the raw JSON kept in each new reject into the stored copy (bcrypt for
+/// plaintext passwords: CPU work, off the async workers).
+async fn hash_reject_records(
+    spec: &SourceSpec,
+    rejects: Vec<RejectRecord>,
+) -> Result<Vec<RejectRecord>, Fatal> {
+    let spec = spec.clone();
+    tokio::task::spawn_blocking(move || {
+        rejects
+            .into_iter()
+            .map(|mut r| {
+                if let Some(Bson::String(json)) = &r.record {
+                    if matches!(r.reason, Reject::File(_)) {
+                        r.record = None;
+                    } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(json) {
+                        r.record = Some(mapping::reject_copy(&spec, &v));
+                    }
+                }
+                r
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Fatal::Source(format!("reject task failed: {e}")))
+}
+
+fn print_plan(spec: &SourceSpec, plan: &Plan, on_delete: OnDelete) {
+    for c in &plan.inserts {
+        println!(
+            "would insert {}/{} from {}",
+            spec.collection,
+            c.mapped.id,
+            c.locate()
+        );
+    }
+    for (c, ex) in &plan.updates {
+        let removed: Vec<&String> = ex
+            .fields
+            .iter()
+            .filter(|f| !c.mapped.fields.contains(f))
+            .collect();
+        if removed.is_empty() {
+            println!(
+                "would update {}/{} from {}",
+                spec.collection,
+                c.mapped.id,
+                c.locate()
+            );
+        } else {
+            println!(
+                "would update {}/{} from {} (removing {:?})",
+                spec.collection,
+                c.mapped.id,
+                c.locate(),
+                removed
+            );
+        }
+    }
+    if on_delete != OnDelete::Keep {
+        for (id, ex) in &plan.deletes {
+            let verb = if on_delete == OnDelete::Archive {
+                "archive"
+            } else {
+                "delete"
+            };
+            println!(
+                "would {verb} {}/{} (gone from {})",
+                spec.collection,
+                id,
+                ex.source.as_deref().unwrap_or("?")
+            );
+        }
+    }
+}
+
+fn ratio(n: usize, total: usize) -> f64 {
+    // Counts of documents are far below 2^53, where f64 is exact.
+    f64::from(u32::try_from(n).unwrap_or(u32::MAX))
+        / f64::from(u32::try_from(total).unwrap_or(u32::MAX))
+}
+
+/// A count as u64 (lossless on every platform Rust supports).
+pub fn count(n: usize) -> u64 {
+    u64::try_from(n).unwrap_or(u64::MAX)
+}

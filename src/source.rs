@@ -1,0 +1,374 @@
+//! Sources: find the files a layout names, read each one consistently (its
+//! metadata must not change during the read), and parse it into raw records.
+//! Everything here is blocking file I/O and CPU work; async callers run it on
+//! the blocking pool. Nothing here ever writes to the source folders.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::layout::{Layout, Root, Shape, SourceSpec};
+
+/// The two configured folders.
+#[derive(Debug, Clone)]
+pub struct Roots {
+    pub data: PathBuf,
+    pub artifacts: PathBuf,
+}
+
+impl Roots {
+    pub fn dir(&self, root: Root) -> &Path {
+        match root {
+            Root::Data => &self.data,
+            Root::Artifacts => &self.artifacts,
+        }
+    }
+}
+
+/// One file of one source.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceFile {
+    /// Index of the source in the layout.
+    pub spec: usize,
+    /// Stable name, used in `_mirror.source` and in messages: `data/users.json`.
+    pub rel: String,
+    /// Where it is on disk.
+    pub path: PathBuf,
+}
+
+/// A record as found in a file, before mapping.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    /// Index in the file's array; `None` for one-object-per-file sources.
+    pub position: Option<usize>,
+    pub value: Value,
+}
+
+impl RawRecord {
+    /// `data/users.json[3]` or `artifacts/jobs/j1.json`.
+    pub fn locate(&self, rel: &str) -> String {
+        match self.position {
+            Some(p) => format!("{rel}[{p}]"),
+            None => rel.to_string(),
+        }
+    }
+}
+
+/// Why a whole file could not be read. Displayed after its path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileProblem {
+    #[error("cannot read: {0}")]
+    Io(String),
+    #[error("is {0}, not a regular file")]
+    NotAFile(&'static str),
+    #[error("is {size} bytes, over the {limit}-byte limit (--max-file-bytes)")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("kept changing while being read; will be read again")]
+    Unstable,
+    #[error("is not valid UTF-8 (line {line}, column {column})")]
+    Utf8 { line: usize, column: usize },
+    #[error("is not valid JSON: {reason} (line {line}, column {column})")]
+    Json {
+        line: usize,
+        column: usize,
+        reason: String,
+    },
+    #[error("holds {found} at the top level; expected {expected}")]
+    Shape {
+        expected: &'static str,
+        found: &'static str,
+    },
+}
+
+impl FileProblem {
+    /// A stable short code for `mirror_rejects.reason_code` and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FileProblem::Io(_) => "file_unreadable",
+            FileProblem::NotAFile(_) => "not_a_file",
+            FileProblem::TooLarge { .. } => "file_too_large",
+            FileProblem::Unstable => "file_unstable",
+            FileProblem::Utf8 { .. } => "invalid_utf8",
+            FileProblem::Json { .. } => "invalid_json",
+            FileProblem::Shape { .. } => "wrong_top_level_type",
+        }
+    }
+}
+
+/// Limits applied while reading.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadLimits {
+    pub max_file_bytes: u64,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 1 << 30,
+        }
+    }
+}
+
+/// A file's identity and version, compared before and after each read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub len: u64,
+    pub mtime_ns: i128,
+    pub ino: u64,
+    pub dev: u64,
+}
+
+impl Stamp {
+    pub fn of(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            len: meta.len(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ino: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+}
+
+/// The files a source consists of right now, sorted by name. A folder that
+/// does not exist yet yields no files (the platform creates `jobs/` lazily).
+pub fn discover(
+    layout: &Layout,
+    roots: &Roots,
+    spec_idx: usize,
+) -> Result<Vec<SourceFile>, (String, FileProblem)> {
+    let spec = &layout.sources[spec_idx];
+    let root = roots.dir(spec.root);
+    let (dir, _) = spec.split_path();
+    if !spec.is_pattern() {
+        return Ok(vec![source_file(spec_idx, spec, root, &spec.path)]);
+    }
+    let folder = root.join(dir);
+    let entries = match fs::read_dir(&folder) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err((rel_label(spec, dir), FileProblem::Io(e.to_string())));
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| (rel_label(spec, dir), FileProblem::Io(e.to_string())))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !spec.matches_file_name(name) {
+            continue;
+        }
+        let rel = if dir.is_empty() {
+            name.to_string()
+        } else {
+            format!("{dir}/{name}")
+        };
+        files.push(source_file(spec_idx, spec, root, &rel));
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn rel_label(spec: &SourceSpec, rel: &str) -> String {
+    if rel.is_empty() {
+        spec.root.label().to_string()
+    } else {
+        format!("{}/{rel}", spec.root.label())
+    }
+}
+
+/// The [`SourceFile`] for a path relative to the source's root.
+pub fn source_file(spec_idx: usize, spec: &SourceSpec, root: &Path, rel: &str) -> SourceFile {
+    SourceFile {
+        spec: spec_idx,
+        rel: rel_label(spec, rel),
+        path: root.join(rel),
+    }
+}
+
+/// Read a whole file, retrying while it changes under us. `Ok(None)` when it
+/// does not exist.
+pub fn read_stable(
+    path: &Path,
+    limits: ReadLimits,
+) -> Result<Option<(Vec<u8>, Stamp)>, FileProblem> {
+    const ATTEMPTS: usize = 5;
+    for attempt in 0..ATTEMPTS {
+        let before = match fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FileProblem::Io(e.to_string())),
+        };
+        if before.is_dir() {
+            return Err(FileProblem::NotAFile("a directory"));
+        }
+        if !before.is_file() {
+            return Err(FileProblem::NotAFile("a special file"));
+        }
+        if before.len() > limits.max_file_bytes {
+            return Err(FileProblem::TooLarge {
+                size: before.len(),
+                limit: limits.max_file_bytes,
+            });
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0));
+        let read = fs::File::open(path)
+            .and_then(|f| f.take(limits.max_file_bytes + 1).read_to_end(&mut bytes));
+        match read {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FileProblem::Io(e.to_string())),
+        }
+        let after = match fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FileProblem::Io(e.to_string())),
+        };
+        let stamp = Stamp::of(&after);
+        if Stamp::of(&before) == stamp && u64::try_from(bytes.len()).ok() == Some(stamp.len) {
+            return Ok(Some((bytes, stamp)));
+        }
+        if attempt + 1 < ATTEMPTS {
+            std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+        }
+    }
+    Err(FileProblem::Unstable)
+}
+
+/// Parse a file's bytes into records.
+pub fn parse(bytes: &[u8], shape: Shape) -> Result<Vec<RawRecord>, FileProblem> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let (line, column) = line_col(&bytes[..e.valid_up_to()]);
+        FileProblem::Utf8 { line, column }
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| FileProblem::Json {
+        line: e.line(),
+        column: e.column(),
+        reason: json_reason(&e),
+    })?;
+    match (shape, value) {
+        (Shape::Array, Value::Array(items)) => Ok(items
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| RawRecord {
+                position: Some(i),
+                value,
+            })
+            .collect()),
+        (Shape::Object, v @ Value::Object(_)) => Ok(vec![RawRecord {
+            position: None,
+            value: v,
+        }]),
+        (Shape::Array, other) => Err(FileProblem::Shape {
+            expected: "an array of records",
+            found: kind_of(&other),
+        }),
+        (Shape::Object, other) => Err(FileProblem::Shape {
+            expected: "one record (an object)",
+            found: kind_of(&other),
+        }),
+    }
+}
+
+/// serde_json's message without its trailing " at line L column C".
+fn json_reason(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" at line ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn line_col(prefix: &[u8]) -> (usize, usize) {
+    let line = prefix.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = prefix.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    (line, column)
+}
+
+/// A JSON value's kind, for messages.
+pub fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_arrays_and_objects() {
+        let r = parse(br#"[{"id":"a"},{"id":"b"}]"#, Shape::Array).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].position, Some(1));
+        let r = parse(br#"{"job_id":"j"}"#, Shape::Object).unwrap();
+        assert_eq!(r[0].position, None);
+    }
+
+    #[test]
+    fn bad_json_names_line_and_column() {
+        let err = parse(b"[\n  {\"id\": \"a\",\n  }\n]", Shape::Array).unwrap_err();
+        match err {
+            FileProblem::Json { line, column, .. } => assert_eq!((line, column), (3, 3)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(
+            parse(b"[{\"a\":1}", Shape::Array),
+            Err(FileProblem::Json { .. })
+        ));
+        assert!(matches!(
+            parse(b"[NaN]", Shape::Array),
+            Err(FileProblem::Json { .. })
+        ));
+    }
+
+    #[test]
+    fn bom_is_accepted_and_invalid_utf8_is_located() {
+        assert_eq!(parse(b"\xEF\xBB\xBF[]", Shape::Array).unwrap().len(), 0);
+        let err = parse(b"[\n\"a\xFF\"]", Shape::Array).unwrap_err();
+        assert_eq!(err, FileProblem::Utf8 { line: 2, column: 3 });
+    }
+
+    #[test]
+    fn wrong_top_level_type_is_named() {
+        let err = parse(b"{}", Shape::Array).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "holds an object at the top level; expected an array of records"
+        );
+        assert!(matches!(
+            parse(b"[]", Shape::Object),
+            Err(FileProblem::Shape { .. })
+        ));
+    }
+
+    #[test]
+    fn read_stable_reports_missing_dirs_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        assert_eq!(read_stable(&p, ReadLimits::default()), Ok(None));
+        std::fs::create_dir(&p).unwrap();
+        assert_eq!(
+            read_stable(&p, ReadLimits::default()),
+            Err(FileProblem::NotAFile("a directory"))
+        );
+        let q = dir.path().join("y.json");
+        std::fs::write(&q, b"[1,2,3]").unwrap();
+        let (bytes, stamp) = read_stable(&q, ReadLimits::default()).unwrap().unwrap();
+        assert_eq!(bytes, b"[1,2,3]");
+        assert_eq!(stamp.len, 7);
+        assert!(matches!(
+            read_stable(&q, ReadLimits { max_file_bytes: 3 }),
+            Err(FileProblem::TooLarge { size: 7, limit: 3 })
+        ));
+    }
+}
