@@ -1,0 +1,338 @@
+//! Test support: one MongoDB wire-protocol server per test run, a database
+//! per test, a temporary platform tree per test, and a runner for the binary.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bson::{doc, Document};
+use futures_util::TryStreamExt;
+use mongodb::Client;
+use serde_json::Value;
+
+const HOW_TO_GET_A_SERVER: &str = "no MongoDB test server. Either run `scripts/install-test-server.sh` \
+(installs SecantusDB into .venv; `scripts/test.sh` does it for you), or point MONGODB_URI at a server \
+(e.g. `docker compose up -d mongo` then MONGODB_URI=mongodb://localhost:27017)";
+
+/// The server process (kept for the life of the test binary: when the binary
+/// exits, the pipe to the wrapper closes and the wrapper stops the server).
+static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
+static CHILD: Mutex<Option<Child>> = Mutex::new(None);
+
+/// `mongodb://host:port` of the test server, without a database.
+pub fn server_uri() -> String {
+    let r = SERVER.get_or_init(|| {
+        if let Ok(uri) = std::env::var("MONGODB_URI") {
+            return Ok(strip_db(&uri));
+        }
+        start_secantus()
+    });
+    match r {
+        Ok(uri) => uri.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn strip_db(uri: &str) -> String {
+    // mongodb://h:p/db?opts -> mongodb://h:p/?opts
+    let Some(i) = uri.find("://") else {
+        return uri.to_string();
+    };
+    let rest = &uri[i + 3..];
+    match rest.find('/') {
+        Some(j) => {
+            let query = rest[j..].find('?').map(|q| &rest[j + q..]).unwrap_or("");
+            format!("{}{}/{}", &uri[..i + 3], &rest[..j], query)
+        }
+        None => format!("{uri}/"),
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn start_secantus() -> Result<String, String> {
+    let exe = std::env::var("SECANTUSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join(".venv/bin/secantusd-py"));
+    if !exe.exists() {
+        return Err(format!(
+            "{HOW_TO_GET_A_SERVER} (looked for {})",
+            exe.display()
+        ));
+    }
+    let port = free_port();
+    let log = std::fs::File::create(
+        std::env::temp_dir().join(format!("docmirror-test-server-{port}.log")),
+    )
+    .map_err(|e| e.to_string())?;
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg("\"$0\" --port \"$1\" --storage-path :memory: & pid=$!; cat >/dev/null; kill $pid; wait $pid")
+        .arg(&exe)
+        .arg(port.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    *CHILD.lock().unwrap() = Some(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "{} did not listen on port {port} within 60 s",
+                exe.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(format!("mongodb://127.0.0.1:{port}/"))
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A database of its own for one test, dropped first.
+pub struct TestDb {
+    pub name: String,
+    pub client: Client,
+    pub db: mongodb::Database,
+}
+
+impl TestDb {
+    pub async fn new(test: &str) -> TestDb {
+        let base = server_uri();
+        let client = Client::with_uri_str(&base).await.unwrap();
+        let name = format!("t_{}_{}", test, std::process::id());
+        let db = client.database(&name);
+        db.drop().await.unwrap();
+        TestDb { name, client, db }
+    }
+
+    /// The URI the binary gets, with this database as its path.
+    pub fn uri(&self) -> String {
+        let base = server_uri();
+        match base.find("/?") {
+            Some(i) => format!("{}/{}{}", &base[..i], self.name, &base[i + 1..]),
+            None => format!("{}{}", base, self.name),
+        }
+    }
+
+    pub async fn docs(&self, coll: &str) -> Vec<Document> {
+        let c = self.db.collection::<Document>(coll);
+        c.find(doc! {})
+            .sort(doc! {"_id": 1})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    pub async fn doc(&self, coll: &str, id: &str) -> Option<Document> {
+        self.db
+            .collection::<Document>(coll)
+            .find_one(doc! {"_id": id})
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, coll: &str) -> u64 {
+        self.db
+            .collection::<Document>(coll)
+            .count_documents(doc! {})
+            .await
+            .unwrap()
+    }
+
+    pub async fn rejects(&self) -> Vec<Document> {
+        self.docs("mirror_rejects").await
+    }
+}
+
+/// A temporary ML Training Platform tree: data/ and artifacts/jobs/.
+pub struct Platform {
+    pub dir: tempfile::TempDir,
+}
+
+impl Platform {
+    pub fn new() -> Platform {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("data/datasets")).unwrap();
+        std::fs::create_dir_all(dir.path().join("artifacts/jobs")).unwrap();
+        Platform { dir }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn artifacts(&self) -> PathBuf {
+        self.dir.path().join("artifacts")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, bytes: impl AsRef<[u8]>) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+
+    pub fn users(&self, v: &Value) {
+        self.write("data/users.json", serde_json::to_vec_pretty(v).unwrap());
+    }
+
+    pub fn datasets(&self, v: &Value) {
+        self.write(
+            "data/datasets/metadata.json",
+            serde_json::to_vec_pretty(v).unwrap(),
+        );
+    }
+
+    pub fn job(&self, name: &str, v: &Value) {
+        self.write(
+            &format!("artifacts/jobs/{name}.json"),
+            serde_json::to_vec_pretty(v).unwrap(),
+        );
+    }
+
+    pub fn remove(&self, rel: &str) {
+        std::fs::remove_file(self.path(rel)).unwrap();
+    }
+
+    /// Every file below the tree with its bytes and mode: to prove the mirror never writes there.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
+        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, (Vec<u8>, u32)>) {
+            use std::os::unix::fs::PermissionsExt;
+            for e in std::fs::read_dir(dir).unwrap() {
+                let p = e.unwrap().path();
+                let meta = std::fs::symlink_metadata(&p).unwrap();
+                if meta.is_dir() {
+                    out.insert(p.clone(), (Vec::new(), meta.permissions().mode()));
+                    walk(&p, out);
+                } else {
+                    let bytes = std::fs::read(&p).unwrap_or_default();
+                    out.insert(p, (bytes, meta.permissions().mode()));
+                }
+            }
+        }
+        let mut out = BTreeMap::new();
+        walk(self.dir.path(), &mut out);
+        out
+    }
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The `sync:` summary line.
+    pub fn summary(&self) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.starts_with("sync"))
+            .unwrap_or_else(|| panic!("no summary line in {self:?}"))
+    }
+
+    /// A number from the summary line, e.g. `count("inserted")`.
+    pub fn count(&self, what: &str) -> u64 {
+        let s = self.summary();
+        let i = s
+            .find(&format!("{what} "))
+            .unwrap_or_else(|| panic!("no {what:?} in {s:?}"));
+        s[i + what.len() + 1..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+/// Run `docmirror ARGS` against `db` with the platform's folders.
+pub async fn docmirror(db: &TestDb, p: &Platform, args: &[&str]) -> Run {
+    docmirror_env(db, p, args, &[]).await
+}
+
+pub async fn docmirror_env(db: &TestDb, p: &Platform, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"));
+    cmd.arg("--log-format")
+        .arg("text")
+        .args(args)
+        .env("MONGODB_URI", db.uri())
+        .env("DOCMIRROR_DATA_DIR", p.data())
+        .env("DOCMIRROR_ARTIFACTS_DIR", p.artifacts())
+        .env("RUST_LOG", "debug")
+        .env("NO_COLOR", "1")
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
+        .await
+        .expect("docmirror hung")
+        .unwrap();
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert_no_secrets(&run.stderr);
+    assert_no_secrets(&run.stdout);
+    run
+}
+
+/// Strings no log line may ever hold: the test suite's plaintext passwords and URI passwords.
+pub const SECRETS: &[&str] = &["hunter22-plain", "s3cret-uri-pw", "correct-horse-plain"];
+
+pub fn assert_no_secrets(text: &str) {
+    for s in SECRETS {
+        assert!(
+            !text.contains(s),
+            "secret {s:?} leaked into output:\n{text}"
+        );
+    }
+}
+
+pub const HASH_A: &str = "$2b$10$J1JbpLNyErs2Vewf4LDN4u/Os0zWvTlg5el0sAu.ZUnk6lHagoW.u";
+pub const HASH_B: &str = "$2b$10$ntUhxPTIjt8sw3z763laB.p38oBgXfvuhnyLn3BWfIQSmguVIe4Rm";
+
+pub fn user(id: &str, email: &str, updated: &str) -> Value {
+    serde_json::json!({
+        "id": id, "email": email, "name": format!("User {id}"), "password": HASH_A, "role": "user",
+        "createdAt": "2025-09-01T08:00:00.000Z", "updatedAt": updated
+    })
+}
+
+pub fn job(id: &str, status: &str, updated: &str) -> Value {
+    serde_json::json!({
+        "job_id": id, "user_id": "u1", "dataset_id": "d1", "status": status, "progress": 42.5, "epoch": 2,
+        "step": 850, "total_steps": 2000, "loss": 1.0873, "message": "Epoch 2/3",
+        "params": {"model": "gpt2", "learning_rate": 0.0001, "batch_size": 8, "lora": {"r": 8}},
+        "pid": 51877, "created_at": "2025-10-12T09:00:00.000Z", "updated_at": updated, "completed_at": null
+    })
+}
+
+pub fn dataset(id: &str, size: i64) -> Value {
+    serde_json::json!({
+        "id": id, "name": format!("set {id}"), "filename": "x.csv", "path": format!("data/datasets/{id}/x.csv"),
+        "size": size, "type": "csv", "uploaded_by": "u1", "uploaded_at": "2025-10-10T08:06:40.000Z", "deleted_at": null
+    })
+}
