@@ -2,6 +2,9 @@
 //! wire-protocol server (SecantusDB by default, any mongod via MONGODB_URI).
 //! One test binary, one server per run, one database per test.
 
+// Test helpers panic on purpose: a failed setup step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 mod sync;
