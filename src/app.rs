@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{check_roots, Cli, Command, OutputFormat, SyncArgs, VerifyArgs};
+use crate::cli::{check_roots, Cli, Command, OutputFormat, SyncArgs, VerifyArgs, WatchArgs};
 use crate::error::{exit, Fatal};
 use crate::reconcile::{reconcile, RunOptions, Scope, Summary};
 use crate::sink::Sink;
@@ -17,6 +17,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> u8 {
     let result = match cli.command {
         Command::Sync(args) => sync(args, cancel).await,
         Command::Verify(args) => verify_cmd(args, cancel).await,
+        Command::Watch(args) => watch_cmd(args, cancel).await,
     };
     match result {
         Ok(code) => code,
@@ -38,26 +39,15 @@ async fn sync(args: SyncArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
     if !args.dry_run {
         engine.indexes.apply(&sink).await?;
     }
-    let opts = RunOptions {
-        dry_run: args.dry_run,
-        log_all_rejects: true,
-    };
+    let opts = RunOptions { dry_run: args.dry_run, log_all_rejects: true, defer_bad_files: false, log_changes: false };
     let summary = reconcile(&engine, &sink, Scope::Full, opts, &cancel).await?;
     println!("{}", summary_line(&summary, args.dry_run, started));
-    Ok(if summary.rejected > 0 {
-        exit::REJECTED
-    } else {
-        exit::OK
-    })
+    Ok(if summary.rejected > 0 { exit::REJECTED } else { exit::OK })
 }
 
 /// The one line `sync` ends with.
 pub fn summary_line(s: &Summary, dry_run: bool, started: Instant) -> String {
-    let (head, verb) = if dry_run {
-        ("sync (dry run)", "would be ")
-    } else {
-        ("sync", "")
-    };
+    let (head, verb) = if dry_run { ("sync (dry run)", "would be ") } else { ("sync", "") };
     format!(
         "{head}: {} records read from {} files; {verb}inserted {}, {verb}updated {}, unchanged {}, \
          skipped (newer in MongoDB) {}, rejected {} (bad files {}), {verb}archived {}, {verb}deleted {}, \
@@ -89,14 +79,24 @@ async fn verify_cmd(args: VerifyArgs, cancel: CancellationToken) -> Result<u8, F
     match args.format {
         OutputFormat::Text => print!("{}", render_text(&report)),
         OutputFormat::Json => {
-            let text =
-                serde_json::to_string_pretty(&report).map_err(|e| Fatal::Source(e.to_string()))?;
+            let text = serde_json::to_string_pretty(&report).map_err(|e| Fatal::Source(e.to_string()))?;
             println!("{text}");
         }
     }
-    Ok(if report.in_sync {
-        exit::OK
-    } else {
-        exit::DIFFERENCES
-    })
+    Ok(if report.in_sync { exit::OK } else { exit::DIFFERENCES })
+}
+
+async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    let mut common = args.common.clone();
+    // Events carry absolute paths; so must the roots they are matched against.
+    common.data_dir = std::path::absolute(&common.data_dir).map_err(|e| Fatal::Source(e.to_string()))?;
+    common.artifacts_dir = std::path::absolute(&common.artifacts_dir).map_err(|e| Fatal::Source(e.to_string()))?;
+    let mut settings = common.settings(true)?;
+    args.write.apply(&mut settings.engine)?;
+    let engine = Arc::new(settings.engine);
+    let mut lifecycle = crate::watch::NoLifecycle;
+    match crate::watch::run(engine, settings.sink, args.options(), cancel, &mut lifecycle).await {
+        Ok(_) | Err(Fatal::Interrupted) => Ok(exit::OK),
+        Err(e) => Err(e),
+    }
 }

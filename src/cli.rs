@@ -17,24 +17,14 @@ use crate::source::{ReadLimits, Roots};
 pub const DEFAULT_URI: &str = "mongodb://localhost:27017/ml_training_platform";
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "docmirror",
-    version,
-    about = "Mirror the ML Training Platform's JSON files into MongoDB"
-)]
+#[command(name = "docmirror", version, about = "Mirror the ML Training Platform's JSON files into MongoDB")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 
     /// Log format on stderr: text for people, json for journald and containers
     /// (auto: text on a terminal, json otherwise).
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "auto",
-        env = "DOCMIRROR_LOG_FORMAT"
-    )]
+    #[arg(long, global = true, value_enum, default_value = "auto", env = "DOCMIRROR_LOG_FORMAT")]
     pub log_format: LogFormat,
 
     /// Log only warnings and errors (RUST_LOG overrides).
@@ -59,6 +49,8 @@ pub enum Command {
     Sync(SyncArgs),
     /// Compare the files with MongoDB and report every difference (writes nothing).
     Verify(VerifyArgs),
+    /// Mirror everything once, then follow every change until SIGTERM/SIGINT.
+    Watch(WatchArgs),
 }
 
 /// Where the files are, where MongoDB is, and how to write.
@@ -100,7 +92,8 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: u32,
 
-    /// Seconds to keep retrying an unreachable MongoDB before giving up.
+    /// Seconds to keep retrying an unreachable MongoDB before giving up (sync, verify;
+    /// watch never gives up).
     #[arg(long, default_value_t = 30)]
     pub mongodb_timeout: u64,
 
@@ -144,6 +137,48 @@ pub struct WriteArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    #[command(flatten)]
+    pub write: WriteArgs,
+
+    /// Quiet period per file before it is read: a burst of writes becomes one read.
+    #[arg(long, default_value_t = 100)]
+    pub debounce_ms: u64,
+
+    /// Poll the folders every N ms instead of using file events (NFS, CIFS, some container mounts).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(10..))]
+    pub poll_interval_ms: Option<u64>,
+
+    /// Full rescan period, the safety net for anything events missed (0: never).
+    #[arg(long, default_value_t = 600)]
+    pub rescan_interval_secs: u64,
+
+    /// On SIGTERM, how long to wait for writes in flight before stopping them.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl WatchArgs {
+    pub fn options(&self) -> crate::watch::WatchOptions {
+        let debounce = Duration::from_millis(self.debounce_ms);
+        crate::watch::WatchOptions {
+            debounce,
+            max_delay: (debounce * 10).max(Duration::from_secs(1)),
+            poll_interval: self.poll_interval_ms.map(Duration::from_millis),
+            rescan_interval: match self.rescan_interval_secs {
+                0 => Duration::from_secs(100 * 365 * 24 * 3600),
+                s => Duration::from_secs(s),
+            },
+            shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
+            parse_retries: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -176,14 +211,9 @@ impl CommonArgs {
             Some(d) => IndexSet::from_dir(d)?,
             None => IndexSet::builtin(),
         };
-        let roots = Roots {
-            data: self.data_dir.clone(),
-            artifacts: self.artifacts_dir.clone(),
-        };
+        let roots = Roots { data: self.data_dir.clone(), artifacts: self.artifacts_dir.clone() };
         let mut engine = Engine::new(layout, roots, indexes);
-        engine.limits = ReadLimits {
-            max_file_bytes: self.max_file_bytes,
-        };
+        engine.limits = ReadLimits { max_file_bytes: self.max_file_bytes };
         let sink = SinkOptions {
             uri: self.mongodb_uri.clone(),
             database: self.database.clone(),
@@ -199,9 +229,7 @@ impl CommonArgs {
 impl WriteArgs {
     pub fn apply(&self, engine: &mut Engine) -> Result<(), Fatal> {
         if !(self.mass_delete_fraction > 0.0 && self.mass_delete_fraction <= 1.0) {
-            return Err(Fatal::Config(
-                "--mass-delete-fraction must be above 0 and at most 1".into(),
-            ));
+            return Err(Fatal::Config("--mass-delete-fraction must be above 0 and at most 1".into()));
         }
         engine.on_delete = self.on_delete;
         engine.conflict = self.conflict;
@@ -214,13 +242,10 @@ impl WriteArgs {
 /// A one-shot command needs at least one of its folders: two missing folders
 /// mean a wrong path, not an empty platform.
 pub fn check_roots(roots: &Roots) -> Result<(), Fatal> {
-    let missing: Vec<_> = [
-        ("--data-dir", &roots.data),
-        ("--artifacts-dir", &roots.artifacts),
-    ]
-    .into_iter()
-    .filter(|(_, p)| !p.is_dir())
-    .collect();
+    let missing: Vec<_> = [("--data-dir", &roots.data), ("--artifacts-dir", &roots.artifacts)]
+        .into_iter()
+        .filter(|(_, p)| !p.is_dir())
+        .collect();
     if missing.len() == 2 {
         return Err(Fatal::Source(format!(
             "neither {} nor {} is a folder; set --data-dir/--artifacts-dir (or DOCMIRROR_DATA_DIR/DOCMIRROR_ARTIFACTS_DIR)",
@@ -247,9 +272,7 @@ mod tests {
     #[test]
     fn defaults_follow_the_guide() {
         let cli = Cli::try_parse_from(["docmirror", "sync"]).unwrap();
-        let Command::Sync(s) = cli.command else {
-            panic!()
-        };
+        let Command::Sync(s) = cli.command else { panic!() };
         assert_eq!(s.common.data_dir, PathBuf::from("./data"));
         assert_eq!(s.common.artifacts_dir, PathBuf::from("./artifacts"));
         assert!(!s.dry_run);

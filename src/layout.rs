@@ -131,8 +131,8 @@ impl Layout {
     }
 
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cannot read layout {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read layout {}: {e}", path.display()))?;
         Self::parse(&text).map_err(|e| anyhow::anyhow!("layout {}: {e}", path.display()))
     }
 
@@ -149,16 +149,10 @@ impl Layout {
                 return Err(format!("source {:?}: invalid collection name", s.name));
             }
             if RESERVED_COLLECTIONS.contains(&s.collection.as_str()) {
-                return Err(format!(
-                    "source {:?}: collection {:?} is reserved for docmirror",
-                    s.name, s.collection
-                ));
+                return Err(format!("source {:?}: collection {:?} is reserved for docmirror", s.name, s.collection));
             }
             if !seen.insert(s.collection.as_str()) {
-                return Err(format!(
-                    "collection {:?} is mapped by two sources",
-                    s.collection
-                ));
+                return Err(format!("collection {:?} is mapped by two sources", s.collection));
             }
             let (dir, file) = s.split_path();
             if dir.contains('*') || file.matches('*').count() > 1 || file.is_empty() {
@@ -168,10 +162,7 @@ impl Layout {
                 ));
             }
             if s.path.starts_with('/') || s.path.split('/').any(|c| c == "..") {
-                return Err(format!(
-                    "source {:?}: path {:?} must stay below its root",
-                    s.name, s.path
-                ));
+                return Err(format!("source {:?}: path {:?} must stay below its root", s.name, s.path));
             }
         }
         Ok(())

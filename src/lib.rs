@@ -8,6 +8,7 @@
 //! - [`reconcile`]: the core shared by every command: compare the files with
 //!   MongoDB and write only the difference;
 //! - [`verify`]: the cutover check built on the same scan;
+//! - [`watch`]: the daemon: file events (or polling) feed changed paths into the same core;
 //! - [`cli`] and [`app`]: the command line and the commands;
 //! - [`redact`]: keeping credentials out of logs; [`error`]: fatal errors and exit codes.
 
@@ -21,3 +22,4 @@ pub mod redact;
 pub mod sink;
 pub mod source;
 pub mod verify;
+pub mod watch;

@@ -11,10 +11,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("docmirror: cannot start the async runtime: {e}");
@@ -32,10 +29,7 @@ fn main() -> ExitCode {
 /// SIGINT and SIGTERM cancel the token; the commands wind down from there.
 async fn cancel_on_signals(cancel: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::warn!("Cannot install signal handlers; SIGTERM will stop the process abruptly");
         return;
     };
@@ -59,15 +53,9 @@ fn init_logging(cli: &Cli) {
         LogFormat::Text => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init();
+        builder.json().flatten_event(true).with_current_span(false).init();
     } else {
         builder.with_target(false).init();
     }

@@ -54,53 +54,19 @@ pub struct Mapped {
 /// Why a record (or a whole file) cannot be mirrored.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reject {
-    NotAnObject {
-        found: &'static str,
-    },
-    MissingId {
-        field: String,
-    },
-    IdNotString {
-        field: String,
-        found: &'static str,
-    },
-    EmptyId {
-        field: String,
-    },
-    BadDate {
-        field: String,
-        value: String,
-    },
-    BadType {
-        field: String,
-        expected: &'static str,
-        found: &'static str,
-    },
-    ForbiddenKey {
-        key: String,
-    },
-    MalformedBcrypt {
-        field: String,
-    },
-    MissingEmail {
-        field: String,
-    },
-    DuplicateId {
-        id: String,
-        first: String,
-    },
-    DuplicateEmail {
-        email: String,
-        first: String,
-    },
-    EmailTaken {
-        email: String,
-        other_id: String,
-    },
-    IdTaken {
-        id: String,
-        detail: String,
-    },
+    NotAnObject { found: &'static str },
+    MissingId { field: String },
+    IdNotString { field: String, found: &'static str },
+    EmptyId { field: String },
+    BadDate { field: String, value: String },
+    BadType { field: String, expected: &'static str, found: &'static str },
+    ForbiddenKey { key: String },
+    MalformedBcrypt { field: String },
+    MissingEmail { field: String },
+    DuplicateId { id: String, first: String },
+    DuplicateEmail { email: String, first: String },
+    EmailTaken { email: String, other_id: String },
+    IdTaken { id: String, detail: String },
     File(FileProblem),
 }
 
@@ -136,11 +102,7 @@ impl fmt::Display for Reject {
             }
             Reject::EmptyId { field } => write!(f, "id field {field:?} is an empty string"),
             Reject::BadDate { field, value } => write!(f, "field {field:?} is not a date: {value}"),
-            Reject::BadType {
-                field,
-                expected,
-                found,
-            } => write!(f, "field {field:?} is {found}, expected {expected}"),
+            Reject::BadType { field, expected, found } => write!(f, "field {field:?} is {found}, expected {expected}"),
             Reject::ForbiddenKey { key } => {
                 write!(f, "field name {key:?} starts with '$' or contains '.', which MongoDB updates cannot address")
             }
@@ -150,15 +112,11 @@ impl fmt::Display for Reject {
             Reject::MissingEmail { field } => {
                 write!(f, "field {field:?} is missing or not a string")
             }
-            Reject::DuplicateId { id, first } => write!(
-                f,
-                "duplicate id {id:?}: already used by {first}, which is kept"
-            ),
+            Reject::DuplicateId { id, first } => {
+                write!(f, "duplicate id {id:?}: already used by {first}, which is kept")
+            }
             Reject::DuplicateEmail { email, first } => {
-                write!(
-                    f,
-                    "duplicate email {email:?}: already used by {first}, which is kept"
-                )
+                write!(f, "duplicate email {email:?}: already used by {first}, which is kept")
             }
             Reject::EmailTaken { email, other_id } => {
                 write!(f, "email {email:?} is already held in MongoDB by another document (_id {other_id:?})")
@@ -174,34 +132,17 @@ impl fmt::Display for Reject {
 /// Map one record. `fingerprint` is [`crate::layout::Layout::fingerprint`] of `spec`.
 pub fn map_record(spec: &SourceSpec, fingerprint: &str, value: &Value) -> Result<Mapped, Reject> {
     let Value::Object(obj) = value else {
-        return Err(Reject::NotAnObject {
-            found: kind_of(value),
-        });
+        return Err(Reject::NotAnObject { found: kind_of(value) });
     };
     let id = match obj.get(&spec.id_field) {
-        None => {
-            return Err(Reject::MissingId {
-                field: spec.id_field.clone(),
-            })
-        }
-        Some(Value::String(s)) if s.is_empty() => {
-            return Err(Reject::EmptyId {
-                field: spec.id_field.clone(),
-            })
-        }
+        None => return Err(Reject::MissingId { field: spec.id_field.clone() }),
+        Some(Value::String(s)) if s.is_empty() => return Err(Reject::EmptyId { field: spec.id_field.clone() }),
         Some(Value::String(s)) => s.clone(),
-        Some(other) => {
-            return Err(Reject::IdNotString {
-                field: spec.id_field.clone(),
-                found: kind_of(other),
-            })
-        }
+        Some(other) => return Err(Reject::IdNotString { field: spec.id_field.clone(), found: kind_of(other) }),
     };
     for field in &spec.normalize_email {
         if !matches!(obj.get(field), Some(Value::String(_))) {
-            return Err(Reject::MissingEmail {
-                field: field.clone(),
-            });
+            return Err(Reject::MissingEmail { field: field.clone() });
         }
     }
 
@@ -222,11 +163,7 @@ pub fn map_record(spec: &SourceSpec, fingerprint: &str, value: &Value) -> Result
                 }
                 Password::Malformed => return Err(Reject::MalformedBcrypt { field: key.clone() }),
                 Password::NotAString(found) => {
-                    return Err(Reject::BadType {
-                        field: key.clone(),
-                        expected: "a string",
-                        found,
-                    })
+                    return Err(Reject::BadType { field: key.clone(), expected: "a string", found })
                 }
             }
         }
@@ -238,19 +175,11 @@ pub fn map_record(spec: &SourceSpec, fingerprint: &str, value: &Value) -> Result
             match v {
                 Value::Object(_) | Value::Null => to_bson(v)?,
                 other => {
-                    return Err(Reject::BadType {
-                        field: key.clone(),
-                        expected: "an object",
-                        found: kind_of(other),
-                    })
+                    return Err(Reject::BadType { field: key.clone(), expected: "an object", found: kind_of(other) })
                 }
             }
         } else if spec.normalize_email.contains(key) {
-            Bson::String(
-                v.as_str()
-                    .map(|s| s.trim().to_lowercase())
-                    .unwrap_or_default(),
-            )
+            Bson::String(v.as_str().map(|s| s.trim().to_lowercase()).unwrap_or_default())
         } else {
             to_bson(v)?
         };
@@ -262,32 +191,14 @@ pub fn map_record(spec: &SourceSpec, fingerprint: &str, value: &Value) -> Result
         doc.insert(key.clone(), b);
     }
 
-    let hash = content_hash(
-        fingerprint,
-        obj,
-        plaintext
-            .is_some()
-            .then_some(spec.password_field.as_deref())
-            .flatten(),
-    );
-    Ok(Mapped {
-        id,
-        doc,
-        hash,
-        fields,
-        version,
-        plaintext,
-    })
+    let hash = content_hash(fingerprint, obj, plaintext.is_some().then_some(spec.password_field.as_deref()).flatten());
+    Ok(Mapped { id, doc, hash, fields, version, plaintext })
 }
 
 /// Hash of the record and the rules that map it. A plaintext password is left
 /// out: a fast hash over it would make the password cheap to guess from
 /// `_mirror.hash`; plaintext records are compared with bcrypt instead.
-pub fn content_hash(
-    fingerprint: &str,
-    obj: &Map<String, Value>,
-    skip_field: Option<&str>,
-) -> String {
+pub fn content_hash(fingerprint: &str, obj: &Map<String, Value>, skip_field: Option<&str>) -> String {
     let mut h = Sha256::new();
     h.update(fingerprint.as_bytes());
     h.update([0]);
@@ -307,12 +218,10 @@ pub fn content_hash(
 
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 enum Password<'a> {
@@ -327,9 +236,7 @@ fn password_kind(v: &Value) -> Password<'_> {
         Value::String(s) if is_bcrypt(s) => Password::Hash,
         // Something that starts like a bcrypt hash but is not one is most
         // likely a damaged hash; hashing it as a password would lock the user out.
-        Value::String(s)
-            if s.starts_with("$2") && s.len() > 4 && s.as_bytes().get(3) == Some(&b'$') =>
-        {
+        Value::String(s) if s.starts_with("$2") && s.len() > 4 && s.as_bytes().get(3) == Some(&b'$') => {
             Password::Malformed
         }
         Value::String(s) => Password::Plain(s),
@@ -348,16 +255,12 @@ pub fn is_bcrypt(s: &str) -> bool {
         && b[4].is_ascii_digit()
         && b[5].is_ascii_digit()
         && b[6] == b'$'
-        && b[7..]
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/')
+        && b[7..].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/')
 }
 
 fn check_key(key: &str) -> Result<(), Reject> {
     if key.starts_with('$') || key.contains('.') {
-        return Err(Reject::ForbiddenKey {
-            key: key.to_string(),
-        });
+        return Err(Reject::ForbiddenKey { key: key.to_string() });
     }
     Ok(())
 }
@@ -395,11 +298,7 @@ fn number(n: &serde_json::Number) -> Bson {
 }
 
 fn to_int64(field: &str, v: &Value) -> Result<Bson, Reject> {
-    let bad = |found| Reject::BadType {
-        field: field.to_string(),
-        expected: "an integer",
-        found,
-    };
+    let bad = |found| Reject::BadType { field: field.to_string(), expected: "an integer", found };
     match v {
         Value::Null => Ok(Bson::Null),
         Value::Number(n) => {
@@ -427,22 +326,12 @@ fn to_date(field: &str, v: &Value) -> Result<Bson, Reject> {
         Value::Null => Ok(Bson::Null),
         Value::String(s) => parse_date(s)
             .map(Bson::DateTime)
-            .ok_or_else(|| Reject::BadDate {
-                field: field.to_string(),
-                value: format!("{s:?}"),
-            }),
+            .ok_or_else(|| Reject::BadDate { field: field.to_string(), value: format!("{s:?}") }),
         Value::Number(n) => n
             .as_i64()
             .map(|ms| Bson::DateTime(bson::DateTime::from_millis(ms)))
-            .ok_or_else(|| Reject::BadDate {
-                field: field.to_string(),
-                value: n.to_string(),
-            }),
-        other => Err(Reject::BadType {
-            field: field.to_string(),
-            expected: "a date string",
-            found: kind_of(other),
-        }),
+            .ok_or_else(|| Reject::BadDate { field: field.to_string(), value: n.to_string() }),
+        other => Err(Reject::BadType { field: field.to_string(), expected: "a date string", found: kind_of(other) }),
     }
 }
 
@@ -455,11 +344,7 @@ pub fn parse_date(s: &str) -> Option<bson::DateTime> {
     if let Ok(d) = DateTime::parse_from_rfc3339(s) {
         return Some(bson::DateTime::from_millis(d.timestamp_millis()));
     }
-    for fmt in [
-        "%Y-%m-%dT%H:%M:%S%.f",
-        "%Y-%m-%d %H:%M:%S%.f",
-        "%Y-%m-%dT%H:%M",
-    ] {
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
         if let Ok(d) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(bson::DateTime::from_millis(d.and_utc().timestamp_millis()));
         }
@@ -490,8 +375,7 @@ pub fn reject_copy(spec: &SourceSpec, value: &Value) -> Bson {
     if let (Some(field), Value::Object(obj)) = (spec.password_field.as_deref(), &mut v) {
         if let Some(Value::String(p)) = obj.get(field) {
             if !is_bcrypt(p) {
-                let replaced =
-                    bcrypt::hash(p, BCRYPT_COST).unwrap_or_else(|_| "<unhashable>".to_string());
+                let replaced = bcrypt::hash(p, BCRYPT_COST).unwrap_or_else(|_| "<unhashable>".to_string());
                 obj.insert(field.to_string(), Value::String(replaced));
             }
         }
@@ -530,18 +414,7 @@ mod tests {
         assert_eq!(created.timestamp_millis(), 1_760_356_800_000);
         assert_eq!(m.version.unwrap().timestamp_millis(), 1_760_358_600_250);
         assert!(m.plaintext.is_none());
-        assert_eq!(
-            m.fields,
-            [
-                "id",
-                "email",
-                "name",
-                "password",
-                "role",
-                "createdAt",
-                "updatedAt"
-            ]
-        );
+        assert_eq!(m.fields, ["id", "email", "name", "password", "role", "createdAt", "updatedAt"]);
     }
 
     #[test]
@@ -569,15 +442,9 @@ mod tests {
         assert_eq!(m.doc.get("deleted_at"), Some(&Bson::Null));
         assert!(matches!(m.doc.get("uploaded_at"), Some(Bson::DateTime(_))));
         let big = json!({"id":"d1","size":5.0e9});
-        assert_eq!(
-            map_record(&spec(1), "fp", &big).unwrap().doc.get("size"),
-            Some(&Bson::Int64(5_000_000_000))
-        );
+        assert_eq!(map_record(&spec(1), "fp", &big).unwrap().doc.get("size"), Some(&Bson::Int64(5_000_000_000)));
         let frac = json!({"id":"d1","size":1.5});
-        assert_eq!(
-            map_record(&spec(1), "fp", &frac).unwrap_err().code(),
-            "bad_type"
-        );
+        assert_eq!(map_record(&spec(1), "fp", &frac).unwrap_err().code(), "bad_type");
     }
 
     #[test]
@@ -591,20 +458,11 @@ mod tests {
         assert_eq!(m.doc.get("epoch"), Some(&Bson::Int32(2)));
         assert_eq!(m.doc.get("step"), Some(&Bson::Int64(3_000_000_000)));
         let params = m.doc.get_document("params").unwrap();
-        assert_eq!(
-            params.get_document("lora").unwrap().get("r"),
-            Some(&Bson::Int32(8))
-        );
+        assert_eq!(params.get_document("lora").unwrap().get("r"), Some(&Bson::Int32(8)));
         // Python's naive isoformat() is read as UTC, microseconds cut to milliseconds.
-        assert_eq!(
-            m.doc.get_datetime("created_at").unwrap().timestamp_millis(),
-            1_760_184_000_123
-        );
+        assert_eq!(m.doc.get_datetime("created_at").unwrap().timestamp_millis(), 1_760_184_000_123);
         let bad = json!({"job_id":"j1","params":"lr=1"});
-        assert_eq!(
-            map_record(&spec(2), "fp", &bad).unwrap_err().code(),
-            "bad_type"
-        );
+        assert_eq!(map_record(&spec(2), "fp", &bad).unwrap_err().code(), "bad_type");
     }
 
     #[test]
@@ -617,30 +475,12 @@ mod tests {
             (json!({"id":null,"email":"a@b.c"}), "id_not_string"),
             (json!({"id":{"x":1},"email":"a@b.c"}), "id_not_string"),
             (json!({"id":"","email":"a@b.c"}), "empty_id"),
-            (
-                json!({"id":"u","email":"a@b.c","createdAt":"yesterday"}),
-                "bad_date",
-            ),
-            (
-                json!({"id":"u","email":"a@b.c","createdAt":true}),
-                "bad_type",
-            ),
-            (
-                json!({"id":"u","email":"a@b.c","$where":1}),
-                "forbidden_key",
-            ),
-            (
-                json!({"id":"u","email":"a@b.c","prefs":{"a.b":1}}),
-                "forbidden_key",
-            ),
-            (
-                json!({"id":"u","email":"a@b.c","password":"$2b$10$short"}),
-                "malformed_bcrypt",
-            ),
-            (
-                json!({"id":"u","email":"a@b.c","password":12345}),
-                "bad_type",
-            ),
+            (json!({"id":"u","email":"a@b.c","createdAt":"yesterday"}), "bad_date"),
+            (json!({"id":"u","email":"a@b.c","createdAt":true}), "bad_type"),
+            (json!({"id":"u","email":"a@b.c","$where":1}), "forbidden_key"),
+            (json!({"id":"u","email":"a@b.c","prefs":{"a.b":1}}), "forbidden_key"),
+            (json!({"id":"u","email":"a@b.c","password":"$2b$10$short"}), "malformed_bcrypt"),
+            (json!({"id":"u","email":"a@b.c","password":12345}), "bad_type"),
             (json!({"id":"u"}), "missing_email"),
             (json!({"id":"u","email":null}), "missing_email"),
         ];
@@ -677,18 +517,9 @@ mod tests {
         let a = json!({"id":"u","email":"a@b.c","name":"A"});
         let b = json!({"id":"u","email":"a@b.c","name":"B"});
         let s = spec(0);
-        assert_ne!(
-            map_record(&s, "fp", &a).unwrap().hash,
-            map_record(&s, "fp", &b).unwrap().hash
-        );
-        assert_ne!(
-            map_record(&s, "fp1", &a).unwrap().hash,
-            map_record(&s, "fp2", &a).unwrap().hash
-        );
-        assert_eq!(
-            map_record(&s, "fp", &a).unwrap().hash,
-            map_record(&s, "fp", &a.clone()).unwrap().hash
-        );
+        assert_ne!(map_record(&s, "fp", &a).unwrap().hash, map_record(&s, "fp", &b).unwrap().hash);
+        assert_ne!(map_record(&s, "fp1", &a).unwrap().hash, map_record(&s, "fp2", &a).unwrap().hash);
+        assert_eq!(map_record(&s, "fp", &a).unwrap().hash, map_record(&s, "fp", &a.clone()).unwrap().hash);
     }
 
     #[test]

@@ -83,6 +83,8 @@ impl Engine {
 pub enum Scope {
     /// Every file of every source.
     Full,
+    /// Every file of these sources (a folder appeared or vanished).
+    Sources(Vec<usize>),
     /// Just these files (they may have been deleted).
     Files(Vec<SourceFile>),
 }
@@ -101,6 +103,9 @@ pub struct Summary {
     pub deleted: u64,
     pub archived: u64,
     pub deletes_held: u64,
+    /// Files that could not be read or parsed (watch retries them).
+    #[serde(skip)]
+    pub bad_paths: Vec<SourceFile>,
 }
 
 impl Summary {
@@ -116,6 +121,7 @@ impl Summary {
         self.deleted += o.deleted;
         self.archived += o.archived;
         self.deletes_held += o.deletes_held;
+        self.bad_paths.extend(o.bad_paths.iter().cloned());
     }
 
     pub fn changed(&self) -> bool {
@@ -201,27 +207,16 @@ pub struct Scanned {
 }
 
 /// Read and map one source's files (blocking: run it on the blocking pool).
-pub fn scan_source(
-    engine: &Engine,
-    spec_idx: usize,
-    files: Option<Vec<SourceFile>>,
-) -> Result<Scanned, Fatal> {
+pub fn scan_source(engine: &Engine, spec_idx: usize, files: Option<Vec<SourceFile>>) -> Result<Scanned, Fatal> {
     let spec = &engine.layout.sources[spec_idx];
     let fingerprint = &engine.fingerprints[spec_idx];
-    let mut out = Scanned {
-        spec: spec_idx,
-        complete: files.is_none(),
-        ..Default::default()
-    };
+    let mut out = Scanned { spec: spec_idx, complete: files.is_none(), ..Default::default() };
     let files = match files {
         Some(f) => f,
         None => match source::discover(&engine.layout, &engine.roots, spec_idx) {
             Ok(f) => f,
             Err((rel, problem)) => {
-                return Err(Fatal::Source(format!(
-                    "{rel} ({}): {problem}",
-                    engine.roots.dir(spec.root).display()
-                )))
+                return Err(Fatal::Source(format!("{rel} ({}): {problem}", engine.roots.dir(spec.root).display())))
             }
         },
     };
@@ -252,10 +247,7 @@ pub fn scan_source(
             match map_record(spec, fingerprint, &raw.value) {
                 Ok(m) => {
                     if let Some(first) = first_by_id.get(&m.id) {
-                        let reason = Reject::DuplicateId {
-                            id: m.id.clone(),
-                            first: first.clone(),
-                        };
+                        let reason = Reject::DuplicateId { id: m.id.clone(), first: first.clone() };
                         out.protected_ids.insert(m.id.clone());
                         out.rejects.push(record_reject(
                             spec,
@@ -271,10 +263,7 @@ pub fn scan_source(
                     for field in &spec.normalize_email {
                         if let Some(v) = m.doc.get_str(field).ok().map(str::to_string) {
                             if let Some(first) = first_by_unique.get(&(field.clone(), v.clone())) {
-                                clash = Some(Reject::DuplicateEmail {
-                                    email: v,
-                                    first: first.clone(),
-                                });
+                                clash = Some(Reject::DuplicateEmail { email: v, first: first.clone() });
                                 break;
                             }
                         }
@@ -294,22 +283,13 @@ pub fn scan_source(
                     first_by_id.insert(m.id.clone(), located);
                     for field in &spec.normalize_email {
                         if let Ok(v) = m.doc.get_str(field) {
-                            first_by_unique
-                                .insert((field.clone(), v.to_string()), raw.locate(&file.rel));
+                            first_by_unique.insert((field.clone(), v.to_string()), raw.locate(&file.rel));
                         }
                     }
-                    out.candidates.push(Candidate {
-                        mapped: m,
-                        rel: file.rel.clone(),
-                        position: raw.position,
-                    });
+                    out.candidates.push(Candidate { mapped: m, rel: file.rel.clone(), position: raw.position });
                 }
                 Err(reason) => {
-                    let id = raw
-                        .value
-                        .get(&spec.id_field)
-                        .and_then(|v| v.as_str())
-                        .filter(|s| !s.is_empty());
+                    let id = raw.value.get(&spec.id_field).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
                     match id {
                         Some(id) => {
                             out.protected_ids.insert(id.to_string());
@@ -319,14 +299,7 @@ pub fn scan_source(
                         }
                     }
                     let id = id.map(str::to_string);
-                    out.rejects.push(record_reject(
-                        spec,
-                        &file.rel,
-                        raw.position,
-                        id,
-                        reason,
-                        &raw.value,
-                    ));
+                    out.rejects.push(record_reject(spec, &file.rel, raw.position, id, reason, &raw.value));
                 }
             }
         }
@@ -353,11 +326,10 @@ fn record_reject(
 ) -> RejectRecord {
     let content = match value {
         serde_json::Value::Object(obj) => {
-            let skip = spec.password_field.as_deref().filter(|f| {
-                obj.get(*f)
-                    .and_then(|v| v.as_str())
-                    .is_some_and(|p| !mapping::is_bcrypt(p))
-            });
+            let skip = spec
+                .password_field
+                .as_deref()
+                .filter(|f| obj.get(*f).and_then(|v| v.as_str()).is_some_and(|p| !mapping::is_bcrypt(p)));
             mapping::content_hash("", obj, skip)
         }
         other => mapping::hex(&Sha256::digest(other.to_string().as_bytes())[..12]),
@@ -417,16 +389,9 @@ fn existing_from(spec: &SourceSpec, d: &Document) -> Option<(String, Existing)> 
         source: m.and_then(|m| m.get_str("source").ok()).map(str::to_string),
         fields: m
             .and_then(|m| m.get_array("fields").ok())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|b| b.as_str().map(str::to_string))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|b| b.as_str().map(str::to_string)).collect())
             .unwrap_or_default(),
-        version: spec
-            .version_field
-            .as_ref()
-            .and_then(|v| d.get_datetime(v).ok().copied()),
+        version: spec.version_field.as_ref().and_then(|v| d.get_datetime(v).ok().copied()),
     };
     Some((id, ex))
 }
@@ -446,6 +411,11 @@ pub struct RunOptions {
     pub dry_run: bool,
     /// Log every reject, not only those not stored before (sync does).
     pub log_all_rejects: bool,
+    /// Leave unreadable files out of `mirror_rejects` and the log for now:
+    /// watch retries them (they may be half-written) before reporting.
+    pub defer_bad_files: bool,
+    /// Log one line per written document (watch, for changed files).
+    pub log_changes: bool,
 }
 
 /// Reconcile a scope: the heart of sync and watch.
@@ -459,11 +429,24 @@ pub async fn reconcile(
     let mut total = Summary::default();
     let mut per_spec: Vec<Option<Vec<SourceFile>>> = vec![None; engine.layout.sources.len()];
     let mut wanted: Vec<bool> = vec![matches!(scope, Scope::Full); engine.layout.sources.len()];
-    if let Scope::Files(files) = scope {
-        for f in files {
-            if let Some(slot) = per_spec.get_mut(f.spec) {
-                slot.get_or_insert_with(Vec::new).push(f.clone());
-                wanted[f.spec] = true;
+    let mut whole: Vec<bool> = wanted.clone();
+    match scope {
+        Scope::Full => {}
+        Scope::Sources(specs) => {
+            let n = wanted.len();
+            for s in specs.into_iter().filter(|s| *s < n) {
+                wanted[s] = true;
+                whole[s] = true;
+            }
+        }
+        Scope::Files(files) => {
+            for f in files {
+                if let Some(slot) = per_spec.get_mut(f.spec) {
+                    if !slot.as_ref().is_some_and(|v| v.contains(&f)) {
+                        slot.get_or_insert_with(Vec::new).push(f.clone());
+                    }
+                    wanted[f.spec] = true;
+                }
             }
         }
     }
@@ -474,6 +457,7 @@ pub async fn reconcile(
         if cancel.is_cancelled() {
             return Err(Fatal::Interrupted);
         }
+        let files = if whole[spec_idx] { None } else { files };
         let e = engine.clone();
         let scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, files))
             .await
@@ -495,31 +479,13 @@ async fn fetch_existing(
     let docs = if scanned.complete {
         sink.find_all(&spec.collection, doc! {}, projection).await?
     } else {
-        let mut ids: Vec<String> = scanned
-            .candidates
-            .iter()
-            .map(|c| c.mapped.id.clone())
-            .collect();
+        let mut ids: Vec<String> = scanned.candidates.iter().map(|c| c.mapped.id.clone()).collect();
         ids.sort();
         ids.dedup();
-        let mut docs = sink
-            .find_by_ids(&spec.collection, &ids, projection.clone())
-            .await?;
-        let rels: Vec<Bson> = scanned
-            .read_ok
-            .iter()
-            .chain(&scanned.missing)
-            .map(|r| Bson::String(r.clone()))
-            .collect();
+        let mut docs = sink.find_by_ids(&spec.collection, &ids, projection.clone()).await?;
+        let rels: Vec<Bson> = scanned.read_ok.iter().chain(&scanned.missing).map(|r| Bson::String(r.clone())).collect();
         if !rels.is_empty() {
-            docs.extend(
-                sink.find_all(
-                    &spec.collection,
-                    doc! { "_mirror.source": { "$in": rels } },
-                    projection,
-                )
-                .await?,
-            );
+            docs.extend(sink.find_all(&spec.collection, doc! { "_mirror.source": { "$in": rels } }, projection).await?);
         }
         docs
     };
@@ -533,11 +499,7 @@ async fn reconcile_source(
     opts: RunOptions,
 ) -> Result<Summary, Fatal> {
     let spec = engine.layout.sources[scanned.spec].clone();
-    let mut summary = Summary {
-        files: scanned.files,
-        read: scanned.records,
-        ..Default::default()
-    };
+    let mut summary = Summary { files: scanned.files, read: scanned.records, ..Default::default() };
     let existing = fetch_existing(engine, sink, &scanned).await?;
     let candidates = std::mem::take(&mut scanned.candidates);
 
@@ -551,16 +513,11 @@ async fn reconcile_source(
             None => plan.inserts.push(c),
             Some(ex) => {
                 if let Some(other) = other_live_source(engine, &spec, &c, ex) {
-                    let reason = Reject::DuplicateId {
-                        id: c.mapped.id.clone(),
-                        first: other,
-                    };
+                    let reason = Reject::DuplicateId { id: c.mapped.id.clone(), first: other };
                     scanned.rejects.push(candidate_reject(&spec, &c, reason));
                     continue;
                 }
-                if ex.hash.as_deref() == Some(c.mapped.hash.as_str())
-                    && ex.source.as_deref() == Some(c.rel.as_str())
-                {
+                if ex.hash.as_deref() == Some(c.mapped.hash.as_str()) && ex.source.as_deref() == Some(c.rel.as_str()) {
                     if c.mapped.plaintext.is_some() {
                         plaintext_same.push((c, ex.clone()));
                     } else {
@@ -587,10 +544,7 @@ async fn reconcile_source(
     // (or that are gone) whose records are no longer there.
     for (id, ex) in &existing {
         let Some(src) = &ex.source else { continue };
-        if ids_in_files.contains(id)
-            || scanned.protected_ids.contains(id)
-            || scanned.no_deletes.contains(src)
-        {
+        if ids_in_files.contains(id) || scanned.protected_ids.contains(id) || scanned.no_deletes.contains(src) {
             continue;
         }
         let authoritative = scanned.read_ok.contains(src)
@@ -613,49 +567,35 @@ async fn reconcile_source(
         summary.rejected = count(scanned.rejects.len());
         summary.bad_files = count(scanned.bad.len());
         for r in &scanned.rejects {
-            println!(
-                "would reject {} {}: {}",
-                spec.collection,
-                r.locate(),
-                r.reason
-            );
+            println!("would reject {} {}: {}", spec.collection, r.locate(), r.reason);
         }
         return Ok(summary);
     }
 
     let mut rejects = scanned.rejects;
-    apply_writes(
-        engine,
-        sink,
-        &spec,
-        plan.inserts,
-        plan.updates,
-        &mut summary,
-        &mut rejects,
-    )
-    .await?;
-    apply_deletes(
-        engine,
-        sink,
-        &spec,
-        plan.deletes,
-        existing.len(),
-        &mut summary,
-    )
-    .await?;
+    apply_writes(engine, sink, &spec, plan.inserts, plan.updates, &mut summary, &mut rejects, opts).await?;
+    apply_deletes(engine, sink, &spec, plan.deletes, existing.len(), &mut summary).await?;
     summary.bad_files = count(scanned.bad.len());
+    let mut bad_paths: Vec<&String> = scanned.bad.iter().collect();
+    bad_paths.sort();
+    let prefix = format!("{}/", spec.root.label());
+    summary.bad_paths = bad_paths
+        .into_iter()
+        .filter_map(|rel| {
+            let r = rel.strip_prefix(&prefix)?;
+            Some(source::source_file(scanned.spec, &spec, engine.roots.dir(spec.root), r))
+        })
+        .collect();
+    let mut report_bad = scanned.bad.clone();
+    if opts.defer_bad_files {
+        rejects.retain(|r| !matches!(r.reason, Reject::File(_)));
+        report_bad.clear();
+    }
     summary.rejected = count(rejects.len());
-    store_rejects(
-        sink,
-        &spec,
-        &scanned.read_ok,
-        &scanned.bad,
-        &scanned.missing,
-        scanned.complete,
-        rejects,
-        opts,
-    )
-    .await?;
+    // A deferred bad file keeps its earlier rejects until it is judged.
+    let complete = scanned.complete && report_bad.len() == scanned.bad.len();
+    let scope = RejectScope { read_ok: &scanned.read_ok, bad: &report_bad, missing: &scanned.missing, complete };
+    store_rejects(sink, &spec, scope, rejects, opts).await?;
     Ok(summary)
 }
 
@@ -663,17 +603,11 @@ async fn reconcile_source(
 fn belongs_to(engine: &Engine, spec: &SourceSpec, rel: &str) -> bool {
     let prefix = format!("{}/", spec.root.label());
     let _ = engine;
-    rel.strip_prefix(&prefix)
-        .is_some_and(|r| spec.matches_rel(std::path::Path::new(r)))
+    rel.strip_prefix(&prefix).is_some_and(|r| spec.matches_rel(std::path::Path::new(r)))
 }
 
 /// For one-record-per-file sources: another file that still exists already holds this id.
-fn other_live_source(
-    engine: &Engine,
-    spec: &SourceSpec,
-    c: &Candidate,
-    ex: &Existing,
-) -> Option<String> {
+fn other_live_source(engine: &Engine, spec: &SourceSpec, c: &Candidate, ex: &Existing) -> Option<String> {
     let src = ex.source.as_ref()?;
     if src == &c.rel || !spec.is_pattern() || !belongs_to(engine, spec, src) {
         return None;
@@ -692,13 +626,7 @@ fn other_live_source(
 fn candidate_reject(spec: &SourceSpec, c: &Candidate, reason: Reject) -> RejectRecord {
     let pos = c.position.map(|p| p.to_string()).unwrap_or_default();
     RejectRecord {
-        key: reject_key(&[
-            &spec.collection,
-            &c.rel,
-            &pos,
-            reason.code(),
-            &c.mapped.hash,
-        ]),
+        key: reject_key(&[&spec.collection, &c.rel, &pos, reason.code(), &c.mapped.hash]),
         collection: spec.collection.clone(),
         rel: c.rel.clone(),
         position: c.position,
@@ -717,17 +645,10 @@ async fn plaintext_changed(
         return Ok(same.into_iter().map(|(c, e)| (c, e, false)).collect());
     };
     let ids: Vec<String> = same.iter().map(|(c, _)| c.mapped.id.clone()).collect();
-    let docs = sink
-        .find_by_ids(&spec.collection, &ids, Some(doc! { field.clone(): 1 }))
-        .await?;
+    let docs = sink.find_by_ids(&spec.collection, &ids, Some(doc! { field.clone(): 1 })).await?;
     let stored: HashMap<String, String> = docs
         .iter()
-        .filter_map(|d| {
-            Some((
-                d.get_str("_id").ok()?.to_string(),
-                d.get_str(&field).ok()?.to_string(),
-            ))
-        })
+        .filter_map(|d| Some((d.get_str("_id").ok()?.to_string(), d.get_str(&field).ok()?.to_string())))
         .collect();
     let checked = tokio::task::spawn_blocking(move || {
         same.into_iter()
@@ -747,10 +668,7 @@ async fn plaintext_changed(
 
 /// Hash plaintext passwords of the records about to be written, on all cores
 /// of the blocking pool.
-async fn hash_plaintexts(
-    spec: &SourceSpec,
-    cands: Vec<Candidate>,
-) -> Result<Vec<Candidate>, Fatal> {
+async fn hash_plaintexts(spec: &SourceSpec, cands: Vec<Candidate>) -> Result<Vec<Candidate>, Fatal> {
     let Some(field) = spec.password_field.clone() else {
         return Ok(cands);
     };
@@ -759,9 +677,7 @@ async fn hash_plaintexts(
     }
     tokio::task::spawn_blocking(move || {
         let mut cands = cands;
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
         let chunk = cands.len().div_ceil(threads).max(1);
         std::thread::scope(|s| {
             for part in cands.chunks_mut(chunk) {
@@ -795,10 +711,7 @@ fn mirror_doc(c: &Candidate) -> Document {
 fn insert_op(spec: &SourceSpec, c: &Candidate) -> WriteOp {
     let mut d = c.mapped.doc.clone();
     d.insert("_mirror", mirror_doc(c));
-    WriteOp::Insert {
-        coll: spec.collection.clone(),
-        doc: d,
-    }
+    WriteOp::Insert { coll: spec.collection.clone(), doc: d }
 }
 
 fn update_op(engine: &Engine, spec: &SourceSpec, c: &Candidate, ex: &Existing) -> WriteOp {
@@ -815,21 +728,14 @@ fn update_op(engine: &Engine, spec: &SourceSpec, c: &Candidate, ex: &Existing) -
     if !removed.is_empty() {
         update.insert("$unset", removed);
     }
-    WriteOp::Update {
-        coll: spec.collection.clone(),
-        filter: update_filter(engine, spec, c),
-        update,
-        upsert: false,
-    }
+    WriteOp::Update { coll: spec.collection.clone(), filter: update_filter(engine, spec, c), update, upsert: false }
 }
 
 /// `{_id}` plus, under newer-wins, "MongoDB's version is not newer than the file's".
 /// The check and the write are one server-side operation.
 fn update_filter(engine: &Engine, spec: &SourceSpec, c: &Candidate) -> Document {
     let mut f = doc! { "_id": &c.mapped.id };
-    if let (Conflict::NewerWins, Some(vf), Some(v)) =
-        (engine.conflict, &spec.version_field, c.mapped.version)
-    {
+    if let (Conflict::NewerWins, Some(vf), Some(v)) = (engine.conflict, &spec.version_field, c.mapped.version) {
         f.insert(
             "$or",
             vec![
@@ -844,6 +750,7 @@ fn update_filter(engine: &Engine, spec: &SourceSpec, c: &Candidate) -> Document 
 /// Write inserts and updates, then settle every outcome: duplicates become
 /// rejects, updates refused by the version check become `skipped_newer`, and
 /// anything that raced with another writer is planned again (a few rounds).
+#[allow(clippy::too_many_arguments)]
 async fn apply_writes(
     engine: &Engine,
     sink: &Sink,
@@ -852,7 +759,13 @@ async fn apply_writes(
     updates: Vec<(Candidate, Existing)>,
     summary: &mut Summary,
     rejects: &mut Vec<RejectRecord>,
+    opts: RunOptions,
 ) -> Result<(), Fatal> {
+    let log = |c: &Candidate, action: &str| {
+        if opts.log_changes {
+            tracing::info!(collection = %spec.collection, id = %c.mapped.id, source = %c.locate(), action, "Mirrored change");
+        }
+    };
     const ROUNDS: usize = 4;
     let mut inserts = hash_plaintexts(spec, inserts).await?;
     let (mut upd_c, mut upd_e): (Vec<Candidate>, Vec<Existing>) = updates.into_iter().unzip();
@@ -868,23 +781,23 @@ async fn apply_writes(
         let results = sink.write(ops).await?;
         let n_ins = inserts.len();
         let mut unsure: Vec<(Candidate, bool, OpResult)> = Vec::new();
-        let mut pending = inserts
-            .into_iter()
-            .map(|c| (c, true))
-            .chain(updates.into_iter().map(|(c, _)| (c, false)));
+        let mut pending = inserts.into_iter().map(|c| (c, true)).chain(updates.into_iter().map(|(c, _)| (c, false)));
         for (i, r) in results.into_iter().enumerate() {
             let Some((c, is_insert)) = pending.next() else {
                 break;
             };
             debug_assert_eq!(is_insert, i < n_ins);
             match (&r, is_insert) {
-                (OpResult::Applied { .. }, true) => summary.inserted += 1,
-                (OpResult::Applied { matched: Some(n) }, false) if *n > 0 => summary.updated += 1,
+                (OpResult::Applied { .. }, true) => {
+                    summary.inserted += 1;
+                    log(&c, "inserted");
+                }
+                (OpResult::Applied { matched: Some(n) }, false) if *n > 0 => {
+                    summary.updated += 1;
+                    log(&c, "updated");
+                }
                 (OpResult::Failed { message, .. }, _) => {
-                    let reason = Reject::IdTaken {
-                        id: c.mapped.id.clone(),
-                        detail: message.clone(),
-                    };
+                    let reason = Reject::IdTaken { id: c.mapped.id.clone(), detail: message.clone() };
                     rejects.push(candidate_reject(spec, &c, reason));
                 }
                 _ => unsure.push((c, is_insert, r)),
@@ -914,8 +827,10 @@ async fn apply_writes(
                     // command that reports no per-op counts).
                     if is_insert {
                         summary.inserted += 1;
+                        log(&c, "inserted");
                     } else {
                         summary.updated += 1;
+                        log(&c, "updated");
                     }
                 }
                 Some(ex) if !is_insert && is_newer(engine, &c, ex) => {
@@ -932,15 +847,11 @@ async fn apply_writes(
                 Some(_) if matches!(r, OpResult::DuplicateKey { .. }) && !is_insert => {
                     match unique_clash(engine, sink, spec, &c).await? {
                         Some(reason) => rejects.push(candidate_reject(spec, &c, reason)),
-                        None if round + 1 < ROUNDS => {
-                            updates.push((c, held.cloned().unwrap_or_default()))
-                        }
+                        None if round + 1 < ROUNDS => updates.push((c, held.cloned().unwrap_or_default())),
                         None => rejects.push(candidate_reject(spec, &c, retry_exhausted(&c))),
                     }
                 }
-                _ if round + 1 == ROUNDS => {
-                    rejects.push(candidate_reject(spec, &c, retry_exhausted(&c)))
-                }
+                _ if round + 1 == ROUNDS => rejects.push(candidate_reject(spec, &c, retry_exhausted(&c))),
                 None => inserts.push(c),
                 Some(ex) => updates.push((c, ex.clone())),
             }
@@ -952,8 +863,7 @@ async fn apply_writes(
 fn retry_exhausted(c: &Candidate) -> Reject {
     Reject::IdTaken {
         id: c.mapped.id.clone(),
-        detail: "another writer kept changing this document; will be tried again on the next run"
-            .into(),
+        detail: "another writer kept changing this document; will be tried again on the next run".into(),
     }
 }
 
@@ -963,37 +873,21 @@ fn is_newer(engine: &Engine, c: &Candidate, ex: &Existing) -> bool {
 }
 
 /// Find the other document that holds one of this record's unique values.
-async fn unique_clash(
-    engine: &Engine,
-    sink: &Sink,
-    spec: &SourceSpec,
-    c: &Candidate,
-) -> Result<Option<Reject>, Fatal> {
+async fn unique_clash(engine: &Engine, sink: &Sink, spec: &SourceSpec, c: &Candidate) -> Result<Option<Reject>, Fatal> {
     let mut fields = engine.indexes.unique_fields(&spec.collection);
-    fields.extend(
-        spec.normalize_email
-            .iter()
-            .filter(|f| !fields.contains(f))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
+    fields.extend(spec.normalize_email.iter().filter(|f| !fields.contains(f)).cloned().collect::<Vec<_>>());
     for field in fields {
         let Ok(value) = c.mapped.doc.get_str(&field) else {
             continue;
         };
         let filter = doc! { field.clone(): value, "_id": { "$ne": &c.mapped.id } };
-        let found = sink
-            .find_all(&spec.collection, filter, Some(doc! { "_id": 1 }))
-            .await?;
+        let found = sink.find_all(&spec.collection, filter, Some(doc! { "_id": 1 })).await?;
         if let Some(other) = found.first().and_then(|d| d.get("_id")) {
             let other_id = match other {
                 Bson::String(s) => s.clone(),
                 b => b.to_string(),
             };
-            return Ok(Some(Reject::EmailTaken {
-                email: value.to_string(),
-                other_id,
-            }));
+            return Ok(Some(Reject::EmailTaken { email: value.to_string(), other_id }));
         }
     }
     Ok(None)
@@ -1013,13 +907,8 @@ async fn apply_deletes(
     let total = if held_total > deletes.len() {
         held_total
     } else {
-        usize::try_from(
-            sink.collection(&spec.collection)
-                .estimated_document_count()
-                .await
-                .unwrap_or(0),
-        )
-        .unwrap_or(usize::MAX)
+        usize::try_from(sink.collection(&spec.collection).estimated_document_count().await.unwrap_or(0))
+            .unwrap_or(usize::MAX)
     };
     let n = deletes.len();
     let fraction = if total == 0 { 1.0 } else { ratio(n, total) };
@@ -1043,12 +932,8 @@ async fn apply_deletes(
             .into_iter()
             .map(|d| {
                 let id = d.get("_id").cloned().unwrap_or(Bson::Null);
-                let hash = d
-                    .get_document("_mirror")
-                    .ok()
-                    .and_then(|m| m.get_str("hash").ok())
-                    .unwrap_or("")
-                    .to_string();
+                let hash =
+                    d.get_document("_mirror").ok().and_then(|m| m.get_str("hash").ok()).unwrap_or("").to_string();
                 WriteOp::Insert {
                     coll: ARCHIVE.to_string(),
                     doc: doc! {
@@ -1077,10 +962,7 @@ async fn apply_deletes(
             if let Some(h) = &ex.hash {
                 filter.insert("_mirror.hash", h);
             }
-            WriteOp::Delete {
-                coll: spec.collection.clone(),
-                filter,
-            }
+            WriteOp::Delete { coll: spec.collection.clone(), filter }
         })
         .collect();
     let results = sink.write(ops).await?;
@@ -1091,34 +973,35 @@ async fn apply_deletes(
             } else {
                 summary.deleted += 1;
             }
-            tracing::info!(collection = %spec.collection, id = %id, source = ex.source.as_deref().unwrap_or(""), action = ?engine.on_delete, "Record gone from the files");
+            tracing::info!(collection = %spec.collection, id = %id, source = ex.source.as_deref().unwrap_or(""), action = if engine.on_delete == OnDelete::Archive { "archived" } else { "deleted" }, "Record gone from the files");
         }
     }
     Ok(())
 }
 
+/// The files whose rejects a reconcile is the authority on.
+struct RejectScope<'a> {
+    read_ok: &'a HashSet<String>,
+    bad: &'a HashSet<String>,
+    missing: &'a HashSet<String>,
+    /// Every file of the source (rejects of vanished files are cleared too).
+    complete: bool,
+}
+
 /// Make `mirror_rejects` hold exactly the current rejects of the scanned files:
 /// new ones are inserted (plaintext passwords hashed), cleared ones removed.
-#[allow(clippy::too_many_arguments)]
 async fn store_rejects(
     sink: &Sink,
     spec: &SourceSpec,
-    read_ok: &HashSet<String>,
-    bad: &HashSet<String>,
-    missing: &HashSet<String>,
-    complete: bool,
+    scope: RejectScope<'_>,
     rejects: Vec<RejectRecord>,
     opts: RunOptions,
 ) -> Result<(), Fatal> {
-    let scope_filter = if complete {
+    let scope_filter = if scope.complete {
         doc! { "collection": &spec.collection }
     } else {
-        let rels: Vec<Bson> = read_ok
-            .iter()
-            .chain(bad)
-            .chain(missing)
-            .map(|r| Bson::String(r.clone()))
-            .collect();
+        let rels: Vec<Bson> =
+            scope.read_ok.iter().chain(scope.bad).chain(scope.missing).map(|r| Bson::String(r.clone())).collect();
         doc! { "collection": &spec.collection, "source": { "$in": rels } }
     };
     let stored: HashSet<String> = sink
@@ -1139,30 +1022,17 @@ async fn store_rejects(
         }
     }
     let new = hash_reject_records(spec, new).await?;
-    let ops: Vec<WriteOp> = new
-        .iter()
-        .map(|r| WriteOp::Insert {
-            coll: REJECTS.to_string(),
-            doc: r.to_document(),
-        })
-        .collect();
+    let ops: Vec<WriteOp> =
+        new.iter().map(|r| WriteOp::Insert { coll: REJECTS.to_string(), doc: r.to_document() }).collect();
     for r in sink.write(ops).await? {
         if let OpResult::Failed { message, .. } = r {
-            return Err(Fatal::Mongo(format!(
-                "cannot store a reject in {REJECTS}: {message}"
-            )));
+            return Err(Fatal::Mongo(format!("cannot store a reject in {REJECTS}: {message}")));
         }
     }
-    let stale: Vec<Bson> = stored
-        .iter()
-        .filter(|k| !current.contains(k.as_str()))
-        .map(|k| Bson::String(k.clone()))
-        .collect();
+    let stale: Vec<Bson> =
+        stored.iter().filter(|k| !current.contains(k.as_str())).map(|k| Bson::String(k.clone())).collect();
     if !stale.is_empty() {
-        let ops = vec![WriteOp::DeleteMany {
-            coll: REJECTS.to_string(),
-            filter: doc! { "_id": { "$in": stale } },
-        }];
+        let ops = vec![WriteOp::DeleteMany { coll: REJECTS.to_string(), filter: doc! { "_id": { "$in": stale } } }];
         sink.write(ops).await?;
     }
     Ok(())
@@ -1170,10 +1040,7 @@ async fn store_rejects(
 
 /// Turn the raw JSON kept in each new reject into the stored copy (bcrypt for
 /// plaintext passwords: CPU work, off the async workers).
-async fn hash_reject_records(
-    spec: &SourceSpec,
-    rejects: Vec<RejectRecord>,
-) -> Result<Vec<RejectRecord>, Fatal> {
+async fn hash_reject_records(spec: &SourceSpec, rejects: Vec<RejectRecord>) -> Result<Vec<RejectRecord>, Fatal> {
     let spec = spec.clone();
     tokio::task::spawn_blocking(move || {
         rejects
@@ -1196,57 +1063,27 @@ async fn hash_reject_records(
 
 fn print_plan(spec: &SourceSpec, plan: &Plan, on_delete: OnDelete) {
     for c in &plan.inserts {
-        println!(
-            "would insert {}/{} from {}",
-            spec.collection,
-            c.mapped.id,
-            c.locate()
-        );
+        println!("would insert {}/{} from {}", spec.collection, c.mapped.id, c.locate());
     }
     for (c, ex) in &plan.updates {
-        let removed: Vec<&String> = ex
-            .fields
-            .iter()
-            .filter(|f| !c.mapped.fields.contains(f))
-            .collect();
+        let removed: Vec<&String> = ex.fields.iter().filter(|f| !c.mapped.fields.contains(f)).collect();
         if removed.is_empty() {
-            println!(
-                "would update {}/{} from {}",
-                spec.collection,
-                c.mapped.id,
-                c.locate()
-            );
+            println!("would update {}/{} from {}", spec.collection, c.mapped.id, c.locate());
         } else {
-            println!(
-                "would update {}/{} from {} (removing {:?})",
-                spec.collection,
-                c.mapped.id,
-                c.locate(),
-                removed
-            );
+            println!("would update {}/{} from {} (removing {:?})", spec.collection, c.mapped.id, c.locate(), removed);
         }
     }
     if on_delete != OnDelete::Keep {
         for (id, ex) in &plan.deletes {
-            let verb = if on_delete == OnDelete::Archive {
-                "archive"
-            } else {
-                "delete"
-            };
-            println!(
-                "would {verb} {}/{} (gone from {})",
-                spec.collection,
-                id,
-                ex.source.as_deref().unwrap_or("?")
-            );
+            let verb = if on_delete == OnDelete::Archive { "archive" } else { "delete" };
+            println!("would {verb} {}/{} (gone from {})", spec.collection, id, ex.source.as_deref().unwrap_or("?"));
         }
     }
 }
 
 fn ratio(n: usize, total: usize) -> f64 {
     // Counts of documents are far below 2^53, where f64 is exact.
-    f64::from(u32::try_from(n).unwrap_or(u32::MAX))
-        / f64::from(u32::try_from(total).unwrap_or(u32::MAX))
+    f64::from(u32::try_from(n).unwrap_or(u32::MAX)) / f64::from(u32::try_from(total).unwrap_or(u32::MAX))
 }
 
 /// A count as u64 (lossless on every platform Rust supports).

@@ -63,8 +63,7 @@ impl Scrubber {
             if let Some(raw) = uri.find("://").and_then(|i| {
                 let rest = &uri[i + 3..];
                 let auth = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-                auth.rfind('@')
-                    .and_then(|at| auth[..at].split_once(':').map(|(_, p)| p.to_string()))
+                auth.rfind('@').and_then(|at| auth[..at].split_once(':').map(|(_, p)| p.to_string()))
             }) {
                 if raw != pw {
                     secrets.push(raw);
@@ -92,18 +91,9 @@ mod tests {
 
     #[test]
     fn passwords_are_removed_from_uris() {
-        assert_eq!(
-            redact_uri("mongodb://u:p4ss@h:27017/db?x=1"),
-            "mongodb://u:***@h:27017/db?x=1"
-        );
-        assert_eq!(
-            redact_uri("mongodb+srv://u:p@ss@cluster/db"),
-            "mongodb+srv://u:***@cluster/db"
-        );
-        assert_eq!(
-            redact_uri("mongodb://localhost:27017/db"),
-            "mongodb://localhost:27017/db"
-        );
+        assert_eq!(redact_uri("mongodb://u:p4ss@h:27017/db?x=1"), "mongodb://u:***@h:27017/db?x=1");
+        assert_eq!(redact_uri("mongodb+srv://u:p@ss@cluster/db"), "mongodb+srv://u:***@cluster/db");
+        assert_eq!(redact_uri("mongodb://localhost:27017/db"), "mongodb://localhost:27017/db");
         assert_eq!(redact_uri("mongodb://user@h/db"), "mongodb://user@h/db");
         assert_eq!(redact_uri("not a uri"), "not a uri");
     }
@@ -111,14 +101,8 @@ mod tests {
     #[test]
     fn scrubber_removes_raw_and_decoded_passwords() {
         let s = Scrubber::for_uri("mongodb://admin:s%40cret-pw@h/db");
-        assert_eq!(
-            uri_password("mongodb://admin:s%40cret-pw@h/db").as_deref(),
-            Some("s@cret-pw")
-        );
-        assert_eq!(
-            s.scrub("auth failed for s@cret-pw and s%40cret-pw"),
-            "auth failed for *** and ***"
-        );
+        assert_eq!(uri_password("mongodb://admin:s%40cret-pw@h/db").as_deref(), Some("s@cret-pw"));
+        assert_eq!(s.scrub("auth failed for s@cret-pw and s%40cret-pw"), "auth failed for *** and ***");
         assert_eq!(Scrubber::for_uri("mongodb://h/db").scrub("x"), "x");
     }
 }

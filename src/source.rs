@@ -70,16 +70,9 @@ pub enum FileProblem {
     #[error("is not valid UTF-8 (line {line}, column {column})")]
     Utf8 { line: usize, column: usize },
     #[error("is not valid JSON: {reason} (line {line}, column {column})")]
-    Json {
-        line: usize,
-        column: usize,
-        reason: String,
-    },
+    Json { line: usize, column: usize, reason: String },
     #[error("holds {found} at the top level; expected {expected}")]
-    Shape {
-        expected: &'static str,
-        found: &'static str,
-    },
+    Shape { expected: &'static str, found: &'static str },
 }
 
 impl FileProblem {
@@ -105,9 +98,7 @@ pub struct ReadLimits {
 
 impl Default for ReadLimits {
     fn default() -> Self {
-        Self {
-            max_file_bytes: 1 << 30,
-        }
+        Self { max_file_bytes: 1 << 30 }
     }
 }
 
@@ -134,11 +125,7 @@ impl Stamp {
 
 /// The files a source consists of right now, sorted by name. A folder that
 /// does not exist yet yields no files (the platform creates `jobs/` lazily).
-pub fn discover(
-    layout: &Layout,
-    roots: &Roots,
-    spec_idx: usize,
-) -> Result<Vec<SourceFile>, (String, FileProblem)> {
+pub fn discover(layout: &Layout, roots: &Roots, spec_idx: usize) -> Result<Vec<SourceFile>, (String, FileProblem)> {
     let spec = &layout.sources[spec_idx];
     let root = roots.dir(spec.root);
     let (dir, _) = spec.split_path();
@@ -161,11 +148,7 @@ pub fn discover(
         if !spec.matches_file_name(name) {
             continue;
         }
-        let rel = if dir.is_empty() {
-            name.to_string()
-        } else {
-            format!("{dir}/{name}")
-        };
+        let rel = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
         files.push(source_file(spec_idx, spec, root, &rel));
     }
     files.sort();
@@ -182,19 +165,12 @@ fn rel_label(spec: &SourceSpec, rel: &str) -> String {
 
 /// The [`SourceFile`] for a path relative to the source's root.
 pub fn source_file(spec_idx: usize, spec: &SourceSpec, root: &Path, rel: &str) -> SourceFile {
-    SourceFile {
-        spec: spec_idx,
-        rel: rel_label(spec, rel),
-        path: root.join(rel),
-    }
+    SourceFile { spec: spec_idx, rel: rel_label(spec, rel), path: root.join(rel) }
 }
 
 /// Read a whole file, retrying while it changes under us. `Ok(None)` when it
 /// does not exist.
-pub fn read_stable(
-    path: &Path,
-    limits: ReadLimits,
-) -> Result<Option<(Vec<u8>, Stamp)>, FileProblem> {
+pub fn read_stable(path: &Path, limits: ReadLimits) -> Result<Option<(Vec<u8>, Stamp)>, FileProblem> {
     const ATTEMPTS: usize = 5;
     for attempt in 0..ATTEMPTS {
         let before = match fs::metadata(path) {
@@ -209,14 +185,10 @@ pub fn read_stable(
             return Err(FileProblem::NotAFile("a special file"));
         }
         if before.len() > limits.max_file_bytes {
-            return Err(FileProblem::TooLarge {
-                size: before.len(),
-                limit: limits.max_file_bytes,
-            });
+            return Err(FileProblem::TooLarge { size: before.len(), limit: limits.max_file_bytes });
         }
         let mut bytes = Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0));
-        let read = fs::File::open(path)
-            .and_then(|f| f.take(limits.max_file_bytes + 1).read_to_end(&mut bytes));
+        let read = fs::File::open(path).and_then(|f| f.take(limits.max_file_bytes + 1).read_to_end(&mut bytes));
         match read {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -251,26 +223,14 @@ pub fn parse(bytes: &[u8], shape: Shape) -> Result<Vec<RawRecord>, FileProblem> 
         reason: json_reason(&e),
     })?;
     match (shape, value) {
-        (Shape::Array, Value::Array(items)) => Ok(items
-            .into_iter()
-            .enumerate()
-            .map(|(i, value)| RawRecord {
-                position: Some(i),
-                value,
-            })
-            .collect()),
-        (Shape::Object, v @ Value::Object(_)) => Ok(vec![RawRecord {
-            position: None,
-            value: v,
-        }]),
-        (Shape::Array, other) => Err(FileProblem::Shape {
-            expected: "an array of records",
-            found: kind_of(&other),
-        }),
-        (Shape::Object, other) => Err(FileProblem::Shape {
-            expected: "one record (an object)",
-            found: kind_of(&other),
-        }),
+        (Shape::Array, Value::Array(items)) => {
+            Ok(items.into_iter().enumerate().map(|(i, value)| RawRecord { position: Some(i), value }).collect())
+        }
+        (Shape::Object, v @ Value::Object(_)) => Ok(vec![RawRecord { position: None, value: v }]),
+        (Shape::Array, other) => Err(FileProblem::Shape { expected: "an array of records", found: kind_of(&other) }),
+        (Shape::Object, other) => {
+            Err(FileProblem::Shape { expected: "one record (an object)", found: kind_of(&other) })
+        }
     }
 }
 
@@ -321,14 +281,8 @@ mod tests {
             FileProblem::Json { line, column, .. } => assert_eq!((line, column), (3, 3)),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(
-            parse(b"[{\"a\":1}", Shape::Array),
-            Err(FileProblem::Json { .. })
-        ));
-        assert!(matches!(
-            parse(b"[NaN]", Shape::Array),
-            Err(FileProblem::Json { .. })
-        ));
+        assert!(matches!(parse(b"[{\"a\":1}", Shape::Array), Err(FileProblem::Json { .. })));
+        assert!(matches!(parse(b"[NaN]", Shape::Array), Err(FileProblem::Json { .. })));
     }
 
     #[test]
@@ -341,14 +295,8 @@ mod tests {
     #[test]
     fn wrong_top_level_type_is_named() {
         let err = parse(b"{}", Shape::Array).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "holds an object at the top level; expected an array of records"
-        );
-        assert!(matches!(
-            parse(b"[]", Shape::Object),
-            Err(FileProblem::Shape { .. })
-        ));
+        assert_eq!(err.to_string(), "holds an object at the top level; expected an array of records");
+        assert!(matches!(parse(b"[]", Shape::Object), Err(FileProblem::Shape { .. })));
     }
 
     #[test]
@@ -357,10 +305,7 @@ mod tests {
         let p = dir.path().join("x.json");
         assert_eq!(read_stable(&p, ReadLimits::default()), Ok(None));
         std::fs::create_dir(&p).unwrap();
-        assert_eq!(
-            read_stable(&p, ReadLimits::default()),
-            Err(FileProblem::NotAFile("a directory"))
-        );
+        assert_eq!(read_stable(&p, ReadLimits::default()), Err(FileProblem::NotAFile("a directory")));
         let q = dir.path().join("y.json");
         std::fs::write(&q, b"[1,2,3]").unwrap();
         let (bytes, stamp) = read_stable(&q, ReadLimits::default()).unwrap().unwrap();

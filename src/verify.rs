@@ -44,11 +44,7 @@ pub struct CollectionReport {
 
 impl CollectionReport {
     pub fn problems(&self) -> usize {
-        self.missing.len()
-            + self.extra.len()
-            + self.different.len()
-            + self.newer_in_mongodb.len()
-            + self.rejected.len()
+        self.missing.len() + self.extra.len() + self.different.len() + self.newer_in_mongodb.len() + self.rejected.len()
     }
 }
 
@@ -60,10 +56,7 @@ pub struct Report {
 
 /// Compare every source with its collection.
 pub async fn verify(engine: &Arc<Engine>, sink: &Sink) -> Result<Report, Fatal> {
-    let mut report = Report {
-        in_sync: true,
-        collections: Vec::new(),
-    };
+    let mut report = Report { in_sync: true, collections: Vec::new() };
     for spec_idx in 0..engine.layout.sources.len() {
         let e = engine.clone();
         let scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, None))
@@ -71,9 +64,7 @@ pub async fn verify(engine: &Arc<Engine>, sink: &Sink) -> Result<Report, Fatal> 
             .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
         let spec = engine.layout.sources[spec_idx].clone();
         let docs = sink.find_all(&spec.collection, doc! {}, None).await?;
-        let stored_rejects = sink
-            .find_all(REJECTS, doc! { "collection": &spec.collection }, None)
-            .await?;
+        let stored_rejects = sink.find_all(REJECTS, doc! { "collection": &spec.collection }, None).await?;
 
         let mut rep = CollectionReport {
             collection: spec.collection.clone(),
@@ -93,30 +84,20 @@ pub async fn verify(engine: &Arc<Engine>, sink: &Sink) -> Result<Report, Fatal> 
             });
         }
         // Rejects found only when writing (an email held by another document).
-        let candidate_ids: HashSet<&str> = scanned
-            .candidates
-            .iter()
-            .map(|c| c.mapped.id.as_str())
-            .collect();
+        let candidate_ids: HashSet<&str> = scanned.candidates.iter().map(|c| c.mapped.id.as_str()).collect();
         for d in &stored_rejects {
             let key = d.get_str("_id").unwrap_or_default().to_string();
             let source = d.get_str("source").unwrap_or_default().to_string();
             let still_there = scanned.read_ok.contains(&source) || scanned.bad.contains(&source);
             if seen_keys.contains(&key)
                 || !still_there
-                || d.get_str("reason_code")
-                    .unwrap_or_default()
-                    .starts_with("file_")
+                || d.get_str("reason_code").unwrap_or_default().starts_with("file_")
             {
                 continue;
             }
             // Only rejects of records that are still in the files (a sync clears
             // the others from mirror_rejects).
-            let Some(id) = d
-                .get_str("record_id")
-                .ok()
-                .filter(|id| candidate_ids.contains(id))
-            else {
+            let Some(id) = d.get_str("record_id").ok().filter(|id| candidate_ids.contains(id)) else {
                 continue;
             };
             rejected_ids.insert(id.to_string());
@@ -132,15 +113,9 @@ pub async fn verify(engine: &Arc<Engine>, sink: &Sink) -> Result<Report, Fatal> 
             });
         }
 
-        let by_id: HashMap<String, &Document> = docs
-            .iter()
-            .filter_map(|d| Some((id_string(d.get("_id")?), d)))
-            .collect();
-        let file_ids: HashSet<&str> = scanned
-            .candidates
-            .iter()
-            .map(|c| c.mapped.id.as_str())
-            .collect();
+        let by_id: HashMap<String, &Document> =
+            docs.iter().filter_map(|d| Some((id_string(d.get("_id")?), d))).collect();
+        let file_ids: HashSet<&str> = scanned.candidates.iter().map(|c| c.mapped.id.as_str()).collect();
         let checks: Vec<(Candidate, Option<Document>)> = scanned
             .candidates
             .iter()
@@ -150,19 +125,12 @@ pub async fn verify(engine: &Arc<Engine>, sink: &Sink) -> Result<Report, Fatal> 
         let s2 = spec.clone();
         // Field comparison may run bcrypt for plaintext passwords: off the async workers.
         let compared = tokio::task::spawn_blocking(move || {
-            checks
-                .into_iter()
-                .map(|(c, d)| (compare(&s2, &c, d.as_ref()), c))
-                .collect::<Vec<_>>()
+            checks.into_iter().map(|(c, d)| (compare(&s2, &c, d.as_ref()), c)).collect::<Vec<_>>()
         })
         .await
         .map_err(|e| Fatal::Source(format!("compare task failed: {e}")))?;
         for (outcome, c) in compared {
-            let diff = Difference {
-                id: c.mapped.id.clone(),
-                source: c.locate(),
-                fields: Vec::new(),
-            };
+            let diff = Difference { id: c.mapped.id.clone(), source: c.locate(), fields: Vec::new() };
             match outcome {
                 Outcome::Same => {}
                 Outcome::Missing => rep.missing.push(diff),
@@ -170,11 +138,8 @@ pub async fn verify(engine: &Arc<Engine>, sink: &Sink) -> Result<Report, Fatal> 
                 Outcome::Newer(fields) => rep.newer_in_mongodb.push(Difference { fields, ..diff }),
             }
         }
-        let mut extra: Vec<String> = by_id
-            .keys()
-            .filter(|id| !file_ids.contains(id.as_str()) && !rejected_ids.contains(*id))
-            .cloned()
-            .collect();
+        let mut extra: Vec<String> =
+            by_id.keys().filter(|id| !file_ids.contains(id.as_str()) && !rejected_ids.contains(*id)).cloned().collect();
         extra.sort();
         rep.extra = extra;
         if rep.problems() > 0 {
@@ -209,22 +174,14 @@ fn compare(spec: &SourceSpec, c: &Candidate, stored: Option<&Document>) -> Outco
             fields.push(k.clone());
         }
     }
-    if let (Some(pw_field), Some(plain)) =
-        (spec.password_field.as_deref(), c.mapped.plaintext.as_ref())
-    {
-        let ok = stored
-            .get_str(pw_field)
-            .ok()
-            .is_some_and(|h| bcrypt::verify(plain.expose(), h).unwrap_or(false));
+    if let (Some(pw_field), Some(plain)) = (spec.password_field.as_deref(), c.mapped.plaintext.as_ref()) {
+        let ok = stored.get_str(pw_field).ok().is_some_and(|h| bcrypt::verify(plain.expose(), h).unwrap_or(false));
         if !ok {
             fields.push(pw_field.to_string());
         }
     }
     // Fields the mirror wrote earlier that the record no longer has.
-    if let Ok(owned) = stored
-        .get_document("_mirror")
-        .and_then(|m| m.get_array("fields"))
-    {
+    if let Ok(owned) = stored.get_document("_mirror").and_then(|m| m.get_array("fields")) {
         for f in owned.iter().filter_map(Bson::as_str) {
             if !c.mapped.fields.iter().any(|x| x == f) && stored.contains_key(f) {
                 fields.push(f.to_string());
@@ -255,13 +212,12 @@ fn compare(spec: &SourceSpec, c: &Candidate, stored: Option<&Document>) -> Outco
 pub fn values_equal(a: &Bson, b: Option<&Bson>) -> bool {
     let Some(b) = b else { return false };
     match (a, b) {
-        (
-            Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_),
-            Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_),
-        ) => match (crate::sink::bson_i64(a), crate::sink::bson_i64(b)) {
-            (Some(x), Some(y)) => x == y,
-            _ => as_f64(a) == as_f64(b),
-        },
+        (Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_), Bson::Int32(_) | Bson::Int64(_) | Bson::Double(_)) => {
+            match (crate::sink::bson_i64(a), crate::sink::bson_i64(b)) {
+                (Some(x), Some(y)) => x == y,
+                _ => as_f64(a) == as_f64(b),
+            }
+        }
         (Bson::Document(x), Bson::Document(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| values_equal(v, y.get(k)))
         }
@@ -307,16 +263,10 @@ pub fn render_text(report: &Report) -> String {
     let mut details: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for c in &report.collections {
         for d in &c.missing {
-            details
-                .entry("missing")
-                .or_default()
-                .push(format!("{}/{} (from {})", c.collection, d.id, d.source));
+            details.entry("missing").or_default().push(format!("{}/{} (from {})", c.collection, d.id, d.source));
         }
         for id in &c.extra {
-            details.entry("extra").or_default().push(format!(
-                "{}/{} (in MongoDB, not in the files)",
-                c.collection, id
-            ));
+            details.entry("extra").or_default().push(format!("{}/{} (in MongoDB, not in the files)", c.collection, id));
         }
         for d in &c.different {
             details.entry("different").or_default().push(format!(
@@ -337,10 +287,7 @@ pub fn render_text(report: &Report) -> String {
             ));
         }
         for r in &c.rejected {
-            details
-                .entry("rejected")
-                .or_default()
-                .push(format!("{} {}: {}", c.collection, r.source, r.reason));
+            details.entry("rejected").or_default().push(format!("{} {}: {}", c.collection, r.source, r.reason));
         }
     }
     for kind in ["missing", "different", "newer", "extra", "rejected"] {
@@ -348,18 +295,11 @@ pub fn render_text(report: &Report) -> String {
             let _ = writeln!(out, "{kind:<9} {line}");
         }
     }
-    let problems: usize = report
-        .collections
-        .iter()
-        .map(CollectionReport::problems)
-        .sum();
+    let problems: usize = report.collections.iter().map(CollectionReport::problems).sum();
     if report.in_sync {
         let _ = writeln!(out, "verify: MongoDB holds exactly what the files hold");
     } else {
-        let _ = writeln!(
-            out,
-            "verify: {problems} difference(s) between the files and MongoDB"
-        );
+        let _ = writeln!(out, "verify: {problems} difference(s) between the files and MongoDB");
     }
     out
 }

@@ -58,20 +58,13 @@ fn repo() -> PathBuf {
 }
 
 fn start_secantus() -> Result<String, String> {
-    let exe = std::env::var("SECANTUSD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join(".venv/bin/secantusd-py"));
+    let exe = std::env::var("SECANTUSD").map(PathBuf::from).unwrap_or_else(|_| repo().join(".venv/bin/secantusd-py"));
     if !exe.exists() {
-        return Err(format!(
-            "{HOW_TO_GET_A_SERVER} (looked for {})",
-            exe.display()
-        ));
+        return Err(format!("{HOW_TO_GET_A_SERVER} (looked for {})", exe.display()));
     }
     let port = free_port();
-    let log = std::fs::File::create(
-        std::env::temp_dir().join(format!("docmirror-test-server-{port}.log")),
-    )
-    .map_err(|e| e.to_string())?;
+    let log = std::fs::File::create(std::env::temp_dir().join(format!("docmirror-test-server-{port}.log")))
+        .map_err(|e| e.to_string())?;
     let child = Command::new("sh")
         .arg("-c")
         .arg("\"$0\" --port \"$1\" --storage-path :memory: & pid=$!; cat >/dev/null; kill $pid; wait $pid")
@@ -86,10 +79,7 @@ fn start_secantus() -> Result<String, String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if Instant::now() > deadline {
-            return Err(format!(
-                "{} did not listen on port {port} within 60 s",
-                exe.display()
-            ));
+            return Err(format!("{} did not listen on port {port} within 60 s", exe.display()));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -129,29 +119,15 @@ impl TestDb {
 
     pub async fn docs(&self, coll: &str) -> Vec<Document> {
         let c = self.db.collection::<Document>(coll);
-        c.find(doc! {})
-            .sort(doc! {"_id": 1})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap()
+        c.find(doc! {}).sort(doc! {"_id": 1}).await.unwrap().try_collect().await.unwrap()
     }
 
     pub async fn doc(&self, coll: &str, id: &str) -> Option<Document> {
-        self.db
-            .collection::<Document>(coll)
-            .find_one(doc! {"_id": id})
-            .await
-            .unwrap()
+        self.db.collection::<Document>(coll).find_one(doc! {"_id": id}).await.unwrap()
     }
 
     pub async fn count(&self, coll: &str) -> u64 {
-        self.db
-            .collection::<Document>(coll)
-            .count_documents(doc! {})
-            .await
-            .unwrap()
+        self.db.collection::<Document>(coll).count_documents(doc! {}).await.unwrap()
     }
 
     pub async fn rejects(&self) -> Vec<Document> {
@@ -195,17 +171,11 @@ impl Platform {
     }
 
     pub fn datasets(&self, v: &Value) {
-        self.write(
-            "data/datasets/metadata.json",
-            serde_json::to_vec_pretty(v).unwrap(),
-        );
+        self.write("data/datasets/metadata.json", serde_json::to_vec_pretty(v).unwrap());
     }
 
     pub fn job(&self, name: &str, v: &Value) {
-        self.write(
-            &format!("artifacts/jobs/{name}.json"),
-            serde_json::to_vec_pretty(v).unwrap(),
-        );
+        self.write(&format!("artifacts/jobs/{name}.json"), serde_json::to_vec_pretty(v).unwrap());
     }
 
     pub fn remove(&self, rel: &str) {
@@ -245,24 +215,14 @@ pub struct Run {
 impl Run {
     /// The `sync:` summary line.
     pub fn summary(&self) -> &str {
-        self.stdout
-            .lines()
-            .find(|l| l.starts_with("sync"))
-            .unwrap_or_else(|| panic!("no summary line in {self:?}"))
+        self.stdout.lines().find(|l| l.starts_with("sync")).unwrap_or_else(|| panic!("no summary line in {self:?}"))
     }
 
     /// A number from the summary line, e.g. `count("inserted")`.
     pub fn count(&self, what: &str) -> u64 {
         let s = self.summary();
-        let i = s
-            .find(&format!("{what} "))
-            .unwrap_or_else(|| panic!("no {what:?} in {s:?}"));
-        s[i + what.len() + 1..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+        let i = s.find(&format!("{what} ")).unwrap_or_else(|| panic!("no {what:?} in {s:?}"));
+        s[i + what.len() + 1..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
     }
 }
 
@@ -285,10 +245,7 @@ pub async fn docmirror_env(db: &TestDb, p: &Platform, args: &[&str], env: &[(&st
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output())
-        .await
-        .expect("docmirror hung")
-        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output()).await.expect("docmirror hung").unwrap();
     let run = Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -304,10 +261,7 @@ pub const SECRETS: &[&str] = &["hunter22-plain", "s3cret-uri-pw", "correct-horse
 
 pub fn assert_no_secrets(text: &str) {
     for s in SECRETS {
-        assert!(
-            !text.contains(s),
-            "secret {s:?} leaked into output:\n{text}"
-        );
+        assert!(!text.contains(s), "secret {s:?} leaked into output:\n{text}");
     }
 }
 

@@ -6,10 +6,7 @@ use serde_json::json;
 use crate::support::*;
 
 fn mirror_at(d: &Document) -> bson::DateTime {
-    *d.get_document("_mirror")
-        .unwrap()
-        .get_datetime("at")
-        .unwrap()
+    *d.get_document("_mirror").unwrap().get_datetime("at").unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -21,10 +18,7 @@ async fn maps_every_source_as_the_table_says() {
          "createdAt": "2025-09-01T08:00:00.000Z", "updatedAt": "2025-10-12T17:45:10.123Z", "theme": "dark"}
     ]));
     p.datasets(&json!([dataset("d1", 12), dataset("d2", 5_368_709_120i64)]));
-    p.job(
-        "job_1",
-        &job("job_1", "running", "2025-10-12T09:41:13.002Z"),
-    );
+    p.job("job_1", &job("job_1", "running", "2025-10-12T09:41:13.002Z"));
     p.write("artifacts/jobs/job_1.log", "not json at all");
     p.write("artifacts/jobs/job_1.json.tmp", "{ half");
     let before = p.snapshot();
@@ -40,14 +34,8 @@ async fn maps_every_source_as_the_table_says() {
     assert_eq!(u.get_str("email").unwrap(), "alice@example.com");
     assert_eq!(u.get_str("password").unwrap(), HASH_A);
     assert_eq!(u.get_str("theme").unwrap(), "dark");
-    assert_eq!(
-        u.get_datetime("createdAt").unwrap().timestamp_millis(),
-        1_756_713_600_000
-    );
-    assert_eq!(
-        u.get_datetime("updatedAt").unwrap().timestamp_millis(),
-        1_760_291_110_123
-    );
+    assert_eq!(u.get_datetime("createdAt").unwrap().timestamp_millis(), 1_756_713_600_000);
+    assert_eq!(u.get_datetime("updatedAt").unwrap().timestamp_millis(), 1_760_291_110_123);
     let m = u.get_document("_mirror").unwrap();
     assert_eq!(m.get_str("source").unwrap(), "data/users.json");
     assert_eq!(m.get_str("hash").unwrap().len(), 32);
@@ -57,10 +45,7 @@ async fn maps_every_source_as_the_table_says() {
     assert_eq!(d1.get("size"), Some(&Bson::Int64(12)));
     assert_eq!(d1.get("deleted_at"), Some(&Bson::Null));
     assert!(matches!(d1.get("uploaded_at"), Some(Bson::DateTime(_))));
-    assert_eq!(
-        db.doc("datasets", "d2").await.unwrap().get("size"),
-        Some(&Bson::Int64(5_368_709_120))
-    );
+    assert_eq!(db.doc("datasets", "d2").await.unwrap().get("size"), Some(&Bson::Int64(5_368_709_120)));
 
     // jobs: _id from job_id, params embedded, numbers keep their type.
     let j = db.doc("training_jobs", "job_1").await.unwrap();
@@ -70,17 +55,10 @@ async fn maps_every_source_as_the_table_says() {
     assert_eq!(j.get("loss"), Some(&Bson::Double(1.0873)));
     let params = j.get_document("params").unwrap();
     assert_eq!(params.get_str("model").unwrap(), "gpt2");
-    assert_eq!(
-        params.get_document("lora").unwrap().get("r"),
-        Some(&Bson::Int32(8))
-    );
+    assert_eq!(params.get_document("lora").unwrap().get("r"), Some(&Bson::Int32(8)));
     assert!(matches!(j.get("created_at"), Some(Bson::DateTime(_))));
     assert_eq!(j.get("completed_at"), Some(&Bson::Null));
-    assert_eq!(
-        db.count("training_jobs").await,
-        1,
-        "non-JSON and .tmp files are ignored"
-    );
+    assert_eq!(db.count("training_jobs").await, 1, "non-JSON and .tmp files are ignored");
 
     assert_eq!(p.snapshot(), before, "the source tree must not change");
 }
@@ -96,21 +74,10 @@ async fn applies_the_guides_indexes() {
         let db = db.db.clone();
         async move {
             use futures_util::TryStreamExt;
-            let idx: Vec<_> = db
-                .collection::<Document>(coll)
-                .list_indexes()
-                .await
-                .unwrap()
-                .try_collect()
-                .await
-                .unwrap();
+            let idx: Vec<_> =
+                db.collection::<Document>(coll).list_indexes().await.unwrap().try_collect().await.unwrap();
             idx.into_iter()
-                .map(|m| {
-                    (
-                        m.keys.keys().next().unwrap().clone(),
-                        m.options.and_then(|o| o.unique).unwrap_or(false),
-                    )
-                })
+                .map(|m| (m.keys.keys().next().unwrap().clone(), m.options.and_then(|o| o.unique).unwrap_or(false)))
                 .collect::<Vec<_>>()
         }
     };
@@ -136,46 +103,18 @@ async fn applies_the_guides_indexes() {
 async fn a_second_sync_writes_nothing() {
     let db = TestDb::new("idempotent").await;
     let p = Platform::new();
-    p.users(&json!([
-        user("u1", "a@x.io", "2025-10-01T00:00:00Z"),
-        user("u2", "b@x.io", "2025-10-01T00:00:00Z")
-    ]));
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z"), user("u2", "b@x.io", "2025-10-01T00:00:00Z")]));
     p.datasets(&json!([dataset("d1", 1)]));
     p.job("j1", &job("j1", "running", "2025-10-12T09:41:13.002Z"));
     assert_eq!(docmirror(&db, &p, &["sync"]).await.count("inserted"), 4);
-    let before: Vec<_> = [
-        db.docs("users").await,
-        db.docs("datasets").await,
-        db.docs("training_jobs").await,
-    ]
-    .concat();
+    let before: Vec<_> = [db.docs("users").await, db.docs("datasets").await, db.docs("training_jobs").await].concat();
 
     let run = docmirror(&db, &p, &["sync"]).await;
     assert_eq!(run.code, 0);
-    assert_eq!(
-        (
-            run.count("inserted"),
-            run.count("updated"),
-            run.count("unchanged")
-        ),
-        (0, 0, 4),
-        "{}",
-        run.summary()
-    );
-    let after: Vec<_> = [
-        db.docs("users").await,
-        db.docs("datasets").await,
-        db.docs("training_jobs").await,
-    ]
-    .concat();
-    assert_eq!(
-        before, after,
-        "documents (and their _mirror.at) must be untouched"
-    );
-    assert!(before
-        .iter()
-        .zip(&after)
-        .all(|(a, b)| mirror_at(a) == mirror_at(b)));
+    assert_eq!((run.count("inserted"), run.count("updated"), run.count("unchanged")), (0, 0, 4), "{}", run.summary());
+    let after: Vec<_> = [db.docs("users").await, db.docs("datasets").await, db.docs("training_jobs").await].concat();
+    assert_eq!(before, after, "documents (and their _mirror.at) must be untouched");
+    assert!(before.iter().zip(&after).all(|(a, b)| mirror_at(a) == mirror_at(b)));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -195,27 +134,14 @@ async fn plaintext_passwords_are_hashed_with_bcrypt() {
     // The hash of a plaintext password is not redone when nothing changed...
     let run = docmirror(&db, &p, &["sync"]).await;
     assert_eq!(run.count("unchanged"), 2, "{}", run.summary());
-    assert_eq!(
-        db.doc("users", "u1")
-            .await
-            .unwrap()
-            .get_str("password")
-            .unwrap(),
-        hash
-    );
+    assert_eq!(db.doc("users", "u1").await.unwrap().get_str("password").unwrap(), hash);
     // ...but a new plaintext password is hashed again.
     let mut u = user("u1", "a@x.io", "2025-10-01T00:00:00Z");
     u["password"] = json!("correct-horse-plain");
     p.users(&json!([u, user("u2", "b@x.io", "2025-10-01T00:00:00Z")]));
     let run = docmirror(&db, &p, &["sync"]).await;
     assert_eq!(run.count("updated"), 1, "{}", run.summary());
-    let new_hash = db
-        .doc("users", "u1")
-        .await
-        .unwrap()
-        .get_str("password")
-        .unwrap()
-        .to_string();
+    let new_hash = db.doc("users", "u1").await.unwrap().get_str("password").unwrap().to_string();
     assert!(bcrypt::verify("correct-horse-plain", &new_hash).unwrap());
 }
 
@@ -223,11 +149,7 @@ async fn plaintext_passwords_are_hashed_with_bcrypt() {
 async fn each_bad_record_is_rejected_with_its_reason_and_the_rest_arrive() {
     let db = TestDb::new("rejects").await;
     // A user the app created in MongoDB under another _id holds an email.
-    db.db
-        .collection::<Document>("users")
-        .insert_one(doc! {"_id": "app-made", "email": "taken@x.io"})
-        .await
-        .unwrap();
+    db.db.collection::<Document>("users").insert_one(doc! {"_id": "app-made", "email": "taken@x.io"}).await.unwrap();
     let p = Platform::new();
     let mut plain_bad_id = json!({"id": 42, "email": "n@x.io", "password": "hunter22-plain"});
     plain_bad_id["name"] = json!("numeric id");
@@ -253,8 +175,7 @@ async fn each_bad_record_is_rejected_with_its_reason_and_the_rest_arrive() {
         .iter()
         .map(|r| {
             (
-                r.get_str("source").unwrap().to_string()
-                    + &format!("[{}]", r.get("position").unwrap()),
+                r.get_str("source").unwrap().to_string() + &format!("[{}]", r.get("position").unwrap()),
                 r.get_str("reason_code").unwrap().to_string(),
             )
         })
@@ -272,43 +193,21 @@ async fn each_bad_record_is_rejected_with_its_reason_and_the_rest_arrive() {
         ]
         .map(|(a, b)| (a.to_string(), b.to_string()))
     );
-    let taken = rejects
-        .iter()
-        .find(|r| r.get_str("reason_code").unwrap() == "email_taken")
-        .unwrap();
-    assert!(
-        taken.get_str("reason").unwrap().contains("app-made"),
-        "{taken:?}"
-    );
+    let taken = rejects.iter().find(|r| r.get_str("reason_code").unwrap() == "email_taken").unwrap();
+    assert!(taken.get_str("reason").unwrap().contains("app-made"), "{taken:?}");
     // Plaintext passwords are hashed in mirror_rejects too.
-    let numeric = rejects
-        .iter()
-        .find(|r| r.get_str("reason_code").unwrap() == "id_not_string")
-        .unwrap();
-    let pw = numeric
-        .get_document("record")
-        .unwrap()
-        .get_str("password")
-        .unwrap();
+    let numeric = rejects.iter().find(|r| r.get_str("reason_code").unwrap() == "id_not_string").unwrap();
+    let pw = numeric.get_document("record").unwrap().get_str("password").unwrap();
     assert!(bcrypt::verify("hunter22-plain", pw).unwrap());
     // Each reject is one log line naming the file, position and reason.
-    assert!(
-        run.stderr
-            .lines()
-            .any(|l| l.contains("data/users.json[3]") && l.contains("createdAt")),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.lines().any(|l| l.contains("data/users.json[3]") && l.contains("createdAt")), "{}", run.stderr);
 
     // Rejects are not duplicated by a second run, and disappear once fixed.
     let run = docmirror(&db, &p, &["sync"]).await;
     assert_eq!(run.code, 3);
     assert_eq!(db.rejects().await.len(), 6);
     assert_eq!(p.snapshot(), before);
-    p.users(&json!([
-        user("u1", "a@x.io", "2025-10-01T00:00:00Z"),
-        user("u6", "ok@x.io", "2025-10-01T00:00:00Z")
-    ]));
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z"), user("u6", "ok@x.io", "2025-10-01T00:00:00Z")]));
     let run = docmirror(&db, &p, &["sync"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(db.rejects().await.len(), 0);
@@ -318,35 +217,23 @@ async fn each_bad_record_is_rejected_with_its_reason_and_the_rest_arrive() {
 async fn broken_json_is_reported_and_changes_nothing() {
     let db = TestDb::new("broken_json").await;
     let p = Platform::new();
-    p.users(&json!([
-        user("u1", "a@x.io", "2025-10-01T00:00:00Z"),
-        user("u2", "b@x.io", "2025-10-01T00:00:00Z")
-    ]));
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z"), user("u2", "b@x.io", "2025-10-01T00:00:00Z")]));
     p.job("j1", &job("j1", "running", "2025-10-12T09:41:13.002Z"));
     assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
     let users_before = db.docs("users").await;
 
-    p.write(
-        "data/users.json",
-        "[\n  {\"id\": \"u1\",\n  \"email\": \"a@x.io\"\n  {\"id\": \"u2\"}\n]\n",
-    );
+    p.write("data/users.json", "[\n  {\"id\": \"u1\",\n  \"email\": \"a@x.io\"\n  {\"id\": \"u2\"}\n]\n");
     p.write("artifacts/jobs/j2.json", "{\"job_id\": \"j2\", ");
     let run = docmirror(&db, &p, &["sync"]).await;
     assert_eq!(run.code, 3, "{run:?}");
     assert_eq!(run.count("bad files"), 2, "{}", run.summary());
     assert!(
-        run.stderr.lines().any(|l| l.contains("data/users.json")
-            && l.contains("line 4")
-            && l.contains("column 3")),
+        run.stderr.lines().any(|l| l.contains("data/users.json") && l.contains("line 4") && l.contains("column 3")),
         "the error names path, line and column: {}",
         run.stderr
     );
     assert!(run.stderr.contains("artifacts/jobs/j2.json"));
-    assert_eq!(
-        db.docs("users").await,
-        users_before,
-        "nothing already mirrored may change"
-    );
+    assert_eq!(db.docs("users").await, users_before, "nothing already mirrored may change");
     assert!(db.doc("training_jobs", "j1").await.is_some());
     let rejects = db.rejects().await;
     assert!(rejects
@@ -366,10 +253,7 @@ async fn changes_update_only_what_changed_and_keep_app_fields() {
     // The app adds a field of its own in MongoDB.
     db.db
         .collection::<Document>("users")
-        .update_one(
-            doc! {"_id": "u1"},
-            doc! {"$set": {"lastLoginAt": "yesterday"}},
-        )
+        .update_one(doc! {"_id": "u1"}, doc! {"$set": {"lastLoginAt": "yesterday"}})
         .await
         .unwrap();
     let u2_before = db.doc("users", "u2").await.unwrap();
@@ -378,23 +262,11 @@ async fn changes_update_only_what_changed_and_keep_app_fields() {
     u1["name"] = json!("Alice Renamed");
     p.users(&json!([u1, user("u2", "b@x.io", "2025-10-01T00:00:00Z")]));
     let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(
-        (run.count("updated"), run.count("unchanged")),
-        (1, 1),
-        "{}",
-        run.summary()
-    );
+    assert_eq!((run.count("updated"), run.count("unchanged")), (1, 1), "{}", run.summary());
     let u = db.doc("users", "u1").await.unwrap();
     assert_eq!(u.get_str("name").unwrap(), "Alice Renamed");
-    assert!(
-        u.get("nickname").is_none(),
-        "a field removed from the record is removed: {u:?}"
-    );
-    assert_eq!(
-        u.get_str("lastLoginAt").unwrap(),
-        "yesterday",
-        "app-only fields survive"
-    );
+    assert!(u.get("nickname").is_none(), "a field removed from the record is removed: {u:?}");
+    assert_eq!(u.get_str("lastLoginAt").unwrap(), "yesterday", "app-only fields survive");
     assert_eq!(db.doc("users", "u2").await.unwrap(), u2_before);
 }
 
@@ -408,10 +280,7 @@ async fn an_older_file_never_overwrites_a_newer_document() {
     let newer = bson::DateTime::parse_rfc3339_str("2025-11-01T00:00:00Z").unwrap();
     db.db
         .collection::<Document>("users")
-        .update_one(
-            doc! {"_id": "u1"},
-            doc! {"$set": {"name": "From the app", "updatedAt": newer}},
-        )
+        .update_one(doc! {"_id": "u1"}, doc! {"$set": {"name": "From the app", "updatedAt": newer}})
         .await
         .unwrap();
     // The file changes, but carries an older version.
@@ -420,31 +289,12 @@ async fn an_older_file_never_overwrites_a_newer_document() {
     p.users(&json!([u]));
     let run = docmirror(&db, &p, &["sync"]).await;
     assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(
-        run.count("skipped (newer in MongoDB)"),
-        1,
-        "{}",
-        run.summary()
-    );
-    assert_eq!(
-        db.doc("users", "u1")
-            .await
-            .unwrap()
-            .get_str("name")
-            .unwrap(),
-        "From the app"
-    );
+    assert_eq!(run.count("skipped (newer in MongoDB)"), 1, "{}", run.summary());
+    assert_eq!(db.doc("users", "u1").await.unwrap().get_str("name").unwrap(), "From the app");
     // With --conflict file-wins the file wins.
     let run = docmirror(&db, &p, &["sync", "--conflict", "file-wins"]).await;
     assert_eq!(run.count("updated"), 1, "{}", run.summary());
-    assert_eq!(
-        db.doc("users", "u1")
-            .await
-            .unwrap()
-            .get_str("name")
-            .unwrap(),
-        "Stale file"
-    );
+    assert_eq!(db.doc("users", "u1").await.unwrap().get_str("name").unwrap(), "Stale file");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -461,42 +311,19 @@ async fn both_write_paths_give_the_same_documents() {
         ]));
         p.datasets(&json!([dataset("d1", 1), dataset("d2", 2)]));
         for i in 0..5 {
-            p.job(
-                &format!("j{i}"),
-                &job(&format!("j{i}"), "running", "2025-10-12T09:41:13.002Z"),
-            );
+            p.job(&format!("j{i}"), &job(&format!("j{i}"), "running", "2025-10-12T09:41:13.002Z"));
         }
-        let run = docmirror(
-            &db,
-            &p,
-            &["sync", "--write-mode", mode, "--batch-size", "3"],
-        )
-        .await;
+        let run = docmirror(&db, &p, &["sync", "--write-mode", mode, "--batch-size", "3"]).await;
         assert_eq!(run.code, 3, "{mode}: {run:?}");
-        assert_eq!(
-            (run.count("inserted"), run.count("rejected")),
-            (9, 1),
-            "{mode}: {}",
-            run.summary()
-        );
+        assert_eq!((run.count("inserted"), run.count("rejected")), (9, 1), "{mode}: {}", run.summary());
         // Change one of each kind, remove a job, and sync again through the same path.
         let mut u2 = user("u2", "b@x.io", "2025-10-02T00:00:00Z");
         u2["name"] = json!("changed");
         p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z"), u2]));
         p.remove("artifacts/jobs/j4.json");
-        let run = docmirror(
-            &db,
-            &p,
-            &["sync", "--write-mode", mode, "--batch-size", "3"],
-        )
-        .await;
+        let run = docmirror(&db, &p, &["sync", "--write-mode", mode, "--batch-size", "3"]).await;
         assert_eq!(run.code, 0, "{mode}: {run:?}");
-        assert_eq!(
-            (run.count("updated"), run.count("archived")),
-            (1, 1),
-            "{mode}: {}",
-            run.summary()
-        );
+        assert_eq!((run.count("updated"), run.count("archived")), (1, 1), "{mode}: {}", run.summary());
         let strip = |docs: Vec<Document>| -> Vec<Document> {
             docs.into_iter()
                 .map(|mut d| {
@@ -519,15 +346,7 @@ async fn both_write_paths_give_the_same_documents() {
 async fn deletes_are_archived_and_mass_deletes_held_back() {
     let db = TestDb::new("deletes").await;
     let p = Platform::new();
-    let users: Vec<_> = (0..4)
-        .map(|i| {
-            user(
-                &format!("u{i}"),
-                &format!("{i}@x.io"),
-                "2025-10-01T00:00:00Z",
-            )
-        })
-        .collect();
+    let users: Vec<_> = (0..4).map(|i| user(&format!("u{i}"), &format!("{i}@x.io"), "2025-10-01T00:00:00Z")).collect();
     p.users(&json!(users));
     p.job("j1", &job("j1", "running", "2025-10-12T09:41:13.002Z"));
     p.job("j2", &job("j2", "running", "2025-10-12T09:41:13.002Z"));
@@ -541,25 +360,11 @@ async fn deletes_are_archived_and_mass_deletes_held_back() {
     assert!(db.doc("users", "u0").await.is_none());
     let archived = db.docs("mirror_archive").await;
     assert_eq!(archived.len(), 2);
-    let a = archived
-        .iter()
-        .find(|a| a.get_str("collection").unwrap() == "users")
-        .unwrap();
-    assert_eq!(
-        a.get_document("document")
-            .unwrap()
-            .get_str("email")
-            .unwrap(),
-        "0@x.io"
-    );
+    let a = archived.iter().find(|a| a.get_str("collection").unwrap() == "users").unwrap();
+    assert_eq!(a.get_document("document").unwrap().get_str("email").unwrap(), "0@x.io");
     assert!(matches!(a.get("deleted_at"), Some(Bson::DateTime(_))));
     // The freed email can be taken by a new user.
-    p.users(&json!([
-        users[1],
-        users[2],
-        users[3],
-        user("u9", "0@x.io", "2025-10-01T00:00:00Z")
-    ]));
+    p.users(&json!([users[1], users[2], users[3], user("u9", "0@x.io", "2025-10-01T00:00:00Z")]));
     assert_eq!(docmirror(&db, &p, &["sync"]).await.count("inserted"), 1);
 
     // users.json suddenly empty: not read as "delete everything".
@@ -569,12 +374,7 @@ async fn deletes_are_archived_and_mass_deletes_held_back() {
     assert_eq!(run.count("deletes held back"), 4, "{}", run.summary());
     assert_eq!(db.count("users").await, 4);
     assert!(run.stderr.contains("--allow-mass-delete"), "{}", run.stderr);
-    let run = docmirror(
-        &db,
-        &p,
-        &["sync", "--allow-mass-delete", "--on-delete", "delete"],
-    )
-    .await;
+    let run = docmirror(&db, &p, &["sync", "--allow-mass-delete", "--on-delete", "delete"]).await;
     assert_eq!(run.count("deleted"), 4, "{}", run.summary());
     assert_eq!(db.count("users").await, 0);
 }
@@ -587,18 +387,8 @@ async fn dry_run_prints_the_plan_and_writes_nothing() {
     p.job("j1", &job("j1", "running", "2025-10-12T09:41:13.002Z"));
     let run = docmirror(&db, &p, &["sync", "--dry-run"]).await;
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(
-        run.stdout
-            .contains("would insert users/u1 from data/users.json[0]"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout
-            .contains("would insert training_jobs/j1 from artifacts/jobs/j1.json"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("would insert users/u1 from data/users.json[0]"), "{}", run.stdout);
+    assert!(run.stdout.contains("would insert training_jobs/j1 from artifacts/jobs/j1.json"), "{}", run.stdout);
     assert_eq!(run.count("would be inserted"), 2, "{}", run.summary());
     let names = db.db.list_collection_names().await.unwrap();
     assert!(names.is_empty(), "dry run created {names:?}");
@@ -609,8 +399,7 @@ async fn unreachable_mongodb_exits_4_without_leaking_the_password() {
     let p = Platform::new();
     p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
     let port = free_port();
-    let uri =
-        format!("mongodb://admin:s3cret-uri-pw@127.0.0.1:{port}/db?serverSelectionTimeoutMS=300");
+    let uri = format!("mongodb://admin:s3cret-uri-pw@127.0.0.1:{port}/db?serverSelectionTimeoutMS=300");
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"))
         .args(["--log-format", "json", "sync", "--mongodb-timeout", "2"])
         .env("MONGODB_URI", &uri)
@@ -623,10 +412,7 @@ async fn unreachable_mongodb_exits_4_without_leaking_the_password() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("MongoDB"), "{stderr}");
-    assert!(
-        stderr.contains("admin:***@127.0.0.1"),
-        "the redacted URI is shown: {stderr}"
-    );
+    assert!(stderr.contains("admin:***@127.0.0.1"), "the redacted URI is shown: {stderr}");
     assert_no_secrets(&stderr);
     assert_no_secrets(&String::from_utf8_lossy(&out.stdout));
 }
@@ -639,10 +425,7 @@ async fn a_wrong_folder_is_a_fatal_error_with_its_own_code() {
         &db,
         &p,
         &["sync"],
-        &[
-            ("DOCMIRROR_DATA_DIR", "/nonexistent/d"),
-            ("DOCMIRROR_ARTIFACTS_DIR", "/nonexistent/a"),
-        ],
+        &[("DOCMIRROR_DATA_DIR", "/nonexistent/d"), ("DOCMIRROR_ARTIFACTS_DIR", "/nonexistent/a")],
     )
     .await;
     assert_eq!(run.code, 6, "{run:?}");
@@ -654,10 +437,7 @@ async fn an_index_that_cannot_be_built_names_the_clash() {
     let db = TestDb::new("index_clash").await;
     let users = db.db.collection::<Document>("users");
     users
-        .insert_many([
-            doc! {"_id": "x1", "email": "same@x.io"},
-            doc! {"_id": "x2", "email": "same@x.io"},
-        ])
+        .insert_many([doc! {"_id": "x1", "email": "same@x.io"}, doc! {"_id": "x2", "email": "same@x.io"}])
         .await
         .unwrap();
     let p = Platform::new();
@@ -665,10 +445,6 @@ async fn an_index_that_cannot_be_built_names_the_clash() {
     let run = docmirror(&db, &p, &["sync"]).await;
     assert_eq!(run.code, 5, "{run:?}");
     for needle in ["users", "email_unique", "same@x.io", "x1", "x2"] {
-        assert!(
-            run.stderr.contains(needle),
-            "missing {needle:?} in {}",
-            run.stderr
-        );
+        assert!(run.stderr.contains(needle), "missing {needle:?} in {}", run.stderr);
     }
 }

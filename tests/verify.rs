@@ -22,44 +22,19 @@ async fn verify_is_clean_after_sync_and_finds_each_kind_of_drift() {
     assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
     let run = docmirror(&db, &p, &["verify"]).await;
     assert_eq!(run.code, 0, "clean after sync: {run:?}");
-    assert!(
-        run.stdout
-            .contains("MongoDB holds exactly what the files hold"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.stdout.contains("MongoDB holds exactly what the files hold"), "{}", run.stdout);
 
     // Drift: a changed field, a changed password, a deleted document, an extra one,
     // a newer document from the app, and a record that cannot be mirrored.
     let users = db.db.collection::<Document>("users");
-    users
-        .update_one(
-            doc! {"_id": "u1"},
-            doc! {"$set": {"name": "edited in MongoDB"}},
-        )
-        .await
-        .unwrap();
-    users
-        .update_one(doc! {"_id": "u3"}, doc! {"$set": {"password": HASH_B}})
-        .await
-        .unwrap();
-    db.db
-        .collection::<Document>("datasets")
-        .delete_one(doc! {"_id": "d1"})
-        .await
-        .unwrap();
-    db.db
-        .collection::<Document>("training_jobs")
-        .insert_one(doc! {"_id": "ghost", "status": "running"})
-        .await
-        .unwrap();
+    users.update_one(doc! {"_id": "u1"}, doc! {"$set": {"name": "edited in MongoDB"}}).await.unwrap();
+    users.update_one(doc! {"_id": "u3"}, doc! {"$set": {"password": HASH_B}}).await.unwrap();
+    db.db.collection::<Document>("datasets").delete_one(doc! {"_id": "d1"}).await.unwrap();
+    db.db.collection::<Document>("training_jobs").insert_one(doc! {"_id": "ghost", "status": "running"}).await.unwrap();
     let newer = bson::DateTime::parse_rfc3339_str("2026-01-01T00:00:00Z").unwrap();
     db.db
         .collection::<Document>("training_jobs")
-        .update_one(
-            doc! {"_id": "j2"},
-            doc! {"$set": {"status": "completed", "updated_at": newer}},
-        )
+        .update_one(doc! {"_id": "j2"}, doc! {"$set": {"status": "completed", "updated_at": newer}})
         .await
         .unwrap();
     p.job("j3", &json!({"job_id": 3, "status": "queued"}));
@@ -69,13 +44,7 @@ async fn verify_is_clean_after_sync_and_finds_each_kind_of_drift() {
     let report: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
     assert_eq!(report["in_sync"], false);
     let coll = |name: &str| {
-        report["collections"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["collection"] == name)
-            .unwrap()
-            .clone()
+        report["collections"].as_array().unwrap().iter().find(|c| c["collection"] == name).unwrap().clone()
     };
     let users = coll("users");
     let diffs: Vec<(String, Vec<String>)> = users["different"]
@@ -85,33 +54,19 @@ async fn verify_is_clean_after_sync_and_finds_each_kind_of_drift() {
         .map(|d| {
             (
                 d["id"].as_str().unwrap().to_string(),
-                d["fields"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|f| f.as_str().unwrap().to_string())
-                    .collect(),
+                d["fields"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect(),
             )
         })
         .collect();
-    assert!(
-        diffs.contains(&("u1".into(), vec!["name".into()])),
-        "{diffs:?}"
-    );
-    assert!(
-        diffs.contains(&("u3".into(), vec!["password (differs)".into()])),
-        "{diffs:?}"
-    );
+    assert!(diffs.contains(&("u1".into(), vec!["name".into()])), "{diffs:?}");
+    assert!(diffs.contains(&("u3".into(), vec!["password (differs)".into()])), "{diffs:?}");
     assert_eq!(coll("datasets")["missing"][0]["id"], "d1");
     let jobs = coll("training_jobs");
     assert_eq!(jobs["extra"], json!(["ghost"]));
     assert_eq!(jobs["newer_in_mongodb"][0]["id"], "j2");
     assert_eq!(jobs["rejected"][0]["reason_code"], "id_not_string");
     assert_eq!(jobs["in_files"], 3);
-    assert!(
-        !run.stdout.contains(HASH_B),
-        "password values are never shown"
-    );
+    assert!(!run.stdout.contains(HASH_B), "password values are never shown");
 
     // The text form names each one too.
     let run = docmirror(&db, &p, &["verify"]).await;
@@ -124,10 +79,6 @@ async fn verify_is_clean_after_sync_and_finds_each_kind_of_drift() {
         "newer     training_jobs/j2",
         "rejected  training_jobs artifacts/jobs/j3.json",
     ] {
-        assert!(
-            run.stdout.contains(needle),
-            "missing {needle:?} in\n{}",
-            run.stdout
-        );
+        assert!(run.stdout.contains(needle), "missing {needle:?} in\n{}", run.stdout);
     }
 }

@@ -12,10 +12,7 @@ use crate::error::Fatal;
 const BUILTIN: &[(&str, &str)] = &[
     ("users", include_str!("../../indexes/users.json")),
     ("datasets", include_str!("../../indexes/datasets.json")),
-    (
-        "training_jobs",
-        include_str!("../../indexes/training_jobs.json"),
-    ),
+    ("training_jobs", include_str!("../../indexes/training_jobs.json")),
     ("audit_log", include_str!("../../indexes/audit_log.json")),
 ];
 
@@ -40,23 +37,18 @@ impl IndexSet {
     /// Every `*.json` file in `dir`; the file stem is the collection.
     pub fn from_dir(dir: &Path) -> Result<Self, Fatal> {
         let mut set = IndexSet::default();
-        let entries = std::fs::read_dir(dir).map_err(|e| {
-            Fatal::Config(format!("cannot read index folder {}: {e}", dir.display()))
-        })?;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| Fatal::Config(format!("cannot read index folder {}: {e}", dir.display())))?;
         for entry in entries {
-            let path = entry
-                .map_err(|e| Fatal::Config(format!("{}: {e}", dir.display())))?
-                .path();
+            let path = entry.map_err(|e| Fatal::Config(format!("{}: {e}", dir.display())))?.path();
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }
             let Some(coll) = path.file_stem().and_then(|s| s.to_str()) else {
                 continue;
             };
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| Fatal::Config(format!("{}: {e}", path.display())))?;
-            let specs =
-                parse(&text).map_err(|e| Fatal::Config(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| Fatal::Config(format!("{}: {e}", path.display())))?;
+            let specs = parse(&text).map_err(|e| Fatal::Config(format!("{}: {e}", path.display())))?;
             set.by_collection.insert(coll.to_string(), specs);
         }
         Ok(set)
@@ -71,9 +63,7 @@ impl IndexSet {
             .filter(|spec| spec.get_bool("unique").unwrap_or(false))
             .filter_map(|spec| {
                 let key = spec.get_document("key").ok()?;
-                (key.len() == 1)
-                    .then(|| key.keys().next().cloned())
-                    .flatten()
+                (key.len() == 1).then(|| key.keys().next().cloned()).flatten()
             })
             .collect()
     }
@@ -93,9 +83,7 @@ impl IndexSet {
                     .await;
                 match result {
                     Ok(_) => {}
-                    Err(SinkError::Permanent(msg)) => {
-                        return Err(explain(sink, coll, &name, spec, &msg).await)
-                    }
+                    Err(SinkError::Permanent(msg)) => return Err(explain(sink, coll, &name, spec, &msg).await),
                     Err(other) => return Err(other.into()),
                 }
             }
@@ -130,14 +118,8 @@ fn parse(text: &str) -> Result<Vec<Document>, String> {
 async fn explain(sink: &Sink, coll: &str, name: &str, spec: &Document, msg: &str) -> Fatal {
     let unique = spec.get_bool("unique").unwrap_or(false);
     let key = spec.get_document("key").cloned().unwrap_or_default();
-    if unique
-        && (msg.contains(&DUPLICATE_KEY.to_string())
-            || msg.to_lowercase().contains("duplicate key"))
-    {
-        let group_id: Document = key
-            .keys()
-            .map(|k| (k.clone(), Bson::String(format!("${k}"))))
-            .collect();
+    if unique && (msg.contains(&DUPLICATE_KEY.to_string()) || msg.to_lowercase().contains("duplicate key")) {
+        let group_id: Document = key.keys().map(|k| (k.clone(), Bson::String(format!("${k}")))).collect();
         let pipeline = vec![
             doc! { "$group": { "_id": group_id, "n": { "$sum": 1 }, "ids": { "$push": "$_id" } } },
             doc! { "$match": { "n": { "$gt": 1 } } },
@@ -170,9 +152,7 @@ async fn explain(sink: &Sink, coll: &str, name: &str, spec: &Document, msg: &str
             if clashes.is_empty() { msg.to_string() } else { clashes }
         ));
     }
-    Fatal::Index(format!(
-        "cannot build index {name:?} on {coll} {key}: {msg}"
-    ))
+    Fatal::Index(format!("cannot build index {name:?} on {coll} {key}: {msg}"))
 }
 
 #[cfg(test)]
@@ -184,21 +164,9 @@ mod tests {
         let set = IndexSet::builtin();
         assert_eq!(set.unique_fields("users"), ["email"]);
         let names = |c: &str| -> Vec<String> {
-            set.by_collection[c]
-                .iter()
-                .map(|d| {
-                    d.get_document("key")
-                        .unwrap()
-                        .keys()
-                        .next()
-                        .unwrap()
-                        .clone()
-                })
-                .collect()
+            set.by_collection[c].iter().map(|d| d.get_document("key").unwrap().keys().next().unwrap().clone()).collect()
         };
-        assert!(
-            names("datasets").starts_with(&["uploaded_by".to_string(), "uploaded_at".to_string()])
-        );
+        assert!(names("datasets").starts_with(&["uploaded_by".to_string(), "uploaded_at".to_string()]));
         assert!(names("training_jobs").starts_with(&[
             "user_id".to_string(),
             "status".to_string(),

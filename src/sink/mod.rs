@@ -39,9 +39,7 @@ const TRANSIENT_CODES: &[i32] = &[
 pub const DUPLICATE_KEY: i32 = 11000;
 
 /// How batches are sent.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WriteMode {
     /// `bulk-write` on MongoDB 8.0+, `commands` otherwise.
@@ -67,24 +65,10 @@ pub struct SinkOptions {
 /// One write, addressed to a collection.
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    Insert {
-        coll: String,
-        doc: Document,
-    },
-    Update {
-        coll: String,
-        filter: Document,
-        update: Document,
-        upsert: bool,
-    },
-    Delete {
-        coll: String,
-        filter: Document,
-    },
-    DeleteMany {
-        coll: String,
-        filter: Document,
-    },
+    Insert { coll: String, doc: Document },
+    Update { coll: String, filter: Document, update: Document, upsert: bool },
+    Delete { coll: String, filter: Document },
+    DeleteMany { coll: String, filter: Document },
 }
 
 impl WriteOp {
@@ -158,15 +142,10 @@ pub fn is_transient(e: &MongoError) -> bool {
         return true;
     }
     match e.kind.as_ref() {
-        ErrorKind::Io(_)
-        | ErrorKind::ConnectionPoolCleared { .. }
-        | ErrorKind::ServerSelection { .. } => true,
+        ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } | ErrorKind::ServerSelection { .. } => true,
         ErrorKind::Command(c) => TRANSIENT_CODES.contains(&c.code),
         ErrorKind::BulkWrite(b) => {
-            b.write_errors.is_empty()
-                && b.write_concern_errors
-                    .iter()
-                    .any(|w| TRANSIENT_CODES.contains(&w.code))
+            b.write_errors.is_empty() && b.write_concern_errors.iter().any(|w| TRANSIENT_CODES.contains(&w.code))
         }
         _ => false,
     }
@@ -178,12 +157,9 @@ impl Sink {
     pub async fn connect(opts: SinkOptions, cancel: CancellationToken) -> Result<Sink, Fatal> {
         let scrub = Scrubber::for_uri(&opts.uri);
         let shown = redact_uri(&opts.uri);
-        let mut co = ClientOptions::parse(&opts.uri).await.map_err(|e| {
-            Fatal::Config(format!(
-                "invalid MongoDB URI {shown}: {}",
-                scrub.scrub(&e.to_string())
-            ))
-        })?;
+        let mut co = ClientOptions::parse(&opts.uri)
+            .await
+            .map_err(|e| Fatal::Config(format!("invalid MongoDB URI {shown}: {}", scrub.scrub(&e.to_string()))))?;
         co.app_name = Some(format!("docmirror/{}", env!("CARGO_PKG_VERSION")));
         if co.server_selection_timeout.is_none() {
             co.server_selection_timeout = Some(Duration::from_secs(5));
@@ -196,21 +172,10 @@ impl Sink {
             .clone()
             .or_else(|| co.default_database.clone())
             .unwrap_or_else(|| "ml_training_platform".to_string());
-        let client = Client::with_options(co).map_err(|e| {
-            Fatal::Config(format!(
-                "MongoDB client for {shown}: {}",
-                scrub.scrub(&e.to_string())
-            ))
-        })?;
+        let client = Client::with_options(co)
+            .map_err(|e| Fatal::Config(format!("MongoDB client for {shown}: {}", scrub.scrub(&e.to_string()))))?;
         let db = client.database(&db_name);
-        let mut sink = Sink {
-            client,
-            db,
-            mode: opts.write_mode,
-            opts,
-            scrub,
-            cancel,
-        };
+        let mut sink = Sink { client, db, mode: opts.write_mode, opts, scrub, cancel };
         let hello = sink
             .retry("connect", || {
                 let db = sink.db.clone();
@@ -268,11 +233,7 @@ impl Sink {
             match result {
                 Ok(v) => {
                     if attempt > 1 {
-                        tracing::info!(
-                            operation = what,
-                            attempts = attempt,
-                            "MongoDB is reachable again"
-                        );
+                        tracing::info!(operation = what, attempts = attempt, "MongoDB is reachable again");
                     }
                     return Ok(v);
                 }
@@ -355,17 +316,10 @@ impl Sink {
         let started = Instant::now();
         let n = ops.len();
         let out = match self.mode {
-            WriteMode::BulkWrite | WriteMode::Auto => {
-                self.retry("bulk_write", || self.bulk_write_once(&ops))
-                    .await
-            }
+            WriteMode::BulkWrite | WriteMode::Auto => self.retry("bulk_write", || self.bulk_write_once(&ops)).await,
             WriteMode::Commands => self.commands_batch(&ops).await,
         };
-        tracing::debug!(
-            ops = n,
-            elapsed_ms = started.elapsed().as_millis(),
-            "Wrote batch"
-        );
+        tracing::debug!(ops = n, elapsed_ms = started.elapsed().as_millis(), "Wrote batch");
         out
     }
 
@@ -376,56 +330,37 @@ impl Sink {
             .map(|op| {
                 let ns = Namespace::new(db.clone(), op.coll().to_string());
                 match op {
-                    WriteOp::Insert { doc, .. } => mongodb::options::InsertOneModel::builder()
-                        .namespace(ns)
-                        .document(doc.clone())
-                        .build()
-                        .into(),
-                    WriteOp::Update {
-                        filter,
-                        update,
-                        upsert,
-                        ..
-                    } => mongodb::options::UpdateOneModel::builder()
+                    WriteOp::Insert { doc, .. } => {
+                        mongodb::options::InsertOneModel::builder().namespace(ns).document(doc.clone()).build().into()
+                    }
+                    WriteOp::Update { filter, update, upsert, .. } => mongodb::options::UpdateOneModel::builder()
                         .namespace(ns)
                         .filter(filter.clone())
                         .update(update.clone())
                         .upsert(*upsert)
                         .build()
                         .into(),
-                    WriteOp::Delete { filter, .. } => mongodb::options::DeleteOneModel::builder()
-                        .namespace(ns)
-                        .filter(filter.clone())
-                        .build()
-                        .into(),
+                    WriteOp::Delete { filter, .. } => {
+                        mongodb::options::DeleteOneModel::builder().namespace(ns).filter(filter.clone()).build().into()
+                    }
                     WriteOp::DeleteMany { filter, .. } => {
-                        mongodb::options::DeleteManyModel::builder()
-                            .namespace(ns)
-                            .filter(filter.clone())
-                            .build()
-                            .into()
+                        mongodb::options::DeleteManyModel::builder().namespace(ns).filter(filter.clone()).build().into()
                     }
                 }
             })
             .collect();
-        match self
-            .client
-            .bulk_write(models)
-            .ordered(false)
-            .verbose_results()
-            .await
-        {
+        match self.client.bulk_write(models).ordered(false).verbose_results().await {
             Ok(r) => Ok(ops
                 .iter()
                 .enumerate()
                 .map(|(i, op)| match op {
                     WriteOp::Insert { .. } => OpResult::Applied { matched: None },
-                    WriteOp::Update { .. } => OpResult::Applied {
-                        matched: r.update_results.get(&i).map(|u| u.matched_count),
-                    },
-                    WriteOp::Delete { .. } | WriteOp::DeleteMany { .. } => OpResult::Applied {
-                        matched: r.delete_results.get(&i).map(|d| d.deleted_count),
-                    },
+                    WriteOp::Update { .. } => {
+                        OpResult::Applied { matched: r.update_results.get(&i).map(|u| u.matched_count) }
+                    }
+                    WriteOp::Delete { .. } | WriteOp::DeleteMany { .. } => {
+                        OpResult::Applied { matched: r.delete_results.get(&i).map(|d| d.deleted_count) }
+                    }
                 })
                 .collect()),
             Err(e) => {
@@ -453,9 +388,7 @@ impl Sink {
                         }
                         let matched = verbose.and_then(|v| match op {
                             WriteOp::Insert { .. } => None,
-                            WriteOp::Update { .. } => {
-                                v.update_results.get(&i).map(|u| u.matched_count)
-                            }
+                            WriteOp::Update { .. } => v.update_results.get(&i).map(|u| u.matched_count),
                             WriteOp::Delete { .. } | WriteOp::DeleteMany { .. } => {
                                 v.delete_results.get(&i).map(|d| d.deleted_count)
                             }
@@ -499,30 +432,16 @@ impl Sink {
         Ok(results)
     }
 
-    fn command_results(
-        &self,
-        group: &[WriteOp],
-        reply: &Document,
-    ) -> Result<Vec<OpResult>, SinkError> {
+    fn command_results(&self, group: &[WriteOp], reply: &Document) -> Result<Vec<OpResult>, SinkError> {
         if let Ok(wce) = reply.get_document("writeConcernError") {
-            return Err(SinkError::Permanent(format!(
-                "write concern error: {}",
-                self.scrub(&wce.to_string())
-            )));
+            return Err(SinkError::Permanent(format!("write concern error: {}", self.scrub(&wce.to_string()))));
         }
         let mut out: Vec<OpResult> = vec![OpResult::Applied { matched: None }; group.len()];
         let mut failed = 0u64;
         if let Ok(errors) = reply.get_array("writeErrors") {
             for e in errors.iter().filter_map(Bson::as_document) {
-                let idx = e
-                    .get("index")
-                    .and_then(bson_i64)
-                    .and_then(|i| usize::try_from(i).ok());
-                let code = e
-                    .get("code")
-                    .and_then(bson_i64)
-                    .and_then(|c| i32::try_from(c).ok())
-                    .unwrap_or(0);
+                let idx = e.get("index").and_then(bson_i64).and_then(|i| usize::try_from(i).ok());
+                let code = e.get("code").and_then(bson_i64).and_then(|c| i32::try_from(c).ok()).unwrap_or(0);
                 let msg = self.scrub(e.get_str("errmsg").unwrap_or(""));
                 if let Some(slot) = idx.and_then(|i| out.get_mut(i)) {
                     *slot = classify(code, &msg);
@@ -533,11 +452,7 @@ impl Sink {
         // The commands report one count for the whole group. When every op
         // that did not fail matched, each matched one document; otherwise the
         // caller checks the documents themselves.
-        let n = reply
-            .get("n")
-            .and_then(bson_i64)
-            .and_then(|n| u64::try_from(n).ok())
-            .unwrap_or(0);
+        let n = reply.get("n").and_then(bson_i64).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
         let ok_ops = u64::try_from(group.len()).unwrap_or(u64::MAX) - failed;
         if !matches!(group.first(), Some(WriteOp::Insert { .. })) && n == ok_ops {
             for slot in out.iter_mut() {
@@ -552,14 +467,9 @@ impl Sink {
 
 fn classify(code: i32, message: &str) -> OpResult {
     if code == DUPLICATE_KEY {
-        OpResult::DuplicateKey {
-            message: message.to_string(),
-        }
+        OpResult::DuplicateKey { message: message.to_string() }
     } else {
-        OpResult::Failed {
-            code,
-            message: message.to_string(),
-        }
+        OpResult::Failed { code, message: message.to_string() }
     }
 }
 
@@ -573,11 +483,7 @@ fn op_size(op: &WriteOp) -> usize {
 }
 
 fn command_for(group: &[WriteOp]) -> Document {
-    let coll = group
-        .first()
-        .map(WriteOp::coll)
-        .unwrap_or_default()
-        .to_string();
+    let coll = group.first().map(WriteOp::coll).unwrap_or_default().to_string();
     match group.first() {
         Some(WriteOp::Insert { .. }) => doc! {
             "insert": coll,

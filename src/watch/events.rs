@@ -1,0 +1,208 @@
+//! File events from the `notify` crate (inotify on Linux), turned into
+//! [`Hint`]s. The callback runs on notify's thread and must never block: it
+//! converts the event (string and path work only, no I/O for files that are
+//! not sources) and `try_send`s the hints; when the channel is full it sets
+//! the overflow flag, which makes the daemon rescan everything.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use notify::event::{CreateKind, EventKind, ModifyKind, RemoveKind};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use super::Hint;
+use crate::error::Fatal;
+use crate::layout::Root;
+use crate::reconcile::Engine;
+use crate::source::source_file;
+
+/// Hints that may wait in the channel; beyond that the daemon rescans.
+pub const CHANNEL_CAPACITY: usize = 65_536;
+
+pub struct FsWatch {
+    watcher: RecommendedWatcher,
+    /// Roots watched recursively.
+    roots: HashSet<PathBuf>,
+    /// Parents of the roots, watched to see a root appear or vanish.
+    parents: HashSet<PathBuf>,
+    tx: mpsc::Sender<Hint>,
+    overflow: Arc<AtomicBool>,
+}
+
+impl FsWatch {
+    pub fn start(engine: Arc<Engine>, tx: mpsc::Sender<Hint>, overflow: Arc<AtomicBool>) -> Result<FsWatch, Fatal> {
+        let cb_tx = tx.clone();
+        let cb_overflow = overflow.clone();
+        let cb_engine = engine.clone();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let send = |h: Hint| {
+                if let Err(mpsc::error::TrySendError::Full(_)) = cb_tx.try_send(h) {
+                    cb_overflow.store(true, Ordering::Release);
+                }
+            };
+            match res {
+                Ok(event) => {
+                    for h in hints_for(&cb_engine, &event) {
+                        send(h);
+                    }
+                }
+                Err(e) => {
+                    let why = match e.kind {
+                        notify::ErrorKind::MaxFilesWatch => {
+                            "the inotify watch limit was reached (raise fs.inotify.max_user_watches, or use --poll-interval-ms)".to_string()
+                        }
+                        _ => format!("the file watcher reported an error: {e}"),
+                    };
+                    send(Hint::Full(why));
+                }
+            }
+        })
+        .map_err(|e| Fatal::Source(format!("cannot start the file watcher: {e}")))?;
+        let mut w = FsWatch { watcher, roots: HashSet::new(), parents: HashSet::new(), tx, overflow };
+        w.ensure_watches(&engine);
+        Ok(w)
+    }
+
+    /// Watch every root that exists (recursively) and each root's parent
+    /// (to see roots appear and vanish). Safe to call again at any time.
+    pub fn ensure_watches(&mut self, engine: &Engine) {
+        for root in [&engine.roots.data, &engine.roots.artifacts] {
+            if let Some(parent) = root.parent().filter(|p| p.is_dir()) {
+                if !self.parents.contains(parent) {
+                    match self.watcher.watch(parent, RecursiveMode::NonRecursive) {
+                        Ok(()) => {
+                            self.parents.insert(parent.to_path_buf());
+                        }
+                        Err(e) => self.watch_failed(parent, &e),
+                    }
+                }
+            }
+            let exists = root.is_dir();
+            if exists && !self.roots.contains(root) {
+                // A root that was removed and recreated needs a fresh watch.
+                let _ = self.watcher.unwatch(root);
+                match self.watcher.watch(root, RecursiveMode::Recursive) {
+                    Ok(()) => {
+                        tracing::info!(folder = %root.display(), "Watching");
+                        self.roots.insert(root.clone());
+                    }
+                    Err(e) => self.watch_failed(root, &e),
+                }
+            } else if !exists && self.roots.remove(root.as_path()) {
+                let _ = self.watcher.unwatch(root);
+                tracing::warn!(folder = %root.display(), "Watched folder is gone; waiting for it to come back");
+            } else if !exists {
+                tracing::warn!(folder = %root.display(), "Folder does not exist yet; it will be picked up when it appears");
+            }
+        }
+    }
+
+    fn watch_failed(&self, path: &Path, e: &notify::Error) {
+        let hint = if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) {
+            " (the inotify watch limit was reached: raise fs.inotify.max_user_watches, or use --poll-interval-ms)"
+        } else {
+            ""
+        };
+        tracing::warn!(folder = %path.display(), error = %e, "Cannot watch folder{hint}; relying on rescans");
+        // Changes there are only seen by rescans: do one now.
+        if self.tx.try_send(Hint::Full(format!("cannot watch {}", path.display()))).is_err() {
+            self.overflow.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// What an event may have changed. No I/O except for paths that could be a
+/// folder holding sources (a `stat`); other files are dismissed by name.
+pub fn hints_for(engine: &Engine, event: &notify::Event) -> Vec<Hint> {
+    let mut out = Vec::new();
+    if event.need_rescan() {
+        out.push(Hint::Full("file events were lost (the kernel's event queue overflowed)".into()));
+    }
+    if matches!(event.kind, EventKind::Access(_)) {
+        return out;
+    }
+    for path in &event.paths {
+        for (root_kind, root) in [(Root::Data, &engine.roots.data), (Root::Artifacts, &engine.roots.artifacts)] {
+            if path == root {
+                out.push(Hint::Full(format!("folder {} was created, moved or removed", root.display())));
+                continue;
+            }
+            let Ok(rel) = path.strip_prefix(root) else { continue };
+            let Some(rel_str) = rel.to_str() else { continue };
+            for (i, spec) in engine.layout.sources.iter().enumerate().filter(|(_, s)| s.root == root_kind) {
+                if spec.matches_rel(rel) {
+                    out.push(Hint::File(source_file(i, spec, root, rel_str)));
+                } else if Path::new(spec.split_path().0).starts_with(rel) && may_be_folder(&event.kind, path) {
+                    // A folder on the way to this source's files appeared, vanished or
+                    // moved: files written into a new folder before its watch existed
+                    // produce no events, so read the whole source.
+                    out.push(Hint::Source(i));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn may_be_folder(kind: &EventKind, path: &Path) -> bool {
+    match kind {
+        EventKind::Create(CreateKind::Folder) | EventKind::Remove(RemoveKind::Folder) => true,
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) | EventKind::Any => {
+            path.is_dir() || !path.exists()
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Layout;
+    use crate::sink::indexes::IndexSet;
+    use crate::source::Roots;
+
+    fn engine() -> Engine {
+        let roots = Roots { data: PathBuf::from("/p/data"), artifacts: PathBuf::from("/p/artifacts") };
+        Engine::new(Layout::builtin(), roots, IndexSet::builtin())
+    }
+
+    fn event(kind: EventKind, path: &str) -> notify::Event {
+        notify::Event::new(kind).add_path(PathBuf::from(path))
+    }
+
+    #[test]
+    fn source_files_become_file_hints_and_others_are_ignored() {
+        let e = engine();
+        let modify = EventKind::Modify(ModifyKind::Any);
+        let h = hints_for(&e, &event(modify, "/p/artifacts/jobs/j1.json"));
+        assert!(matches!(&h[..], [Hint::File(f)] if f.rel == "artifacts/jobs/j1.json" && f.spec == 2));
+        let h = hints_for(&e, &event(modify, "/p/data/users.json"));
+        assert!(matches!(&h[..], [Hint::File(f)] if f.rel == "data/users.json" && f.spec == 0));
+        for ignored in [
+            "/p/artifacts/jobs/j1.json.tmp",
+            "/p/artifacts/jobs/j1.log",
+            "/p/artifacts/checkpoints/model.bin",
+            "/p/data/datasets/ds1/upload.csv",
+            "/p/data/.users.json.swp",
+            "/elsewhere/users.json",
+        ] {
+            assert!(hints_for(&e, &event(modify, ignored)).is_empty(), "{ignored}");
+        }
+    }
+
+    #[test]
+    fn new_folders_and_lost_events_ask_for_rescans() {
+        let e = engine();
+        let h = hints_for(&e, &event(EventKind::Create(CreateKind::Folder), "/p/artifacts/jobs"));
+        assert_eq!(h, [Hint::Source(2)]);
+        let h = hints_for(&e, &event(EventKind::Remove(RemoveKind::Folder), "/p/data/datasets"));
+        assert_eq!(h, [Hint::Source(1)]);
+        let h = hints_for(&e, &event(EventKind::Create(CreateKind::Folder), "/p/data"));
+        assert!(matches!(&h[..], [Hint::Full(_)]));
+        let overflow = notify::Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert!(matches!(&hints_for(&e, &overflow)[..], [Hint::Full(_)]));
+    }
+}
