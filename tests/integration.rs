@@ -9,3 +9,4 @@ mod support;
 
 mod sync;
 mod verify;
+mod watch;

@@ -290,3 +290,132 @@ pub fn dataset(id: &str, size: i64) -> Value {
         "size": size, "type": "csv", "uploaded_by": "u1", "uploaded_at": "2025-10-10T08:06:40.000Z", "deleted_at": null
     })
 }
+
+/// Wait until `check` holds, polling; panics with `what` after `secs`.
+pub async fn eventually<F, Fut>(secs: u64, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {secs}s waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A running `docmirror watch`, its log in a file.
+pub struct WatchProc {
+    pub child: tokio::process::Child,
+    pub log: PathBuf,
+    _logdir: tempfile::TempDir,
+}
+
+impl WatchProc {
+    /// Start watching and wait for the initial reconcile.
+    pub async fn start(uri: &str, p: &Platform, args: &[&str]) -> WatchProc {
+        let logdir = tempfile::tempdir().unwrap();
+        let log = logdir.path().join("watch.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"))
+            .args(["--log-format", "text", "watch", "--debounce-ms", "50"])
+            .args(args)
+            .env("MONGODB_URI", uri)
+            .env("DOCMIRROR_DATA_DIR", p.data())
+            .env("DOCMIRROR_ARTIFACTS_DIR", p.artifacts())
+            .env("RUST_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let w = WatchProc { child, log, _logdir: logdir };
+        let log = w.log.clone();
+        eventually(60, "the initial reconcile", || {
+            let log = log.clone();
+            async move { std::fs::read_to_string(&log).unwrap_or_default().contains("Initial reconcile done") }
+        })
+        .await;
+        w
+    }
+
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        assert_no_secrets(&text);
+        text
+    }
+
+    /// SIGTERM, then wait for a clean exit (code 0).
+    pub async fn stop(mut self) -> String {
+        let pid = self.child.id().expect("watch already exited");
+        let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+        assert!(status.success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("watch did not stop").unwrap();
+        let log = self.log_text();
+        assert_eq!(exit.code(), Some(0), "watch exit: {log}");
+        assert!(log.contains("Stopped"), "{log}");
+        log
+    }
+}
+
+/// Replace a file the way careful writers do: write a temp file, rename it over.
+pub fn write_by_rename(path: &Path, bytes: &[u8]) {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A SecantusDB server of a test's own, on disk so it can be stopped and restarted.
+pub struct OwnServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl OwnServer {
+    pub fn start() -> OwnServer {
+        let mut s = OwnServer { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        s.restart();
+        s
+    }
+
+    pub fn uri(&self, db: &str) -> String {
+        format!("mongodb://127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn restart(&mut self) {
+        let exe = repo().join(".venv/bin/secantusd-py");
+        assert!(exe.exists(), "{HOW_TO_GET_A_SERVER}");
+        let child = Command::new(&exe)
+            .args(["--port", &self.port.to_string(), "--storage-path"])
+            .arg(self.dir.path().join("db"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "own server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stop it hard (SIGKILL), as a crash or a pulled cable would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

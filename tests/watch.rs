@@ -1,0 +1,204 @@
+//! `docmirror watch` against a real server: every kind of writer, deletes,
+//! new folders, restarts and a server that goes away. Tests wait on
+//! conditions with deadlines, never on sleeps alone.
+
+use bson::Document;
+use serde_json::json;
+
+use crate::support::*;
+
+async fn field(db: &TestDb, coll: &str, id: &str, f: &str) -> Option<String> {
+    db.doc(coll, id).await.and_then(|d| d.get(f).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+}
+
+async fn wait_field(db: &TestDb, coll: &str, id: &str, f: &str, want: &str) {
+    eventually(20, &format!("{coll}/{id}.{f} == {want:?}"), || async { field(db, coll, id, f).await.as_deref() == Some(want) }).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn follows_every_kind_of_writer() {
+    let db = TestDb::new("watch_writers").await;
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
+    p.job("j1", &job("j1", "queued", "2025-10-12T09:00:00.000Z"));
+    let before_extra = p.snapshot().len();
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    assert!(db.doc("training_jobs", "j1").await.is_some(), "initial reconcile");
+
+    // Create.
+    p.job("j2", &job("j2", "queued", "2025-10-12T09:00:00.000Z"));
+    wait_field(&db, "training_jobs", "j2", "status", "queued").await;
+    // Modify in place.
+    p.job("j2", &job("j2", "running", "2025-10-12T09:01:00.000Z"));
+    wait_field(&db, "training_jobs", "j2", "status", "running").await;
+    // Rename over (write x.json.tmp, rename to x.json).
+    write_by_rename(&p.path("artifacts/jobs/j2.json"), &serde_json::to_vec(&job("j2", "completed", "2025-10-12T09:02:00.000Z")).unwrap());
+    wait_field(&db, "training_jobs", "j2", "status", "completed").await;
+    // Truncate, then write.
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(p.path("artifacts/jobs/j1.json")).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        f.write_all(&serde_json::to_vec(&job("j1", "failed", "2025-10-12T09:03:00.000Z")).unwrap()).unwrap();
+    }
+    wait_field(&db, "training_jobs", "j1", "status", "failed").await;
+    // Half-written, completed later, in several chunks.
+    let text = serde_json::to_string(&job("j3", "running", "2025-10-12T09:04:00.000Z")).unwrap();
+    let (a, b) = text.split_at(text.len() / 2);
+    p.write("artifacts/jobs/j3.json", a);
+    tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+    {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(p.path("artifacts/jobs/j3.json")).unwrap();
+        f.write_all(b.as_bytes()).unwrap();
+    }
+    wait_field(&db, "training_jobs", "j3", "status", "running").await;
+    // users.json rewritten by rename with one user changed and one added.
+    let mut u1 = user("u1", "a@x.io", "2025-10-02T00:00:00Z");
+    u1["name"] = json!("Renamed");
+    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&json!([u1, user("u2", "b@x.io", "2025-10-01T00:00:00Z")])).unwrap());
+    wait_field(&db, "users", "u1", "name", "Renamed").await;
+    wait_field(&db, "users", "u2", "email", "b@x.io").await;
+    // Delete a job file: archived.
+    p.remove("artifacts/jobs/j2.json");
+    eventually(20, "j2 archived", || async { db.doc("training_jobs", "j2").await.is_none() }).await;
+    assert_eq!(db.count("mirror_archive").await, 1);
+    // Non-JSON files and temp files are ignored.
+    p.write("artifacts/jobs/j1.log", "epoch 1 loss 0.5\n");
+    p.write("artifacts/jobs/j9.json.tmp", "{ not yet");
+    p.write("artifacts/checkpoints/model.bin", [0u8, 1, 2]);
+    p.write("data/datasets/ds1/upload.csv", "a,b\n1,2\n");
+    p.write("artifacts/jobs/.j8.json.swp", "x");
+    // A change after them proves the daemon got past them.
+    p.job("j4", &job("j4", "queued", "2025-10-12T09:05:00.000Z"));
+    wait_field(&db, "training_jobs", "j4", "status", "queued").await;
+    assert_eq!(db.count("training_jobs").await, 3, "j1, j3, j4");
+    assert_eq!(db.rejects().await.len(), 0, "the half-written file was not reported: {:?}", db.rejects().await);
+
+    let log = w.stop().await;
+    assert!(log.contains("Mirrored change") && log.contains("artifacts/jobs/j4.json"), "{log}");
+    assert!(!log.contains("upload.csv") && !log.contains("model.bin"), "ignored files are not even logged: {log}");
+    assert!(p.snapshot().len() > before_extra);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn removed_records_are_archived_and_mass_deletes_held() {
+    let db = TestDb::new("watch_deletes").await;
+    let p = Platform::new();
+    let users: Vec<_> = (0..4).map(|i| user(&format!("u{i}"), &format!("{i}@x.io"), "2025-10-01T00:00:00Z")).collect();
+    p.users(&json!(users));
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    assert_eq!(db.count("users").await, 4);
+
+    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&json!(users[1..])).unwrap());
+    eventually(20, "u0 archived", || async { db.doc("users", "u0").await.is_none() }).await;
+    let archived = db.docs("mirror_archive").await;
+    assert_eq!(archived[0].get_document("document").unwrap().get_str("email").unwrap(), "0@x.io");
+
+    // The file suddenly holds no records: nothing is deleted, and the log says why.
+    write_by_rename(&p.path("data/users.json"), b"[]");
+    eventually(20, "the mass-delete guard", || async { w.log_text().contains("Holding back deletes") }).await;
+    assert_eq!(db.count("users").await, 3);
+    // The file vanishing as a whole is treated the same way.
+    p.remove("data/users.json");
+    p.job("j1", &job("j1", "queued", "2025-10-12T09:00:00.000Z"));
+    wait_field(&db, "training_jobs", "j1", "status", "queued").await;
+    assert_eq!(db.count("users").await, 3);
+    let log = w.stop().await;
+    assert!(log.contains("--allow-mass-delete"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jobs_folder_created_after_start_is_followed() {
+    let db = TestDb::new("watch_new_folder").await;
+    let p = Platform::new();
+    std::fs::remove_dir_all(p.path("artifacts")).unwrap();
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    // The artifacts folder, then jobs/, then files written at once: some land
+    // before any watch exists on the new folders.
+    std::fs::create_dir_all(p.path("artifacts/jobs")).unwrap();
+    for i in 0..20 {
+        p.job(&format!("j{i}"), &job(&format!("j{i}"), "queued", "2025-10-12T09:00:00.000Z"));
+    }
+    eventually(30, "20 jobs mirrored", || async { db.count("training_jobs").await == 20 }).await;
+    // And later changes in the new folder are events like any other.
+    p.job("j0", &job("j0", "running", "2025-10-12T09:01:00.000Z"));
+    wait_field(&db, "training_jobs", "j0", "status", "running").await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_catches_up_on_changes_made_while_down() {
+    let db = TestDb::new("watch_restart").await;
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
+    p.job("j1", &job("j1", "queued", "2025-10-12T09:00:00.000Z"));
+    p.job("j2", &job("j2", "queued", "2025-10-12T09:00:00.000Z"));
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    w.stop().await;
+    // While it is down: a change, a new file and a deleted one.
+    p.job("j1", &job("j1", "completed", "2025-10-12T10:00:00.000Z"));
+    p.job("j3", &job("j3", "queued", "2025-10-12T10:00:00.000Z"));
+    p.remove("artifacts/jobs/j2.json");
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    assert_eq!(field(&db, "training_jobs", "j1", "status").await.as_deref(), Some("completed"));
+    assert!(db.doc("training_jobs", "j3").await.is_some());
+    assert!(db.doc("training_jobs", "j2").await.is_none());
+    w.stop().await;
+    let run = docmirror(&db, &p, &["verify"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_mode_sees_changes_too() {
+    let db = TestDb::new("watch_poll").await;
+    let p = Platform::new();
+    p.job("j1", &job("j1", "queued", "2025-10-12T09:00:00.000Z"));
+    let w = WatchProc::start(&db.uri(), &p, &["--poll-interval-ms", "100"]).await;
+    // Same size, same second: only size+inode+nanosecond mtime reveal it.
+    p.job("j1", &job("j1", "failed", "2025-10-12T09:00:00.000Z"));
+    wait_field(&db, "training_jobs", "j1", "status", "failed").await;
+    p.job("j2", &job("j2", "queued", "2025-10-12T09:00:00.000Z"));
+    wait_field(&db, "training_jobs", "j2", "status", "queued").await;
+    p.remove("artifacts/jobs/j2.json");
+    eventually(20, "j2 archived", || async { db.doc("training_jobs", "j2").await.is_none() }).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_lost_while_the_server_is_down() {
+    let mut server = OwnServer::start();
+    let uri = server.uri("outage");
+    let p = Platform::new();
+    p.job("j0", &job("j0", "queued", "2025-10-12T09:00:00.000Z"));
+    let w = WatchProc::start(&uri, &p, &["--rescan-interval-secs", "3600"]).await;
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let coll = client.database("outage").collection::<Document>("training_jobs");
+
+    server.kill();
+    // Changes keep coming while MongoDB is away; one file changes many times.
+    for i in 1..=10 {
+        p.job(&format!("j{i}"), &job(&format!("j{i}"), "queued", "2025-10-12T09:00:00.000Z"));
+    }
+    for step in 0..5 {
+        let mut j = job("j0", "running", &format!("2025-10-12T09:0{step}:00.000Z"));
+        j["step"] = json!(step);
+        p.job("j0", &j);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    eventually(30, "the daemon notices the outage", || async {
+        let log = w.log_text();
+        log.contains("MongoDB not available") || log.contains("Reconcile failed")
+    })
+    .await;
+    server.restart();
+    eventually(60, "all changes after the outage", || async {
+        let n = coll.count_documents(bson::doc! {}).await.unwrap_or(0);
+        let j0 = coll.find_one(bson::doc! {"_id": "j0"}).await.ok().flatten();
+        n == 11 && j0.is_some_and(|d| d.get_i32("step").ok() == Some(4))
+    })
+    .await;
+    let log = w.stop().await;
+    assert!(log.contains("reachable again") || log.contains("retry"), "{log}");
+}
