@@ -94,7 +94,7 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
     let mut settings = common.settings(true)?;
     args.write.apply(&mut settings.engine)?;
     let engine = Arc::new(settings.engine);
-    let mut lifecycle = crate::watch::NoLifecycle;
+    let mut lifecycle = crate::watch::systemd::Systemd::new(2);
     match crate::watch::run(engine, settings.sink, args.options(), cancel, &mut lifecycle).await {
         Ok(_) | Err(Fatal::Interrupted) => Ok(exit::OK),
         Err(e) => Err(e),

@@ -64,9 +64,15 @@ pub struct CommonArgs {
     #[arg(long, env = "DOCMIRROR_ARTIFACTS_DIR", default_value = "./artifacts")]
     pub artifacts_dir: PathBuf,
 
-    /// MongoDB connection string; the database is its path unless --database is given.
-    #[arg(long, env = "MONGODB_URI", default_value = DEFAULT_URI, hide_env_values = true)]
-    pub mongodb_uri: String,
+    /// MongoDB connection string; the database is its path unless --database is given
+    /// [default: mongodb://localhost:27017/ml_training_platform].
+    #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+
+    /// Read the connection string from a file (keeps the password out of the
+    /// environment). systemd's LoadCredential=mongodb-uri:... is read without this flag.
+    #[arg(long, env = "DOCMIRROR_MONGODB_URI_FILE", conflicts_with = "mongodb_uri")]
+    pub mongodb_uri_file: Option<PathBuf>,
 
     /// Database name (overrides the URI's path).
     #[arg(long, env = "DOCMIRROR_DATABASE")]
@@ -215,7 +221,7 @@ impl CommonArgs {
         let mut engine = Engine::new(layout, roots, indexes);
         engine.limits = ReadLimits { max_file_bytes: self.max_file_bytes };
         let sink = SinkOptions {
-            uri: self.mongodb_uri.clone(),
+            uri: self.resolve_uri()?,
             database: self.database.clone(),
             write_mode: self.write_mode,
             batch_size: usize::try_from(self.batch_size).unwrap_or(1000),
@@ -223,6 +229,33 @@ impl CommonArgs {
             retry_budget: (!retry_forever).then(|| Duration::from_secs(self.mongodb_timeout)),
         };
         Ok(Settings { engine, sink })
+    }
+}
+
+impl CommonArgs {
+    /// The URI from, in order: --mongodb-uri / MONGODB_URI, --mongodb-uri-file,
+    /// the systemd credential `mongodb-uri`, the guide's default.
+    fn resolve_uri(&self) -> Result<String, Fatal> {
+        if let Some(uri) = &self.mongodb_uri {
+            return Ok(uri.clone());
+        }
+        let file = self.mongodb_uri_file.clone().or_else(|| {
+            let dir = std::env::var_os("CREDENTIALS_DIRECTORY")?;
+            let p = PathBuf::from(dir).join("mongodb-uri");
+            p.is_file().then_some(p)
+        });
+        match file {
+            Some(p) => {
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| Fatal::Config(format!("cannot read the MongoDB URI from {}: {e}", p.display())))?;
+                let uri = text.trim().to_string();
+                if uri.is_empty() {
+                    return Err(Fatal::Config(format!("{} is empty; it should hold a mongodb:// URI", p.display())));
+                }
+                Ok(uri)
+            }
+            None => Ok(DEFAULT_URI.to_string()),
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod service;
 mod sync;
 mod verify;
 mod watch;

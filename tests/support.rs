@@ -354,7 +354,10 @@ impl WatchProc {
         let pid = self.child.id().expect("watch already exited");
         let status = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
         assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await.expect("watch did not stop").unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("watch did not stop")
+            .unwrap();
         let log = self.log_text();
         assert_eq!(exit.code(), Some(0), "watch exit: {log}");
         assert!(log.contains("Stopped"), "{log}");

@@ -8,11 +8,16 @@ use serde_json::json;
 use crate::support::*;
 
 async fn field(db: &TestDb, coll: &str, id: &str, f: &str) -> Option<String> {
-    db.doc(coll, id).await.and_then(|d| d.get(f).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+    db.doc(coll, id)
+        .await
+        .and_then(|d| d.get(f).map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
 }
 
 async fn wait_field(db: &TestDb, coll: &str, id: &str, f: &str, want: &str) {
-    eventually(20, &format!("{coll}/{id}.{f} == {want:?}"), || async { field(db, coll, id, f).await.as_deref() == Some(want) }).await;
+    eventually(20, &format!("{coll}/{id}.{f} == {want:?}"), || async {
+        field(db, coll, id, f).await.as_deref() == Some(want)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,12 +37,16 @@ async fn follows_every_kind_of_writer() {
     p.job("j2", &job("j2", "running", "2025-10-12T09:01:00.000Z"));
     wait_field(&db, "training_jobs", "j2", "status", "running").await;
     // Rename over (write x.json.tmp, rename to x.json).
-    write_by_rename(&p.path("artifacts/jobs/j2.json"), &serde_json::to_vec(&job("j2", "completed", "2025-10-12T09:02:00.000Z")).unwrap());
+    write_by_rename(
+        &p.path("artifacts/jobs/j2.json"),
+        &serde_json::to_vec(&job("j2", "completed", "2025-10-12T09:02:00.000Z")).unwrap(),
+    );
     wait_field(&db, "training_jobs", "j2", "status", "completed").await;
     // Truncate, then write.
     {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().write(true).truncate(true).open(p.path("artifacts/jobs/j1.json")).unwrap();
+        let mut f =
+            std::fs::OpenOptions::new().write(true).truncate(true).open(p.path("artifacts/jobs/j1.json")).unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         f.write_all(&serde_json::to_vec(&job("j1", "failed", "2025-10-12T09:03:00.000Z")).unwrap()).unwrap();
     }
@@ -56,7 +65,10 @@ async fn follows_every_kind_of_writer() {
     // users.json rewritten by rename with one user changed and one added.
     let mut u1 = user("u1", "a@x.io", "2025-10-02T00:00:00Z");
     u1["name"] = json!("Renamed");
-    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&json!([u1, user("u2", "b@x.io", "2025-10-01T00:00:00Z")])).unwrap());
+    write_by_rename(
+        &p.path("data/users.json"),
+        &serde_json::to_vec(&json!([u1, user("u2", "b@x.io", "2025-10-01T00:00:00Z")])).unwrap(),
+    );
     wait_field(&db, "users", "u1", "name", "Renamed").await;
     wait_field(&db, "users", "u2", "email", "b@x.io").await;
     // Delete a job file: archived.

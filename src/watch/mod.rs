@@ -12,6 +12,7 @@
 pub mod events;
 pub mod fstype;
 pub mod poll;
+pub mod systemd;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

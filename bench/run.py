@@ -1,0 +1,935 @@
+#!/usr/bin/env python3
+"""docmirror benchmark harness (issue 6). Run it through scripts/bench.sh.
+
+    run.py [--quick] [--users N] [--datasets N] [--jobs N] [--runs R] [--seed S]
+           [--changes N] [--rewrites N] [--debounce-ms N] [--report PATH]
+
+Scenarios (each measurement on a fresh in-memory SecantusDB server):
+  1. initial sync into an empty database, every contender side by side;
+  2. re-sync with nothing changed (each contender again, same server);
+  3. `docmirror watch`: one user changed in users.json, time until visible;
+  4. `docmirror watch` under load: job files rewritten at 200/s;
+  5. peak RSS of `docmirror watch`, CPU seconds per 100k records of `sync`.
+After every contender run the three collections are dumped and compared
+type-exactly with what the files say (bench/check.py); a contender whose
+output differs is WRONG and its time does not count.
+
+--quick: small tree, 1 run, bounded; exits 1 when a check fails or a
+contender did not run. The full run writes BENCHMARKS.md at the repo root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, BENCH)
+
+import check  # noqa: E402
+import gen  # noqa: E402
+from pymongo import MongoClient  # noqa: E402
+
+DOCMIRROR = os.environ.get("DOCMIRROR_BIN", os.path.join(ROOT, "target", "release", "docmirror"))
+SECANTUSD = os.environ.get("BENCH_SECANTUSD", os.path.join(ROOT, ".venv", "bin", "secantusd-py"))
+DATA_ROOT = os.path.join(BENCH, "data")
+RESULTS = os.path.join(BENCH, "results")
+SERVER_NAME = "SecantusDB 0.7.0b3 (Python MongoDB wire-protocol server), --storage-path :memory:"
+
+# Every process this harness starts, so that all of them die with it.
+_children: list[subprocess.Popen] = []
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _kill(p: subprocess.Popen, grace: float = 10.0) -> None:
+    if p.poll() is not None:
+        return
+    try:
+        p.terminate()
+        p.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def _cleanup() -> None:
+    for p in reversed(_children):
+        try:
+            _kill(p, grace=5)
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+def _on_signal(signum, _frame):
+    _cleanup()
+    sys.exit(128 + signum)
+
+
+def start(cmd: list[str], out_path: str, err_path: str | None = None, **kw) -> subprocess.Popen:
+    out = open(out_path, "w")
+    err = open(err_path, "w") if err_path else subprocess.STDOUT
+    try:
+        p = subprocess.Popen(cmd, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=ROOT, **kw)
+    finally:
+        out.close()
+        if err_path:
+            err.close()
+    _children.append(p)
+    return p
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a live process (its own threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def proc_status_kb(pid: int, key: str) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+# --------------------------------------------------------------------------- server
+
+
+class Server:
+    """A fresh SecantusDB on a free 127.0.0.1 port, in memory; killed on exit."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.client: MongoClient | None = None
+
+    def uri(self, db: str = "bench") -> str:
+        return f"mongodb://127.0.0.1:{self.port}/{db}"
+
+    def __enter__(self) -> "Server":
+        logf = os.path.join(RESULTS, "logs", f"server-{self.label}.log")
+        self.proc = start([SECANTUSD, "--port", str(self.port), "--storage-path", ":memory:"], logf)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"SecantusDB exited with {self.proc.returncode}; see {logf}")
+            try:
+                c = MongoClient(self.uri(), serverSelectionTimeoutMS=500, connectTimeoutMS=500)
+                c.admin.command("ping")
+                self.client = c
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"SecantusDB did not accept connections within 60 s; see {logf}")
+                time.sleep(0.1)
+        return self
+
+    @property
+    def db(self):
+        return self.client.get_default_database()
+
+    def cpu(self) -> float:
+        return proc_cpu_seconds(self.proc.pid)
+
+    def __exit__(self, *exc) -> None:
+        if self.client:
+            self.client.close()
+        if self.proc:
+            _kill(self.proc)
+            _children.remove(self.proc)
+
+
+# --------------------------------------------------------------------------- trees
+
+
+@dataclass
+class Tree:
+    root: str
+    users: int
+    datasets: int
+    jobs: int
+    _expected: dict | None = None
+
+    @property
+    def data(self) -> str:
+        return os.path.join(self.root, "data")
+
+    @property
+    def artifacts(self) -> str:
+        return os.path.join(self.root, "artifacts")
+
+    @property
+    def records(self) -> int:
+        return self.users + self.datasets + self.jobs
+
+    def expected(self) -> dict:
+        if self._expected is None:
+            self._expected = check.expected_from_tree(self.data, self.artifacts)
+        return self._expected
+
+
+def make_tree(users: int, datasets: int, jobs: int, seed: int) -> Tree:
+    root = os.path.join(DATA_ROOT, f"tree-u{users}-d{datasets}-j{jobs}-s{seed}")
+    t0 = time.monotonic()
+    if gen.ensure(root, users, datasets, jobs, seed):
+        log(f"generated {root} in {time.monotonic() - t0:.1f}s")
+    return Tree(root, users, datasets, jobs)
+
+
+# --------------------------------------------------------------------------- contenders
+
+
+@dataclass
+class RunResult:
+    rc: int
+    wall: float
+    cpu: float  # user + system seconds of the contender process (and its reaped children)
+    maxrss_kb: int
+    server_cpu: float
+    stdout: str
+    stderr_tail: str
+    timed_out: bool = False
+
+
+def run_timed(cmd: list[str], label: str, timeout: float, server: Server) -> RunResult:
+    out = os.path.join(RESULTS, "logs", f"{label}.out")
+    err = os.path.join(RESULTS, "logs", f"{label}.err")
+    s0 = server.cpu()
+    t0 = time.perf_counter()
+    p = start(cmd, out, err)
+    timed_out = threading.Event()
+
+    def on_timeout():
+        timed_out.set()
+        p.kill()
+
+    timer = threading.Timer(timeout, on_timeout)
+    timer.start()
+    try:
+        _, status, ru = os.wait4(p.pid, 0)
+    finally:
+        timer.cancel()
+    wall = time.perf_counter() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    _children.remove(p)
+    with open(out) as f:
+        stdout = f.read()
+    with open(err) as f:
+        stderr_tail = f.read()[-2000:]
+    return RunResult(p.returncode, wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, server.cpu() - s0,
+                     stdout, stderr_tail, timed_out.is_set())
+
+
+def contender_cmd(name: str, tree: Tree, uri: str) -> list[str]:
+    if name == "docmirror":
+        return [DOCMIRROR, "--log-format", "json", "--quiet", "sync", "--data-dir", tree.data,
+                "--artifacts-dir", tree.artifacts, "--mongodb-uri", uri]
+    if name == "batched":
+        return [sys.executable, os.path.join(BENCH, "contenders", "batched.py"), tree.data, tree.artifacts, uri]
+    if name == "seed-style":
+        return ["node", os.path.join(BENCH, "contenders", "seed.js"), tree.data, tree.artifacts, uri]
+    if name == "mongoimport":
+        return [sys.executable, os.path.join(BENCH, "contenders", "mongoimport.py"), tree.data, tree.artifacts, uri]
+    raise ValueError(name)
+
+
+SUMMARY_RE = re.compile(r"inserted (\d+), updated (\d+)")
+
+
+@dataclass
+class Attempt:
+    run: int
+    wall: float | None  # None when the run failed or was wrong
+    ok: bool
+    detail: str = ""
+    cpu: float = 0.0
+    maxrss_kb: int = 0
+    server_cpu: float = 0.0
+    summary: str = ""
+
+
+@dataclass
+class Series:
+    contender: str
+    records: int
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def times(self) -> list[float]:
+        return [a.wall for a in self.attempts if a.ok and a.wall is not None]
+
+    @property
+    def correct(self) -> bool:
+        return bool(self.attempts) and all(a.ok for a in self.attempts)
+
+    @property
+    def status(self) -> str:
+        if not self.attempts:
+            return "not run"
+        if self.correct:
+            return "OK"
+        return "FAILED" if any(a.detail.startswith(("exit", "timed out", "initial sync failed")) for a in self.attempts) else "WRONG"
+
+    def median(self) -> float | None:
+        return statistics.median(self.times) if self.times else None
+
+    def rate(self) -> float | None:
+        m = self.median()
+        return self.records / m if m else None
+
+
+def verify_db(server: Server, tree: Tree) -> list[str]:
+    return check.compare(tree.expected(), check.dump(server.db))
+
+
+def judge(name: str, res: RunResult, server: Server, tree: Tree, resync: bool, run: int) -> Attempt:
+    a = Attempt(run, res.wall, True, cpu=res.cpu, maxrss_kb=res.maxrss_kb, server_cpu=res.server_cpu,
+                summary=res.stdout.strip().splitlines()[-1] if res.stdout.strip() else "")
+    if res.timed_out:
+        a.ok, a.wall, a.detail = False, None, "timed out"
+        return a
+    if res.rc != 0:
+        a.ok, a.wall = False, None
+        a.detail = f"exit {res.rc}: {res.stderr_tail.strip()[-400:]}"
+        return a
+    problems = verify_db(server, tree)
+    if problems:
+        a.ok, a.wall = False, None
+        a.detail = "output differs from the files: " + "; ".join(problems[:6])
+        return a
+    if name == "docmirror" and resync:
+        m = SUMMARY_RE.search(res.stdout)
+        if not m or m.groups() != ("0", "0"):
+            a.ok, a.wall = False, None
+            a.detail = f"re-sync wrote: {a.summary!r} (expected inserted 0, updated 0)"
+    return a
+
+
+# --------------------------------------------------------------------------- scenarios 1 and 2
+
+
+def scenario_sync(cfg, full: Tree, tenth: Tree, contenders: list[str]) -> dict[str, dict[str, Series]]:
+    res = {"initial": {}, "resync": {}}
+    for name in contenders:
+        tree = tenth if name == "seed-style" else full
+        res["initial"][name] = Series(name, tree.records)
+        res["resync"][name] = Series(name, tree.records)
+    for r in range(cfg.runs):
+        order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
+        for name in order:
+            tree = tenth if name == "seed-style" else full
+            with Server(f"sync-{name}-{r + 1}") as srv:
+                cmd = contender_cmd(name, tree, srv.uri())
+                for phase, resync in (("initial", False), ("resync", True)):
+                    label = f"{phase}-{name}-{r + 1}"
+                    out = run_timed(cmd, label, cfg.timeout, srv)
+                    a = judge(name, out, srv, tree, resync, r + 1)
+                    res[phase][name].attempts.append(a)
+                    log(f"run {r + 1}/{cfg.runs} {phase:7s} {name:11s} {tree.records:>7} records "
+                        f"{out.wall:8.2f}s rc={out.rc} cpu={out.cpu:.2f}s server-cpu={out.server_cpu:.2f}s "
+                        f"{'OK' if a.ok else 'NOT OK: ' + a.detail[:300]}")
+                    if not a.ok and phase == "initial":
+                        res["resync"][name].attempts.append(
+                            Attempt(r + 1, None, False, "initial sync failed; re-sync not measured"))
+                        break
+    return res
+
+
+# --------------------------------------------------------------------------- watch (3, 4, 5)
+
+
+def watch_available() -> tuple[bool, str]:
+    try:
+        p = subprocess.run([DOCMIRROR, "watch", "--help"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, f"`docmirror watch --help` failed: {e}"
+    if p.returncode != 0 or "Usage" not in p.stdout:
+        return False, f"`docmirror watch --help` exited {p.returncode}"
+    return True, ""
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    """Nearest-rank percentile."""
+    if not xs:
+        return None
+    s = sorted(xs)
+    k = max(1, -(-len(s) * q // 100))  # ceil
+    return s[int(k) - 1]
+
+
+def iso_now() -> str:
+    return gen.iso(datetime.now(timezone.utc))
+
+
+def wait_for_counts(db, want: dict[str, int], proc: subprocess.Popen, deadline: float) -> bool:
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        try:
+            if all(db[c].estimated_document_count() >= n for c, n in want.items()):
+                return True
+        except Exception:  # noqa: BLE001 - transient
+            pass
+        time.sleep(0.25)
+    return False
+
+
+def log_has(path: str, text: str) -> bool:
+    try:
+        with open(path) as f:
+            return text in f.read()
+    except OSError:
+        return False
+
+
+def settle_and_compare(server: Server, data: str, artifacts: str, tries: int = 6) -> list[str]:
+    """Compare MongoDB with the files; retry a few times while the watcher catches up."""
+    problems: list[str] = []
+    for i in range(tries):
+        problems = check.compare(check.expected_from_tree(data, artifacts), check.dump(server.db))
+        if not problems:
+            return []
+        time.sleep(2)
+    return problems
+
+
+def scenario_user_changes(cfg, server: Server, data: str, artifacts: str) -> dict:
+    """Scenario 3: rewrite users.json (temp + rename) with one user's name and updatedAt changed."""
+    path = os.path.join(data, "users.json")
+    with open(path, encoding="utf-8") as f:
+        users = json.load(f)
+    coll = server.db["users"]
+    lat, timeouts = [], 0
+    step = max(1, len(users) // cfg.changes)
+    for k in range(cfg.changes):
+        i = (k * step + 7) % len(users)
+        uid, new_name = users[i]["id"], f"Renamed {k} {users[i]['name']}"
+        users[i]["name"] = new_name
+        users[i]["updatedAt"] = iso_now()
+        tmp = path + ".bench-tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(users, f, indent=2)
+        t0 = time.perf_counter()
+        os.replace(tmp, path)
+        deadline = t0 + cfg.change_timeout
+        seen = None
+        while time.perf_counter() < deadline:
+            if coll.find_one({"_id": uid, "name": new_name}, {"_id": 1}) is not None:
+                seen = time.perf_counter() - t0
+                break
+            time.sleep(0.005)
+        if seen is None:
+            timeouts += 1
+            log(f"  change {k + 1}: not visible after {cfg.change_timeout:.0f}s")
+        else:
+            lat.append(seen)
+        time.sleep(0.05)
+    problems = settle_and_compare(server, data, artifacts)
+    return {"changes": cfg.changes, "users": len(users), "latencies": lat, "timeouts": timeouts,
+            "final_ok": not problems, "problems": problems[:6]}
+
+
+def scenario_job_load(cfg, server: Server, data: str, artifacts: str) -> dict:
+    """Scenario 4: a writer rewrites job files at cfg.rate per second; latency per change."""
+    jobs_dir = os.path.join(artifacts, "jobs")
+    names = sorted(e.name for e in os.scandir(jobs_dir) if e.name.endswith(".json"))
+    loaded = []
+    for n in names:
+        with open(os.path.join(jobs_dir, n), encoding="utf-8") as f:
+            loaded.append(json.load(f))
+    running = [j for j in loaded if j["status"] == "running"]
+    others = [j for j in loaded if j["status"] != "running"]
+    pool = (running + others)[: max(1, min(cfg.load_jobs, len(loaded)))]
+    ids = [j["job_id"] for j in pool]
+    total = cfg.rewrites
+    pending: dict[str, deque] = {i: deque() for i in ids}
+    lock = threading.Lock()
+    lat: list[float] = []
+    writer_done = threading.Event()
+    writer_stats = {}
+
+    def writer():
+        t_start = time.perf_counter()
+        for n in range(total):
+            due = t_start + n / cfg.rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            job = pool[n % len(pool)]
+            job["step"] += 1
+            job["updated_at"] = iso_now()
+            p = os.path.join(jobs_dir, job["job_id"] + ".json")
+            tmp = p + ".bench-tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(job, f, indent=2)
+            with lock:
+                pending[job["job_id"]].append((job["step"], time.perf_counter()))
+                os.replace(tmp, p)
+        writer_stats["seconds"] = time.perf_counter() - t_start
+        writer_done.set()
+
+    coll = server.db["training_jobs"]
+    th = threading.Thread(target=writer, daemon=True)
+    polls, poll_time = 0, 0.0
+    th.start()
+    deadline = None
+    while True:
+        q0 = time.perf_counter()
+        docs = list(coll.find({"_id": {"$in": ids}}, {"step": 1}))
+        now = time.perf_counter()
+        polls += 1
+        poll_time += now - q0
+        with lock:
+            for d in docs:
+                dq = pending.get(d["_id"])
+                while dq and isinstance(d.get("step"), int) and dq[0][0] <= d["step"]:
+                    lat.append(now - dq[0][1])
+                    dq.popleft()
+            left = sum(len(d) for d in pending.values())
+        if writer_done.is_set():
+            if deadline is None:
+                deadline = time.monotonic() + cfg.change_timeout
+            if left == 0 or time.monotonic() > deadline:
+                break
+        time.sleep(0.005)
+    th.join(timeout=30)
+    problems = settle_and_compare(server, data, artifacts)
+    return {"rewrites": total, "jobs": len(pool), "rate": cfg.rate,
+            "achieved_rate": total / writer_stats.get("seconds", float("inf")),
+            "latencies": lat, "unseen": left, "poll_ms": 1000 * poll_time / max(polls, 1),
+            "final_ok": not problems, "problems": problems[:6]}
+
+
+def scenario_watch(cfg, full: Tree) -> dict:
+    ok, why = watch_available()
+    if not ok:
+        log(f"watch scenarios not run: {why}")
+        return {"available": False, "why": why}
+    scratch = os.path.join(DATA_ROOT, "watch-scratch")
+    if os.path.exists(scratch):
+        shutil.rmtree(scratch)
+    shutil.copytree(full.root, scratch)
+    data, artifacts = os.path.join(scratch, "data"), os.path.join(scratch, "artifacts")
+    out: dict = {"available": True}
+    with Server("watch") as srv:
+        cmd = [DOCMIRROR, "--log-format", "json", "watch", "--data-dir", data, "--artifacts-dir", artifacts,
+               "--mongodb-uri", srv.uri()]
+        if cfg.debounce_ms is not None:
+            cmd += ["--debounce-ms", str(cfg.debounce_ms)]
+        errlog = os.path.join(RESULTS, "logs", "watch.err")
+        t0 = time.perf_counter()
+        proc = start(cmd, os.path.join(RESULTS, "logs", "watch.out"), errlog)
+        try:
+            want = {"users": full.users, "datasets": full.datasets, "training_jobs": full.jobs}
+            if not wait_for_counts(srv.db, want, proc, time.monotonic() + cfg.timeout):
+                out.update(error=f"watch did not finish its initial sync (rc={proc.poll()}); see {errlog}")
+                log(out["error"])
+                return out
+            # The "ready" log line, if the watcher writes one; otherwise a short quiet period.
+            ready_by = time.monotonic() + 30
+            while not log_has(errlog, "Initial reconcile done") and time.monotonic() < ready_by:
+                time.sleep(0.1)
+            out["initial_sync_s"] = time.perf_counter() - t0
+            time.sleep(1)
+            out["rss_after_initial_kb"] = proc_status_kb(proc.pid, "VmHWM")
+            log(f"watch initial sync {out['initial_sync_s']:.1f}s, VmHWM {out['rss_after_initial_kb']} kB")
+            problems = settle_and_compare(srv, data, artifacts, tries=3)
+            out["initial_ok"] = not problems
+            out["initial_problems"] = problems[:6]
+
+            log(f"scenario 3: {cfg.changes} single-user changes in a {full.users}-user users.json")
+            out["s3"] = scenario_user_changes(cfg, srv, data, artifacts)
+            s3 = out["s3"]
+            log(f"  p50 {fmt_ms(percentile(s3['latencies'], 50))} p99 {fmt_ms(percentile(s3['latencies'], 99))}"
+                f" timeouts {s3['timeouts']} final {'OK' if s3['final_ok'] else 'WRONG'}")
+
+            log(f"scenario 4: {cfg.rewrites} job rewrites at {cfg.rate}/s")
+            out["s4"] = scenario_job_load(cfg, srv, data, artifacts)
+            s4 = out["s4"]
+            log(f"  p50 {fmt_ms(percentile(s4['latencies'], 50))} p99 {fmt_ms(percentile(s4['latencies'], 99))}"
+                f" unseen {s4['unseen']} final {'OK' if s4['final_ok'] else 'WRONG'}")
+            out["rss_peak_kb"] = proc_status_kb(proc.pid, "VmHWM")
+            out["watch_cpu_s"] = proc_cpu_seconds(proc.pid)
+        finally:
+            t_stop = time.perf_counter()
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+            out["exit_code"] = proc.returncode
+            out["stop_s"] = time.perf_counter() - t_stop
+            _children.remove(proc)
+    return out
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_s(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f} s"
+
+
+def fmt_ms(x: float | None) -> str:
+    return "–" if x is None else f"{x * 1000:.0f} ms"
+
+
+def fmt_rate(x: float | None) -> str:
+    return "–" if x is None else f"{x:,.0f}"
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+            mem = f"{kb / 1024 / 1024:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"nproc": len(os.sched_getaffinity(0)), "ram": mem, "cpu": cpu,
+            "kernel": f"{platform.system()} {platform.release()}"}
+
+
+def versions() -> dict:
+    def cmd_out(cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout.strip() or "?"
+        except (OSError, subprocess.TimeoutExpired):
+            return "not available"
+
+    try:
+        with open(os.path.join(BENCH, "node_modules", "mongodb", "package.json")) as f:
+            node_driver = json.load(f)["version"]
+    except (OSError, ValueError, KeyError):
+        node_driver = "?"
+    try:
+        sdb = importlib.metadata.version("SecantusDB")
+    except importlib.metadata.PackageNotFoundError:
+        sdb = "0.7.0b3 (per scripts/install-test-server.sh)"
+    return {"docmirror": cmd_out([DOCMIRROR, "--version"]),
+            "git": cmd_out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
+            "node": cmd_out(["node", "--version"]), "node_mongodb": node_driver,
+            "python": platform.python_version(), "pymongo": importlib.metadata.version("pymongo"),
+            "secantusdb": sdb}
+
+
+def render(cfg, full: Tree, tenth: Tree, sync: dict, watch: dict, mongoimport_note: str, wall: float) -> tuple[str, list[tuple[str, str, bool | None]]]:
+    m, v = machine(), versions()
+    L: list[str] = []
+    A = L.append
+    cmdline = "scripts/bench.sh" + ("" if not cfg.argv else " " + " ".join(cfg.argv))
+    A("# docmirror benchmarks\n")
+    A("Generated by `bench/run.py` (issue 6); do not edit by hand. Reproduce with:\n")
+    A(f"```\n{cmdline}\n```\n")
+    A(f"- **Date**: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; total harness time {wall / 60:.1f} min")
+    A(f"- **Machine**: {m['nproc']} cores, {m['ram']} RAM, {m['cpu']}, {m['kernel']}")
+    A(f"- **Server**: {SERVER_NAME}; a fresh server for every measurement, on 127.0.0.1. "
+      "No mongod can be installed here, so absolute numbers are dominated by this slow Python server "
+      "(see *server CPU* below) and say little about a real MongoDB; the ratios between contenders, "
+      "measured side by side on the same server, are the meaningful part.")
+    A(f"- **Versions**: {v['docmirror']} (git {v['git']}), Node {v['node']} + mongodb driver {v['node_mongodb']}, "
+      f"Python {v['python']} + pymongo {v['pymongo']}, SecantusDB {v['secantusdb']}")
+    A(f"- **Data** (`bench/gen.py`, seed {cfg.seed}): {full.users:,} users, {full.datasets:,} datasets, "
+      f"{full.jobs:,} job files = {full.records:,} records; the seed-style contender gets a tenth "
+      f"({tenth.users:,}/{tenth.datasets:,}/{tenth.jobs:,} = {tenth.records:,} records) and is compared in records/s. "
+      "Passwords are bcrypt-*shaped* strings (`$2b$10$` + 53 characters), not real hashes: real bcrypt "
+      "at cost 10 would take hours for 100k users, and nothing here verifies them.")
+    if cfg.size_note:
+        A(f"- **Sizes**: {cfg.size_note}")
+    A(f"- **Runs**: median of {cfg.runs} run(s) per timed measurement, with min–max; contenders run in a rotating "
+      "order within each run. *docmirror ×* is docmirror's records/s divided by the contender's "
+      "(above 1: docmirror is faster).")
+    A("- **Correctness**: after every run the three collections are dumped sorted by `_id`, `_mirror` is dropped, "
+      "and every document is compared type-exactly (Int32/Int64/double/date/null) with what the files say "
+      "(`bench/check.py`). A WRONG or FAILED run's time is not counted.\n")
+
+    A("## Contenders\n")
+    A("| contender | what it does |\n|---|---|")
+    A("| docmirror | `target/release/docmirror --log-format json --quiet sync --data-dir D --artifacts-dir A --mongodb-uri mongodb://127.0.0.1:P/bench` |")
+    A("| batched | `bench/contenders/batched.py`: pymongo, `bulk_write` of `ReplaceOne({_id}, doc, upsert=True)` in unordered batches of 1000, no change detection |")
+    A("| seed-style | `bench/contenders/seed.js`: Node.js + official `mongodb` driver, one awaited `updateOne({_id}, {$set: doc}, {upsert: true})` per record, as the migration guide's script goes row by row |")
+    A(f"| mongoimport | {mongoimport_note} |")
+    A("\nbatched and seed-style create the platform's indexes first (unique `email`, `uploaded_by`, `uploaded_at`, "
+      "`user_id`, `status`, `created_at`), as docmirror does (plus its own `_mirror.source` index).\n")
+
+    def sync_table(phase: str, title: str, extra: str):
+        A(f"## {title}\n")
+        A(extra + "\n")
+        ser = sync[phase]
+        dm = ser.get("docmirror")
+        dm_rate = dm.rate() if dm else None
+        A("| contender | records | median | min–max | records/s | docmirror × | CPU s (contender) | server CPU s | correctness |")
+        A("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        for name, s in ser.items():
+            t = s.times
+            mm = f"{min(t):.2f}–{max(t):.2f} s" if t else "–"
+            r = s.rate()
+            ratio = f"{dm_rate / r:.2f}" if (dm_rate and r) else "–"
+            good = [a for a in s.attempts if a.ok]
+            cpu = statistics.median([a.cpu for a in good]) if good else None
+            scpu = statistics.median([a.server_cpu for a in good]) if good else None
+            A(f"| {name} | {s.records:,} | {fmt_s(s.median())} | {mm} | {fmt_rate(r)} | {ratio} | "
+              f"{'–' if cpu is None else f'{cpu:.2f}'} | {'–' if scpu is None else f'{scpu:.2f}'} | {s.status} |")
+        bad = [(name, a) for name, s in ser.items() for a in s.attempts if not a.ok]
+        if bad:
+            A("")
+            for name, a in bad[:8]:
+                A(f"- {name} run {a.run}: {a.detail[:500]}")
+        A("")
+
+    targets: list[tuple[str, str, bool | None]] = []
+    if sync:
+        sync_table("initial", "Scenario 1: initial sync into an empty database", "Every contender starts on a fresh, empty server.")
+        dm = sync["resync"].get("docmirror")
+        summ = next((a.summary for a in (dm.attempts if dm else []) if a.summary), "")
+        sync_table("resync", "Scenario 2: re-sync, nothing changed",
+                   "Each contender runs a second time on the same server and files. "
+                   f"docmirror's summary line (confirms zero writes): `{summ}`")
+        i, rs = sync["initial"], sync["resync"]
+
+        def ratio(ser, other):
+            a, b = ser.get("docmirror"), ser.get(other)
+            if not a or not b or not a.rate() or not b.rate():
+                return None
+            return a.rate() / b.rate()
+
+        x = ratio(i, "batched")
+        targets.append(("initial sync ≥ batched", "–" if x is None else f"docmirror {x:.2f}× batched", None if x is None else x >= 1))
+        x = ratio(i, "seed-style")
+        targets.append(("initial sync ≥ 10× seed-style", "–" if x is None else f"{x:.1f}× (records/s)", None if x is None else x >= 10))
+        x = ratio(rs, "batched")
+        targets.append(("re-sync ≥ 20× faster than batched", "–" if x is None else f"{x:.1f}×", None if x is None else x >= 20))
+        dmr = rs.get("docmirror")
+        zero = dmr is not None and dmr.correct
+        targets.append(("re-sync writes nothing", "inserted 0, updated 0 in every run" if zero else "see scenario 2",
+                        zero if dmr and dmr.attempts else None))
+
+    A("## Scenario 3: one user changed in users.json, applied by `docmirror watch`\n")
+    if not watch.get("available"):
+        A(f"Not run: watch not available ({watch.get('why', '')}).\n")
+        targets.append(("watch p99 ≤ 250 ms (scenario 3)", "not run: watch not available", None))
+        targets.append(("watch p99 ≤ 500 ms (scenario 4)", "not run: watch not available", None))
+        targets.append(("peak RSS of watch ≤ 200 MB", "not run: watch not available", None))
+    elif "error" in watch:
+        A(f"Failed: {watch['error']}\n")
+        for t in ("watch p99 ≤ 250 ms (scenario 3)", "watch p99 ≤ 500 ms (scenario 4)", "peak RSS of watch ≤ 200 MB"):
+            targets.append((t, "watch failed", False))
+    else:
+        s3 = watch["s3"]
+        lat = s3["latencies"]
+        A(f"`docmirror watch` (default options{'' if cfg.debounce_ms is None else f', --debounce-ms {cfg.debounce_ms}'}) "
+          f"holds the whole tree (initial sync took {watch['initial_sync_s']:.1f} s; state then "
+          f"{'OK' if watch['initial_ok'] else 'WRONG'}). Each change rewrites the {s3['users']:,}-user users.json "
+          "(write to a temp file, then rename) with one user's `name` and `updatedAt` changed; latency is from the "
+          "rename to the first poll (every ~5 ms, `find_one({_id, name})`) that sees the new name. "
+          f"Percentiles are nearest-rank over {s3['changes']} changes in one watch session.\n")
+        A("| changes | p50 | p99 | min | max | not visible in time | final users == file |")
+        A("|---:|---:|---:|---:|---:|---:|---|")
+        A(f"| {s3['changes']} | {fmt_ms(percentile(lat, 50))} | {fmt_ms(percentile(lat, 99))} | "
+          f"{fmt_ms(min(lat) if lat else None)} | {fmt_ms(max(lat) if lat else None)} | {s3['timeouts']} "
+          f"(limit {cfg.change_timeout:.0f} s) | {'OK' if s3['final_ok'] else 'WRONG'} |")
+        if s3["problems"]:
+            A("\n" + "\n".join(f"- {p}" for p in s3["problems"]))
+        A("")
+        p99 = percentile(lat, 99)
+        met3 = p99 is not None and s3["timeouts"] == 0 and p99 <= 0.25 and s3["final_ok"]
+        targets.append(("watch p99 ≤ 250 ms (scenario 3)", f"p99 {fmt_ms(p99)}" + (f", {s3['timeouts']} timed out" if s3["timeouts"] else ""), met3))
+
+        A("## Scenario 4: watch under load\n")
+        s4 = watch["s4"]
+        lat = s4["latencies"]
+        A(f"A writer rewrites {s4['rewrites']:,} job files (round robin over {s4['jobs']} jobs, `step` +1 and "
+          f"`updated_at` each time, temp + rename) at {s4['rate']}/s (achieved {s4['achieved_rate']:.0f}/s). "
+          "A poller reads those jobs' `step` continuously (one `$in` query per cycle, "
+          f"mean {s4['poll_ms']:.0f} ms per cycle, so latencies are over-estimated by up to that); a change counts as "
+          "applied when its step (or a later one) is visible. Afterwards all three collections are compared "
+          "with the files.\n")
+        A("| rewrites | p50 | p99 | max | not seen in time | final state == files |")
+        A("|---:|---:|---:|---:|---:|---|")
+        A(f"| {s4['rewrites']:,} | {fmt_ms(percentile(lat, 50))} | {fmt_ms(percentile(lat, 99))} | "
+          f"{fmt_ms(max(lat) if lat else None)} | {s4['unseen']} | {'OK' if s4['final_ok'] else 'WRONG'} |")
+        if s4["problems"]:
+            A("\n" + "\n".join(f"- {p}" for p in s4["problems"]))
+        A("")
+        p99 = percentile(lat, 99)
+        met4 = p99 is not None and s4["unseen"] == 0 and p99 <= 0.5 and s4["final_ok"]
+        targets.append(("watch p99 ≤ 500 ms (scenario 4)", f"p99 {fmt_ms(p99)}" + (f", {s4['unseen']} not seen" if s4["unseen"] else ""), met4))
+
+    A("## Scenario 5: resources\n")
+    A("| measure | value |\n|---|---:|")
+    if watch.get("available") and "error" not in watch:
+        A(f"| `docmirror watch` peak RSS (VmHWM) after the initial sync of {full.records:,} records | "
+          f"{watch['rss_after_initial_kb'] / 1024:.1f} MiB |")
+        A(f"| `docmirror watch` peak RSS (VmHWM) at the end of scenarios 3 and 4 | {watch['rss_peak_kb'] / 1024:.1f} MiB |")
+        A(f"| `docmirror watch` CPU over the whole session | {watch['watch_cpu_s']:.1f} s |")
+        A(f"| `docmirror watch` exit code after SIGTERM / time to stop | {watch['exit_code']} / {watch['stop_s']:.2f} s |")
+        peak = watch["rss_peak_kb"] / 1024
+        targets.append(("peak RSS of watch ≤ 200 MB", f"{peak:.1f} MiB", peak * 1.048576 <= 200))
+    else:
+        A("| `docmirror watch` peak RSS | not run |")
+    if sync:
+        for phase, label in (("initial", "initial sync"), ("resync", "re-sync")):
+            s = sync[phase].get("docmirror")
+            good = [a for a in s.attempts if a.ok] if s else []
+            if good:
+                cpu = statistics.median([a.cpu for a in good])
+                A(f"| `docmirror sync` CPU (user+sys) per 100k records, {label} | {cpu / s.records * 1e5:.2f} s |")
+                A(f"| `docmirror sync` peak RSS (ru_maxrss), {label} | {max(a.maxrss_kb for a in good) / 1024:.1f} MiB |")
+                scpu = statistics.median([a.server_cpu for a in good])
+                A(f"| SecantusDB CPU per 100k records during docmirror's {label} | {scpu / s.records * 1e5:.2f} s |")
+    A("")
+
+    A("## Targets (issue 6)\n")
+    A("| target | measured | met? |\n|---|---|---|")
+    for t, meas, met in targets:
+        A(f"| {t} | {meas} | {'met' if met else ('not met' if met is False else 'not measured')} |")
+    A("")
+    return "\n".join(L) + "\n", targets
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small tree, 1 run, correctness and plumbing only")
+    ap.add_argument("--users", type=int)
+    ap.add_argument("--datasets", type=int)
+    ap.add_argument("--jobs", type=int)
+    ap.add_argument("--runs", type=int)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--changes", type=int, help="scenario 3 changes (default 50; quick 20)")
+    ap.add_argument("--rewrites", type=int, help="scenario 4 job rewrites (default 1000; quick 200)")
+    ap.add_argument("--rate", type=float, default=200.0, help="scenario 4 rewrites per second")
+    ap.add_argument("--load-jobs", type=int, default=200, help="scenario 4: how many jobs the writer cycles through")
+    ap.add_argument("--debounce-ms", type=int, help="passed to docmirror watch (default: its own)")
+    ap.add_argument("--skip-watch", action="store_true", help="skip scenarios 3-5's watch parts")
+    ap.add_argument("--report", help="where to write the report (default: BENCHMARKS.md; quick: bench/results/quick.md)")
+    ap.add_argument("--size-note", default="", help="a sentence for the report on why these sizes")
+    cfg = ap.parse_args()
+    cfg.argv = sys.argv[1:]
+    q = cfg.quick
+    cfg.users = cfg.users if cfg.users is not None else (2000 if q else 100_000)
+    cfg.datasets = cfg.datasets if cfg.datasets is not None else (200 if q else 10_000)
+    cfg.jobs = cfg.jobs if cfg.jobs is not None else (300 if q else 20_000)
+    cfg.runs = max(1, cfg.runs if cfg.runs is not None else (1 if q else 3))
+    cfg.changes = max(1, cfg.changes if cfg.changes is not None else (20 if q else 50))
+    cfg.rewrites = max(1, cfg.rewrites if cfg.rewrites is not None else (200 if q else 1000))
+    cfg.load_jobs = min(cfg.load_jobs, 50) if q else cfg.load_jobs
+    cfg.timeout = 300.0 if q else 1800.0  # per contender run
+    cfg.change_timeout = 30.0 if q else 60.0
+    report = cfg.report or (os.path.join(RESULTS, "quick.md") if q else os.path.join(ROOT, "BENCHMARKS.md"))
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    os.makedirs(os.path.join(RESULTS, "logs"), exist_ok=True)
+    started = time.monotonic()
+    try:
+        for tool, path in (("docmirror", DOCMIRROR), ("secantusd-py", SECANTUSD)):
+            if not os.access(path, os.X_OK):
+                log(f"error: {tool} not found at {path} (run scripts/bench.sh, which builds and installs it)")
+                return 2
+        ver = subprocess.run([DOCMIRROR, "--version"], capture_output=True, text=True, timeout=20)
+        if ver.returncode != 0 or "docmirror" not in ver.stdout:
+            log(f"error: {DOCMIRROR} --version printed {ver.stdout!r} (exit {ver.returncode}); rebuild it")
+            return 2
+        contenders = ["docmirror", "batched", "seed-style"]
+        if shutil.which("mongoimport"):
+            contenders.append("mongoimport")
+            mongoimport_note = ("`bench/contenders/mongoimport.py`: rewrites each source as canonical Extended JSON "
+                                "(timed), then `mongoimport --mode upsert` per collection")
+        else:
+            mongoimport_note = ("not available: `mongoimport` is not on PATH, and Debian 12 has no `mongo-tools` "
+                                "package (`apt-cache policy mongo-tools` finds none); "
+                                "`bench/contenders/mongoimport.py` runs it where it is installed")
+        log(f"sizes: {cfg.users} users, {cfg.datasets} datasets, {cfg.jobs} jobs; runs {cfg.runs}; contenders {contenders}")
+        full = make_tree(cfg.users, cfg.datasets, cfg.jobs, cfg.seed)
+        tenth = make_tree(max(1, cfg.users // 10), max(1, cfg.datasets // 10), max(1, cfg.jobs // 10), cfg.seed)
+        sync = scenario_sync(cfg, full, tenth, contenders)
+        watch = {"available": False, "why": "skipped (--skip-watch)"} if cfg.skip_watch else scenario_watch(cfg, full)
+        text, targets = render(cfg, full, tenth, sync, watch, "" + mongoimport_note, time.monotonic() - started)
+        os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
+        with open(report, "w", encoding="utf-8") as f:
+            f.write(text)
+        raw = {
+            "config": {k: v for k, v in vars(cfg).items()},
+            "sync": {ph: {n: {"records": s.records, "attempts": [vars(a) for a in s.attempts]} for n, s in ser.items()}
+                     for ph, ser in sync.items()},
+            "watch": watch,
+            "targets": targets,
+        }
+        with open(os.path.join(RESULTS, "quick.json" if q else "full.json"), "w") as f:
+            json.dump(raw, f, indent=1, default=str)
+        log(f"report written to {os.path.relpath(report, ROOT)}")
+        print(text)
+
+        failures = [f"{ph} {n}: {s.status}" for ph, ser in sync.items() for n, s in ser.items() if s.status != "OK"]
+        if watch.get("available"):
+            if "error" in watch:
+                failures.append(f"watch: {watch['error']}")
+            else:
+                if not watch.get("initial_ok"):
+                    failures.append("watch: initial state differs from the files")
+                if not watch["s3"]["final_ok"]:
+                    failures.append("scenario 3: final users differ from users.json")
+                if not watch["s4"]["final_ok"]:
+                    failures.append("scenario 4: final state differs from the files")
+                if watch.get("exit_code") != 0:
+                    failures.append(f"watch exited {watch.get('exit_code')} after SIGTERM")
+        if failures:
+            log("CHECKS FAILED: " + "; ".join(failures))
+            return 1
+        log(f"all correctness checks passed ({(time.monotonic() - started) / 60:.1f} min)")
+        return 0
+    finally:
+        _cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
