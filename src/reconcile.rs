@@ -177,6 +177,10 @@ impl RejectRecord {
             "reason": self.reason.to_string(),
             "first_seen": bson::DateTime::now(),
         };
+        if let Reject::EmailTaken { other_id, .. } = &self.reason {
+            // Both ids of an identity clash, for people and for scripts.
+            d.insert("clashes_with_id", other_id.clone());
+        }
         if let Some(r) = &self.record {
             d.insert("record", r.clone());
         }

@@ -448,3 +448,70 @@ async fn an_index_that_cannot_be_built_names_the_clash() {
         assert!(run.stderr.contains(needle), "missing {needle:?} in {}", run.stderr);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn racing_writers_never_leave_the_older_version() {
+    let db = TestDb::new("race").await;
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", "2025-01-01T00:00:00.000Z")]));
+    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    let users = db.db.collection::<Document>("users");
+    let base = bson::DateTime::parse_rfc3339_str("2025-01-01T00:00:00Z").unwrap().timestamp_millis();
+    for i in 0..20i64 {
+        // The file moves forward, and at the same moment the app writes a version newer still.
+        let file_v = bson::DateTime::from_millis(base + 1000 * (2 * i + 1));
+        let app_v = bson::DateTime::from_millis(base + 1000 * (2 * i + 2));
+        let mut u = user("u1", "a@x.io", &file_v.try_to_rfc3339_string().unwrap());
+        u["name"] = json!(format!("file-{i}"));
+        p.users(&json!([u]));
+        let app = {
+            let users = users.clone();
+            tokio::spawn(async move {
+                // Spread the app's write over the mirror's run.
+                tokio::time::sleep(std::time::Duration::from_millis((i % 5 * 15) as u64)).await;
+                users
+                    .update_one(doc! {"_id": "u1"}, doc! {"$set": {"name": format!("app-{i}"), "updatedAt": app_v}})
+                    .await
+                    .unwrap();
+            })
+        };
+        let run = docmirror(&db, &p, &["sync"]).await;
+        app.await.unwrap();
+        assert_eq!(run.code, 0, "{run:?}");
+        let d = db.doc("users", "u1").await.unwrap();
+        assert_eq!(
+            d.get_str("name").unwrap(),
+            format!("app-{i}"),
+            "round {i}: the older file version won: {}",
+            run.summary()
+        );
+        assert_eq!(*d.get_datetime("updatedAt").unwrap(), app_v);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identity_clash_is_recorded_with_both_ids_and_verified() {
+    let db = TestDb::new("identity_clash").await;
+    let p = Platform::new();
+    // The app registered this user in MongoDB itself, under its own ObjectId-style _id.
+    db.db
+        .collection::<Document>("users")
+        .insert_one(doc! {"_id": "65f0c0ffee", "email": "dup@x.io", "name": "app"})
+        .await
+        .unwrap();
+    p.users(&json!([user("u1", "dup@x.io", "2025-10-01T00:00:00Z")]));
+    let run = docmirror(&db, &p, &["sync"]).await;
+    assert_eq!(run.code, 3, "{run:?}");
+    let r = &db.rejects().await[0];
+    assert_eq!(r.get_str("reason_code").unwrap(), "email_taken");
+    assert_eq!(r.get_str("record_id").unwrap(), "u1");
+    assert_eq!(r.get_str("clashes_with_id").unwrap(), "65f0c0ffee");
+    assert_eq!(db.doc("users", "65f0c0ffee").await.unwrap().get_str("name").unwrap(), "app", "not overwritten");
+    let run = docmirror(&db, &p, &["verify"]).await;
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stdout.contains("rejected  users data/users.json[0]") && run.stdout.contains("65f0c0ffee"),
+        "{}",
+        run.stdout
+    );
+}
