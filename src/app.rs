@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{check_roots, Cli, Command, OutputFormat, SyncArgs, VerifyArgs, WatchArgs};
+use crate::cli::{check_roots, Cli, Command, OutputFormat, StatusArgs, SyncArgs, VerifyArgs, WatchArgs};
 use crate::error::{exit, Fatal};
 use crate::reconcile::{reconcile, RunOptions, Scope, Summary};
 use crate::sink::Sink;
@@ -18,6 +18,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> u8 {
         Command::Sync(args) => sync(args, cancel).await,
         Command::Verify(args) => verify_cmd(args, cancel).await,
         Command::Watch(args) => watch_cmd(args, cancel).await,
+        Command::Status(args) => status_cmd(args, cancel).await,
     };
     match result {
         Ok(code) => code,
@@ -41,6 +42,11 @@ async fn sync(args: SyncArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
     }
     let opts = RunOptions { dry_run: args.dry_run, log_all_rejects: true, defer_bad_files: false, log_changes: false };
     let summary = reconcile(&engine, &sink, Scope::Full, opts, &cancel).await?;
+    if !args.dry_run {
+        if let Err(e) = crate::state::record_full(&engine, &sink, "sync", &summary, started.elapsed()).await {
+            tracing::warn!(error = %e, "Cannot record the run in mirror_state");
+        }
+    }
     println!("{}", summary_line(&summary, args.dry_run, started));
     Ok(if summary.rejected > 0 { exit::REJECTED } else { exit::OK })
 }
@@ -94,9 +100,31 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
     let mut settings = common.settings(true)?;
     args.write.apply(&mut settings.engine)?;
     let engine = Arc::new(settings.engine);
+    if let Some(addr) = args.metrics_addr {
+        crate::http::start(addr, engine.metrics.clone(), cancel.clone()).await?;
+    }
     let mut lifecycle = crate::watch::systemd::Systemd::new(2);
     match crate::watch::run(engine, settings.sink, args.options(), cancel, &mut lifecycle).await {
         Ok(_) | Err(Fatal::Interrupted) => Ok(exit::OK),
         Err(e) => Err(e),
     }
+}
+
+async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    let settings = args.common.settings(false)?;
+    let sink = Sink::connect(settings.sink, cancel).await?;
+    let database = sink.database().name().to_string();
+    let Some(state) = crate::state::read(&sink).await? else {
+        eprintln!("docmirror: no mirror_state in database {database}: docmirror has not run against it yet");
+        return Ok(exit::DIFFERENCES);
+    };
+    match args.format {
+        OutputFormat::Text => print!("{}", crate::state::render_text(&state, &database)),
+        OutputFormat::Json => {
+            let v = bson::Bson::Document(state).into_relaxed_extjson();
+            let text = serde_json::to_string_pretty(&v).map_err(|e| Fatal::Source(e.to_string()))?;
+            println!("{text}");
+        }
+    }
+    Ok(exit::OK)
 }

@@ -51,6 +51,8 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Mirror everything once, then follow every change until SIGTERM/SIGINT.
     Watch(WatchArgs),
+    /// Show what the mirror last recorded in MongoDB (mirror_state).
+    Status(StatusArgs),
 }
 
 /// Where the files are, where MongoDB is, and how to write.
@@ -165,6 +167,10 @@ pub struct WatchArgs {
     /// On SIGTERM, how long to wait for writes in flight before stopping them.
     #[arg(long, default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
+
+    /// Serve Prometheus /metrics, /healthz and /readyz on this address (off unless given).
+    #[arg(long, env = "DOCMIRROR_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl WatchArgs {
@@ -182,6 +188,16 @@ impl WatchArgs {
             parse_retries: 3,
         }
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -220,6 +236,7 @@ impl CommonArgs {
         let roots = Roots { data: self.data_dir.clone(), artifacts: self.artifacts_dir.clone() };
         let mut engine = Engine::new(layout, roots, indexes);
         engine.limits = ReadLimits { max_file_bytes: self.max_file_bytes };
+        let metrics = engine.metrics.clone();
         let sink = SinkOptions {
             uri: self.resolve_uri()?,
             database: self.database.clone(),
@@ -227,6 +244,7 @@ impl CommonArgs {
             batch_size: usize::try_from(self.batch_size).unwrap_or(1000),
             concurrency: usize::try_from(self.concurrency).unwrap_or(4),
             retry_budget: (!retry_forever).then(|| Duration::from_secs(self.mongodb_timeout)),
+            metrics,
         };
         Ok(Settings { engine, sink })
     }

@@ -59,6 +59,7 @@ pub struct Engine {
     /// Hold deletes that would remove more than this fraction of a collection.
     pub mass_delete_fraction: f64,
     pub allow_mass_delete: bool,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Engine {
@@ -74,6 +75,7 @@ impl Engine {
             conflict: Conflict::NewerWins,
             mass_delete_fraction: 0.5,
             allow_mass_delete: false,
+            metrics: Arc::default(),
         }
     }
 }
@@ -106,6 +108,9 @@ pub struct Summary {
     /// Files that could not be read or parsed (watch retries them).
     #[serde(skip)]
     pub bad_paths: Vec<SourceFile>,
+    /// Collections in which something was written.
+    #[serde(skip)]
+    pub changed_collections: Vec<String>,
 }
 
 impl Summary {
@@ -122,6 +127,11 @@ impl Summary {
         self.archived += o.archived;
         self.deletes_held += o.deletes_held;
         self.bad_paths.extend(o.bad_paths.iter().cloned());
+        for c in &o.changed_collections {
+            if !self.changed_collections.contains(c) {
+                self.changed_collections.push(c.clone());
+            }
+        }
     }
 
     pub fn changed(&self) -> bool {
@@ -600,6 +610,10 @@ async fn reconcile_source(
     let complete = scanned.complete && report_bad.len() == scanned.bad.len();
     let scope = RejectScope { read_ok: &scanned.read_ok, bad: &report_bad, missing: &scanned.missing, complete };
     store_rejects(sink, &spec, scope, rejects, opts).await?;
+    if summary.changed() {
+        summary.changed_collections.push(spec.collection.clone());
+    }
+    engine.metrics.record_summary(&spec.collection, &summary);
     Ok(summary)
 }
 

@@ -73,3 +73,103 @@ async fn the_uri_can_come_from_a_systemd_credential() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(db.doc("users", "u1").await.is_some());
 }
+
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let code = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_readiness_and_status_tell_the_truth() {
+    let db = TestDb::new("metrics").await;
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z"), user("u2", "b@x.io", "2025-10-01T00:00:00Z")]));
+    p.job("j1", &job("j1", "queued", "2025-10-12T09:00:00.000Z"));
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let w = WatchProc::start(&db.uri(), &p, &["--metrics-addr", &addr]).await;
+    assert_eq!(http_get(port, "/healthz").await.0, 200);
+    assert_eq!(http_get(port, "/readyz").await, (200, "ready\n".to_string()));
+    let (code, m) = http_get(port, "/metrics").await;
+    assert_eq!(code, 200);
+    for line in [
+        "docmirror_records_read_total{collection=\"users\"} 2",
+        "docmirror_records_inserted_total{collection=\"users\"} 2",
+        "docmirror_records_inserted_total{collection=\"training_jobs\"} 1",
+        "docmirror_mongodb_up 1",
+        "docmirror_ready 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "missing {line:?} in\n{m}");
+    }
+    assert!(m.contains("docmirror_write_batch_seconds_count"), "{m}");
+    assert_eq!(http_get(port, "/nope").await.0, 404);
+
+    p.job("j1", &job("j1", "running", "2025-10-12T09:01:00.000Z"));
+    eventually(20, "the update counted", || async {
+        http_get(port, "/metrics")
+            .await
+            .1
+            .lines()
+            .any(|l| l == "docmirror_records_updated_total{collection=\"training_jobs\"} 1")
+    })
+    .await;
+    // mirror_state records the change; `status` shows it.
+    eventually(20, "mirror_state has the change", || async {
+        db.doc("mirror_state", "docmirror")
+            .await
+            .is_some_and(|d| d.get_document("last_change").is_ok_and(|l| l.contains_key("training_jobs")))
+    })
+    .await;
+    let run = docmirror(&db, &p, &["status"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("last run:      watch"), "{}", run.stdout);
+    assert!(run.stdout.contains("last change:   training_jobs"), "{}", run.stdout);
+    assert!(run.stdout.contains("documents:     users 2, datasets 0, training_jobs 1"), "{}", run.stdout);
+    let run = docmirror(&db, &p, &["status", "--format", "json"]).await;
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(v["last_full_reconcile"]["inserted"], 3);
+    assert_eq!(v["mode"], "watch");
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_stays_503_until_mongodb_answers() {
+    let p = Platform::new();
+    let port = free_port();
+    let dead = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"))
+        .args(["watch", "--metrics-addr", &format!("127.0.0.1:{port}")])
+        .env("MONGODB_URI", format!("mongodb://127.0.0.1:{dead}/x?serverSelectionTimeoutMS=200"))
+        .env("DOCMIRROR_DATA_DIR", p.data())
+        .env("DOCMIRROR_ARTIFACTS_DIR", p.artifacts())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    eventually(20, "/healthz answers", || async { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() })
+        .await;
+    assert_eq!(http_get(port, "/healthz").await.0, 200);
+    assert_eq!(http_get(port, "/readyz").await.0, 503);
+    assert!(http_get(port, "/metrics").await.1.lines().any(|l| l == "docmirror_ready 0"));
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_records_its_run_in_mirror_state() {
+    let db = TestDb::new("state_sync").await;
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
+    let run = docmirror(&db, &p, &["status"]).await;
+    assert_eq!(run.code, 1, "no state yet: {run:?}");
+    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    let run = docmirror(&db, &p, &["status"]).await;
+    assert_eq!(run.code, 0);
+    assert!(run.stdout.contains("by sync") && run.stdout.contains("inserted 1"), "{}", run.stdout);
+}

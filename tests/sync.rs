@@ -468,7 +468,7 @@ async fn racing_writers_never_leave_the_older_version() {
             let users = users.clone();
             tokio::spawn(async move {
                 // Spread the app's write over the mirror's run.
-                tokio::time::sleep(std::time::Duration::from_millis((i % 5 * 15) as u64)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(u64::try_from(i % 5 * 15).unwrap())).await;
                 users
                     .update_one(doc! {"_id": "u1"}, doc! {"$set": {"name": format!("app-{i}"), "updatedAt": app_v}})
                     .await

@@ -60,6 +60,7 @@ pub struct SinkOptions {
     pub concurrency: usize,
     /// How long to keep retrying MongoDB before giving up; `None` retries forever (watch).
     pub retry_budget: Option<Duration>,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// One write, addressed to a collection.
@@ -208,6 +209,15 @@ impl Sink {
         self.mode
     }
 
+    /// A quick reachability check (no retries), for health reporting.
+    pub async fn ping(&self) -> bool {
+        let ok = tokio::time::timeout(Duration::from_secs(5), self.db.run_command(doc! { "ping": 1 }))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        self.opts.metrics.set_mongodb_up(ok);
+        ok
+    }
+
     pub fn scrub(&self, text: &str) -> String {
         self.scrub.scrub(text)
     }
@@ -232,12 +242,15 @@ impl Sink {
             };
             match result {
                 Ok(v) => {
+                    self.opts.metrics.set_mongodb_up(true);
                     if attempt > 1 {
                         tracing::info!(operation = what, attempts = attempt, "MongoDB is reachable again");
                     }
                     return Ok(v);
                 }
                 Err(e) if is_transient(&e) => {
+                    self.opts.metrics.set_mongodb_up(false);
+                    self.opts.metrics.record_retry();
                     let msg = self.scrub(&e.to_string());
                     let waited = start.elapsed();
                     if let Some(budget) = self.opts.retry_budget {
@@ -319,6 +332,9 @@ impl Sink {
             WriteMode::BulkWrite | WriteMode::Auto => self.retry("bulk_write", || self.bulk_write_once(&ops)).await,
             WriteMode::Commands => self.commands_batch(&ops).await,
         };
+        if out.is_ok() {
+            self.opts.metrics.record_batch(started.elapsed());
+        }
         tracing::debug!(ops = n, elapsed_ms = started.elapsed().as_millis(), "Wrote batch");
         out
     }

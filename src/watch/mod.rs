@@ -120,6 +120,7 @@ pub async fn run(
     }
 
     let mut totals = Summary::default();
+    let started = std::time::Instant::now();
     let initial = RunOptions { dry_run: false, log_all_rejects: true, defer_bad_files: false, log_changes: false };
     let first = tokio::select! {
         r = reconcile(&engine, &sink, Scope::Full, initial, &hard_cancel) => r,
@@ -127,6 +128,8 @@ pub async fn run(
     };
     match first {
         Ok(s) => {
+            engine.metrics.set_ready();
+            record_state(&engine, &sink, StateUpdate::Full(s.clone(), started.elapsed()));
             tracing::info!(
                 read = s.read,
                 inserted = s.inserted,
@@ -152,6 +155,9 @@ pub async fn run(
     let mut retry_after: Option<Instant> = None;
     let mut failures = 0u32;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
+    let mut state_dirty: Vec<String> = Vec::new();
+    let mut full_started = std::time::Instant::now();
 
     loop {
         let due = next_due(&pending, &opts);
@@ -178,7 +184,7 @@ pub async fn run(
             done = join_opt(&mut in_flight) => {
                 in_flight = None;
                 match done {
-                    Ok((Ok(s), files, _full)) => {
+                    Ok((Ok(s), files, full)) => {
                         failures = 0;
                         for f in &s.bad_paths {
                             // A file that did not parse may be half-written: read it again
@@ -196,6 +202,14 @@ pub async fn run(
                         s.bad_paths.clear();
                         totals.add(&s);
                         lifecycle.tick(&totals);
+                        if full {
+                            record_state(&engine, &sink, StateUpdate::Full(s.clone(), full_started.elapsed()));
+                        }
+                        for c in &s.changed_collections {
+                            if !state_dirty.contains(c) {
+                                state_dirty.push(c.clone());
+                            }
+                        }
                     }
                     Ok((Err(Fatal::Interrupted), _, _)) => break,
                     Ok((Err(e), files, full)) => {
@@ -223,7 +237,19 @@ pub async fn run(
                 pending_full.get_or_insert_with(|| "periodic rescan".into());
                 next_rescan = Instant::now() + opts.rescan_interval;
             }
-            _ = tick.tick() => lifecycle.tick(&totals),
+            _ = tick.tick() => {
+                lifecycle.tick(&totals);
+                ticks += 1;
+                // mirror_state is updated at most every 2 s, however busy the files are.
+                if !state_dirty.is_empty() && ticks % 2 == 0 {
+                    record_state(&engine, &sink, StateUpdate::Change(std::mem::take(&mut state_dirty), totals.clone()));
+                }
+                // Keep /readyz honest while idle: check MongoDB every 5 s.
+                if ticks % 5 == 0 && in_flight.is_none() {
+                    let sink = sink.clone();
+                    tokio::spawn(async move { sink.ping().await });
+                }
+            }
         }
 
         if overflow.swap(false, Ordering::AcqRel) {
@@ -244,11 +270,14 @@ pub async fn run(
             } else {
                 tracing::warn!(reason = %why, "Full rescan");
             }
+            engine.metrics.record_rescan();
+            full_started = std::time::Instant::now();
             // Files pending now are covered: the scan reads them after this point.
             let covered: Vec<(SourceFile, u32)> = pending.drain().map(|(f, p)| (f, p.attempts)).collect();
             pending_sources.clear();
             in_flight = Some(spawn_batch(&engine, &sink, Scope::Full, covered, true, false, &hard_cancel));
         } else if !pending_sources.is_empty() {
+            engine.metrics.record_rescan();
             let specs: Vec<usize> = pending_sources.drain().collect();
             pending.retain(|f, _| !specs.contains(&f.spec));
             tracing::info!(sources = ?specs.iter().map(|s| engine.layout.sources[*s].name.clone()).collect::<Vec<_>>(), "Folder changed; rescanning its sources");
@@ -287,6 +316,13 @@ pub async fn run(
             }
         }
     }
+    if !state_dirty.is_empty() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            crate::state::record_change(&engine, &sink, &state_dirty, &totals),
+        )
+        .await;
+    }
     hard_cancel.cancel();
     if !pending.is_empty() {
         tracing::info!(
@@ -305,6 +341,27 @@ pub async fn run(
         "Stopped"
     );
     Ok(totals)
+}
+
+enum StateUpdate {
+    Full(Summary, std::time::Duration),
+    Change(Vec<String>, Summary),
+}
+
+/// Record progress in `mirror_state` without holding up the loop; a failure
+/// only costs a log line (the data itself is not affected).
+fn record_state(engine: &Arc<Engine>, sink: &Sink, update: StateUpdate) {
+    let engine = engine.clone();
+    let sink = sink.clone();
+    tokio::spawn(async move {
+        let r = match update {
+            StateUpdate::Full(s, took) => crate::state::record_full(&engine, &sink, "watch", &s, took).await,
+            StateUpdate::Change(colls, totals) => crate::state::record_change(&engine, &sink, &colls, &totals).await,
+        };
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "Cannot update mirror_state");
+        }
+    });
 }
 
 fn spawn_batch(

@@ -1,0 +1,143 @@
+//! `mirror_state`: what the mirror records about itself in MongoDB (last full
+//! reconcile, last change per collection, document counts, version), so
+//! `docmirror status` can show it from any machine that reaches MongoDB.
+
+use std::time::Duration;
+
+use bson::{doc, Bson, Document};
+
+use crate::reconcile::{Engine, Summary};
+use crate::sink::{Sink, SinkError, WriteOp};
+
+pub const STATE: &str = "mirror_state";
+const ID: &str = "docmirror";
+
+fn summary_doc(s: &Summary) -> Document {
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    doc! {
+        "files": n(s.files), "read": n(s.read), "inserted": n(s.inserted), "updated": n(s.updated),
+        "unchanged": n(s.unchanged), "skipped_newer": n(s.skipped_newer), "rejected": n(s.rejected),
+        "bad_files": n(s.bad_files), "archived": n(s.archived), "deleted": n(s.deleted), "deletes_held": n(s.deletes_held),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+async fn counts(engine: &Engine, sink: &Sink) -> Document {
+    let mut d = Document::new();
+    for spec in &engine.layout.sources {
+        let n = sink.collection(&spec.collection).estimated_document_count().await.unwrap_or(0);
+        d.insert(spec.collection.clone(), i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    d
+}
+
+async fn set(sink: &Sink, fields: Document) -> Result<(), SinkError> {
+    let op = WriteOp::Update {
+        coll: STATE.to_string(),
+        filter: doc! { "_id": ID },
+        update: doc! { "$set": fields },
+        upsert: true,
+    };
+    sink.write(vec![op]).await.map(|_| ())
+}
+
+/// After a full reconcile (sync, or watch's first and periodic ones).
+pub async fn record_full(
+    engine: &Engine,
+    sink: &Sink,
+    mode: &str,
+    s: &Summary,
+    took: Duration,
+) -> Result<(), SinkError> {
+    let now = bson::DateTime::now();
+    let rejects = sink.collection(crate::reconcile::REJECTS).estimated_document_count().await.unwrap_or(0);
+    let mut last = summary_doc(s);
+    last.insert("at", now);
+    last.insert("mode", mode);
+    last.insert("seconds", took.as_secs_f64());
+    set(
+        sink,
+        doc! {
+            "version": env!("CARGO_PKG_VERSION"), "host": hostname(), "pid": i64::from(std::process::id()),
+            "mode": mode, "updated_at": now, "last_full_reconcile": last,
+            "documents": counts(engine, sink).await, "rejects": i64::try_from(rejects).unwrap_or(i64::MAX),
+        },
+    )
+    .await
+}
+
+/// After watch applied changes to some collections.
+pub async fn record_change(
+    engine: &Engine,
+    sink: &Sink,
+    collections: &[String],
+    totals: &Summary,
+) -> Result<(), SinkError> {
+    let now = bson::DateTime::now();
+    let mut fields = doc! {
+        "mode": "watch", "updated_at": now, "pid": i64::from(std::process::id()), "host": hostname(),
+        "watch_totals": summary_doc(totals), "documents": counts(engine, sink).await,
+    };
+    for c in collections {
+        fields.insert(format!("last_change.{c}"), now);
+    }
+    set(sink, fields).await
+}
+
+pub async fn read(sink: &Sink) -> Result<Option<Document>, SinkError> {
+    Ok(sink.find_all(STATE, doc! { "_id": ID }, None).await?.into_iter().next())
+}
+
+/// `docmirror status` for people.
+pub fn render_text(d: &Document, database: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let ago = |b: Option<&Bson>| match b {
+        Some(Bson::DateTime(t)) => {
+            let secs = (bson::DateTime::now().timestamp_millis() - t.timestamp_millis()) / 1000;
+            format!("{} ({secs} s ago)", t.try_to_rfc3339_string().unwrap_or_default())
+        }
+        _ => "never".to_string(),
+    };
+    let _ = writeln!(out, "docmirror state in database {database}");
+    let _ = writeln!(
+        out,
+        "  last run:      {} on {} (pid {}), version {}, updated {}",
+        d.get_str("mode").unwrap_or("?"),
+        d.get_str("host").unwrap_or("?"),
+        d.get("pid").map(|p| p.to_string()).unwrap_or_default(),
+        d.get_str("version").unwrap_or("?"),
+        ago(d.get("updated_at"))
+    );
+    if let Ok(f) = d.get_document("last_full_reconcile") {
+        let num = |k: &str| f.get(k).map(|v| v.to_string()).unwrap_or_else(|| "0".into());
+        let _ = writeln!(
+            out,
+            "  full reconcile: {} by {}, {:.1} s: read {}, inserted {}, updated {}, unchanged {}, rejected {}, archived {}, deleted {}",
+            ago(f.get("at")),
+            f.get_str("mode").unwrap_or("?"),
+            f.get_f64("seconds").unwrap_or(0.0),
+            num("read"),
+            num("inserted"),
+            num("updated"),
+            num("unchanged"),
+            num("rejected"),
+            num("archived"),
+            num("deleted")
+        );
+    }
+    if let Ok(lc) = d.get_document("last_change") {
+        for (c, t) in lc {
+            let _ = writeln!(out, "  last change:   {c}: {}", ago(Some(t)));
+        }
+    }
+    if let Ok(docs) = d.get_document("documents") {
+        let list: Vec<String> = docs.iter().map(|(c, n)| format!("{c} {n}")).collect();
+        let _ = writeln!(out, "  documents:     {}", list.join(", "));
+    }
+    let _ = writeln!(out, "  rejects:       {}", d.get("rejects").map(|v| v.to_string()).unwrap_or_else(|| "0".into()));
+    out
+}
