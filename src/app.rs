@@ -14,11 +14,26 @@ use crate::verify::{render_text, verify};
 
 /// Run a parsed command until it finishes or `cancel` fires; returns the exit code.
 pub async fn run(cli: Cli, cancel: CancellationToken) -> u8 {
+    let show_progress = !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let result = match cli.command {
-        Command::Sync(args) => sync(args, cancel).await,
+        Command::Sync(args) => sync(args, show_progress, cancel).await,
         Command::Verify(args) => verify_cmd(args, cancel).await,
         Command::Watch(args) => watch_cmd(args, cancel).await,
         Command::Status(args) => status_cmd(args, cancel).await,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "docmirror", &mut std::io::stdout());
+            Ok(exit::OK)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()).map(|()| exit::OK).or_else(|e| match e
+                .kind()
+            {
+                std::io::ErrorKind::BrokenPipe => Ok(exit::OK),
+                _ => Err(Fatal::Source(format!("cannot write the man page: {e}"))),
+            })
+        }
     };
     match result {
         Ok(code) => code,
@@ -30,7 +45,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> u8 {
     }
 }
 
-async fn sync(args: SyncArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) -> Result<u8, Fatal> {
     let started = Instant::now();
     let mut settings = args.common.settings(false)?;
     args.write.apply(&mut settings.engine)?;
@@ -41,7 +56,10 @@ async fn sync(args: SyncArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
         engine.indexes.apply(&sink).await?;
     }
     let opts = RunOptions { dry_run: args.dry_run, log_all_rejects: true, defer_bad_files: false, log_changes: false };
-    let summary = reconcile(&engine, &sink, Scope::Full, opts, &cancel).await?;
+    let progress = show_progress.then(|| crate::progress::Bar::start(engine.metrics.clone()));
+    let summary = reconcile(&engine, &sink, Scope::Full, opts, &cancel).await;
+    drop(progress);
+    let summary = summary?;
     if !args.dry_run {
         if let Err(e) = crate::state::record_full(&engine, &sink, "sync", &summary, started.elapsed()).await {
             tracing::warn!(error = %e, "Cannot record the run in mirror_state");

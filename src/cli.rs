@@ -34,6 +34,10 @@ pub struct Cli {
     /// More logging: -v debug, -vv trace (RUST_LOG overrides).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// A TOML file whose keys are these flags' long names; flags and environment win over it.
+    #[arg(long, global = true, env = "DOCMIRROR_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,6 +57,13 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show what the mirror last recorded in MongoDB (mirror_state).
     Status(StatusArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output.
+    Man,
 }
 
 /// Where the files are, where MongoDB is, and how to write.

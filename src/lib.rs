@@ -9,17 +9,19 @@
 //!   MongoDB and write only the difference;
 //! - [`verify`]: the cutover check built on the same scan;
 //! - [`watch`]: the daemon: file events (or polling) feed changed paths into the same core;
-//! - [`cli`] and [`app`]: the command line and the commands;
+//! - [`cli`], [`config`] and [`app`]: the command line, the config file and the commands; [`progress`]: sync's bar;
 //! - [`metrics`] and [`http`]: Prometheus counters and the health endpoints; [`state`]: `mirror_state`;
 //! - [`redact`]: keeping credentials out of logs; [`error`]: fatal errors and exit codes.
 
 pub mod app;
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod http;
 pub mod layout;
 pub mod mapping;
 pub mod metrics;
+pub mod progress;
 pub mod reconcile;
 pub mod redact;
 pub mod sink;

@@ -25,12 +25,23 @@ pub struct Metrics {
     mongodb_up: AtomicBool,
     last_write_unix_ms: AtomicI64,
     ready: AtomicBool,
+    /// Progress of the current run, for the progress bar.
+    pub ops_planned: AtomicU64,
+    pub ops_done: AtomicU64,
+    pub records_scanned: AtomicU64,
+    pub phase: Mutex<String>,
 }
 
 impl Metrics {
     pub fn record_summary(&self, collection: &str, s: &Summary) {
         if let Ok(mut map) = self.by_collection.lock() {
             map.entry(collection.to_string()).or_default().add(s);
+        }
+    }
+
+    pub fn set_phase(&self, phase: String) {
+        if let Ok(mut p) = self.phase.lock() {
+            *p = phase;
         }
     }
 

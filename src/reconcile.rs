@@ -472,6 +472,7 @@ pub async fn reconcile(
             return Err(Fatal::Interrupted);
         }
         let files = if whole[spec_idx] { None } else { files };
+        engine.metrics.set_phase(format!("{}: reading", engine.layout.sources[spec_idx].collection));
         let e = engine.clone();
         let scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, files))
             .await
@@ -587,6 +588,12 @@ async fn reconcile_source(
     }
 
     let mut rejects = scanned.rejects;
+    engine.metrics.set_phase(format!("{}: writing", spec.collection));
+    engine.metrics.records_scanned.fetch_add(scanned.records, std::sync::atomic::Ordering::Relaxed);
+    engine
+        .metrics
+        .ops_planned
+        .fetch_add(count(plan.inserts.len() + plan.updates.len()), std::sync::atomic::Ordering::Relaxed);
     apply_writes(engine, sink, &spec, plan.inserts, plan.updates, &mut summary, &mut rejects, opts).await?;
     apply_deletes(engine, sink, &spec, plan.deletes, existing.len(), &mut summary).await?;
     summary.bad_files = count(scanned.bad.len());

@@ -173,3 +173,72 @@ async fn sync_records_its_run_in_mirror_state() {
     assert_eq!(run.code, 0);
     assert!(run.stdout.contains("by sync") && run.stdout.contains("inserted 1"), "{}", run.stdout);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_file_and_flags_agree() {
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z"), user("u2", "b@x.io", "2025-10-01T00:00:00Z")]));
+    p.job("j1", &job("j1", "queued", "2025-10-12T09:00:00.000Z"));
+    let by_flags = TestDb::new("cfg_flags").await;
+    let by_file = TestDb::new("cfg_file").await;
+    let flags = ["--database", &by_flags.name, "--batch-size", "1", "--write-mode", "commands", "--on-delete", "keep"];
+    let run = docmirror_env(&by_flags, &p, &[&["sync"], &flags[..]].concat(), &[]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("docmirror.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data-dir = {:?}\nartifacts_dir = {:?}\nmongodb-uri = {:?}\nlog-format = \"json\"\n[sync]\nbatch-size = 1\nwrite-mode = \"commands\"\non-delete = \"keep\"\n",
+            p.data(), p.artifacts(), by_file.uri()
+        ),
+    )
+    .unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"))
+        .args(["--config", cfg_s, "sync"])
+        .env_remove("MONGODB_URI")
+        .env_remove("DOCMIRROR_DATA_DIR")
+        .env_remove("DOCMIRROR_ARTIFACTS_DIR")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("\"write_mode\":\"Commands\""), "config values were applied: {stderr}");
+    let strip = |docs: Vec<bson::Document>| -> Vec<bson::Document> {
+        docs.into_iter()
+            .map(|mut d| {
+                d.remove("_mirror");
+                d
+            })
+            .collect()
+    };
+    for coll in ["users", "datasets", "training_jobs"] {
+        assert_eq!(strip(by_flags.docs(coll).await), strip(by_file.docs(coll).await), "{coll}");
+    }
+    assert_eq!(by_file.count("users").await, 2);
+
+    // A flag beats the file; an unknown key is refused with the usage exit code.
+    std::fs::write(&cfg, "data-dir = \"/nonexistent\"\nartifacts-dir = \"/nonexistent2\"\n").unwrap();
+    let run = docmirror(&by_file, &p, &["--config", cfg_s, "sync", "--data-dir", p.data().to_str().unwrap()]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    std::fs::write(&cfg, "data-dir = \"/x\"\ncolour = \"blue\"\n").unwrap();
+    let run = docmirror(&by_file, &p, &["--config", cfg_s, "sync"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("colour"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn completions_and_man_page_come_from_the_cli_definition() {
+    for (args, needle) in [
+        (&["completions", "bash"][..], "watch"),
+        (&["completions", "zsh"][..], "--debounce-ms"),
+        (&["man"][..], ".TH docmirror"),
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror")).args(args).output().await.unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&out.stdout).contains(needle), "{args:?}");
+    }
+}

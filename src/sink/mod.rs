@@ -334,6 +334,7 @@ impl Sink {
         };
         if out.is_ok() {
             self.opts.metrics.record_batch(started.elapsed());
+            self.opts.metrics.ops_done.fetch_add(crate::reconcile::count(n), std::sync::atomic::Ordering::Relaxed);
         }
         tracing::debug!(ops = n, elapsed_ms = started.elapsed().as_millis(), "Wrote batch");
         out
