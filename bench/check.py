@@ -141,11 +141,12 @@ def dump(db) -> dict[str, dict]:
     for c in COLLECTIONS:
         coll = db.get_collection(c, codec_options=CODEC)
         docs = {}
-        for d in coll.find({}, {"_mirror": 0}).sort("_id", 1).batch_size(10_000):
+        for d in coll.find({}, {"_mirror": 0}).batch_size(10_000):
             d.pop("_mirror", None)
             key = d["_id"] if isinstance(d["_id"], str) else repr(d["_id"])
             docs[key] = {k: _bson_canon(v) for k, v in d.items()}
-        out[c] = docs
+        # Sorted by _id here rather than by the server: same result, less work for a slow server.
+        out[c] = dict(sorted(docs.items()))
     return out
 
 

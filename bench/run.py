@@ -149,14 +149,18 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"SecantusDB exited with {self.proc.returncode}; see {logf}")
             try:
-                c = MongoClient(self.uri(), serverSelectionTimeoutMS=500, connectTimeoutMS=500)
-                c.admin.command("ping")
-                self.client = c
+                with MongoClient(self.uri(), serverSelectionTimeoutMS=500, connectTimeoutMS=500) as c:
+                    c.admin.command("ping")
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"SecantusDB did not accept connections within 60 s; see {logf}")
                 time.sleep(0.1)
+        # The harness's own client: generous timeouts, because this server answers
+        # nothing else while it works through a slow query (a 500 ms heartbeat
+        # timeout would mark it down and cancel the dump in flight).
+        self.client = MongoClient(self.uri(), serverSelectionTimeoutMS=120_000, connectTimeoutMS=120_000,
+                                  heartbeatFrequencyMS=30_000)
         return self
 
     @property
@@ -331,7 +335,10 @@ def judge(name: str, res: RunResult, server: Server, tree: Tree, resync: bool, r
         a.ok, a.wall = False, None
         a.detail = f"exit {res.rc}: {res.stderr_tail.strip()[-400:]}"
         return a
-    problems = verify_db(server, tree)
+    try:
+        problems = verify_db(server, tree)
+    except Exception as e:  # noqa: BLE001 - a failed check is a result, not a crash
+        problems = [f"could not read the collections back: {type(e).__name__}: {e}"]
     if problems:
         a.ok, a.wall = False, None
         a.detail = "output differs from the files: " + "; ".join(problems[:6])
@@ -513,7 +520,10 @@ def settle_and_compare(server: Server, data: str, artifacts: str, tries: int = 6
     """Compare MongoDB with the files; retry a few times while the watcher catches up."""
     problems: list[str] = []
     for _ in range(tries):
-        problems = check.compare(check.expected_from_tree(data, artifacts), check.dump(server.db))
+        try:
+            problems = check.compare(check.expected_from_tree(data, artifacts), check.dump(server.db))
+        except Exception as e:  # noqa: BLE001 - reported as a failed check
+            problems = [f"could not read the collections back: {type(e).__name__}: {e}"]
         if not problems:
             return []
         time.sleep(2)
@@ -692,6 +702,14 @@ def watch_session(cfg, tree: Tree, label: str, body) -> dict:
     return out
 
 
+def guarded_session(cfg, tree: Tree, label: str, body) -> dict:
+    try:
+        return watch_session(cfg, tree, label, body)
+    except Exception as e:  # noqa: BLE001 - one scenario failing must not lose the others
+        log(f"watch [{label}] failed: {type(e).__name__}: {e}")
+        return {"error": f"{type(e).__name__}: {e}", "records": tree.records, "users": tree.users}
+
+
 def scenario_watch(cfg, full: Tree, small: Tree | None) -> dict:
     ok, why = watch_available()
     if not ok:
@@ -699,15 +717,15 @@ def scenario_watch(cfg, full: Tree, small: Tree | None) -> dict:
         return {"available": False, "why": why}
     out: dict = {"available": True}
     log(f"scenario 3: {cfg.changes} single-user changes in a {full.users}-user users.json")
-    out["s3"] = watch_session(cfg, full, "s3", scenario_user_changes)
+    out["s3"] = guarded_session(cfg, full, "s3", scenario_user_changes)
     report_s3(out["s3"])
     if small is not None:
         small_cfg = argparse.Namespace(**{**vars(cfg), "changes": min(cfg.changes, 20)})
         log(f"scenario 3 (scale): {small_cfg.changes} changes in a {small.users}-user users.json")
-        out["s3small"] = watch_session(small_cfg, small, "s3small", scenario_user_changes)
+        out["s3small"] = guarded_session(small_cfg, small, "s3small", scenario_user_changes)
         report_s3(out["s3small"])
     log(f"scenario 4: {cfg.rewrites} job rewrites at {cfg.rate:.0f}/s")
-    out["s4"] = watch_session(cfg, full, "s4", scenario_job_load)
+    out["s4"] = guarded_session(cfg, full, "s4", scenario_job_load)
     r = out["s4"].get("result")
     if r:
         log(f"  p50 {fmt_ms(percentile(r['latencies'], 50))} p99 {fmt_ms(percentile(r['latencies'], 99))}"
@@ -777,7 +795,7 @@ def versions() -> dict:
     except importlib.metadata.PackageNotFoundError:
         sdb = "0.7.0b3 (per scripts/install-test-server.sh)"
     return {"docmirror": cmd_out([DOCMIRROR, "--version"]),
-            "git": cmd_out(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
+            "git": cmd_out(["git", "-C", ROOT, "describe", "--always", "--dirty"]),
             "node": cmd_out(["node", "--version"]), "node_mongodb": node_driver,
             "python": platform.python_version(), "pymongo": importlib.metadata.version("pymongo"),
             "secantusdb": sdb}
@@ -789,7 +807,8 @@ def render(cfg, full: Tree, tenth: Tree, sync: dict, watch: dict, mongoimport_no
     A = L.append
     cmdline = "scripts/bench.sh" + ("" if not cfg.argv else " " + " ".join(cfg.argv))
     A("# docmirror benchmarks\n")
-    A("Generated by `bench/run.py` (issue 6); do not edit by hand. Reproduce with:\n")
+    A("Everything down to *Targets* is generated by `bench/run.py` (issue 6); notes written after a run, if any, "
+      "follow it. Reproduce with:\n")
     A(f"```\n{cmdline}\n```\n")
     A(f"- **Date**: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; total harness time {wall / 60:.1f} min")
     A(f"- **Machine**: {m['nproc']} cores, {m['ram']} RAM, {m['cpu']}, {m['kernel']}")

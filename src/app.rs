@@ -117,6 +117,7 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
     common.artifacts_dir = std::path::absolute(&common.artifacts_dir).map_err(|e| Fatal::Source(e.to_string()))?;
     let mut settings = common.settings(true)?;
     args.write.apply(&mut settings.engine)?;
+    settings.engine.known = Some(std::sync::Mutex::default());
     let engine = Arc::new(settings.engine);
     if let Some(addr) = args.metrics_addr {
         crate::http::start(addr, engine.metrics.clone(), cancel.clone()).await?;

@@ -60,6 +60,20 @@ pub struct Engine {
     pub mass_delete_fraction: f64,
     pub allow_mass_delete: bool,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// watch only: what each collection holds as far as the mirror knows
+    /// (id → content hash and source file), so a change to one record of a
+    /// large file is compared without reading the whole collection again.
+    /// Stale entries are safe: every write is checked by the server (version
+    /// filter, duplicate keys) and anything surprising is planned again from
+    /// a fresh read; the periodic full rescan rebuilds it.
+    pub known: Option<std::sync::Mutex<HashMap<String, HashMap<String, Known>>>>,
+}
+
+/// One document as the mirror last left it.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub hash: String,
+    pub source: Arc<str>,
 }
 
 impl Engine {
@@ -76,6 +90,7 @@ impl Engine {
             mass_delete_fraction: 0.5,
             allow_mass_delete: false,
             metrics: Arc::default(),
+            known: None,
         }
     }
 }
@@ -255,10 +270,13 @@ pub fn scan_source(engine: &Engine, spec_idx: usize, files: Option<Vec<SourceFil
             }
         };
         out.read_ok.insert(file.rel.clone());
+        // The content hash covers the file's name too: a record that moves
+        // to another file is written again (its `_mirror.source` changes).
+        let salt = format!("{fingerprint}\u{0}{}", file.rel);
         for raw in records {
             out.records += 1;
             let located = raw.locate(&file.rel);
-            match map_record(spec, fingerprint, &raw.value) {
+            match map_record(spec, &salt, &raw.value) {
                 Ok(m) => {
                     if let Some(first) = first_by_id.get(&m.id) {
                         let reason = Reject::DuplicateId { id: m.id.clone(), first: first.clone() };
@@ -371,6 +389,12 @@ fn file_reject(spec: &SourceSpec, rel: &str, problem: FileProblem) -> RejectReco
         id: None,
         reason: Reject::File(problem),
         record: None,
+    }
+}
+
+impl Known {
+    fn existing(&self) -> Existing {
+        Existing { hash: Some(self.hash.clone()), source: Some(self.source.to_string()), ..Default::default() }
     }
 }
 
@@ -490,10 +514,29 @@ async fn fetch_existing(
     scanned: &Scanned,
 ) -> Result<HashMap<String, Existing>, SinkError> {
     let spec = &engine.layout.sources[scanned.spec];
+    if scanned.complete {
+        // Only the hash: on a large collection every projected field costs.
+        let docs = sink.find_all(&spec.collection, doc! {}, Some(doc! { "_mirror.hash": 1 })).await?;
+        return Ok(docs.iter().filter_map(|d| existing_from(spec, d)).collect());
+    }
+    if let Some(known) = engine.known.as_ref().and_then(|k| k.lock().ok()) {
+        if let Some(coll) = known.get(&spec.collection) {
+            let mut out = HashMap::new();
+            for c in &scanned.candidates {
+                if let Some(k) = coll.get(&c.mapped.id) {
+                    out.insert(c.mapped.id.clone(), k.existing());
+                }
+            }
+            for (id, k) in coll {
+                if scanned.read_ok.contains(&*k.source) || scanned.missing.contains(&*k.source) {
+                    out.entry(id.clone()).or_insert_with(|| k.existing());
+                }
+            }
+            return Ok(out);
+        }
+    }
     let projection = Some(existing_projection(spec));
-    let docs = if scanned.complete {
-        sink.find_all(&spec.collection, doc! {}, projection).await?
-    } else {
+    let docs = {
         let mut ids: Vec<String> = scanned.candidates.iter().map(|c| c.mapped.id.clone()).collect();
         ids.sort();
         ids.dedup();
@@ -517,6 +560,16 @@ async fn reconcile_source(
     let mut summary = Summary { files: scanned.files, read: scanned.records, ..Default::default() };
     let existing = fetch_existing(engine, sink, &scanned).await?;
     let candidates = std::mem::take(&mut scanned.candidates);
+    let caching = engine.known.is_some();
+    let mut rel_of: HashMap<String, Arc<str>> = HashMap::new();
+    let mut fresh: Vec<(String, Known)> = Vec::new();
+    if caching {
+        let mut rels: HashMap<&str, Arc<str>> = HashMap::new();
+        for c in &candidates {
+            let rel = rels.entry(c.rel.as_str()).or_insert_with(|| Arc::from(c.rel.as_str())).clone();
+            rel_of.insert(c.mapped.id.clone(), rel);
+        }
+    }
 
     // Plan: compare content hashes; records whose file did not change are not touched.
     let mut plan = Plan::default();
@@ -532,7 +585,7 @@ async fn reconcile_source(
                     scanned.rejects.push(candidate_reject(&spec, &c, reason));
                     continue;
                 }
-                if ex.hash.as_deref() == Some(c.mapped.hash.as_str()) && ex.source.as_deref() == Some(c.rel.as_str()) {
+                if ex.hash.as_deref() == Some(c.mapped.hash.as_str()) {
                     if c.mapped.plaintext.is_some() {
                         plaintext_same.push((c, ex.clone()));
                     } else {
@@ -555,9 +608,32 @@ async fn reconcile_source(
             }
         }
     }
+    // Updates need the fields the mirror owns and the version: one batched read.
+    let mut detail_ids: Vec<String> = plan.updates.iter().map(|(c, _)| c.mapped.id.clone()).collect();
+    let gone: Vec<String> = existing
+        .keys()
+        .filter(|id| !ids_in_files.contains(*id) && !scanned.protected_ids.contains(*id))
+        .cloned()
+        .collect();
+    detail_ids.extend(gone.iter().cloned());
+    let details: HashMap<String, Existing> = if detail_ids.is_empty() {
+        HashMap::new()
+    } else {
+        sink.find_by_ids(&spec.collection, &detail_ids, Some(existing_projection(&spec)))
+            .await?
+            .iter()
+            .filter_map(|d| existing_from(&spec, d))
+            .collect()
+    };
+    for (c, ex) in plan.updates.iter_mut() {
+        if let Some(d) = details.get(&c.mapped.id) {
+            *ex = d.clone();
+        }
+    }
     // Deletes: documents the mirror wrote from files it has now read in full
     // (or that are gone) whose records are no longer there.
-    for (id, ex) in &existing {
+    for id in &gone {
+        let Some(ex) = details.get(id) else { continue };
         let Some(src) = &ex.source else { continue };
         if ids_in_files.contains(id) || scanned.protected_ids.contains(id) || scanned.no_deletes.contains(src) {
             continue;
@@ -588,14 +664,18 @@ async fn reconcile_source(
     }
 
     let mut rejects = scanned.rejects;
+    let mut removed: Vec<String> = Vec::new();
     engine.metrics.set_phase(format!("{}: writing", spec.collection));
     engine.metrics.records_scanned.fetch_add(scanned.records, std::sync::atomic::Ordering::Relaxed);
     engine
         .metrics
         .ops_planned
         .fetch_add(count(plan.inserts.len() + plan.updates.len()), std::sync::atomic::Ordering::Relaxed);
-    apply_writes(engine, sink, &spec, plan.inserts, plan.updates, &mut summary, &mut rejects, opts).await?;
-    apply_deletes(engine, sink, &spec, plan.deletes, existing.len(), &mut summary).await?;
+    apply_writes(engine, sink, &spec, plan.inserts, plan.updates, &mut summary, &mut rejects, opts, &mut fresh).await?;
+    apply_deletes(engine, sink, &spec, plan.deletes, existing.len(), &mut summary, &mut removed).await?;
+    if caching {
+        remember(engine, &spec, scanned.complete, &existing, &details, &rel_of, fresh, removed);
+    }
     summary.bad_files = count(scanned.bad.len());
     let mut bad_paths: Vec<&String> = scanned.bad.iter().collect();
     bad_paths.sort();
@@ -622,6 +702,38 @@ async fn reconcile_source(
     }
     engine.metrics.record_summary(&spec.collection, &summary);
     Ok(summary)
+}
+
+/// Update watch's picture of the collection after a reconcile.
+#[allow(clippy::too_many_arguments)]
+fn remember(
+    engine: &Engine,
+    spec: &SourceSpec,
+    complete: bool,
+    existing: &HashMap<String, Existing>,
+    details: &HashMap<String, Existing>,
+    rel_of: &HashMap<String, Arc<str>>,
+    fresh: Vec<(String, Known)>,
+    removed: Vec<String>,
+) {
+    let Some(Ok(mut known)) = engine.known.as_ref().map(|k| k.lock()) else { return };
+    let coll = known.entry(spec.collection.clone()).or_default();
+    if complete {
+        coll.clear();
+    }
+    for (id, ex) in existing {
+        let Some(hash) = &ex.hash else { continue };
+        let source = details.get(id).and_then(|d| d.source.as_deref()).map(Arc::from).or_else(|| rel_of.get(id).cloned());
+        if let Some(source) = source {
+            coll.insert(id.clone(), Known { hash: hash.clone(), source });
+        }
+    }
+    for (id, k) in fresh {
+        coll.insert(id, k);
+    }
+    for id in removed {
+        coll.remove(&id);
+    }
 }
 
 /// Whether `rel` names a file of this source (used to find documents whose file is gone).
@@ -785,11 +897,13 @@ async fn apply_writes(
     summary: &mut Summary,
     rejects: &mut Vec<RejectRecord>,
     opts: RunOptions,
+    written: &mut Vec<(String, Known)>,
 ) -> Result<(), Fatal> {
-    let log = |c: &Candidate, action: &str| {
+    let mut log = |c: &Candidate, action: &str| {
         if opts.log_changes {
             tracing::info!(collection = %spec.collection, id = %c.mapped.id, source = %c.locate(), action, "Mirrored change");
         }
+        written.push((c.mapped.id.clone(), Known { hash: c.mapped.hash.clone(), source: Arc::from(c.rel.as_str()) }));
     };
     const ROUNDS: usize = 4;
     let mut inserts = hash_plaintexts(spec, inserts).await?;
@@ -925,6 +1039,7 @@ async fn apply_deletes(
     deletes: Vec<(String, Existing)>,
     held_total: usize,
     summary: &mut Summary,
+    removed: &mut Vec<String>,
 ) -> Result<(), Fatal> {
     if deletes.is_empty() || engine.on_delete == OnDelete::Keep {
         return Ok(());
@@ -993,6 +1108,7 @@ async fn apply_deletes(
     let results = sink.write(ops).await?;
     for ((id, ex), r) in deletes.iter().zip(results) {
         if matches!(r, OpResult::Applied { .. }) {
+            removed.push(id.clone());
             if engine.on_delete == OnDelete::Archive {
                 summary.archived += 1;
             } else {
