@@ -29,3 +29,6 @@ pub mod source;
 pub mod state;
 pub mod verify;
 pub mod watch;
+
+#[cfg(test)]
+mod fuzz;

@@ -64,6 +64,7 @@ pub enum Reject {
     MalformedBcrypt { field: String },
     MissingEmail { field: String },
     DuplicateId { id: String, first: String },
+    DuplicateKeys { keys: String },
     DuplicateEmail { email: String, first: String },
     EmailTaken { email: String, other_id: String },
     IdTaken { id: String, detail: String },
@@ -84,6 +85,7 @@ impl Reject {
             Reject::MalformedBcrypt { .. } => "malformed_bcrypt",
             Reject::MissingEmail { .. } => "missing_email",
             Reject::DuplicateId { .. } => "duplicate_id",
+            Reject::DuplicateKeys { .. } => "duplicate_key",
             Reject::DuplicateEmail { .. } => "duplicate_email",
             Reject::EmailTaken { .. } => "email_taken",
             Reject::IdTaken { .. } => "id_taken",
@@ -115,6 +117,9 @@ impl fmt::Display for Reject {
             Reject::DuplicateId { id, first } => {
                 write!(f, "duplicate id {id:?}: already used by {first}, which is kept")
             }
+            Reject::DuplicateKeys { keys } => {
+                write!(f, "the record names {keys} more than once (JavaScript would silently keep the last value)")
+            }
             Reject::DuplicateEmail { email, first } => {
                 write!(f, "duplicate email {email:?}: already used by {first}, which is kept")
             }
@@ -134,6 +139,10 @@ pub fn map_record(spec: &SourceSpec, fingerprint: &str, value: &Value) -> Result
     let Value::Object(obj) = value else {
         return Err(Reject::NotAnObject { found: kind_of(value) });
     };
+    if let Some(Value::Array(keys)) = obj.get(crate::source::DUPLICATE_KEYS_MARKER) {
+        let keys: Vec<String> = keys.iter().filter_map(|k| k.as_str()).map(|k| format!("{k:?}")).collect();
+        return Err(Reject::DuplicateKeys { keys: keys.join(", ") });
+    }
     let id = match obj.get(&spec.id_field) {
         None => return Err(Reject::MissingId { field: spec.id_field.clone() }),
         Some(Value::String(s)) if s.is_empty() => return Err(Reject::EmptyId { field: spec.id_field.clone() }),
@@ -259,6 +268,9 @@ pub fn is_bcrypt(s: &str) -> bool {
 }
 
 fn check_key(key: &str) -> Result<(), Reject> {
+    if key == crate::source::DUPLICATE_KEYS_MARKER {
+        return Err(Reject::DuplicateKeys { keys: "a key of a nested object".into() });
+    }
     if key.starts_with('$') || key.contains('.') {
         return Err(Reject::ForbiddenKey { key: key.to_string() });
     }

@@ -723,7 +723,8 @@ fn remember(
     }
     for (id, ex) in existing {
         let Some(hash) = &ex.hash else { continue };
-        let source = details.get(id).and_then(|d| d.source.as_deref()).map(Arc::from).or_else(|| rel_of.get(id).cloned());
+        let source =
+            details.get(id).and_then(|d| d.source.as_deref()).map(Arc::from).or_else(|| rel_of.get(id).cloned());
         if let Some(source) = source {
             coll.insert(id.clone(), Known { hash: hash.clone(), source });
         }

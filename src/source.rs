@@ -217,7 +217,7 @@ pub fn parse(bytes: &[u8], shape: Shape) -> Result<Vec<RawRecord>, FileProblem> 
         let (line, column) = line_col(&bytes[..e.valid_up_to()]);
         FileProblem::Utf8 { line, column }
     })?;
-    let value: Value = serde_json::from_str(text).map_err(|e| FileProblem::Json {
+    let Strict(value) = serde_json::from_str(text).map_err(|e| FileProblem::Json {
         line: e.line(),
         column: e.column(),
         reason: json_reason(&e),
@@ -231,6 +231,79 @@ pub fn parse(bytes: &[u8], shape: Shape) -> Result<Vec<RawRecord>, FileProblem> 
         (Shape::Object, other) => {
             Err(FileProblem::Shape { expected: "one record (an object)", found: kind_of(&other) })
         }
+    }
+}
+
+/// Marks an object in which a key appeared more than once. JavaScript's
+/// `JSON.parse` silently keeps the last value; the mirror rejects the record
+/// instead (naming the keys), and the rest of the file still arrives. A real
+/// key of this name could never be mirrored anyway (it starts with `$`).
+pub const DUPLICATE_KEYS_MARKER: &str = "$docmirror.duplicate_keys";
+
+/// A JSON value like serde_json's, but duplicate keys are recorded, not lost.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        serde_json::Number::from_f64(v).map(Value::Number).ok_or_else(|| E::custom("number is not finite"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        serde::Deserialize::deserialize(d).map(|Strict(v)| v)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = serde_json::Map::new();
+        let mut duplicates: Vec<Value> = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if obj.insert(key.clone(), v).is_some() {
+                duplicates.push(Value::String(key));
+            }
+        }
+        if !duplicates.is_empty() {
+            obj.insert(DUPLICATE_KEYS_MARKER.to_string(), Value::Array(duplicates));
+        }
+        Ok(Value::Object(obj))
     }
 }
 
@@ -290,6 +363,15 @@ mod tests {
         assert_eq!(parse(b"\xEF\xBB\xBF[]", Shape::Array).unwrap().len(), 0);
         let err = parse(b"[\n\"a\xFF\"]", Shape::Array).unwrap_err();
         assert_eq!(err, FileProblem::Utf8 { line: 2, column: 3 });
+    }
+
+    #[test]
+    fn duplicate_keys_are_marked_not_lost() {
+        let r = parse(br#"[{"id":"a","x":1,"x":2},{"id":"b"}]"#, Shape::Array).unwrap();
+        assert_eq!(r[0].value[DUPLICATE_KEYS_MARKER], serde_json::json!(["x"]));
+        assert!(r[1].value.get(DUPLICATE_KEYS_MARKER).is_none());
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert!(matches!(parse(deep.as_bytes(), Shape::Array), Err(FileProblem::Json { .. })));
     }
 
     #[test]

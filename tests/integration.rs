@@ -7,6 +7,7 @@
 
 mod support;
 
+mod faults;
 mod service;
 mod sync;
 mod verify;

@@ -260,9 +260,11 @@ pub async fn docmirror_env(db: &TestDb, p: &Platform, args: &[&str], env: &[(&st
 pub const SECRETS: &[&str] = &["hunter22-plain", "s3cret-uri-pw", "correct-horse-plain"];
 
 pub fn assert_no_secrets(text: &str) {
-    for s in SECRETS {
+    for s in SECRETS.iter().chain([HASH_A, HASH_B].iter()) {
         assert!(!text.contains(s), "secret {s:?} leaked into output:\n{text}");
     }
+    // No bcrypt hash of any kind, including those made from plaintext passwords.
+    assert!(!text.contains("$2b$10$"), "a bcrypt hash leaked into output:\n{text}");
 }
 
 pub const HASH_A: &str = "$2b$10$J1JbpLNyErs2Vewf4LDN4u/Os0zWvTlg5el0sAu.ZUnk6lHagoW.u";
