@@ -116,6 +116,10 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 30)]
     pub mongodb_timeout: u64,
 
+    /// Longest wait for one MongoDB operation before it is retried (a frozen server).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub operation_timeout_secs: u64,
+
     /// Files larger than this are rejected unread.
     #[arg(long, default_value_t = 1 << 30)]
     pub max_file_bytes: u64,
@@ -179,6 +183,11 @@ pub struct WatchArgs {
     #[arg(long, default_value_t = 10)]
     pub shutdown_timeout_secs: u64,
 
+    /// Change hints that may queue up before the daemon falls back to a full
+    /// rescan (a test knob: small values force the overflow path).
+    #[arg(long, default_value_t = crate::watch::events::CHANNEL_CAPACITY, hide = true)]
+    pub event_queue_capacity: usize,
+
     /// Serve Prometheus /metrics, /healthz and /readyz on this address (off unless given).
     #[arg(long, env = "DOCMIRROR_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
@@ -197,6 +206,7 @@ impl WatchArgs {
             },
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             parse_retries: 3,
+            queue_capacity: self.event_queue_capacity,
         }
     }
 }
@@ -255,6 +265,7 @@ impl CommonArgs {
             batch_size: usize::try_from(self.batch_size).unwrap_or(1000),
             concurrency: usize::try_from(self.concurrency).unwrap_or(4),
             retry_budget: (!retry_forever).then(|| Duration::from_secs(self.mongodb_timeout)),
+            op_timeout: Duration::from_secs(self.operation_timeout_secs),
             metrics,
         };
         Ok(Settings { engine, sink })

@@ -110,3 +110,172 @@ async fn all_bad_files_together_beside_good_ones() {
     );
     assert_eq!(p.snapshot(), before);
 }
+
+/// How many kill/restart rounds the random-kill tests run: a few by default,
+/// many with DOCMIRROR_FAULT_ROUNDS (see RELIABILITY.md).
+fn rounds() -> usize {
+    std::env::var("DOCMIRROR_FAULT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3)
+}
+
+fn big_tree(users: usize, jobs: usize) -> Platform {
+    let p = Platform::new();
+    let list: Vec<_> =
+        (0..users).map(|i| user(&format!("u{i:05}"), &format!("{i}@x.io"), "2025-10-01T00:00:00Z")).collect();
+    p.users(&json!(list));
+    p.datasets(&json!([dataset("d1", 1)]));
+    for i in 0..jobs {
+        p.job(&format!("j{i:05}"), &job(&format!("j{i:05}"), "queued", "2025-10-12T09:00:00.000Z"));
+    }
+    p
+}
+
+/// Conservation: verify finds nothing missing, extra or different.
+async fn assert_exact(uri: &str, p: &Platform) {
+    let run = docmirror_at(uri, p, &["verify"], &[]).await;
+    assert_eq!(run.code, 0, "MongoDB does not hold exactly what the files hold:\n{}\n{}", run.stdout, run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_waits_for_a_server_that_is_down_at_start() {
+    let port = free_port();
+    let uri = format!("mongodb://127.0.0.1:{port}/late");
+    let p = big_tree(5, 5);
+    let w = WatchProc::spawn(&uri, &p, &[]);
+    eventually(30, "a retry line", || async { w.log_text().contains("MongoDB not available") }).await;
+    let _server = OwnServer::on_port(port);
+    w.wait_ready().await;
+    p.job("j-new", &job("j-new", "queued", "2025-10-12T09:00:00.000Z"));
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let jobs = client.database("late").collection::<bson::Document>("training_jobs");
+    eventually(30, "a change after start-up", || async { jobs.count_documents(bson::doc! {}).await.unwrap_or(0) == 6 })
+        .await;
+    let log = w.stop().await;
+    assert!(!log.contains("ERROR"), "{log}");
+    assert_exact(&uri, &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_killed_in_the_middle_of_a_sync_then_rerun_is_exact() {
+    let mut server = OwnServer::start();
+    let uri = server.uri("killed");
+    let p = big_tree(3000, 200);
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let users = client.database("killed").collection::<bson::Document>("users");
+    let sync = {
+        let uri = uri.clone();
+        let data = p.data();
+        let artifacts = p.artifacts();
+        tokio::spawn(async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"))
+                .args(["sync", "--batch-size", "100", "--mongodb-timeout", "3"])
+                .env("MONGODB_URI", uri)
+                .env("DOCMIRROR_DATA_DIR", data)
+                .env("DOCMIRROR_ARTIFACTS_DIR", artifacts)
+                .output()
+                .await
+                .unwrap()
+        })
+    };
+    eventually(60, "the sync to be writing", || async { users.count_documents(bson::doc! {}).await.unwrap_or(0) > 0 })
+        .await;
+    server.kill();
+    let out = sync.await.unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    server.restart();
+    let run = docmirror_at(&uri, &p, &["sync"], &[]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(users.count_documents(bson::doc! {}).await.unwrap(), 3000, "no duplicates, nothing missing");
+    assert_exact(&uri, &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_server_during_watch_times_out_retries_and_converges() {
+    let server = OwnServer::start();
+    let uri = server.uri("frozen");
+    let p = big_tree(3, 3);
+    let w = WatchProc::start(&uri, &p, &["--operation-timeout-secs", "2"]).await;
+    server.signal("-STOP");
+    for i in 0..5 {
+        p.job(&format!("f{i}"), &job(&format!("f{i}"), "queued", "2025-10-12T09:00:00.000Z"));
+    }
+    eventually(30, "the daemon notices", || async {
+        let log = w.log_text();
+        log.contains("did not answer in time") || log.contains("MongoDB not available")
+    })
+    .await;
+    server.signal("-CONT");
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let jobs = client.database("frozen").collection::<bson::Document>("training_jobs");
+    eventually(60, "convergence after the freeze", || async {
+        jobs.count_documents(bson::doc! {}).await.unwrap_or(0) == 8
+    })
+    .await;
+    p.job("after", &job("after", "queued", "2025-10-12T09:00:00.000Z"));
+    eventually(30, "liveness: a new change", || async { jobs.count_documents(bson::doc! {}).await.unwrap_or(0) == 9 })
+        .await;
+    w.stop().await;
+    assert_exact(&uri, &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docmirror_killed_at_random_moments_then_restarted_is_exact() {
+    let db = TestDb::new("random_kills").await;
+    let p = big_tree(800, 100);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for round in 0..rounds() {
+        // Change the files a little each round so there is work to interrupt.
+        p.job(
+            &format!("j{:05}", round),
+            &job(&format!("j{:05}", round), "running", &format!("2025-10-13T09:{:02}:00.000Z", round % 60)),
+        );
+        let kill_after = std::time::Duration::from_millis(next() % 400);
+        if round % 2 == 0 {
+            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"))
+                .args(["sync", "--batch-size", "50"])
+                .env("MONGODB_URI", db.uri())
+                .env("DOCMIRROR_DATA_DIR", p.data())
+                .env("DOCMIRROR_ARTIFACTS_DIR", p.artifacts())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            tokio::time::sleep(kill_after).await;
+            let _ = child.kill().await;
+        } else {
+            let w = WatchProc::spawn(&db.uri(), &p, &[]);
+            tokio::time::sleep(kill_after).await;
+            w.crash().await;
+        }
+    }
+    let run = docmirror(&db, &p, &["sync"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(db.count("users").await, 800);
+    assert_eq!(db.count("training_jobs").await, 100);
+    assert_exact(&db.uri(), &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_that_overflows_the_event_queue_leads_to_a_rescan() {
+    let db = TestDb::new("burst").await;
+    let p = big_tree(1, 0);
+    // A tiny queue makes the overflow certain; the kernel's own overflow
+    // (IN_Q_OVERFLOW) takes the same path (unit-tested in watch::events).
+    let w = WatchProc::start(&db.uri(), &p, &["--event-queue-capacity", "16"]).await;
+    let n = std::env::var("DOCMIRROR_BURST_FILES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000usize);
+    for i in 0..n {
+        p.job(&format!("b{i:05}"), &job(&format!("b{i:05}"), "queued", "2025-10-12T09:00:00.000Z"));
+    }
+    eventually(120, "every file of the burst", || async {
+        db.count("training_jobs").await == u64::try_from(n).unwrap()
+    })
+    .await;
+    let log = w.stop().await;
+    assert!(log.contains("Full rescan") && log.contains("event queue overflow"), "the rescan is announced: {log}");
+    assert_exact(&db.uri(), &p).await;
+}

@@ -232,11 +232,16 @@ pub async fn docmirror(db: &TestDb, p: &Platform, args: &[&str]) -> Run {
 }
 
 pub async fn docmirror_env(db: &TestDb, p: &Platform, args: &[&str], env: &[(&str, &str)]) -> Run {
+    docmirror_at(&db.uri(), p, args, env).await
+}
+
+/// Run `docmirror ARGS` against any URI.
+pub async fn docmirror_at(uri: &str, p: &Platform, args: &[&str], env: &[(&str, &str)]) -> Run {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"));
     cmd.arg("--log-format")
         .arg("text")
         .args(args)
-        .env("MONGODB_URI", db.uri())
+        .env("MONGODB_URI", uri)
         .env("DOCMIRROR_DATA_DIR", p.data())
         .env("DOCMIRROR_ARTIFACTS_DIR", p.artifacts())
         .env("RUST_LOG", "debug")
@@ -319,6 +324,22 @@ pub struct WatchProc {
 impl WatchProc {
     /// Start watching and wait for the initial reconcile.
     pub async fn start(uri: &str, p: &Platform, args: &[&str]) -> WatchProc {
+        let w = WatchProc::spawn(uri, p, args);
+        w.wait_ready().await;
+        w
+    }
+
+    pub async fn wait_ready(&self) {
+        let log = self.log.clone();
+        eventually(60, "the initial reconcile", || {
+            let log = log.clone();
+            async move { std::fs::read_to_string(&log).unwrap_or_default().contains("Initial reconcile done") }
+        })
+        .await;
+    }
+
+    /// Start watching without waiting for anything.
+    pub fn spawn(uri: &str, p: &Platform, args: &[&str]) -> WatchProc {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("watch.log");
         let file = std::fs::File::create(&log).unwrap();
@@ -335,14 +356,12 @@ impl WatchProc {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let w = WatchProc { child, log, _logdir: logdir };
-        let log = w.log.clone();
-        eventually(60, "the initial reconcile", || {
-            let log = log.clone();
-            async move { std::fs::read_to_string(&log).unwrap_or_default().contains("Initial reconcile done") }
-        })
-        .await;
-        w
+        WatchProc { child, log, _logdir: logdir }
+    }
+
+    /// Kill it without warning (SIGKILL), as a crash would.
+    pub async fn crash(mut self) {
+        self.child.kill().await.unwrap();
     }
 
     pub fn log_text(&self) -> String {
@@ -383,7 +402,11 @@ pub struct OwnServer {
 
 impl OwnServer {
     pub fn start() -> OwnServer {
-        let mut s = OwnServer { port: free_port(), dir: tempfile::tempdir().unwrap(), child: None };
+        OwnServer::on_port(free_port())
+    }
+
+    pub fn on_port(port: u16) -> OwnServer {
+        let mut s = OwnServer { port, dir: tempfile::tempdir().unwrap(), child: None };
         s.restart();
         s
     }
@@ -410,9 +433,16 @@ impl OwnServer {
         }
     }
 
+    /// Freeze it (SIGSTOP) or thaw it (SIGCONT): a server that hangs without closing sockets.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("server running").id();
+        assert!(Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success());
+    }
+
     /// Stop it hard (SIGKILL), as a crash or a pulled cable would.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").args(["-CONT", &c.id().to_string()]).status();
             let _ = c.kill();
             let _ = c.wait();
         }

@@ -60,6 +60,9 @@ pub struct SinkOptions {
     pub concurrency: usize,
     /// How long to keep retrying MongoDB before giving up; `None` retries forever (watch).
     pub retry_budget: Option<Duration>,
+    /// Longest wait for one MongoDB operation: the driver has no socket
+    /// timeout, and a frozen server would otherwise hold a write forever.
+    pub op_timeout: Duration,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
@@ -237,8 +240,37 @@ impl Sink {
                 return Err(SinkError::Cancelled);
             }
             let result = tokio::select! {
-                r = op() => r,
+                r = tokio::time::timeout(self.opts.op_timeout, op()) => r,
                 () = self.cancel.cancelled() => return Err(SinkError::Cancelled),
+            };
+            let result = match result {
+                Ok(r) => r,
+                Err(_) => {
+                    // Counted as transient: the operation may or may not have been
+                    // applied; retried writes are settled by the reconcile core.
+                    let waited = start.elapsed();
+                    self.opts.metrics.set_mongodb_up(false);
+                    self.opts.metrics.record_retry();
+                    if self.opts.retry_budget.is_some_and(|b| waited >= b) {
+                        return Err(SinkError::Unavailable {
+                            waited,
+                            last: format!("no answer within {:?}", self.opts.op_timeout),
+                        });
+                    }
+                    tracing::warn!(
+                        operation = what,
+                        attempt,
+                        timeout_s = self.opts.op_timeout.as_secs(),
+                        "MongoDB did not answer in time, retrying"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.cancel.cancelled() => return Err(SinkError::Cancelled),
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                    attempt += 1;
+                    continue;
+                }
             };
             match result {
                 Ok(v) => {

@@ -55,6 +55,8 @@ pub struct WatchOptions {
     pub shutdown_timeout: Duration,
     /// How many times an unparsable file is read again before it is reported.
     pub parse_retries: u32,
+    /// Hints that may wait for the loop; beyond that, a full rescan.
+    pub queue_capacity: usize,
 }
 
 impl Default for WatchOptions {
@@ -66,6 +68,7 @@ impl Default for WatchOptions {
             rescan_interval: Duration::from_secs(600),
             shutdown_timeout: Duration::from_secs(10),
             parse_retries: 3,
+            queue_capacity: events::CHANNEL_CAPACITY,
         }
     }
 }
@@ -104,7 +107,7 @@ pub async fn run(
 ) -> Result<Summary, Fatal> {
     // Writes stop only after the in-flight batch had its chance to finish.
     let hard_cancel = CancellationToken::new();
-    let (tx, mut rx) = mpsc::channel::<Hint>(events::CHANNEL_CAPACITY);
+    let (tx, mut rx) = mpsc::channel::<Hint>(opts.queue_capacity.max(1));
     let overflow = Arc::new(AtomicBool::new(false));
 
     // Watches go in before the first scan, so nothing slips through the gap.
