@@ -278,38 +278,21 @@ pub fn scan_source(engine: &Engine, spec_idx: usize, files: Option<Vec<SourceFil
             let located = raw.locate(&file.rel);
             match map_record(spec, &salt, &raw.value) {
                 Ok(m) => {
-                    if let Some(first) = first_by_id.get(&m.id) {
-                        let reason = Reject::DuplicateId { id: m.id.clone(), first: first.clone() };
-                        out.protected_ids.insert(m.id.clone());
-                        out.rejects.push(record_reject(
-                            spec,
-                            &file.rel,
-                            raw.position,
-                            Some(m.id.clone()),
-                            reason,
-                            &raw.value,
-                        ));
-                        continue;
-                    }
-                    let mut clash = None;
-                    for field in &spec.normalize_email {
-                        if let Some(v) = m.doc.get_str(field).ok().map(str::to_string) {
-                            if let Some(first) = first_by_unique.get(&(field.clone(), v.clone())) {
-                                clash = Some(Reject::DuplicateEmail { email: v, first: first.clone() });
-                                break;
-                            }
-                        }
-                    }
+                    // The first record with an id (or email) keeps it; later ones are rejected.
+                    let clash = first_by_id
+                        .get(&m.id)
+                        .map(|first| Reject::DuplicateId { id: m.id.clone(), first: first.clone() })
+                        .or_else(|| {
+                            spec.normalize_email.iter().find_map(|field| {
+                                let v = m.doc.get_str(field).ok()?;
+                                let first = first_by_unique.get(&(field.clone(), v.to_string()))?;
+                                Some(Reject::DuplicateEmail { email: v.to_string(), first: first.clone() })
+                            })
+                        });
                     if let Some(reason) = clash {
                         out.protected_ids.insert(m.id.clone());
-                        out.rejects.push(record_reject(
-                            spec,
-                            &file.rel,
-                            raw.position,
-                            Some(m.id.clone()),
-                            reason,
-                            &raw.value,
-                        ));
+                        let id = Some(m.id.clone());
+                        out.rejects.push(record_reject(spec, &file.rel, raw.position, id, reason, &raw.value));
                         continue;
                     }
                     first_by_id.insert(m.id.clone(), located);

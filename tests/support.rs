@@ -235,18 +235,23 @@ pub async fn docmirror_env(db: &TestDb, p: &Platform, args: &[&str], env: &[(&st
     docmirror_at(&db.uri(), p, args, env).await
 }
 
-/// Run `docmirror ARGS` against any URI.
-pub async fn docmirror_at(uri: &str, p: &Platform, args: &[&str], env: &[(&str, &str)]) -> Run {
+/// The binary, pointed at `uri` and the platform, logging text at debug level.
+pub fn command(uri: &str, p: &Platform) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"));
-    cmd.arg("--log-format")
-        .arg("text")
-        .args(args)
+    cmd.args(["--log-format", "text"])
         .env("MONGODB_URI", uri)
         .env("DOCMIRROR_DATA_DIR", p.data())
         .env("DOCMIRROR_ARTIFACTS_DIR", p.artifacts())
         .env("RUST_LOG", "debug")
         .env("NO_COLOR", "1")
         .kill_on_drop(true);
+    cmd
+}
+
+/// Run `docmirror ARGS` against any URI.
+pub async fn docmirror_at(uri: &str, p: &Platform, args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = command(uri, p);
+    cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -343,17 +348,11 @@ impl WatchProc {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("watch.log");
         let file = std::fs::File::create(&log).unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"))
-            .args(["--log-format", "text", "watch", "--debounce-ms", "50"])
+        let child = command(uri, p)
+            .args(["watch", "--debounce-ms", "50"])
             .args(args)
-            .env("MONGODB_URI", uri)
-            .env("DOCMIRROR_DATA_DIR", p.data())
-            .env("DOCMIRROR_ARTIFACTS_DIR", p.artifacts())
-            .env("RUST_LOG", "debug")
-            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(file)
-            .kill_on_drop(true)
             .spawn()
             .unwrap();
         WatchProc { child, log, _logdir: logdir }
