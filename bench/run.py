@@ -52,6 +52,8 @@ DATA_ROOT = os.path.join(BENCH, "data")
 RESULTS = os.path.join(BENCH, "results")
 SERVER_NAME = "SecantusDB 0.7.0b3 (Python MongoDB wire-protocol server), --storage-path :memory:"
 
+BUILD_INFO: dict[str, str] = {}
+
 # Every process this harness starts, so that all of them die with it.
 _children: list[subprocess.Popen] = []
 
@@ -495,16 +497,28 @@ def calibrate_feed(server: Server, n: int = 20) -> float | None:
     return statistics.median(delays) if delays else None
 
 
-def wait_for_counts(db, want: dict[str, int], proc: subprocess.Popen, deadline: float) -> bool:
+READY_LINE = "Initial reconcile done"
+
+
+def wait_ready(db, want: dict[str, int], proc: subprocess.Popen, errlog: str, deadline: float) -> bool:
+    """Until the watcher logs that its first full reconcile is done. Should a
+    build not log that line, the document counts are the fallback, checked only
+    every 10 s: counting is a full scan on SecantusDB and would slow the sync
+    being waited for (polled every 250 ms it made the initial sync 3x slower)."""
+    next_count = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
-        try:
-            if all(db[c].estimated_document_count() >= n for c, n in want.items()):
-                return True
-        except Exception:  # noqa: BLE001 - transient
-            pass
-        time.sleep(0.25)
+        if log_has(errlog, READY_LINE):
+            return True
+        if time.monotonic() >= next_count:
+            next_count = time.monotonic() + 10
+            try:
+                if all(db[c].estimated_document_count() >= n for c, n in want.items()):
+                    return True
+            except Exception:  # noqa: BLE001 - transient
+                pass
+        time.sleep(0.05)
     return False
 
 
@@ -668,14 +682,10 @@ def watch_session(cfg, tree: Tree, label: str, body) -> dict:
         proc = start(cmd, os.path.join(RESULTS, "logs", f"watch-{label}.out"), errlog)
         try:
             want = {"users": tree.users, "datasets": tree.datasets, "training_jobs": tree.jobs}
-            if not wait_for_counts(srv.db, want, proc, time.monotonic() + cfg.timeout):
+            if not wait_ready(srv.db, want, proc, errlog, time.monotonic() + cfg.timeout):
                 out["error"] = f"watch did not finish its initial sync (exit {proc.poll()}); see {errlog}"
                 log(out["error"])
                 return out
-            # Its "ready" log line, if it writes one; otherwise give it a moment.
-            ready_by = time.monotonic() + 30
-            while not log_has(errlog, "Initial reconcile done") and time.monotonic() < ready_by:
-                time.sleep(0.1)
             out["initial_sync_s"] = time.perf_counter() - t0
             time.sleep(1)
             out["rss_after_initial_kb"] = proc_status_kb(proc.pid, "VmHWM")
@@ -795,7 +805,7 @@ def versions() -> dict:
     except importlib.metadata.PackageNotFoundError:
         sdb = "0.7.0b3 (per scripts/install-test-server.sh)"
     return {"docmirror": cmd_out([DOCMIRROR, "--version"]),
-            "git": cmd_out(["git", "-C", ROOT, "describe", "--always", "--dirty"]),
+            "git": BUILD_INFO.get("git", "?"), "built": BUILD_INFO.get("built", "?"),
             "node": cmd_out(["node", "--version"]), "node_mongodb": node_driver,
             "python": platform.python_version(), "pymongo": importlib.metadata.version("pymongo"),
             "secantusdb": sdb}
@@ -816,7 +826,7 @@ def render(cfg, full: Tree, tenth: Tree, sync: dict, watch: dict, mongoimport_no
       "No mongod can be installed here, so absolute numbers are dominated by this slow Python server "
       "(see *server CPU* below) and say little about a real MongoDB; the ratios between contenders, "
       "measured side by side on the same server, are the meaningful part.")
-    A(f"- **Versions**: {v['docmirror']} (git {v['git']}), Node {v['node']} + mongodb driver {v['node_mongodb']}, "
+    A(f"- **Versions**: {v['docmirror']} (binary built {v['built']}; work tree at the start of the run: git {v['git']}), Node {v['node']} + mongodb driver {v['node_mongodb']}, "
       f"Python {v['python']} + pymongo {v['pymongo']}, SecantusDB {v['secantusdb']}")
     A(f"- **Data** (`bench/gen.py`, seed {cfg.seed}): {full.users:,} users, {full.datasets:,} datasets, "
       f"{full.jobs:,} job files = {full.records:,} records; the seed-style contender gets a tenth "
@@ -1018,6 +1028,7 @@ def render(cfg, full: Tree, tenth: Tree, sync: dict, watch: dict, mongoimport_no
 
 
 def main() -> int:
+    global DOCMIRROR
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small tree, 1 run, correctness and plumbing only")
     ap.add_argument("--users", type=int)
@@ -1031,6 +1042,7 @@ def main() -> int:
     ap.add_argument("--load-jobs", type=int, default=200, help="scenario 4: how many jobs the writer cycles through")
     ap.add_argument("--debounce-ms", type=int, help="passed to docmirror watch (default: its own)")
     ap.add_argument("--skip-watch", action="store_true", help="skip scenarios 3-5's watch parts")
+    ap.add_argument("--skip-sync", action="store_true", help="skip scenarios 1 and 2 (for working on watch)")
     ap.add_argument("--report", help="where to write the report (default: BENCHMARKS.md; quick: bench/results/quick.md)")
     ap.add_argument("--size-note", default="", help="a sentence for the report on why these sizes")
     cfg = ap.parse_args()
@@ -1057,6 +1069,14 @@ def main() -> int:
             if not os.access(path, os.X_OK):
                 log(f"error: {tool} not found at {path} (run scripts/bench.sh, which builds and installs it)")
                 return 2
+        # Measure a copy: a rebuild of target/release during the run must not swap binaries mid-way.
+        built = datetime.fromtimestamp(os.path.getmtime(DOCMIRROR), timezone.utc)
+        BUILD_INFO["built"] = built.strftime("%Y-%m-%d %H:%M UTC")
+        BUILD_INFO["git"] = subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                                           capture_output=True, text=True, timeout=20).stdout.strip() or "?"
+        copy = os.path.join(RESULTS, "docmirror-under-test")
+        shutil.copy2(DOCMIRROR, copy)
+        DOCMIRROR = copy
         ver = subprocess.run([DOCMIRROR, "--version"], capture_output=True, text=True, timeout=20)
         if ver.returncode != 0 or "docmirror" not in ver.stdout:
             log(f"error: {DOCMIRROR} --version printed {ver.stdout!r} (exit {ver.returncode}); rebuild it")
@@ -1073,7 +1093,7 @@ def main() -> int:
         log(f"sizes: {cfg.users} users, {cfg.datasets} datasets, {cfg.jobs} jobs; runs {cfg.runs}; contenders {contenders}")
         full = make_tree(cfg.users, cfg.datasets, cfg.jobs, cfg.seed)
         tenth = make_tree(max(1, cfg.users // 10), max(1, cfg.datasets // 10), max(1, cfg.jobs // 10), cfg.seed)
-        sync = scenario_sync(cfg, full, tenth, contenders)
+        sync = {} if cfg.skip_sync else scenario_sync(cfg, full, tenth, contenders)
         # Full runs also time scenario 3 on the quick tree's users.json, to show how latency scales.
         small = None if q or cfg.users <= 2000 else make_tree(2000, 200, 300, cfg.seed)
         watch = ({"available": False, "why": "skipped (--skip-watch)"} if cfg.skip_watch

@@ -118,6 +118,7 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
     let mut settings = common.settings(true)?;
     args.write.apply(&mut settings.engine)?;
     settings.engine.known = Some(std::sync::Mutex::default());
+    settings.engine.memo = Some(std::sync::Mutex::default());
     let engine = Arc::new(settings.engine);
     if let Some(addr) = args.metrics_addr {
         crate::http::start(addr, engine.metrics.clone(), cancel.clone()).await?;

@@ -67,6 +67,8 @@ pub struct Engine {
     /// filter, duplicate keys) and anything surprising is planned again from
     /// a fresh read; the periodic full rescan rebuilds it.
     pub known: Option<std::sync::Mutex<HashMap<String, HashMap<String, Known>>>>,
+    /// watch only: per source file, the records mirrored from it by raw-text hash.
+    pub memo: Option<std::sync::Mutex<HashMap<String, HashMap<u64, Arc<MemoRec>>>>>,
 }
 
 /// One document as the mirror last left it.
@@ -91,6 +93,7 @@ impl Engine {
             allow_mass_delete: false,
             metrics: Arc::default(),
             known: None,
+            memo: None,
         }
     }
 }
@@ -160,6 +163,26 @@ pub struct Candidate {
     pub mapped: Mapped,
     pub rel: String,
     pub position: Option<usize>,
+    /// Hash of the record's raw JSON text (watch's per-file memo).
+    pub raw_hash: Option<u64>,
+}
+
+/// What watch remembers of a record it mirrored, keyed by the hash of the
+/// record's raw JSON text: an identical text is the same record, so a change
+/// to one user of a 100,000-user file maps one record, not all of them.
+#[derive(Debug, Clone)]
+pub struct MemoRec {
+    pub id: String,
+    pub hash: String,
+    pub emails: Vec<(String, String)>,
+}
+
+/// A record found identical to one already mirrored (watch, changed files only).
+#[derive(Debug, Clone)]
+pub struct Unchanged {
+    pub rel: String,
+    pub raw_hash: u64,
+    pub rec: Arc<MemoRec>,
 }
 
 impl Candidate {
@@ -233,6 +256,8 @@ pub struct Scanned {
     pub complete: bool,
     pub files: u64,
     pub records: u64,
+    /// Records whose raw text is the same as when they were last mirrored.
+    pub unchanged: Vec<Unchanged>,
 }
 
 /// Read and map one source's files (blocking: run it on the blocking pool).
@@ -249,19 +274,45 @@ pub fn scan_source(engine: &Engine, spec_idx: usize, files: Option<Vec<SourceFil
             }
         },
     };
-    let mut first_by_id: HashMap<String, String> = HashMap::new();
-    let mut first_by_unique: HashMap<(String, String), String> = HashMap::new();
+    let mut firsts = Firsts::default();
+    let memo_on = engine.memo.is_some();
+    // Memo hits are trusted only for changed files: full scans check every
+    // record against MongoDB, which is what makes them a safety net.
+    let use_hits = memo_on && !out.complete;
     for file in files {
         out.files += 1;
-        let records = match source::read_stable(&file.path, engine.limits) {
+        let bytes = match source::read_stable(&file.path, engine.limits) {
             Ok(None) => {
                 out.missing.insert(file.rel.clone());
                 continue;
             }
-            Ok(Some((bytes, _))) => source::parse(&bytes, spec.shape),
-            Err(p) => Err(p),
+            Ok(Some((bytes, _))) => bytes,
+            Err(problem) => {
+                out.bad.insert(file.rel.clone());
+                out.rejects.push(file_reject(spec, &file.rel, problem));
+                continue;
+            }
         };
-        let records = match records {
+        // The content hash covers the file's name too: a record that moves
+        // to another file is written again (its `_mirror.source` changes).
+        let salt = format!("{fingerprint}\u{0}{}", file.rel);
+        let file_idx = firsts.file(&file.rel);
+        if !memo_on {
+            match source::parse(&bytes, spec.shape) {
+                Ok(records) => {
+                    out.read_ok.insert(file.rel.clone());
+                    for raw in records {
+                        add_record(spec, &salt, &file.rel, file_idx, raw, None, &mut firsts, &mut out);
+                    }
+                }
+                Err(problem) => {
+                    out.bad.insert(file.rel.clone());
+                    out.rejects.push(file_reject(spec, &file.rel, problem));
+                }
+            }
+            continue;
+        }
+        let raws = match source::parse_raw(&bytes, spec.shape) {
             Ok(r) => r,
             Err(problem) => {
                 out.bad.insert(file.rel.clone());
@@ -270,56 +321,119 @@ pub fn scan_source(engine: &Engine, spec_idx: usize, files: Option<Vec<SourceFil
             }
         };
         out.read_ok.insert(file.rel.clone());
-        // The content hash covers the file's name too: a record that moves
-        // to another file is written again (its `_mirror.source` changes).
-        let salt = format!("{fingerprint}\u{0}{}", file.rel);
-        for raw in records {
-            out.records += 1;
-            let located = raw.locate(&file.rel);
-            match map_record(spec, &salt, &raw.value) {
-                Ok(m) => {
-                    // The first record with an id (or email) keeps it; later ones are rejected.
-                    let clash = first_by_id
-                        .get(&m.id)
-                        .map(|first| Reject::DuplicateId { id: m.id.clone(), first: first.clone() })
-                        .or_else(|| {
-                            spec.normalize_email.iter().find_map(|field| {
-                                let v = m.doc.get_str(field).ok()?;
-                                let first = first_by_unique.get(&(field.clone(), v.to_string()))?;
-                                Some(Reject::DuplicateEmail { email: v.to_string(), first: first.clone() })
-                            })
-                        });
-                    if let Some(reason) = clash {
-                        out.protected_ids.insert(m.id.clone());
-                        let id = Some(m.id.clone());
-                        out.rejects.push(record_reject(spec, &file.rel, raw.position, id, reason, &raw.value));
-                        continue;
-                    }
-                    first_by_id.insert(m.id.clone(), located);
-                    for field in &spec.normalize_email {
-                        if let Ok(v) = m.doc.get_str(field) {
-                            first_by_unique.insert((field.clone(), v.to_string()), raw.locate(&file.rel));
-                        }
-                    }
-                    out.candidates.push(Candidate { mapped: m, rel: file.rel.clone(), position: raw.position });
-                }
-                Err(reason) => {
-                    let id = raw.value.get(&spec.id_field).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
-                    match id {
-                        Some(id) => {
-                            out.protected_ids.insert(id.to_string());
-                        }
-                        None => {
-                            out.no_deletes.insert(file.rel.clone());
-                        }
-                    }
-                    let id = id.map(str::to_string);
-                    out.rejects.push(record_reject(spec, &file.rel, raw.position, id, reason, &raw.value));
+        // Held for this file's loop only; reconciles run one at a time.
+        let memo_guard = if use_hits { engine.memo.as_ref().and_then(|m| m.lock().ok()) } else { None };
+        let memo = memo_guard.as_ref().and_then(|m| m.get(&file.rel));
+        for (position, text) in raws {
+            let raw_hash = raw_hash(text);
+            if let Some(rec) = memo.and_then(|m| m.get(&raw_hash)) {
+                if firsts.clash(spec, &rec.id, &rec.emails).is_none() {
+                    out.records += 1;
+                    firsts.claim(&rec.id, &rec.emails, file_idx, position);
+                    out.unchanged.push(Unchanged { rel: file.rel.clone(), raw_hash, rec: rec.clone() });
+                    continue;
                 }
             }
+            let raw = source::RawRecord { position, value: source::parse_value(text) };
+            add_record(spec, &salt, &file.rel, file_idx, raw, Some(raw_hash), &mut firsts, &mut out);
         }
     }
     Ok(out)
+}
+
+/// A fast 64-bit hash of a record's raw text (not stored anywhere; the
+/// content hash in `_mirror` stays SHA-256).
+fn raw_hash(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Which record first used each id and each email: the first keeps it.
+#[derive(Default)]
+struct Firsts {
+    rels: Vec<String>,
+    by_id: HashMap<String, (usize, Option<usize>)>,
+    by_unique: HashMap<(String, String), (usize, Option<usize>)>,
+}
+
+impl Firsts {
+    fn file(&mut self, rel: &str) -> usize {
+        self.rels.push(rel.to_string());
+        self.rels.len() - 1
+    }
+
+    fn locate(&self, (file, position): (usize, Option<usize>)) -> String {
+        let rel = self.rels.get(file).map(String::as_str).unwrap_or("?");
+        match position {
+            Some(p) => format!("{rel}[{p}]"),
+            None => rel.to_string(),
+        }
+    }
+
+    fn clash(&self, spec: &SourceSpec, id: &str, emails: &[(String, String)]) -> Option<Reject> {
+        if let Some(first) = self.by_id.get(id) {
+            return Some(Reject::DuplicateId { id: id.to_string(), first: self.locate(*first) });
+        }
+        let _ = spec;
+        emails.iter().find_map(|(field, v)| {
+            let first = self.by_unique.get(&(field.clone(), v.clone()))?;
+            Some(Reject::DuplicateEmail { email: v.clone(), first: self.locate(*first) })
+        })
+    }
+
+    fn claim(&mut self, id: &str, emails: &[(String, String)], file: usize, position: Option<usize>) {
+        self.by_id.insert(id.to_string(), (file, position));
+        for (field, v) in emails {
+            self.by_unique.insert((field.clone(), v.clone()), (file, position));
+        }
+    }
+}
+
+fn emails_of(spec: &SourceSpec, m: &Mapped) -> Vec<(String, String)> {
+    spec.normalize_email.iter().filter_map(|f| m.doc.get_str(f).ok().map(|v| (f.clone(), v.to_string()))).collect()
+}
+
+/// Map one record and file it as a candidate or a reject.
+#[allow(clippy::too_many_arguments)]
+fn add_record(
+    spec: &SourceSpec,
+    salt: &str,
+    rel: &str,
+    file_idx: usize,
+    raw: source::RawRecord,
+    raw_hash: Option<u64>,
+    firsts: &mut Firsts,
+    out: &mut Scanned,
+) {
+    out.records += 1;
+    match map_record(spec, salt, &raw.value) {
+        Ok(m) => {
+            let emails = emails_of(spec, &m);
+            if let Some(reason) = firsts.clash(spec, &m.id, &emails) {
+                out.protected_ids.insert(m.id.clone());
+                let id = Some(m.id.clone());
+                out.rejects.push(record_reject(spec, rel, raw.position, id, reason, &raw.value));
+                return;
+            }
+            firsts.claim(&m.id, &emails, file_idx, raw.position);
+            out.candidates.push(Candidate { mapped: m, rel: rel.to_string(), position: raw.position, raw_hash });
+        }
+        Err(reason) => {
+            let id = raw.value.get(&spec.id_field).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+            match id {
+                Some(id) => {
+                    out.protected_ids.insert(id.to_string());
+                }
+                None => {
+                    out.no_deletes.insert(rel.to_string());
+                }
+            }
+            let id = id.map(str::to_string);
+            out.rejects.push(record_reject(spec, rel, raw.position, id, reason, &raw.value));
+        }
+    }
 }
 
 fn reject_key(parts: &[&str]) -> String {
@@ -512,8 +626,17 @@ async fn fetch_existing(
                     out.insert(c.mapped.id.clone(), k.existing());
                 }
             }
+            // Documents of these files whose records are not (or no longer) there.
+            let present: HashSet<&str> = scanned
+                .candidates
+                .iter()
+                .map(|c| c.mapped.id.as_str())
+                .chain(scanned.unchanged.iter().map(|u| u.rec.id.as_str()))
+                .collect();
             for (id, k) in coll {
-                if scanned.read_ok.contains(&*k.source) || scanned.missing.contains(&*k.source) {
+                if (scanned.read_ok.contains(&*k.source) || scanned.missing.contains(&*k.source))
+                    && !present.contains(id.as_str())
+                {
                     out.entry(id.clone()).or_insert_with(|| k.existing());
                 }
             }
@@ -559,9 +682,25 @@ async fn reconcile_source(
     }
 
     // Plan: compare content hashes; records whose file did not change are not touched.
-    let mut plan = Plan::default();
+    let mut plan = Plan { unchanged: count(scanned.unchanged.len()), ..Default::default() };
     let mut plaintext_same = Vec::new();
-    let mut ids_in_files: HashSet<String> = HashSet::with_capacity(candidates.len());
+    let mut ids_in_files: HashSet<String> = HashSet::with_capacity(candidates.len() + scanned.unchanged.len());
+    ids_in_files.extend(scanned.unchanged.iter().map(|u| u.rec.id.clone()));
+    // What the memo will hold for these files once the writes are settled.
+    let mut memo_next: Vec<(String, u64, Arc<MemoRec>)> = Vec::new();
+    let mut memo_pending: HashMap<String, (String, u64, Arc<MemoRec>)> = HashMap::new();
+    if engine.memo.is_some() {
+        for c in &candidates {
+            if let Some(h) = c.raw_hash {
+                let rec = MemoRec {
+                    id: c.mapped.id.clone(),
+                    hash: c.mapped.hash.clone(),
+                    emails: emails_of(&spec, &c.mapped),
+                };
+                memo_pending.insert(c.mapped.id.clone(), (c.rel.clone(), h, Arc::new(rec)));
+            }
+        }
+    }
     for c in candidates {
         ids_in_files.insert(c.mapped.id.clone());
         match existing.get(&c.mapped.id) {
@@ -577,6 +716,9 @@ async fn reconcile_source(
                         plaintext_same.push((c, ex.clone()));
                     } else {
                         plan.unchanged += 1;
+                        if let Some(m) = memo_pending.remove(&c.mapped.id) {
+                            memo_next.push(m);
+                        }
                     }
                 } else {
                     plan.updates.push((c, ex.clone()));
@@ -651,7 +793,7 @@ async fn reconcile_source(
         return Ok(summary);
     }
 
-    let mut rejects = scanned.rejects;
+    let mut rejects = std::mem::take(&mut scanned.rejects);
     let mut removed: Vec<String> = Vec::new();
     engine.metrics.set_phase(format!("{}: writing", spec.collection));
     engine.metrics.records_scanned.fetch_add(scanned.records, std::sync::atomic::Ordering::Relaxed);
@@ -662,6 +804,18 @@ async fn reconcile_source(
     apply_writes(engine, sink, &spec, plan.inserts, plan.updates, &mut summary, &mut rejects, opts, &mut fresh).await?;
     apply_deletes(engine, sink, &spec, plan.deletes, existing.len(), &mut summary, &mut removed).await?;
     tracing::debug!(collection = %spec.collection, elapsed_ms = t.elapsed().as_millis(), "Written");
+    if let Some(memo) = &engine.memo {
+        // Only records that are now in MongoDB as the file has them are memoised;
+        // rejected or skipped ones are mapped again next time.
+        for (id, _) in &fresh {
+            if let Some(m) = memo_pending.remove(id) {
+                memo_next.push(m);
+            }
+        }
+        if let Ok(mut memo) = memo.lock() {
+            commit_memo(&mut memo, &scanned, memo_next);
+        }
+    }
     if caching {
         remember(engine, &spec, scanned.complete, &existing, &details, &rel_of, fresh, removed);
     }
@@ -694,6 +848,35 @@ async fn reconcile_source(
     Ok(summary)
 }
 
+/// Make the memo of every file read in full hold what was mirrored from it:
+/// entries of records that are gone are dropped, new ones added (no copies of
+/// the entries that stay).
+fn commit_memo(
+    memo: &mut HashMap<String, HashMap<u64, Arc<MemoRec>>>,
+    scanned: &Scanned,
+    next: Vec<(String, u64, Arc<MemoRec>)>,
+) {
+    for rel in &scanned.missing {
+        memo.remove(rel);
+    }
+    if scanned.complete {
+        memo.retain(|rel, _| scanned.read_ok.contains(rel) || scanned.bad.contains(rel));
+    }
+    let mut keep: HashMap<&str, HashSet<u64>> = HashMap::new();
+    for u in &scanned.unchanged {
+        keep.entry(u.rel.as_str()).or_default().insert(u.raw_hash);
+    }
+    for rel in &scanned.read_ok {
+        let kept = keep.remove(rel.as_str()).unwrap_or_default();
+        if let Some(m) = memo.get_mut(rel) {
+            m.retain(|h, _| kept.contains(h));
+        }
+    }
+    for (rel, h, rec) in next {
+        memo.entry(rel).or_default().insert(h, rec);
+    }
+}
+
 /// Update watch's picture of the collection after a reconcile.
 #[allow(clippy::too_many_arguments)]
 fn remember(
@@ -711,7 +894,8 @@ fn remember(
     if complete {
         coll.clear();
     }
-    for (id, ex) in existing {
+    // After a partial scan the picture already holds everything but what changed.
+    for (id, ex) in existing.iter().filter(|_| complete) {
         let Some(hash) = &ex.hash else { continue };
         let source =
             details.get(id).and_then(|d| d.source.as_deref()).map(Arc::from).or_else(|| rel_of.get(id).cloned());

@@ -234,6 +234,47 @@ pub fn parse(bytes: &[u8], shape: Shape) -> Result<Vec<RawRecord>, FileProblem> 
     }
 }
 
+/// Split a file into its records' raw JSON texts without building values
+/// (validation only). Errors are the same as [`parse`]'s.
+pub fn parse_raw(bytes: &[u8], shape: Shape) -> Result<Vec<(Option<usize>, &str)>, FileProblem> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        let (line, column) = line_col(&bytes[..e.valid_up_to()]);
+        FileProblem::Utf8 { line, column }
+    })?;
+    let json_err =
+        |e: serde_json::Error| FileProblem::Json { line: e.line(), column: e.column(), reason: json_reason(&e) };
+    match shape {
+        Shape::Array => {
+            let items: Vec<&serde_json::value::RawValue> = serde_json::from_str(text).map_err(|e| {
+                if e.is_data() {
+                    // Valid JSON of another shape: report it as `parse` does.
+                    match serde_json::from_str::<Value>(text) {
+                        Ok(v) => FileProblem::Shape { expected: "an array of records", found: kind_of(&v) },
+                        Err(e) => json_err(e),
+                    }
+                } else {
+                    json_err(e)
+                }
+            })?;
+            Ok(items.into_iter().enumerate().map(|(i, r)| (Some(i), r.get())).collect())
+        }
+        Shape::Object => {
+            let raw: &serde_json::value::RawValue = serde_json::from_str(text).map_err(json_err)?;
+            if !raw.get().starts_with('{') {
+                let v: Value = serde_json::from_str(raw.get()).map_err(json_err)?;
+                return Err(FileProblem::Shape { expected: "one record (an object)", found: kind_of(&v) });
+            }
+            Ok(vec![(None, raw.get())])
+        }
+    }
+}
+
+/// One record's raw text (already validated) as a value, duplicate keys marked.
+pub fn parse_value(text: &str) -> Value {
+    serde_json::from_str::<Strict>(text).map(|Strict(v)| v).unwrap_or(Value::Null)
+}
+
 /// Marks an object in which a key appeared more than once. JavaScript's
 /// `JSON.parse` silently keeps the last value; the mirror rejects the record
 /// instead (naming the keys), and the rest of the file still arrives. A real

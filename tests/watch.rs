@@ -214,3 +214,44 @@ async fn nothing_is_lost_while_the_server_is_down() {
     let log = w.stop().await;
     assert!(log.contains("reachable again") || log.contains("retry"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_file_is_followed_record_by_record_and_stays_exact() {
+    let db = TestDb::new("watch_memo").await;
+    let p = Platform::new();
+    let mut users: Vec<_> =
+        (0..50).map(|i| user(&format!("u{i:02}"), &format!("{i}@x.io"), "2025-10-01T00:00:00Z")).collect();
+    p.users(&json!(users));
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    // One record changes.
+    users[10]["name"] = json!("ten");
+    users[10]["updatedAt"] = json!("2025-10-02T00:00:00Z");
+    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    wait_field(&db, "users", "u10", "name", "ten").await;
+    // One record goes.
+    users.remove(20);
+    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    eventually(20, "u20 archived", || async { db.doc("users", "u20").await.is_none() }).await;
+    // The same records in another order: nothing to write.
+    let mirrored = w.log_text().matches("Mirrored change").count();
+    users.reverse();
+    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    // A new record after them proves the reordered file was processed.
+    users.push(user("u99", "99@x.io", "2025-10-01T00:00:00Z"));
+    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    wait_field(&db, "users", "u99", "email", "99@x.io").await;
+    assert_eq!(w.log_text().matches("Mirrored change").count(), mirrored + 1, "{}", w.log_text());
+    // A record whose email now clashes with an earlier one is rejected, not mirrored.
+    users[0]["email"] = users[1]["email"].clone();
+    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    eventually(20, "the clash is recorded", || async {
+        db.rejects().await.iter().any(|r| r.get_str("reason_code").unwrap() == "duplicate_email")
+    })
+    .await;
+    users[0]["email"] = json!("fixed@x.io");
+    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    eventually(20, "the clash is cleared", || async { db.rejects().await.is_empty() }).await;
+    w.stop().await;
+    let run = docmirror(&db, &p, &["verify"]).await;
+    assert_eq!(run.code, 0, "{}", run.stdout);
+}

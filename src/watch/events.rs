@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use notify::event::{CreateKind, EventKind, ModifyKind, RemoveKind};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RemoveKind, RenameMode};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
@@ -121,7 +121,14 @@ pub fn hints_for(engine: &Engine, event: &notify::Event) -> Vec<Hint> {
     if event.need_rescan() {
         out.push(Hint::Full("file events were lost (the kernel's event queue overflowed)".into()));
     }
-    if matches!(event.kind, EventKind::Access(_)) {
+    // A writer closed the file, or a file was renamed into place: it is
+    // complete, so it can be read without waiting for the quiet period.
+    let complete = matches!(
+        event.kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Modify(ModifyKind::Name(RenameMode::To | RenameMode::Both))
+    );
+    if matches!(event.kind, EventKind::Access(_)) && !complete {
         return out;
     }
     for path in &event.paths {
@@ -134,7 +141,8 @@ pub fn hints_for(engine: &Engine, event: &notify::Event) -> Vec<Hint> {
             let Some(rel_str) = rel.to_str() else { continue };
             for (i, spec) in engine.layout.sources.iter().enumerate().filter(|(_, s)| s.root == root_kind) {
                 if spec.matches_rel(rel) {
-                    out.push(Hint::File(source_file(i, spec, root, rel_str)));
+                    let f = source_file(i, spec, root, rel_str);
+                    out.push(if complete { Hint::FileDone(f) } else { Hint::File(f) });
                 } else if Path::new(spec.split_path().0).starts_with(rel) && may_be_folder(&event.kind, path) {
                     // A folder on the way to this source's files appeared, vanished or
                     // moved: files written into a new folder before its watch existed
@@ -181,6 +189,12 @@ mod tests {
         assert!(matches!(&h[..], [Hint::File(f)] if f.rel == "artifacts/jobs/j1.json" && f.spec == 2));
         let h = hints_for(&e, &event(modify, "/p/data/users.json"));
         assert!(matches!(&h[..], [Hint::File(f)] if f.rel == "data/users.json" && f.spec == 0));
+        let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        assert!(matches!(&hints_for(&e, &event(closed, "/p/data/users.json"))[..], [Hint::FileDone(_)]));
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));
+        assert!(matches!(&hints_for(&e, &event(renamed, "/p/data/users.json"))[..], [Hint::FileDone(_)]));
+        let opened = EventKind::Access(AccessKind::Open(AccessMode::Any));
+        assert!(hints_for(&e, &event(opened, "/p/data/users.json")).is_empty());
         for ignored in [
             "/p/artifacts/jobs/j1.json.tmp",
             "/p/artifacts/jobs/j1.log",

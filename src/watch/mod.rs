@@ -35,6 +35,8 @@ use crate::source::SourceFile;
 pub enum Hint {
     /// One file of a source (created, changed or removed).
     File(SourceFile),
+    /// One file that a writer just closed or renamed into place: complete, read it now.
+    FileDone(SourceFile),
     /// Every file of a source (a folder appeared, vanished or was moved).
     Source(usize),
     /// Everything, and why.
@@ -91,6 +93,8 @@ struct Pending {
     first: Instant,
     last: Instant,
     attempts: u32,
+    /// The last event said the file is complete (closed after writing, renamed in).
+    done: bool,
 }
 
 /// The result of one reconcile task: what it did, and which hints it covered
@@ -163,7 +167,7 @@ pub async fn run(
     let mut full_started = std::time::Instant::now();
 
     loop {
-        let due = next_due(&pending, &opts);
+        let next = next_due(&pending, &opts);
         let can_start = in_flight.is_none() && retry_after.is_none_or(|t| t <= Instant::now());
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -172,7 +176,11 @@ pub async fn run(
                 let mut add = |h: Hint| match h {
                     Hint::File(f) => {
                         let now = Instant::now();
-                        pending.entry(f).and_modify(|p| { p.last = now; }).or_insert(Pending { first: now, last: now, attempts: 0 });
+                        pending.entry(f).and_modify(|p| { p.last = now; p.done = false; }).or_insert(Pending { first: now, last: now, attempts: 0, done: false });
+                    }
+                    Hint::FileDone(f) => {
+                        let now = Instant::now();
+                        pending.entry(f).and_modify(|p| { p.last = now; p.done = true; }).or_insert(Pending { first: now, last: now, attempts: 0, done: true });
                     }
                     Hint::Source(s) => { pending_sources.insert(s); }
                     Hint::Full(why) => { pending_full.get_or_insert(why); }
@@ -182,7 +190,7 @@ pub async fn run(
                     add(h);
                 }
             }
-            () = sleep_until_opt(due), if can_start => {}
+            () = sleep_until_opt(next), if can_start => {}
             () = sleep_until_opt(retry_after), if in_flight.is_none() => { retry_after = None; }
             done = join_opt(&mut in_flight) => {
                 in_flight = None;
@@ -195,7 +203,7 @@ pub async fn run(
                             let attempts = files.iter().find(|(x, _)| x == f).map(|(_, a)| *a).unwrap_or(opts.parse_retries);
                             if attempts < opts.parse_retries {
                                 let now = Instant::now();
-                                pending.entry(f.clone()).or_insert(Pending { first: now, last: now, attempts: attempts + 1 });
+                                pending.entry(f.clone()).or_insert(Pending { first: now, last: now, attempts: attempts + 1, done: false });
                             }
                         }
                         if s.changed() || s.rejected > 0 || s.deletes_held > 0 {
@@ -223,7 +231,7 @@ pub async fn run(
                         tracing::error!(error = %e, retry_in_s = wait.as_secs(), "Reconcile failed; will retry");
                         let now = Instant::now();
                         for (f, attempts) in files {
-                            pending.entry(f).or_insert(Pending { first: now, last: now, attempts });
+                            pending.entry(f).or_insert(Pending { first: now, last: now, attempts, done: false });
                         }
                         if full {
                             pending_full.get_or_insert_with(|| "retry after a failure".into());
@@ -287,11 +295,8 @@ pub async fn run(
             in_flight =
                 Some(spawn_batch(&engine, &sink, Scope::Sources(specs), Vec::new(), false, false, &hard_cancel));
         } else {
-            let ready: Vec<SourceFile> = pending
-                .iter()
-                .filter(|(_, p)| now >= p.last + opts.debounce || now >= p.first + opts.max_delay)
-                .map(|(f, _)| f.clone())
-                .collect();
+            let ready: Vec<SourceFile> =
+                pending.iter().filter(|(_, p)| now >= due(p, &opts)).map(|(f, _)| f.clone()).collect();
             if !ready.is_empty() {
                 let batch: Vec<(SourceFile, u32)> =
                     ready.into_iter().filter_map(|f| pending.remove(&f).map(|p| (f, p.attempts))).collect();
@@ -388,7 +393,17 @@ fn spawn_batch(
 }
 
 fn next_due(pending: &HashMap<SourceFile, Pending>, opts: &WatchOptions) -> Option<Instant> {
-    pending.values().map(|p| (p.last + opts.debounce).min(p.first + opts.max_delay)).min()
+    pending.values().map(|p| due(p, opts)).min()
+}
+
+/// When a pending file should be read: now if its writer is done, else after
+/// the quiet period, and never later than `max_delay` after its first event.
+fn due(p: &Pending, opts: &WatchOptions) -> Instant {
+    if p.done {
+        p.last
+    } else {
+        (p.last + opts.debounce).min(p.first + opts.max_delay)
+    }
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
