@@ -68,7 +68,7 @@ pub struct Engine {
     /// a fresh read; the periodic full rescan rebuilds it.
     pub known: Option<std::sync::Mutex<HashMap<String, HashMap<String, Known>>>>,
     /// watch only: per source file, the records mirrored from it by raw-text hash.
-    pub memo: Option<std::sync::Mutex<HashMap<String, HashMap<u64, Arc<MemoRec>>>>>,
+    pub memo: Option<std::sync::Mutex<Memo>>,
 }
 
 /// One document as the mirror last left it.
@@ -176,6 +176,9 @@ pub struct MemoRec {
     pub hash: String,
     pub emails: Vec<(String, String)>,
 }
+
+/// Per source file (`rel`), the records mirrored from it by raw-text hash.
+pub type Memo = HashMap<String, HashMap<u64, Arc<MemoRec>>>;
 
 /// A record found identical to one already mirrored (watch, changed files only).
 #[derive(Debug, Clone)]
