@@ -40,10 +40,12 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(10_000));
     g.bench_function("parse", |b| b.iter(|| parse(&users, Shape::Array).expect("valid")));
     g.bench_function("map", |b| {
-        b.iter(|| records.iter().map(|r| map_record(&layout.sources[0], "fp", &r.value).is_ok()).count())
+        b.iter(|| records.iter().filter(|r| map_record(&layout.sources[0], "fp", &r.value).is_ok()).count())
     });
     g.bench_function("hash", |b| {
-        b.iter(|| records.iter().filter_map(|r| r.value.as_object()).map(|o| content_hash("fp", o, None)).count())
+        b.iter(|| {
+            records.iter().filter_map(|r| r.value.as_object()).map(|o| content_hash("fp", o, None)).collect::<Vec<_>>()
+        })
     });
     g.finish();
 
