@@ -599,11 +599,22 @@ pub async fn reconcile(
         engine.metrics.set_phase(format!("{}: reading", engine.layout.sources[spec_idx].collection));
         let e = engine.clone();
         let t = std::time::Instant::now();
-        let scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, files))
-            .await
-            .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
-        tracing::debug!(source = %engine.layout.sources[spec_idx].name, records = scanned.records, elapsed_ms = t.elapsed().as_millis(), "Scanned");
-        let s = reconcile_source(engine, sink, scanned, opts).await?;
+        let whole_source = files.is_none();
+        let scan = async {
+            let scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, files))
+                .await
+                .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
+            tracing::debug!(source = %engine.layout.sources[spec_idx].name, records = scanned.records, elapsed_ms = t.elapsed().as_millis(), "Scanned");
+            Ok::<_, Fatal>(scanned)
+        };
+        // A full scan reads the whole collection: ask MongoDB while the files are parsed.
+        let (scanned, prefetched) = if whole_source {
+            let (scanned, existing) = tokio::join!(scan, fetch_all_hashes(engine, sink, spec_idx));
+            (scanned?, Some(existing?))
+        } else {
+            (scan.await?, None)
+        };
+        let s = reconcile_source(engine, sink, scanned, prefetched, opts).await?;
         total.add(&s);
     }
     Ok(total)
@@ -617,9 +628,7 @@ async fn fetch_existing(
 ) -> Result<HashMap<String, Existing>, SinkError> {
     let spec = &engine.layout.sources[scanned.spec];
     if scanned.complete {
-        // Only the hash: on a large collection every projected field costs.
-        let docs = sink.find_all(&spec.collection, doc! {}, Some(doc! { "_mirror.hash": 1 })).await?;
-        return Ok(docs.iter().filter_map(|d| existing_from(spec, d)).collect());
+        return fetch_all_hashes(engine, sink, scanned.spec).await;
     }
     if let Some(known) = engine.known.as_ref().and_then(|k| k.lock().ok()) {
         if let Some(coll) = known.get(&spec.collection) {
@@ -661,16 +670,32 @@ async fn fetch_existing(
     Ok(docs.iter().filter_map(|d| existing_from(spec, d)).collect())
 }
 
+/// Every document's id and content hash (only the hash: on a large
+/// collection every projected field costs the server).
+async fn fetch_all_hashes(
+    engine: &Engine,
+    sink: &Sink,
+    spec_idx: usize,
+) -> Result<HashMap<String, Existing>, SinkError> {
+    let spec = &engine.layout.sources[spec_idx];
+    let docs = sink.find_all(&spec.collection, doc! {}, Some(doc! { "_mirror.hash": 1 })).await?;
+    Ok(docs.iter().filter_map(|d| existing_from(spec, d)).collect())
+}
+
 async fn reconcile_source(
     engine: &Arc<Engine>,
     sink: &Sink,
     mut scanned: Scanned,
+    prefetched: Option<HashMap<String, Existing>>,
     opts: RunOptions,
 ) -> Result<Summary, Fatal> {
     let spec = engine.layout.sources[scanned.spec].clone();
     let mut summary = Summary { files: scanned.files, read: scanned.records, ..Default::default() };
     let t = std::time::Instant::now();
-    let existing = fetch_existing(engine, sink, &scanned).await?;
+    let existing = match prefetched {
+        Some(e) => e,
+        None => fetch_existing(engine, sink, &scanned).await?,
+    };
     tracing::debug!(collection = %spec.collection, documents = existing.len(), elapsed_ms = t.elapsed().as_millis(), "Fetched what MongoDB holds");
     let candidates = std::mem::take(&mut scanned.candidates);
     let caching = engine.known.is_some();
