@@ -851,7 +851,7 @@ def render(cfg, full: Tree, tenth: Tree, sync: dict, watch: dict, mongoimport_no
     A("| seed-style | `bench/contenders/seed.js`: Node.js + official `mongodb` driver, one awaited `updateOne({_id}, {$set: doc}, {upsert: true})` per record, as the migration guide's script goes row by row |")
     A(f"| mongoimport | {mongoimport_note} |")
     A("\nbatched and seed-style create the platform's indexes first (unique `email`, `uploaded_by`, `uploaded_at`, "
-      "`user_id`, `status`, `created_at`), as docmirror does (plus its own `_mirror.source` index).\n")
+      "`user_id`, `status`, `created_at`), as docmirror does.\n")
 
     def sync_table(phase: str, title: str, extra: str):
         A(f"## {title}\n")
