@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -53,6 +54,7 @@ RESULTS = os.path.join(BENCH, "results")
 SERVER_NAME = "SecantusDB 0.7.0b3 (Python MongoDB wire-protocol server), --storage-path :memory:"
 
 BUILD_INFO: dict[str, str] = {}
+EXTRA_ARGS: list[str] = []  # --docmirror-args
 
 # Every process this harness starts, so that all of them die with it.
 _children: list[subprocess.Popen] = []
@@ -268,7 +270,7 @@ def run_timed(cmd: list[str], label: str, timeout: float, server: Server) -> Run
 def contender_cmd(name: str, tree: Tree, uri: str) -> list[str]:
     if name == "docmirror":
         return [DOCMIRROR, "--log-format", "json", "--quiet", "sync", "--data-dir", tree.data,
-                "--artifacts-dir", tree.artifacts, "--mongodb-uri", uri]
+                "--artifacts-dir", tree.artifacts, "--mongodb-uri", uri, *EXTRA_ARGS]
     if name == "batched":
         return [sys.executable, os.path.join(BENCH, "contenders", "batched.py"), tree.data, tree.artifacts, uri]
     if name == "seed-style":
@@ -677,6 +679,7 @@ def watch_session(cfg, tree: Tree, label: str, body) -> dict:
                "--mongodb-uri", srv.uri()]
         if cfg.debounce_ms is not None:
             cmd += ["--debounce-ms", str(cfg.debounce_ms)]
+        cmd += EXTRA_ARGS
         errlog = os.path.join(RESULTS, "logs", f"watch-{label}.err")
         t0 = time.perf_counter()
         proc = start(cmd, os.path.join(RESULTS, "logs", f"watch-{label}.out"), errlog)
@@ -846,7 +849,9 @@ def render(cfg, full: Tree, tenth: Tree, sync: dict, watch: dict, mongoimport_no
 
     A("## Contenders\n")
     A("| contender | what it does |\n|---|---|")
-    A("| docmirror | `target/release/docmirror --log-format json --quiet sync --data-dir D --artifacts-dir A --mongodb-uri mongodb://127.0.0.1:P/bench` |")
+    extra = (" " + " ".join(EXTRA_ARGS)) if EXTRA_ARGS else ""
+    A("| docmirror | `target/release/docmirror --log-format json --quiet sync --data-dir D --artifacts-dir A "
+      f"--mongodb-uri mongodb://127.0.0.1:P/bench{extra}` |")
     A("| batched | `bench/contenders/batched.py`: pymongo, `bulk_write` of `ReplaceOne({_id}, doc, upsert=True)` in unordered batches of 1000, no change detection |")
     A("| seed-style | `bench/contenders/seed.js`: Node.js + official `mongodb` driver, one awaited `updateOne({_id}, {$set: doc}, {upsert: true})` per record, as the migration guide's script goes row by row |")
     A(f"| mongoimport | {mongoimport_note} |")
@@ -1041,12 +1046,15 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200.0, help="scenario 4 rewrites per second")
     ap.add_argument("--load-jobs", type=int, default=200, help="scenario 4: how many jobs the writer cycles through")
     ap.add_argument("--debounce-ms", type=int, help="passed to docmirror watch (default: its own)")
+    ap.add_argument("--docmirror-args", default="", help="extra flags for docmirror sync and watch, e.g. "
+                    "'--write-mode commands' (shown in the report)")
     ap.add_argument("--skip-watch", action="store_true", help="skip scenarios 3-5's watch parts")
     ap.add_argument("--skip-sync", action="store_true", help="skip scenarios 1 and 2 (for working on watch)")
     ap.add_argument("--report", help="where to write the report (default: BENCHMARKS.md; quick: bench/results/quick.md)")
     ap.add_argument("--size-note", default="", help="a sentence for the report on why these sizes")
     cfg = ap.parse_args()
     cfg.argv = sys.argv[1:]
+    EXTRA_ARGS.extend(shlex.split(cfg.docmirror_args))
     q = cfg.quick
     cfg.users = cfg.users if cfg.users is not None else (2000 if q else 100_000)
     cfg.datasets = cfg.datasets if cfg.datasets is not None else (200 if q else 10_000)
@@ -1098,7 +1106,7 @@ def main() -> int:
         small = None if q or cfg.users <= 2000 else make_tree(2000, 200, 300, cfg.seed)
         watch = ({"available": False, "why": "skipped (--skip-watch)"} if cfg.skip_watch
                  else scenario_watch(cfg, full, small))
-        text, targets = render(cfg, full, tenth, sync, watch, "" + mongoimport_note, time.monotonic() - started)
+        text, targets = render(cfg, full, tenth, sync, watch, mongoimport_note, time.monotonic() - started)
         os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
         with open(report, "w", encoding="utf-8") as f:
             f.write(text)

@@ -84,6 +84,7 @@ async fn all_bad_files_together_beside_good_ones() {
     std::fs::create_dir_all(p.path("artifacts/jobs/folder.json")).unwrap();
     std::os::unix::fs::symlink("loop-b.json", p.path("artifacts/jobs/loop-a.json")).unwrap();
     std::os::unix::fs::symlink("loop-a.json", p.path("artifacts/jobs/loop-b.json")).unwrap();
+    p.settle();
     let mut big = job("big", "queued", "2025-10-12T09:00:00.000Z");
     big["message"] = json!("x".repeat(20_000));
     p.job("big", &big);

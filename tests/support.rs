@@ -135,9 +135,31 @@ impl TestDb {
     }
 }
 
+/// Every path below a tree with its bytes and mode.
+pub type Snapshot = BTreeMap<PathBuf, (Vec<u8>, u32)>;
+
 /// A temporary ML Training Platform tree: data/ and artifacts/jobs/.
+///
+/// It remembers what the test itself wrote; when it is dropped, the tree must
+/// be exactly that, byte for byte: docmirror never writes to its sources.
 pub struct Platform {
     pub dir: tempfile::TempDir,
+    expected: Mutex<Snapshot>,
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let expected = self.expected.lock().map(|e| e.clone()).unwrap_or_default();
+        let now = self.snapshot();
+        if now != expected {
+            let changed: Vec<_> =
+                now.keys().chain(expected.keys()).filter(|k| now.get(*k) != expected.get(*k)).collect();
+            panic!("the source tree changed behind the test's back (docmirror must only read it): {changed:?}");
+        }
+    }
 }
 
 impl Platform {
@@ -145,7 +167,45 @@ impl Platform {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("data/datasets")).unwrap();
         std::fs::create_dir_all(dir.path().join("artifacts/jobs")).unwrap();
-        Platform { dir }
+        let p = Platform { dir, expected: Mutex::new(Snapshot::new()) };
+        p.settle();
+        p
+    }
+
+    /// Take the tree as it is now as what the test wrote (after changing it
+    /// other than through these methods).
+    pub fn settle(&self) {
+        let snap = self.snapshot();
+        *self.expected.lock().unwrap() = snap;
+    }
+
+    /// Record what the test just did to `path` (and the folders above it).
+    fn note(&self, path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        let mut expected = self.expected.lock().unwrap();
+        let mut p = path.to_path_buf();
+        while p.starts_with(self.dir.path()) && p != self.dir.path() {
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => {
+                    expected.insert(p.clone(), (Vec::new(), m.permissions().mode()));
+                }
+                Ok(m) => {
+                    expected.insert(p.clone(), (std::fs::read(&p).unwrap_or_default(), m.permissions().mode()));
+                }
+                Err(_) => {
+                    expected.remove(&p);
+                }
+            }
+            if !p.pop() {
+                break;
+            }
+        }
+    }
+
+    /// Replace a file the way careful writers do: write a temp file, rename it over.
+    pub fn write_by_rename(&self, rel: &str, bytes: &[u8]) {
+        write_by_rename(&self.path(rel), bytes);
+        self.note(&self.path(rel));
     }
 
     pub fn data(&self) -> PathBuf {
@@ -163,7 +223,8 @@ impl Platform {
     pub fn write(&self, rel: &str, bytes: impl AsRef<[u8]>) {
         let p = self.path(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, bytes).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        self.note(&p);
     }
 
     pub fn users(&self, v: &Value) {
@@ -180,11 +241,12 @@ impl Platform {
 
     pub fn remove(&self, rel: &str) {
         std::fs::remove_file(self.path(rel)).unwrap();
+        self.note(&self.path(rel));
     }
 
     /// Every file below the tree with its bytes and mode: to prove the mirror never writes there.
-    pub fn snapshot(&self) -> BTreeMap<PathBuf, (Vec<u8>, u32)> {
-        fn walk(dir: &Path, out: &mut BTreeMap<PathBuf, (Vec<u8>, u32)>) {
+    pub fn snapshot(&self) -> Snapshot {
+        fn walk(dir: &Path, out: &mut Snapshot) {
             use std::os::unix::fs::PermissionsExt;
             for e in std::fs::read_dir(dir).unwrap() {
                 let p = e.unwrap().path();

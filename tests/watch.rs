@@ -50,6 +50,7 @@ async fn follows_every_kind_of_writer() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         f.write_all(&serde_json::to_vec(&job("j1", "failed", "2025-10-12T09:03:00.000Z")).unwrap()).unwrap();
     }
+    p.settle();
     wait_field(&db, "training_jobs", "j1", "status", "failed").await;
     // Half-written, completed later, in several chunks.
     let text = serde_json::to_string(&job("j3", "running", "2025-10-12T09:04:00.000Z")).unwrap();
@@ -61,12 +62,13 @@ async fn follows_every_kind_of_writer() {
         let mut f = std::fs::OpenOptions::new().append(true).open(p.path("artifacts/jobs/j3.json")).unwrap();
         f.write_all(b.as_bytes()).unwrap();
     }
+    p.settle();
     wait_field(&db, "training_jobs", "j3", "status", "running").await;
     // users.json rewritten by rename with one user changed and one added.
     let mut u1 = user("u1", "a@x.io", "2025-10-02T00:00:00Z");
     u1["name"] = json!("Renamed");
-    write_by_rename(
-        &p.path("data/users.json"),
+    p.write_by_rename(
+        "data/users.json",
         &serde_json::to_vec(&json!([u1, user("u2", "b@x.io", "2025-10-01T00:00:00Z")])).unwrap(),
     );
     wait_field(&db, "users", "u1", "name", "Renamed").await;
@@ -102,13 +104,13 @@ async fn removed_records_are_archived_and_mass_deletes_held() {
     let w = WatchProc::start(&db.uri(), &p, &[]).await;
     assert_eq!(db.count("users").await, 4);
 
-    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&json!(users[1..])).unwrap());
+    p.write_by_rename("data/users.json", &serde_json::to_vec(&json!(users[1..])).unwrap());
     eventually(20, "u0 archived", || async { db.doc("users", "u0").await.is_none() }).await;
     let archived = db.docs("mirror_archive").await;
     assert_eq!(archived[0].get_document("document").unwrap().get_str("email").unwrap(), "0@x.io");
 
     // The file suddenly holds no records: nothing is deleted, and the log says why.
-    write_by_rename(&p.path("data/users.json"), b"[]");
+    p.write_by_rename("data/users.json", b"[]");
     eventually(20, "the mass-delete guard", || async { w.log_text().contains("Holding back deletes") }).await;
     assert_eq!(db.count("users").await, 3);
     // The file vanishing as a whole is treated the same way.
@@ -125,11 +127,13 @@ async fn a_jobs_folder_created_after_start_is_followed() {
     let db = TestDb::new("watch_new_folder").await;
     let p = Platform::new();
     std::fs::remove_dir_all(p.path("artifacts")).unwrap();
+    p.settle();
     p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
     let w = WatchProc::start(&db.uri(), &p, &[]).await;
     // The artifacts folder, then jobs/, then files written at once: some land
     // before any watch exists on the new folders.
     std::fs::create_dir_all(p.path("artifacts/jobs")).unwrap();
+    p.settle();
     for i in 0..20 {
         p.job(&format!("j{i}"), &job(&format!("j{i}"), "queued", "2025-10-12T09:00:00.000Z"));
     }
@@ -226,11 +230,11 @@ async fn a_large_file_is_followed_record_by_record_and_stays_exact() {
     // One record changes.
     users[10]["name"] = json!("ten");
     users[10]["updatedAt"] = json!("2025-10-02T00:00:00Z");
-    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    p.write_by_rename("data/users.json", &serde_json::to_vec(&users).unwrap());
     wait_field(&db, "users", "u10", "name", "ten").await;
     // One record goes.
     users.remove(20);
-    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    p.write_by_rename("data/users.json", &serde_json::to_vec(&users).unwrap());
     eventually(20, "u20 archived", || async { db.doc("users", "u20").await.is_none() }).await;
     // The same records in another order: nothing to write.
     let stamps = |docs: Vec<Document>| -> Vec<(String, bson::DateTime)> {
@@ -243,21 +247,21 @@ async fn a_large_file_is_followed_record_by_record_and_stays_exact() {
     };
     let before = stamps(db.docs("users").await);
     users.reverse();
-    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    p.write_by_rename("data/users.json", &serde_json::to_vec(&users).unwrap());
     // A new record after them proves the reordered file was processed.
     users.push(user("u99", "99@x.io", "2025-10-01T00:00:00Z"));
-    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    p.write_by_rename("data/users.json", &serde_json::to_vec(&users).unwrap());
     wait_field(&db, "users", "u99", "email", "99@x.io").await;
     assert_eq!(stamps(db.docs("users").await), before, "reordering rewrote documents: {}", w.log_text());
     // A record whose email now clashes with an earlier one is rejected, not mirrored.
     users[0]["email"] = users[1]["email"].clone();
-    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    p.write_by_rename("data/users.json", &serde_json::to_vec(&users).unwrap());
     eventually(20, "the clash is recorded", || async {
         db.rejects().await.iter().any(|r| r.get_str("reason_code").unwrap() == "duplicate_email")
     })
     .await;
     users[0]["email"] = json!("fixed@x.io");
-    write_by_rename(&p.path("data/users.json"), &serde_json::to_vec(&users).unwrap());
+    p.write_by_rename("data/users.json", &serde_json::to_vec(&users).unwrap());
     eventually(20, "the clash is cleared", || async { db.rejects().await.is_empty() }).await;
     w.stop().await;
     let run = docmirror(&db, &p, &["verify"]).await;
