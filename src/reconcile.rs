@@ -183,7 +183,7 @@ pub type Memo = HashMap<String, HashMap<u64, Arc<MemoRec>>>;
 /// A record found identical to one already mirrored (watch, changed files only).
 #[derive(Debug, Clone)]
 pub struct Unchanged {
-    pub rel: String,
+    pub rel: Arc<str>,
     pub raw_hash: u64,
     pub rec: Arc<MemoRec>,
 }
@@ -261,6 +261,10 @@ pub struct Scanned {
     pub records: u64,
     /// Records whose raw text is the same as when they were last mirrored.
     pub unchanged: Vec<Unchanged>,
+    /// Files whose every mirrored record is in the memo.
+    pub memo_covered: HashSet<String>,
+    /// Ids of memoised records of those files whose text is gone (changed or removed).
+    pub vanished: Vec<String>,
 }
 
 /// Read and map one source's files (blocking: run it on the blocking pool).
@@ -327,18 +331,26 @@ pub fn scan_source(engine: &Engine, spec_idx: usize, files: Option<Vec<SourceFil
         // Held for this file's loop only; reconciles run one at a time.
         let memo_guard = if use_hits { engine.memo.as_ref().and_then(|m| m.lock().ok()) } else { None };
         let memo = memo_guard.as_ref().and_then(|m| m.get(&file.rel));
+        let rel_arc: Arc<str> = Arc::from(file.rel.as_str());
+        let mut seen: HashSet<u64> = HashSet::with_capacity(if memo.is_some() { raws.len() } else { 0 });
         for (position, text) in raws {
             let raw_hash = raw_hash(text);
             if let Some(rec) = memo.and_then(|m| m.get(&raw_hash)) {
+                seen.insert(raw_hash);
                 if firsts.clash(spec, &rec.id, &rec.emails).is_none() {
                     out.records += 1;
                     firsts.claim(&rec.id, &rec.emails, file_idx, position);
-                    out.unchanged.push(Unchanged { rel: file.rel.clone(), raw_hash, rec: rec.clone() });
+                    out.unchanged.push(Unchanged { rel: rel_arc.clone(), raw_hash, rec: rec.clone() });
                     continue;
                 }
             }
             let raw = source::RawRecord { position, value: source::parse_value(text) };
             add_record(spec, &salt, &file.rel, file_idx, raw, Some(raw_hash), &mut firsts, &mut out);
+        }
+        // Records mirrored from this file whose text is no longer there: changed or gone.
+        if let Some(m) = memo {
+            out.memo_covered.insert(file.rel.clone());
+            out.vanished.extend(m.iter().filter(|(h, _)| !seen.contains(h)).map(|(_, rec)| rec.id.clone()));
         }
     }
     Ok(out)
@@ -638,7 +650,19 @@ async fn fetch_existing(
                     out.insert(c.mapped.id.clone(), k.existing());
                 }
             }
-            // Documents of these files whose records are not (or no longer) there.
+            // Documents of these files whose records are no longer there. When the
+            // memo covers every file read, they are among the vanished records;
+            // otherwise look through the picture of the whole collection.
+            let covered =
+                scanned.read_ok.iter().all(|r| scanned.memo_covered.contains(r)) && scanned.missing.is_empty();
+            if covered {
+                for id in &scanned.vanished {
+                    if let Some(k) = coll.get(id) {
+                        out.entry(id.clone()).or_insert_with(|| k.existing());
+                    }
+                }
+                return Ok(out);
+            }
             let present: HashSet<&str> = scanned
                 .candidates
                 .iter()
@@ -744,9 +768,6 @@ async fn reconcile_source(
                         plaintext_same.push((c, ex.clone()));
                     } else {
                         plan.unchanged += 1;
-                        if let Some(m) = memo_pending.remove(&c.mapped.id) {
-                            memo_next.push(m);
-                        }
                     }
                 } else {
                     plan.updates.push((c, ex.clone()));
@@ -833,13 +854,10 @@ async fn reconcile_source(
     apply_deletes(engine, sink, &spec, plan.deletes, existing.len(), &mut summary, &mut removed).await?;
     tracing::debug!(collection = %spec.collection, elapsed_ms = t.elapsed().as_millis(), "Written");
     if let Some(memo) = &engine.memo {
-        // Only records that are now in MongoDB as the file has them are memoised;
-        // rejected or skipped ones are mapped again next time.
-        for (id, _) in &fresh {
-            if let Some(m) = memo_pending.remove(id) {
-                memo_next.push(m);
-            }
-        }
+        // Every record that was settled (written, unchanged, or left alone because
+        // MongoDB is newer) is memoised; rejected ones are mapped again next time.
+        let rejected: HashSet<&str> = rejects.iter().filter_map(|r| r.id.as_deref()).collect();
+        memo_next.extend(memo_pending.into_values().filter(|(_, _, rec)| !rejected.contains(rec.id.as_str())));
         if let Ok(mut memo) = memo.lock() {
             commit_memo(&mut memo, &scanned, memo_next);
         }
@@ -892,7 +910,7 @@ fn commit_memo(
     }
     let mut keep: HashMap<&str, HashSet<u64>> = HashMap::new();
     for u in &scanned.unchanged {
-        keep.entry(u.rel.as_str()).or_default().insert(u.raw_hash);
+        keep.entry(&u.rel).or_default().insert(u.raw_hash);
     }
     for rel in &scanned.read_ok {
         let kept = keep.remove(rel.as_str()).unwrap_or_default();
