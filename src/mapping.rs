@@ -44,31 +44,82 @@ pub struct Mapped {
     pub doc: Document,
     /// Content hash of the record and the mapping rules (plaintext passwords excluded).
     pub hash: String,
-    /// The record's top-level field names (what the mirror owns in the document).
-    pub fields: Vec<String>,
     /// The record's own version time, if the source has one.
     pub version: Option<bson::DateTime>,
     pub plaintext: Option<Secret>,
+    password_field: Option<String>,
+}
+
+impl Mapped {
+    /// The record's top-level field names: what the mirror owns in the document.
+    /// (Derived from the document rather than stored: a backfill holds many.)
+    pub fn fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.doc.keys().filter(|k| k.as_str() != "_id").cloned().collect();
+        if let (Some(_), Some(pw)) = (&self.plaintext, &self.password_field) {
+            if !out.contains(pw) {
+                out.push(pw.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Why a record (or a whole file) cannot be mirrored.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Reject {
-    NotAnObject { found: &'static str },
-    MissingId { field: String },
-    IdNotString { field: String, found: &'static str },
-    EmptyId { field: String },
-    BadDate { field: String, value: String },
-    BadType { field: String, expected: &'static str, found: &'static str },
-    ForbiddenKey { key: String },
-    MalformedBcrypt { field: String },
-    MissingEmail { field: String },
-    DuplicateId { id: String, first: String },
-    DuplicateKeys { keys: String },
-    DuplicateEmail { email: String, first: String },
-    EmailTaken { email: String, other_id: String },
-    IdTaken { id: String, detail: String },
+    NotAnObject {
+        found: &'static str,
+    },
+    MissingId {
+        field: String,
+    },
+    IdNotString {
+        field: String,
+        found: &'static str,
+    },
+    EmptyId {
+        field: String,
+    },
+    BadDate {
+        field: String,
+        value: String,
+    },
+    BadType {
+        field: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    ForbiddenKey {
+        key: String,
+    },
+    MalformedBcrypt {
+        field: String,
+    },
+    MissingEmail {
+        field: String,
+    },
+    DuplicateId {
+        id: String,
+        first: String,
+    },
+    DuplicateKeys {
+        keys: String,
+    },
+    DuplicateEmail {
+        email: String,
+        first: String,
+    },
+    EmailTaken {
+        email: String,
+        other_id: String,
+    },
+    IdTaken {
+        id: String,
+        detail: String,
+    },
     File(FileProblem),
+    /// One record of a file that the parser could not turn into a value.
+    Unparsable(FileProblem),
 }
 
 impl Reject {
@@ -89,7 +140,7 @@ impl Reject {
             Reject::DuplicateEmail { .. } => "duplicate_email",
             Reject::EmailTaken { .. } => "email_taken",
             Reject::IdTaken { .. } => "id_taken",
-            Reject::File(p) => p.code(),
+            Reject::File(p) | Reject::Unparsable(p) => p.code(),
         }
     }
 }
@@ -130,6 +181,7 @@ impl fmt::Display for Reject {
                 write!(f, "document {id:?} could not be written: {detail}")
             }
             Reject::File(p) => write!(f, "file {p}"),
+            Reject::Unparsable(p) => write!(f, "record {p} (position within the record)"),
         }
     }
 }
@@ -157,12 +209,10 @@ pub fn map_record(spec: &SourceSpec, fingerprint: &str, value: &Value) -> Result
 
     let mut doc = Document::new();
     doc.insert("_id", id.clone());
-    let mut fields = Vec::with_capacity(obj.len());
     let mut plaintext = None;
     let mut version = None;
     for (key, v) in obj {
         check_key(key)?;
-        fields.push(key.clone());
         if spec.password_field.as_deref() == Some(key.as_str()) {
             match password_kind(v) {
                 Password::Hash => {}
@@ -201,7 +251,7 @@ pub fn map_record(spec: &SourceSpec, fingerprint: &str, value: &Value) -> Result
     }
 
     let hash = content_hash(fingerprint, obj, plaintext.is_some().then_some(spec.password_field.as_deref()).flatten());
-    Ok(Mapped { id, doc, hash, fields, version, plaintext })
+    Ok(Mapped { id, doc, hash, version, plaintext, password_field: spec.password_field.clone() })
 }
 
 /// Hash of the record and the rules that map it. A plaintext password is left
@@ -426,7 +476,7 @@ mod tests {
         assert_eq!(created.timestamp_millis(), 1_760_356_800_000);
         assert_eq!(m.version.unwrap().timestamp_millis(), 1_760_358_600_250);
         assert!(m.plaintext.is_none());
-        assert_eq!(m.fields, ["id", "email", "name", "password", "role", "createdAt", "updatedAt"]);
+        assert_eq!(m.fields(), ["id", "email", "name", "password", "role", "createdAt", "updatedAt"]);
     }
 
     #[test]

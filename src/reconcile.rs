@@ -304,21 +304,8 @@ pub fn scan_source(engine: &Engine, spec_idx: usize, files: Option<Vec<SourceFil
         // to another file is written again (its `_mirror.source` changes).
         let salt = format!("{fingerprint}\u{0}{}", file.rel);
         let file_idx = firsts.file(&file.rel);
-        if !memo_on {
-            match source::parse(&bytes, spec.shape) {
-                Ok(records) => {
-                    out.read_ok.insert(file.rel.clone());
-                    for raw in records {
-                        add_record(spec, &salt, &file.rel, file_idx, raw, None, &mut firsts, &mut out);
-                    }
-                }
-                Err(problem) => {
-                    out.bad.insert(file.rel.clone());
-                    out.rejects.push(file_reject(spec, &file.rel, problem));
-                }
-            }
-            continue;
-        }
+        // Records are split out as raw text and turned into values one at a
+        // time: a 100,000-record file never exists as 100,000 values at once.
         let raws = match source::parse_raw(&bytes, spec.shape) {
             Ok(r) => r,
             Err(problem) => {
@@ -334,7 +321,7 @@ pub fn scan_source(engine: &Engine, spec_idx: usize, files: Option<Vec<SourceFil
         let rel_arc: Arc<str> = Arc::from(file.rel.as_str());
         let mut seen: HashSet<u64> = HashSet::with_capacity(if memo.is_some() { raws.len() } else { 0 });
         for (position, text) in raws {
-            let raw_hash = raw_hash(text);
+            let raw_hash = if memo_on { raw_hash(text) } else { 0 };
             if let Some(rec) = memo.and_then(|m| m.get(&raw_hash)) {
                 seen.insert(raw_hash);
                 if firsts.clash(spec, &rec.id, &rec.emails).is_none() {
@@ -344,8 +331,33 @@ pub fn scan_source(engine: &Engine, spec_idx: usize, files: Option<Vec<SourceFil
                     continue;
                 }
             }
-            let raw = source::RawRecord { position, value: source::parse_value(text) };
-            add_record(spec, &salt, &file.rel, file_idx, raw, Some(raw_hash), &mut firsts, &mut out);
+            let value = match source::parse_value(text) {
+                Ok(v) => v,
+                Err(problem) => {
+                    out.records += 1;
+                    out.no_deletes.insert(file.rel.clone());
+                    let reason = Reject::Unparsable(problem);
+                    let pos = position.map(|p| p.to_string()).unwrap_or_default();
+                    out.rejects.push(RejectRecord {
+                        key: reject_key(&[
+                            &spec.collection,
+                            &file.rel,
+                            &pos,
+                            reason.code(),
+                            &format!("{:x}", self::raw_hash(text)),
+                        ]),
+                        collection: spec.collection.clone(),
+                        rel: file.rel.clone(),
+                        position,
+                        id: None,
+                        reason,
+                        record: None,
+                    });
+                    continue;
+                }
+            };
+            let raw = source::RawRecord { position, value };
+            add_record(spec, &salt, &file.rel, file_idx, raw, memo_on.then_some(raw_hash), &mut firsts, &mut out);
         }
         // Records mirrored from this file whose text is no longer there: changed or gone.
         if let Some(m) = memo {
@@ -1061,7 +1073,7 @@ fn mirror_doc(c: &Candidate) -> Document {
     doc! {
         "source": &c.rel,
         "hash": &c.mapped.hash,
-        "fields": c.mapped.fields.clone(),
+        "fields": c.mapped.fields(),
         "at": bson::DateTime::now(),
     }
 }
@@ -1077,10 +1089,11 @@ fn update_op(engine: &Engine, spec: &SourceSpec, c: &Candidate, ex: &Existing) -
     set.remove("_id");
     set.insert("_mirror", mirror_doc(c));
     let mut update = doc! { "$set": set };
+    let fields = c.mapped.fields();
     let removed: Document = ex
         .fields
         .iter()
-        .filter(|f| !c.mapped.fields.contains(f) && f.as_str() != "_id" && f.as_str() != "_mirror")
+        .filter(|f| !fields.contains(f) && f.as_str() != "_id" && f.as_str() != "_mirror")
         .map(|f| (f.clone(), Bson::String(String::new())))
         .collect();
     if !removed.is_empty() {
@@ -1105,8 +1118,42 @@ fn update_filter(engine: &Engine, spec: &SourceSpec, c: &Candidate) -> Document 
 /// Write inserts and updates, then settle every outcome: duplicates become
 /// rejects, updates refused by the version check become `skipped_newer`, and
 /// anything that raced with another writer is planned again (a few rounds).
+/// Write in slices, so that memory for the operations stays bounded however
+/// large the backfill (the documents are copied into a slice's operations only).
 #[allow(clippy::too_many_arguments)]
 async fn apply_writes(
+    engine: &Engine,
+    sink: &Sink,
+    spec: &SourceSpec,
+    inserts: Vec<Candidate>,
+    updates: Vec<(Candidate, Existing)>,
+    summary: &mut Summary,
+    rejects: &mut Vec<RejectRecord>,
+    opts: RunOptions,
+    written: &mut Vec<(String, Known)>,
+) -> Result<(), Fatal> {
+    const SLICE: usize = 10_000;
+    let mut inserts = inserts.into_iter();
+    loop {
+        let slice: Vec<Candidate> = inserts.by_ref().take(SLICE).collect();
+        if slice.is_empty() {
+            break;
+        }
+        apply_slice(engine, sink, spec, slice, Vec::new(), summary, rejects, opts, written).await?;
+    }
+    let mut updates = updates.into_iter();
+    loop {
+        let slice: Vec<(Candidate, Existing)> = updates.by_ref().take(SLICE).collect();
+        if slice.is_empty() {
+            break;
+        }
+        apply_slice(engine, sink, spec, Vec::new(), slice, summary, rejects, opts, written).await?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_slice(
     engine: &Engine,
     sink: &Sink,
     spec: &SourceSpec,
@@ -1121,7 +1168,10 @@ async fn apply_writes(
         if opts.log_changes {
             tracing::info!(collection = %spec.collection, id = %c.mapped.id, source = %c.locate(), action, "Mirrored change");
         }
-        written.push((c.mapped.id.clone(), Known { hash: c.mapped.hash.clone(), source: Arc::from(c.rel.as_str()) }));
+        if engine.known.is_some() {
+            written
+                .push((c.mapped.id.clone(), Known { hash: c.mapped.hash.clone(), source: Arc::from(c.rel.as_str()) }));
+        }
     };
     const ROUNDS: usize = 4;
     let mut inserts = hash_plaintexts(spec, inserts).await?;
@@ -1425,7 +1475,8 @@ fn print_plan(spec: &SourceSpec, plan: &Plan, on_delete: OnDelete) {
         println!("would insert {}/{} from {}", spec.collection, c.mapped.id, c.locate());
     }
     for (c, ex) in &plan.updates {
-        let removed: Vec<&String> = ex.fields.iter().filter(|f| !c.mapped.fields.contains(f)).collect();
+        let fields = c.mapped.fields();
+        let removed: Vec<&String> = ex.fields.iter().filter(|f| !fields.contains(f)).collect();
         if removed.is_empty() {
             println!("would update {}/{} from {}", spec.collection, c.mapped.id, c.locate());
         } else {

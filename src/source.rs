@@ -270,9 +270,14 @@ pub fn parse_raw(bytes: &[u8], shape: Shape) -> Result<Vec<(Option<usize>, &str)
     }
 }
 
-/// One record's raw text (already validated) as a value, duplicate keys marked.
-pub fn parse_value(text: &str) -> Value {
-    serde_json::from_str::<Strict>(text).map(|Strict(v)| v).unwrap_or(Value::Null)
+/// One record's raw text as a value, duplicate keys marked. Fails where the
+/// splitter did not look: nesting deeper than the parser's limit.
+pub fn parse_value(text: &str) -> Result<Value, FileProblem> {
+    serde_json::from_str::<Strict>(text).map(|Strict(v)| v).map_err(|e| FileProblem::Json {
+        line: e.line(),
+        column: e.column(),
+        reason: json_reason(&e),
+    })
 }
 
 /// Marks an object in which a key appeared more than once. JavaScript's

@@ -182,8 +182,9 @@ fn compare(spec: &SourceSpec, c: &Candidate, stored: Option<&Document>) -> Outco
     }
     // Fields the mirror wrote earlier that the record no longer has.
     if let Ok(owned) = stored.get_document("_mirror").and_then(|m| m.get_array("fields")) {
+        let mine = c.mapped.fields();
         for f in owned.iter().filter_map(Bson::as_str) {
-            if !c.mapped.fields.iter().any(|x| x == f) && stored.contains_key(f) {
+            if !mine.iter().any(|x| x == f) && stored.contains_key(f) {
                 fields.push(f.to_string());
             }
         }
