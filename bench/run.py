@@ -712,6 +712,7 @@ def watch_session(cfg, tree: Tree, label: str, body) -> dict:
             out["exit_code"] = proc.returncode
             out["stop_s"] = time.perf_counter() - t_stop
             _children.remove(proc)
+    shutil.rmtree(scratch, ignore_errors=True)
     return out
 
 

@@ -25,10 +25,24 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
+/// Documents per collection: from watch's picture when it has one (a count
+/// is a full scan on some servers, and this runs every few seconds while
+/// changes flow), else from the server's estimate.
 async fn counts(engine: &Engine, sink: &Sink) -> Document {
     let mut d = Document::new();
-    for spec in &engine.layout.sources {
-        let n = sink.collection(&spec.collection).estimated_document_count().await.unwrap_or(0);
+    let known: Option<Vec<(String, usize)>> = engine.known.as_ref().and_then(|k| k.lock().ok()).map(|k| {
+        engine
+            .layout
+            .sources
+            .iter()
+            .map(|s| (s.collection.clone(), k.get(&s.collection).map_or(0, |c| c.len())))
+            .collect()
+    });
+    for (i, spec) in engine.layout.sources.iter().enumerate() {
+        let n = match &known {
+            Some(k) => u64::try_from(k[i].1).unwrap_or(u64::MAX),
+            None => sink.collection(&spec.collection).estimated_document_count().await.unwrap_or(0),
+        };
         d.insert(spec.collection.clone(), i64::try_from(n).unwrap_or(i64::MAX));
     }
     d
@@ -53,7 +67,7 @@ pub async fn record_full(
     took: Duration,
 ) -> Result<(), SinkError> {
     let now = bson::DateTime::now();
-    let rejects = sink.collection(crate::reconcile::REJECTS).estimated_document_count().await.unwrap_or(0);
+    let rejects = sink.collection(crate::reconcile::REJECTS).count_documents(doc! {}).await.unwrap_or(0);
     let mut last = summary_doc(s);
     last.insert("at", now);
     last.insert("mode", mode);
