@@ -137,17 +137,7 @@ pub async fn run(
         Ok(s) => {
             engine.metrics.set_ready();
             record_state(&engine, &sink, StateUpdate::Full(s.clone(), started.elapsed()));
-            tracing::info!(
-                read = s.read,
-                inserted = s.inserted,
-                updated = s.updated,
-                unchanged = s.unchanged,
-                rejected = s.rejected,
-                archived = s.archived,
-                deleted = s.deleted,
-                deletes_held = s.deletes_held,
-                "Initial reconcile done; watching for changes"
-            );
+            log_summary("Initial reconcile done; watching for changes", &s);
             totals.add(&s);
             lifecycle.ready(&s);
         }
@@ -338,17 +328,24 @@ pub async fn run(
             "Changes not yet applied are picked up by the next start's full reconcile"
         );
     }
-    tracing::info!(
-        inserted = totals.inserted,
-        updated = totals.updated,
-        unchanged = totals.unchanged,
-        rejected = totals.rejected,
-        archived = totals.archived,
-        deleted = totals.deleted,
-        skipped_newer = totals.skipped_newer,
-        "Stopped"
-    );
+    log_summary("Stopped", &totals);
     Ok(totals)
+}
+
+/// One log line with a summary's counters as fields.
+fn log_summary(message: &str, s: &Summary) {
+    tracing::info!(
+        read = s.read,
+        inserted = s.inserted,
+        updated = s.updated,
+        unchanged = s.unchanged,
+        skipped_newer = s.skipped_newer,
+        rejected = s.rejected,
+        archived = s.archived,
+        deleted = s.deleted,
+        deletes_held = s.deletes_held,
+        "{message}"
+    );
 }
 
 enum StateUpdate {
