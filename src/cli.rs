@@ -157,6 +157,11 @@ pub struct WriteArgs {
     /// Fraction of a collection that one change may delete before deletes are held back.
     #[arg(long, default_value_t = 0.5)]
     pub mass_delete_fraction: f64,
+
+    /// Records mapped, compared and written together while a whole source is
+    /// scanned: bounds memory (a few KB per record), not the write batch size.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub chunk_records: u32,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -308,6 +313,7 @@ impl WriteArgs {
         engine.conflict = self.conflict;
         engine.allow_mass_delete = self.allow_mass_delete;
         engine.mass_delete_fraction = self.mass_delete_fraction;
+        engine.chunk = usize::try_from(self.chunk_records).unwrap_or(crate::reconcile::CHUNK);
         Ok(())
     }
 }

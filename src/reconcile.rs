@@ -59,6 +59,8 @@ pub struct Engine {
     /// Hold deletes that would remove more than this fraction of a collection.
     pub mass_delete_fraction: f64,
     pub allow_mass_delete: bool,
+    /// Records per chunk of a streamed scan ([`CHUNK`] by default).
+    pub chunk: usize,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// watch only: what each collection holds as far as the mirror knows
     /// (id → content hash and source file), so a change to one record of a
@@ -91,6 +93,7 @@ impl Engine {
             conflict: Conflict::NewerWins,
             mass_delete_fraction: 0.5,
             allow_mass_delete: false,
+            chunk: CHUNK,
             metrics: Arc::default(),
             known: None,
             memo: None,
@@ -267,8 +270,23 @@ pub struct Scanned {
     pub vanished: Vec<String>,
 }
 
+/// By default, candidates are handed on in chunks of this many during a full
+/// scan (`--chunk-records`), so a source's mapped documents never all exist at once.
+pub const CHUNK: usize = 2_000;
+
+/// Where a scan hands on full chunks of candidates; `false` means nobody is
+/// listening any more (the run failed), and the scan stops.
+pub type Emit<'a> = &'a mut dyn FnMut(Vec<Candidate>) -> bool;
+
 /// Read and map one source's files (blocking: run it on the blocking pool).
-pub fn scan_source(engine: &Engine, spec_idx: usize, files: Option<Vec<SourceFile>>) -> Result<Scanned, Fatal> {
+/// With `emit`, candidates are handed on in chunks of `engine.chunk` as they are
+/// mapped, and `candidates` holds only the last, partial chunk at the end.
+pub fn scan_source(
+    engine: &Engine,
+    spec_idx: usize,
+    files: Option<Vec<SourceFile>>,
+    mut emit: Option<Emit<'_>>,
+) -> Result<Scanned, Fatal> {
     let spec = &engine.layout.sources[spec_idx];
     let fingerprint = &engine.fingerprints[spec_idx];
     let mut out = Scanned { spec: spec_idx, complete: files.is_none(), ..Default::default() };
@@ -358,6 +376,13 @@ pub fn scan_source(engine: &Engine, spec_idx: usize, files: Option<Vec<SourceFil
             };
             let raw = source::RawRecord { position, value };
             add_record(spec, &salt, &file.rel, file_idx, raw, memo_on.then_some(raw_hash), &mut firsts, &mut out);
+            if out.candidates.len() >= engine.chunk.max(1) {
+                if let Some(emit) = emit.as_mut() {
+                    if !emit(std::mem::take(&mut out.candidates)) {
+                        return Ok(out);
+                    }
+                }
+            }
         }
         // Records mirrored from this file whose text is no longer there: changed or gone.
         if let Some(m) = memo {
@@ -621,27 +646,71 @@ pub async fn reconcile(
         }
         let files = if whole[spec_idx] { None } else { files };
         engine.metrics.set_phase(format!("{}: reading", engine.layout.sources[spec_idx].collection));
-        let e = engine.clone();
-        let t = std::time::Instant::now();
-        let whole_source = files.is_none();
-        let scan = async {
-            let scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, files))
-                .await
-                .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
-            tracing::debug!(source = %engine.layout.sources[spec_idx].name, records = scanned.records, elapsed_ms = t.elapsed().as_millis(), "Scanned");
-            Ok::<_, Fatal>(scanned)
+        let s = match files {
+            None => reconcile_whole_source(engine, sink, spec_idx, opts).await?,
+            Some(files) => reconcile_files(engine, sink, spec_idx, files, opts).await?,
         };
-        // A full scan reads the whole collection: ask MongoDB while the files are parsed.
-        let (scanned, prefetched) = if whole_source {
-            let (scanned, existing) = tokio::join!(scan, fetch_all_hashes(engine, sink, spec_idx));
-            (scanned?, Some(existing?))
-        } else {
-            (scan.await?, None)
-        };
-        let s = reconcile_source(engine, sink, scanned, prefetched, opts).await?;
         total.add(&s);
     }
     Ok(total)
+}
+
+/// A whole source, streamed: the collection's hashes are read while the files
+/// are parsed, and each chunk of mapped records is compared and written while
+/// the next one is mapped. Memory holds a few chunks, not the source.
+async fn reconcile_whole_source(
+    engine: &Arc<Engine>,
+    sink: &Sink,
+    spec_idx: usize,
+    opts: RunOptions,
+) -> Result<Summary, Fatal> {
+    let t = std::time::Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Candidate>>(1);
+    let e = engine.clone();
+    let scan = tokio::task::spawn_blocking(move || {
+        let mut emit = |chunk: Vec<Candidate>| tx.blocking_send(chunk).is_ok();
+        scan_source(&e, spec_idx, None, Some(&mut emit))
+    });
+    // If anything below fails, `rx` is dropped and the scan stops at its next chunk.
+    let existing = fetch_all_hashes(engine, sink, spec_idx).await?;
+    tracing::debug!(collection = %engine.layout.sources[spec_idx].collection, documents = existing.len(), elapsed_ms = t.elapsed().as_millis(), "Fetched what MongoDB holds");
+    let mut run = SourceRun::new(engine, sink, spec_idx, opts);
+    while let Some(chunk) = rx.recv().await {
+        run.chunk(chunk, &existing).await?;
+    }
+    let mut scanned = scan.await.map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
+    tracing::debug!(source = %engine.layout.sources[spec_idx].name, records = scanned.records, elapsed_ms = t.elapsed().as_millis(), "Scanned");
+    let last = std::mem::take(&mut scanned.candidates);
+    run.chunk(last, &existing).await?;
+    run.finish(scanned, existing).await
+}
+
+/// Some files of a source (watch): scanned in full (the memo keeps that
+/// cheap), then compared with what MongoDB holds for them.
+async fn reconcile_files(
+    engine: &Arc<Engine>,
+    sink: &Sink,
+    spec_idx: usize,
+    files: Vec<SourceFile>,
+    opts: RunOptions,
+) -> Result<Summary, Fatal> {
+    let e = engine.clone();
+    let t = std::time::Instant::now();
+    let mut scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, Some(files), None))
+        .await
+        .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
+    tracing::debug!(source = %engine.layout.sources[spec_idx].name, records = scanned.records, elapsed_ms = t.elapsed().as_millis(), "Scanned");
+    let existing = fetch_existing(engine, sink, &scanned).await?;
+    let mut run = SourceRun::new(engine, sink, spec_idx, opts);
+    let mut candidates = std::mem::take(&mut scanned.candidates).into_iter();
+    loop {
+        let chunk: Vec<Candidate> = candidates.by_ref().take(engine.chunk.max(1)).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        run.chunk(chunk, &existing).await?;
+    }
+    run.finish(scanned, existing).await
 }
 
 /// Fetch what MongoDB holds for the scanned files of one source.
@@ -714,196 +783,257 @@ async fn fetch_all_hashes(
     spec_idx: usize,
 ) -> Result<HashMap<String, Existing>, SinkError> {
     let spec = &engine.layout.sources[spec_idx];
-    let docs = sink.find_all(&spec.collection, doc! {}, Some(doc! { "_mirror.hash": 1 })).await?;
-    Ok(docs.iter().filter_map(|d| existing_from(spec, d)).collect())
+    sink.find_map(&spec.collection, doc! {}, Some(doc! { "_mirror.hash": 1 }), |d| existing_from(spec, d)).await
 }
 
-async fn reconcile_source(
-    engine: &Arc<Engine>,
-    sink: &Sink,
-    mut scanned: Scanned,
-    prefetched: Option<HashMap<String, Existing>>,
+/// One source's reconcile in progress: chunks of candidates are compared and
+/// written as they come ([`SourceRun::chunk`]); deletes, the memo, watch's
+/// picture and the rejects are settled once the whole scan is in
+/// ([`SourceRun::finish`]).
+struct SourceRun<'a> {
+    engine: &'a Arc<Engine>,
+    sink: &'a Sink,
+    spec: SourceSpec,
     opts: RunOptions,
-) -> Result<Summary, Fatal> {
-    let spec = engine.layout.sources[scanned.spec].clone();
-    let mut summary = Summary { files: scanned.files, read: scanned.records, ..Default::default() };
-    let t = std::time::Instant::now();
-    let existing = match prefetched {
-        Some(e) => e,
-        None => fetch_existing(engine, sink, &scanned).await?,
-    };
-    tracing::debug!(collection = %spec.collection, documents = existing.len(), elapsed_ms = t.elapsed().as_millis(), "Fetched what MongoDB holds");
-    let candidates = std::mem::take(&mut scanned.candidates);
-    let caching = engine.known.is_some();
-    let mut rel_of: HashMap<String, Arc<str>> = HashMap::new();
-    let mut fresh: Vec<(String, Known)> = Vec::new();
-    if caching {
-        let mut rels: HashMap<&str, Arc<str>> = HashMap::new();
-        for c in &candidates {
-            let rel = rels.entry(c.rel.as_str()).or_insert_with(|| Arc::from(c.rel.as_str())).clone();
-            rel_of.insert(c.mapped.id.clone(), rel);
+    summary: Summary,
+    /// Rejects found while comparing and writing (the scan's come at the end).
+    rejects: Vec<RejectRecord>,
+    ids_in_files: HashSet<String>,
+    /// watch: the memo entries of the candidates, committed once settled.
+    memo_pending: HashMap<String, (String, u64, Arc<MemoRec>)>,
+    /// watch: which file each candidate came from, for the picture.
+    rel_of: HashMap<String, Arc<str>>,
+    rels: HashMap<String, Arc<str>>,
+    /// watch: what was written, for the picture.
+    fresh: Vec<(String, Known)>,
+}
+
+impl<'a> SourceRun<'a> {
+    fn new(engine: &'a Arc<Engine>, sink: &'a Sink, spec_idx: usize, opts: RunOptions) -> Self {
+        SourceRun {
+            engine,
+            sink,
+            spec: engine.layout.sources[spec_idx].clone(),
+            opts,
+            summary: Summary::default(),
+            rejects: Vec::new(),
+            ids_in_files: HashSet::new(),
+            memo_pending: HashMap::new(),
+            rel_of: HashMap::new(),
+            rels: HashMap::new(),
+            fresh: Vec::new(),
         }
     }
 
-    // Plan: compare content hashes; records whose file did not change are not touched.
-    let mut plan = Plan { unchanged: count(scanned.unchanged.len()), ..Default::default() };
-    let mut plaintext_same = Vec::new();
-    let mut ids_in_files: HashSet<String> = HashSet::with_capacity(candidates.len() + scanned.unchanged.len());
-    ids_in_files.extend(scanned.unchanged.iter().map(|u| u.rec.id.clone()));
-    // What the memo will hold for these files once the writes are settled.
-    let mut memo_next: Vec<(String, u64, Arc<MemoRec>)> = Vec::new();
-    let mut memo_pending: HashMap<String, (String, u64, Arc<MemoRec>)> = HashMap::new();
-    if engine.memo.is_some() {
-        for c in &candidates {
-            if let Some(h) = c.raw_hash {
-                let rec = MemoRec {
-                    id: c.mapped.id.clone(),
-                    hash: c.mapped.hash.clone(),
-                    emails: emails_of(&spec, &c.mapped),
-                };
-                memo_pending.insert(c.mapped.id.clone(), (c.rel.clone(), h, Arc::new(rec)));
+    /// Compare one chunk of candidates with what MongoDB holds and write the difference.
+    async fn chunk(&mut self, candidates: Vec<Candidate>, existing: &HashMap<String, Existing>) -> Result<(), Fatal> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let (engine, sink, opts) = (self.engine, self.sink, self.opts);
+        let spec = &self.spec;
+        if engine.known.is_some() {
+            for c in &candidates {
+                let rel = self.rels.entry(c.rel.clone()).or_insert_with(|| Arc::from(c.rel.as_str())).clone();
+                self.rel_of.insert(c.mapped.id.clone(), rel);
             }
         }
-    }
-    for c in candidates {
-        ids_in_files.insert(c.mapped.id.clone());
-        match existing.get(&c.mapped.id) {
-            None => plan.inserts.push(c),
-            Some(ex) => {
-                if let Some(other) = other_live_source(engine, &spec, &c, ex) {
-                    let reason = Reject::DuplicateId { id: c.mapped.id.clone(), first: other };
-                    scanned.rejects.push(candidate_reject(&spec, &c, reason));
-                    continue;
+        if engine.memo.is_some() {
+            for c in &candidates {
+                if let Some(h) = c.raw_hash {
+                    let rec = MemoRec {
+                        id: c.mapped.id.clone(),
+                        hash: c.mapped.hash.clone(),
+                        emails: emails_of(spec, &c.mapped),
+                    };
+                    self.memo_pending.insert(c.mapped.id.clone(), (c.rel.clone(), h, Arc::new(rec)));
                 }
-                if ex.hash.as_deref() == Some(c.mapped.hash.as_str()) {
-                    if c.mapped.plaintext.is_some() {
-                        plaintext_same.push((c, ex.clone()));
-                    } else {
-                        plan.unchanged += 1;
+            }
+        }
+        // Plan: compare content hashes.
+        let mut plan = Plan::default();
+        let mut plaintext_same = Vec::new();
+        for c in candidates {
+            self.ids_in_files.insert(c.mapped.id.clone());
+            match existing.get(&c.mapped.id) {
+                None => plan.inserts.push(c),
+                Some(ex) => {
+                    if let Some(other) = other_live_source(engine, spec, &c, ex) {
+                        let reason = Reject::DuplicateId { id: c.mapped.id.clone(), first: other };
+                        self.rejects.push(candidate_reject(spec, &c, reason));
+                        continue;
                     }
-                } else {
-                    plan.updates.push((c, ex.clone()));
+                    if ex.hash.as_deref() == Some(c.mapped.hash.as_str()) {
+                        if c.mapped.plaintext.is_some() {
+                            plaintext_same.push((c, ex.clone()));
+                        } else {
+                            plan.unchanged += 1;
+                        }
+                    } else {
+                        plan.updates.push((c, ex.clone()));
+                    }
                 }
             }
         }
-    }
-    // Plaintext passwords are not in the content hash: check them with bcrypt.
-    if !plaintext_same.is_empty() {
-        let changed = plaintext_changed(sink, &spec, plaintext_same).await?;
-        for (c, ex, differs) in changed {
-            if differs {
-                plan.updates.push((c, ex));
-            } else {
-                plan.unchanged += 1;
+        // Plaintext passwords are not in the content hash: check them with bcrypt.
+        if !plaintext_same.is_empty() {
+            for (c, ex, differs) in plaintext_changed(sink, spec, plaintext_same).await? {
+                if differs {
+                    plan.updates.push((c, ex));
+                } else {
+                    plan.unchanged += 1;
+                }
             }
         }
-    }
-    tracing::debug!(collection = %spec.collection, elapsed_ms = t.elapsed().as_millis(), "Planned");
-    // Updates need the fields the mirror owns and the version: one batched read.
-    let mut detail_ids: Vec<String> = plan.updates.iter().map(|(c, _)| c.mapped.id.clone()).collect();
-    let gone: Vec<String> = existing
-        .keys()
-        .filter(|id| !ids_in_files.contains(*id) && !scanned.protected_ids.contains(*id))
-        .cloned()
-        .collect();
-    detail_ids.extend(gone.iter().cloned());
-    let details: HashMap<String, Existing> = if detail_ids.is_empty() {
-        HashMap::new()
-    } else {
-        sink.find_by_ids(&spec.collection, &detail_ids, Some(existing_projection(&spec)))
-            .await?
-            .iter()
-            .filter_map(|d| existing_from(&spec, d))
-            .collect()
-    };
-    for (c, ex) in plan.updates.iter_mut() {
-        if let Some(d) = details.get(&c.mapped.id) {
-            *ex = d.clone();
+        self.summary.unchanged += plan.unchanged;
+        // Updates need the fields the mirror owns and the version: one batched read.
+        if !plan.updates.is_empty() {
+            let ids: Vec<String> = plan.updates.iter().map(|(c, _)| c.mapped.id.clone()).collect();
+            let details: HashMap<String, Existing> = sink
+                .find_by_ids(&spec.collection, &ids, Some(existing_projection(spec)))
+                .await?
+                .iter()
+                .filter_map(|d| existing_from(spec, d))
+                .collect();
+            for (c, ex) in plan.updates.iter_mut() {
+                if let Some(d) = details.get(&c.mapped.id) {
+                    *ex = d.clone();
+                }
+            }
         }
-    }
-    // Deletes: documents the mirror wrote from files it has now read in full
-    // (or that are gone) whose records are no longer there.
-    for id in &gone {
-        let Some(ex) = details.get(id) else { continue };
-        let Some(src) = &ex.source else { continue };
-        if ids_in_files.contains(id) || scanned.protected_ids.contains(id) || scanned.no_deletes.contains(src) {
-            continue;
+        if opts.dry_run {
+            print_plan(spec, &plan, engine.on_delete);
+            self.summary.inserted += count(plan.inserts.len());
+            self.summary.updated += count(plan.updates.len());
+            return Ok(());
         }
-        let authoritative = scanned.read_ok.contains(src)
-            || scanned.missing.contains(src)
-            || (scanned.complete && !scanned.bad.contains(src) && belongs_to(engine, &spec, src));
-        if authoritative {
-            plan.deletes.push((id.clone(), ex.clone()));
-        }
+        engine.metrics.set_phase(format!("{}: writing", spec.collection));
+        engine
+            .metrics
+            .ops_planned
+            .fetch_add(count(plan.inserts.len() + plan.updates.len()), std::sync::atomic::Ordering::Relaxed);
+        let mut summary = std::mem::take(&mut self.summary);
+        let mut rejects = std::mem::take(&mut self.rejects);
+        let mut fresh = std::mem::take(&mut self.fresh);
+        let written =
+            apply_writes(engine, sink, spec, plan.inserts, plan.updates, &mut summary, &mut rejects, opts, &mut fresh)
+                .await;
+        self.summary = summary;
+        self.rejects = rejects;
+        self.fresh = fresh;
+        written
     }
-    plan.deletes.sort_by(|a, b| a.0.cmp(&b.0));
 
-    summary.unchanged = plan.unchanged;
-    if opts.dry_run {
-        print_plan(&spec, &plan, engine.on_delete);
-        summary.inserted = count(plan.inserts.len());
-        summary.updated = count(plan.updates.len());
-        if engine.on_delete != OnDelete::Keep {
-            summary.deleted = count(plan.deletes.len());
+    /// Deletes, the memo, watch's picture and `mirror_rejects`, once every chunk is in.
+    async fn finish(self, mut scanned: Scanned, existing: HashMap<String, Existing>) -> Result<Summary, Fatal> {
+        let SourceRun {
+            engine,
+            sink,
+            spec,
+            opts,
+            mut summary,
+            rejects: run_rejects,
+            mut ids_in_files,
+            memo_pending,
+            rel_of,
+            fresh,
+            ..
+        } = self;
+        let spec = &spec;
+        summary.files = scanned.files;
+        summary.read = scanned.records;
+        summary.unchanged += count(scanned.unchanged.len());
+        ids_in_files.extend(scanned.unchanged.iter().map(|u| u.rec.id.clone()));
+        let mut rejects = std::mem::take(&mut scanned.rejects);
+        rejects.extend(run_rejects);
+        // Deletes: documents the mirror wrote from files it has now read in full
+        // (or that are gone) whose records are no longer there.
+        let gone: Vec<String> = existing
+            .keys()
+            .filter(|id| !ids_in_files.contains(*id) && !scanned.protected_ids.contains(*id))
+            .cloned()
+            .collect();
+        drop(ids_in_files);
+        let details: HashMap<String, Existing> = if gone.is_empty() {
+            HashMap::new()
+        } else {
+            sink.find_by_ids(&spec.collection, &gone, Some(existing_projection(spec)))
+                .await?
+                .iter()
+                .filter_map(|d| existing_from(spec, d))
+                .collect()
+        };
+        let mut deletes: Vec<(String, Existing)> = Vec::new();
+        for id in &gone {
+            let Some(ex) = details.get(id) else { continue };
+            let Some(src) = &ex.source else { continue };
+            if scanned.no_deletes.contains(src) {
+                continue;
+            }
+            let authoritative = scanned.read_ok.contains(src)
+                || scanned.missing.contains(src)
+                || (scanned.complete && !scanned.bad.contains(src) && belongs_to(engine, spec, src));
+            if authoritative {
+                deletes.push((id.clone(), ex.clone()));
+            }
         }
-        summary.rejected = count(scanned.rejects.len());
+        deletes.sort_by(|a, b| a.0.cmp(&b.0));
+        if opts.dry_run {
+            if engine.on_delete != OnDelete::Keep {
+                summary.deleted = count(deletes.len());
+            }
+            print_plan(spec, &Plan { deletes, ..Default::default() }, engine.on_delete);
+            summary.rejected = count(rejects.len());
+            summary.bad_files = count(scanned.bad.len());
+            for r in &rejects {
+                println!("would reject {} {}: {}", spec.collection, r.locate(), r.reason);
+            }
+            return Ok(summary);
+        }
+        engine.metrics.records_scanned.fetch_add(scanned.records, std::sync::atomic::Ordering::Relaxed);
+        let mut removed: Vec<String> = Vec::new();
+        apply_deletes(engine, sink, spec, deletes, existing.len(), &mut summary, &mut removed).await?;
+        if let Some(memo) = &engine.memo {
+            // Every record that was settled (written, unchanged, or left alone because
+            // MongoDB is newer) is memoised; rejected ones are mapped again next time.
+            let rejected: HashSet<&str> = rejects.iter().filter_map(|r| r.id.as_deref()).collect();
+            let next: Vec<(String, u64, Arc<MemoRec>)> =
+                memo_pending.into_values().filter(|(_, _, rec)| !rejected.contains(rec.id.as_str())).collect();
+            if let Ok(mut memo) = memo.lock() {
+                commit_memo(&mut memo, &scanned, next);
+            }
+        }
+        if engine.known.is_some() {
+            remember(engine, spec, scanned.complete, &existing, &details, &rel_of, fresh, removed);
+        }
+        drop(existing);
         summary.bad_files = count(scanned.bad.len());
-        for r in &scanned.rejects {
-            println!("would reject {} {}: {}", spec.collection, r.locate(), r.reason);
+        let mut bad_paths: Vec<&String> = scanned.bad.iter().collect();
+        bad_paths.sort();
+        let prefix = format!("{}/", spec.root.label());
+        summary.bad_paths = bad_paths
+            .into_iter()
+            .filter_map(|rel| {
+                let r = rel.strip_prefix(&prefix)?;
+                Some(source::source_file(scanned.spec, spec, engine.roots.dir(spec.root), r))
+            })
+            .collect();
+        let mut report_bad = scanned.bad.clone();
+        if opts.defer_bad_files {
+            rejects.retain(|r| !matches!(r.reason, Reject::File(_)));
+            report_bad.clear();
         }
-        return Ok(summary);
-    }
-
-    let mut rejects = std::mem::take(&mut scanned.rejects);
-    let mut removed: Vec<String> = Vec::new();
-    engine.metrics.set_phase(format!("{}: writing", spec.collection));
-    engine.metrics.records_scanned.fetch_add(scanned.records, std::sync::atomic::Ordering::Relaxed);
-    engine
-        .metrics
-        .ops_planned
-        .fetch_add(count(plan.inserts.len() + plan.updates.len()), std::sync::atomic::Ordering::Relaxed);
-    apply_writes(engine, sink, &spec, plan.inserts, plan.updates, &mut summary, &mut rejects, opts, &mut fresh).await?;
-    apply_deletes(engine, sink, &spec, plan.deletes, existing.len(), &mut summary, &mut removed).await?;
-    tracing::debug!(collection = %spec.collection, elapsed_ms = t.elapsed().as_millis(), "Written");
-    if let Some(memo) = &engine.memo {
-        // Every record that was settled (written, unchanged, or left alone because
-        // MongoDB is newer) is memoised; rejected ones are mapped again next time.
-        let rejected: HashSet<&str> = rejects.iter().filter_map(|r| r.id.as_deref()).collect();
-        memo_next.extend(memo_pending.into_values().filter(|(_, _, rec)| !rejected.contains(rec.id.as_str())));
-        if let Ok(mut memo) = memo.lock() {
-            commit_memo(&mut memo, &scanned, memo_next);
+        summary.rejected = count(rejects.len());
+        // A deferred bad file keeps its earlier rejects until it is judged.
+        let complete = scanned.complete && report_bad.len() == scanned.bad.len();
+        let scope = RejectScope { read_ok: &scanned.read_ok, bad: &report_bad, missing: &scanned.missing, complete };
+        store_rejects(sink, spec, scope, rejects, opts).await?;
+        if summary.changed() {
+            summary.changed_collections.push(spec.collection.clone());
         }
+        engine.metrics.record_summary(&spec.collection, &summary);
+        Ok(summary)
     }
-    if caching {
-        remember(engine, &spec, scanned.complete, &existing, &details, &rel_of, fresh, removed);
-    }
-    tracing::debug!(collection = %spec.collection, elapsed_ms = t.elapsed().as_millis(), "Remembered");
-    summary.bad_files = count(scanned.bad.len());
-    let mut bad_paths: Vec<&String> = scanned.bad.iter().collect();
-    bad_paths.sort();
-    let prefix = format!("{}/", spec.root.label());
-    summary.bad_paths = bad_paths
-        .into_iter()
-        .filter_map(|rel| {
-            let r = rel.strip_prefix(&prefix)?;
-            Some(source::source_file(scanned.spec, &spec, engine.roots.dir(spec.root), r))
-        })
-        .collect();
-    let mut report_bad = scanned.bad.clone();
-    if opts.defer_bad_files {
-        rejects.retain(|r| !matches!(r.reason, Reject::File(_)));
-        report_bad.clear();
-    }
-    summary.rejected = count(rejects.len());
-    // A deferred bad file keeps its earlier rejects until it is judged.
-    let complete = scanned.complete && report_bad.len() == scanned.bad.len();
-    let scope = RejectScope { read_ok: &scanned.read_ok, bad: &report_bad, missing: &scanned.missing, complete };
-    store_rejects(sink, &spec, scope, rejects, opts).await?;
-    if summary.changed() {
-        summary.changed_collections.push(spec.collection.clone());
-    }
-    engine.metrics.record_summary(&spec.collection, &summary);
-    Ok(summary)
 }
 
 /// Make the memo of every file read in full hold what was mirrored from it:

@@ -59,7 +59,7 @@ pub async fn verify(engine: &Arc<Engine>, sink: &Sink) -> Result<Report, Fatal> 
     let mut report = Report { in_sync: true, collections: Vec::new() };
     for spec_idx in 0..engine.layout.sources.len() {
         let e = engine.clone();
-        let scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, None))
+        let scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, None, None))
             .await
             .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
         let spec = engine.layout.sources[spec_idx].clone();

@@ -515,3 +515,66 @@ async fn an_identity_clash_is_recorded_with_both_ids_and_verified() {
         run.stdout
     );
 }
+
+/// A whole source is compared and written in chunks (`--chunk-records`); where
+/// the chunk boundaries fall must not change any outcome: duplicates found
+/// chunks apart, changes, deletes and rejects come out as with one chunk.
+#[tokio::test(flavor = "multi_thread")]
+async fn chunk_boundaries_change_nothing() {
+    async fn contents(db: &TestDb) -> Vec<(String, Vec<Document>)> {
+        let mut out = Vec::new();
+        for coll in ["users", "datasets", "training_jobs", "mirror_rejects", "mirror_archive"] {
+            let mut docs = db.docs(coll).await;
+            for d in &mut docs {
+                d.remove("_mirror");
+                d.remove("first_seen");
+                d.remove("deleted_at");
+                if let Ok(inner) = d.get_document_mut("document") {
+                    inner.remove("_mirror");
+                }
+            }
+            docs.sort_by_key(|d| d.get("_id").map(|b| b.to_string()));
+            out.push((coll.to_string(), docs));
+        }
+        out
+    }
+    let mut users: Vec<serde_json::Value> =
+        (0..23).map(|i| user(&format!("u{i:02}"), &format!("u{i}@x.io"), "2025-10-01T00:00:00Z")).collect();
+    // Chunks apart: a duplicate id and a duplicate email, both later than the first holder.
+    users.push(user("u01", "other@x.io", "2025-10-01T00:00:00Z"));
+    users.push(user("u99", "u2@x.io", "2025-10-01T00:00:00Z"));
+    let mut results = Vec::new();
+    for chunk in ["1", "3", "2000"] {
+        let db = TestDb::new(&format!("chunk_boundaries_{chunk}")).await;
+        let p = Platform::new();
+        p.users(&json!(users));
+        for j in 0..7 {
+            p.job(&format!("job_{j}"), &job(&format!("job_{j}"), "running", "2025-10-12T09:41:13.002Z"));
+        }
+        let first = docmirror(&db, &p, &["sync", "--chunk-records", chunk]).await;
+        assert_eq!(first.code, 3, "{first:?}");
+        assert_eq!(first.count("inserted"), 23 + 7, "{first:?}");
+        assert_eq!(first.count("rejected"), 2, "{first:?}");
+        // Change one user, drop two users (the second lies chunks away) and a job.
+        let mut next = users.clone();
+        next[5]["name"] = json!("Renamed");
+        next[5]["updatedAt"] = json!("2025-11-01T00:00:00Z");
+        next.remove(20);
+        next.remove(3);
+        p.users(&json!(next));
+        p.remove("artifacts/jobs/job_3.json");
+        let dry = docmirror(&db, &p, &["sync", "--dry-run", "--chunk-records", chunk]).await;
+        assert_eq!(dry.count("updated"), 1, "{dry:?}");
+        assert_eq!(dry.count("archived") + dry.count("deleted"), 3, "{dry:?}");
+        let second = docmirror(&db, &p, &["sync", "--chunk-records", chunk]).await;
+        assert_eq!(second.count("updated"), 1, "{second:?}");
+        assert_eq!(second.count("archived"), 3, "{second:?}");
+        assert_eq!(second.count("unchanged"), 20 + 6, "{second:?}");
+        let third = docmirror(&db, &p, &["sync", "--chunk-records", chunk]).await;
+        assert_eq!(third.count("unchanged"), 21 + 6, "{third:?}");
+        assert_eq!(third.count("inserted") + third.count("updated") + third.count("archived"), 0, "{third:?}");
+        results.push(contents(&db).await);
+    }
+    assert_eq!(results[0], results[2], "chunks of 1 and of 2000 must give the same collections");
+    assert_eq!(results[1], results[2], "chunks of 3 and of 2000 must give the same collections");
+}

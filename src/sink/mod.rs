@@ -332,6 +332,41 @@ impl Sink {
         .await
     }
 
+    /// Like [`Sink::find_all`], but every document is turned into a `T` as it
+    /// arrives, so a large collection is never held as documents all at once.
+    pub async fn find_map<T, C, F>(
+        &self,
+        coll: &str,
+        filter: Document,
+        projection: Option<Document>,
+        f: F,
+    ) -> Result<C, SinkError>
+    where
+        C: Default + Extend<T>,
+        F: Fn(&Document) -> Option<T>,
+    {
+        let c = self.collection(coll);
+        let f = &f;
+        self.retry("read", || {
+            let c = c.clone();
+            let filter = filter.clone();
+            let projection = projection.clone();
+            async move {
+                let mut find = c.find(filter).batch_size(10_000);
+                if let Some(p) = projection {
+                    find = find.projection(p);
+                }
+                let mut cursor = find.await?;
+                let mut out = C::default();
+                while let Some(d) = cursor.try_next().await? {
+                    out.extend(f(&d));
+                }
+                Ok(out)
+            }
+        })
+        .await
+    }
+
     /// Look up documents by `_id`, in batches of `$in` queries.
     pub async fn find_by_ids(
         &self,
