@@ -8,6 +8,7 @@
 //! inserted, updated, unchanged, skipped (newer in MongoDB) or rejected.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bson::{doc, Bson, Document};
@@ -71,6 +72,8 @@ pub struct Engine {
     pub known: Option<std::sync::Mutex<HashMap<String, HashMap<String, Known>>>>,
     /// watch only: per source file, the records mirrored from it by raw-text hash.
     pub memo: Option<std::sync::Mutex<Memo>>,
+    /// Numbers the passes of scans over the memo (marks in [`MemoRec::seen`]).
+    pub scans: AtomicU64,
 }
 
 /// One document as the mirror last left it.
@@ -97,6 +100,7 @@ impl Engine {
             metrics: Arc::default(),
             known: None,
             memo: None,
+            scans: AtomicU64::new(0),
         }
     }
 }
@@ -167,27 +171,75 @@ pub struct Candidate {
     pub rel: String,
     pub position: Option<usize>,
     /// Hash of the record's raw JSON text (watch's per-file memo).
-    pub raw_hash: Option<u64>,
+    pub raw_hash: Option<RawHash>,
+    /// The record's unique values (`(field, value)`), shared with the memo.
+    pub emails: Vec<(Arc<str>, Arc<str>)>,
 }
 
 /// What watch remembers of a record it mirrored, keyed by the hash of the
 /// record's raw JSON text: an identical text is the same record, so a change
 /// to one user of a 100,000-user file maps one record, not all of them.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct MemoRec {
-    pub id: String,
+    pub id: Arc<str>,
     pub hash: String,
-    pub emails: Vec<(String, String)>,
+    pub emails: Vec<(Arc<str>, Arc<str>)>,
+    /// The last scan pass that met this record (see [`Engine::scans`]).
+    pub seen: AtomicU64,
 }
 
-/// Per source file (`rel`), the records mirrored from it by raw-text hash.
-pub type Memo = HashMap<String, HashMap<u64, Arc<MemoRec>>>;
+impl MemoRec {
+    pub fn new(id: Arc<str>, hash: String, emails: Vec<(Arc<str>, Arc<str>)>) -> Self {
+        MemoRec { id, hash, emails, seen: AtomicU64::new(0) }
+    }
+}
 
-/// A record found identical to one already mirrored (watch, changed files only).
+/// A 128-bit hash of a record's (or file's) raw text: XXH3, fast enough to
+/// run over a 30 MB file on every change, wide enough that two different
+/// texts sharing one is not a practical concern.
+pub type RawHash = u128;
+
+/// What watch remembers of one source file.
+#[derive(Debug, Default)]
+pub struct FileMemo {
+    /// The hash of the whole file as last settled, when every record of it was
+    /// settled (no rejects): identical bytes need not be read again.
+    pub digest: Option<RawHash>,
+    /// The records mirrored from it, by raw-text hash.
+    pub recs: HashMap<RawHash, Arc<MemoRec>, BuildRawHasher>,
+}
+
+/// Raw-text hashes are already uniformly random: a hash map keyed by them
+/// needs no second hash (SipHash over 100,000 keys per change is measurable).
+#[derive(Default)]
+pub struct RawHasher(u64);
+
+impl std::hash::Hasher for RawHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for keys other than u128; fold them in (FNV-1a).
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        // The low 64 bits of the XXH3-128 hash: the truncation is the point.
+        self.0 ^= u64::try_from(n & u128::from(u64::MAX)).unwrap_or_default();
+    }
+}
+
+pub type BuildRawHasher = std::hash::BuildHasherDefault<RawHasher>;
+
+/// Per source file (`rel`), what watch remembers of it.
+pub type Memo = HashMap<String, FileMemo>;
+
+/// A memoised record met in a scan: found again unchanged, or gone.
 #[derive(Debug, Clone)]
-pub struct Unchanged {
+pub struct MemoEntry {
     pub rel: Arc<str>,
-    pub raw_hash: u64,
+    pub raw_hash: RawHash,
     pub rec: Arc<MemoRec>,
 }
 
@@ -263,11 +315,16 @@ pub struct Scanned {
     pub files: u64,
     pub records: u64,
     /// Records whose raw text is the same as when they were last mirrored.
-    pub unchanged: Vec<Unchanged>,
+    pub unchanged: Vec<MemoEntry>,
     /// Files whose every mirrored record is in the memo.
     pub memo_covered: HashSet<String>,
-    /// Ids of memoised records of those files whose text is gone (changed or removed).
-    pub vanished: Vec<String>,
+    /// Memoised records of those files whose text is gone (changed or removed),
+    /// or that are no longer settled (now a duplicate).
+    pub vanished: Vec<MemoEntry>,
+    /// Files found byte-for-byte as last settled (watch): not read further.
+    pub identical: u64,
+    /// The hash of every file read in full (watch).
+    pub digests: HashMap<String, RawHash>,
 }
 
 /// By default, candidates are handed on in chunks of this many during a full
@@ -301,6 +358,10 @@ pub fn scan_source(
     };
     let mut firsts = Firsts::default();
     let memo_on = engine.memo.is_some();
+    let single_file = files.len() == 1;
+    // Two marks per scan: the look-ahead below, then the settled hits.
+    let ahead = engine.scans.fetch_add(2, Ordering::Relaxed) + 1;
+    let mark = ahead + 1;
     // Memo hits are trusted only for changed files: full scans check every
     // record against MongoDB, which is what makes them a safety net.
     let use_hits = memo_on && !out.complete;
@@ -318,6 +379,16 @@ pub fn scan_source(
                 continue;
             }
         };
+        // A changed file's bytes may be just as they were last settled (a writer
+        // that rewrites without changing anything, or a second event for one write).
+        let digest = memo_on.then(|| xxhash_rust::xxh3::xxh3_128(&bytes));
+        if use_hits {
+            let settled = engine.memo.as_ref().and_then(|m| m.lock().ok()).and_then(|m| m.get(&file.rel)?.digest);
+            if settled.is_some() && settled == digest {
+                out.identical += 1;
+                continue;
+            }
+        }
         // The content hash covers the file's name too: a record that moves
         // to another file is written again (its `_mirror.source` changes).
         let salt = format!("{fingerprint}\u{0}{}", file.rel);
@@ -333,21 +404,36 @@ pub fn scan_source(
             }
         };
         out.read_ok.insert(file.rel.clone());
+        if let Some(d) = digest {
+            out.digests.insert(file.rel.clone(), d);
+        }
         // Held for this file's loop only; reconciles run one at a time.
         let memo_guard = if use_hits { engine.memo.as_ref().and_then(|m| m.lock().ok()) } else { None };
         let memo = memo_guard.as_ref().and_then(|m| m.get(&file.rel));
         let rel_arc: Arc<str> = Arc::from(file.rel.as_str());
-        let mut seen: HashSet<u64> = HashSet::with_capacity(if memo.is_some() { raws.len() } else { 0 });
-        for (position, text) in raws {
-            let raw_hash = if memo_on { raw_hash(text) } else { 0 };
-            if let Some(rec) = memo.and_then(|m| m.get(&raw_hash)) {
-                seen.insert(raw_hash);
-                if firsts.clash(spec, &rec.id, &rec.emails).is_none() {
+        let hashes: Vec<RawHash> = if memo_on { raws.iter().map(|(_, t)| raw_hash(t)).collect() } else { Vec::new() };
+        // In a scan of one file, only the hits that share a key with a record
+        // that is not a hit need the first-keeps-it check.
+        let clash_keys = match memo {
+            Some(m) if single_file => Some(clash_keys(spec, &salt, m, &raws, &hashes, ahead)),
+            _ => None,
+        };
+        for (i, (position, text)) in raws.into_iter().enumerate() {
+            let raw_hash = hashes.get(i).copied().unwrap_or(0);
+            if let Some(rec) = memo.and_then(|m| m.recs.get(&raw_hash)) {
+                let check = clash_keys
+                    .as_ref()
+                    .is_none_or(|k| k.contains(&*rec.id) || rec.emails.iter().any(|(_, v)| k.contains(&**v)));
+                if !check || firsts.clash(spec, &rec.id, &rec.emails).is_none() {
+                    rec.seen.store(mark, Ordering::Relaxed);
                     out.records += 1;
-                    firsts.claim(&rec.id, &rec.emails, file_idx, position);
-                    out.unchanged.push(Unchanged { rel: rel_arc.clone(), raw_hash, rec: rec.clone() });
+                    if check {
+                        firsts.claim(&rec.id, &rec.emails, file_idx, position);
+                    }
+                    out.unchanged.push(MemoEntry { rel: rel_arc.clone(), raw_hash, rec: rec.clone() });
                     continue;
                 }
+                // Now a duplicate of an earlier record: no longer settled, mapped again below.
             }
             let value = match source::parse_value(text) {
                 Ok(v) => v,
@@ -387,27 +473,67 @@ pub fn scan_source(
         // Records mirrored from this file whose text is no longer there: changed or gone.
         if let Some(m) = memo {
             out.memo_covered.insert(file.rel.clone());
-            out.vanished.extend(m.iter().filter(|(h, _)| !seen.contains(h)).map(|(_, rec)| rec.id.clone()));
+            out.vanished.extend(
+                m.recs.iter().filter(|(_, r)| r.seen.load(Ordering::Relaxed) != mark).map(|(h, rec)| MemoEntry {
+                    rel: rel_arc.clone(),
+                    raw_hash: *h,
+                    rec: rec.clone(),
+                }),
+            );
         }
     }
     Ok(out)
 }
 
-/// A fast 64-bit hash of a record's raw text (not stored anywhere; the
-/// content hash in `_mirror` stays SHA-256).
-fn raw_hash(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
+/// The ids and unique values that a memo hit of one file could share with
+/// another record of the file: those of the records that are not hits
+/// (changed or new), and those of texts that occur twice. The hits of a file
+/// were settled together in its last scan, so they cannot clash with each other.
+fn clash_keys(
+    spec: &SourceSpec,
+    salt: &str,
+    memo: &FileMemo,
+    raws: &[(Option<usize>, &str)],
+    hashes: &[RawHash],
+    ahead: u64,
+) -> HashSet<Arc<str>> {
+    let mut keys: HashSet<Arc<str>> = HashSet::new();
+    for ((_, text), h) in raws.iter().zip(hashes) {
+        match memo.recs.get(h) {
+            Some(rec) if rec.seen.swap(ahead, Ordering::Relaxed) != ahead => {}
+            Some(rec) => {
+                keys.insert(rec.id.clone());
+                keys.extend(rec.emails.iter().map(|(_, v)| v.clone()));
+            }
+            None => {
+                // Mapped here only for its keys; the scan maps it again in order.
+                let Ok(value) = source::parse_value(text) else { continue };
+                if let Ok(m) = map_record(spec, salt, &value) {
+                    keys.extend(emails_of(spec, &m).into_iter().map(|(_, v)| v));
+                    keys.insert(Arc::from(m.id));
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// The hash of a record's raw text (kept in memory only; the content hash
+/// in `_mirror` stays SHA-256).
+fn raw_hash(text: &str) -> RawHash {
+    xxhash_rust::xxh3::xxh3_128(text.as_bytes())
 }
 
 /// Which record first used each id and each email: the first keeps it.
+/// Where a record sits: file (index into `rels`) and position.
+type Loc = (usize, Option<usize>);
+
 #[derive(Default)]
 struct Firsts {
     rels: Vec<String>,
-    by_id: HashMap<String, (usize, Option<usize>)>,
-    by_unique: HashMap<(String, String), (usize, Option<usize>)>,
+    by_id: HashMap<Arc<str>, Loc>,
+    /// By (field, value).
+    by_unique: HashMap<(Arc<str>, Arc<str>), Loc>,
 }
 
 impl Firsts {
@@ -424,27 +550,30 @@ impl Firsts {
         }
     }
 
-    fn clash(&self, spec: &SourceSpec, id: &str, emails: &[(String, String)]) -> Option<Reject> {
+    fn clash(&self, spec: &SourceSpec, id: &str, emails: &[(Arc<str>, Arc<str>)]) -> Option<Reject> {
         if let Some(first) = self.by_id.get(id) {
             return Some(Reject::DuplicateId { id: id.to_string(), first: self.locate(*first) });
         }
         let _ = spec;
         emails.iter().find_map(|(field, v)| {
             let first = self.by_unique.get(&(field.clone(), v.clone()))?;
-            Some(Reject::DuplicateEmail { email: v.clone(), first: self.locate(*first) })
+            Some(Reject::DuplicateEmail { email: v.to_string(), first: self.locate(*first) })
         })
     }
 
-    fn claim(&mut self, id: &str, emails: &[(String, String)], file: usize, position: Option<usize>) {
-        self.by_id.insert(id.to_string(), (file, position));
+    fn claim(&mut self, id: &Arc<str>, emails: &[(Arc<str>, Arc<str>)], file: usize, position: Option<usize>) {
+        self.by_id.insert(id.clone(), (file, position));
         for (field, v) in emails {
             self.by_unique.insert((field.clone(), v.clone()), (file, position));
         }
     }
 }
 
-fn emails_of(spec: &SourceSpec, m: &Mapped) -> Vec<(String, String)> {
-    spec.normalize_email.iter().filter_map(|f| m.doc.get_str(f).ok().map(|v| (f.clone(), v.to_string()))).collect()
+fn emails_of(spec: &SourceSpec, m: &Mapped) -> Vec<(Arc<str>, Arc<str>)> {
+    spec.normalize_email
+        .iter()
+        .filter_map(|f| m.doc.get_str(f).ok().map(|v| (Arc::from(f.as_str()), Arc::from(v))))
+        .collect()
 }
 
 /// Map one record and file it as a candidate or a reject.
@@ -455,7 +584,7 @@ fn add_record(
     rel: &str,
     file_idx: usize,
     raw: source::RawRecord,
-    raw_hash: Option<u64>,
+    raw_hash: Option<RawHash>,
     firsts: &mut Firsts,
     out: &mut Scanned,
 ) {
@@ -469,8 +598,14 @@ fn add_record(
                 out.rejects.push(record_reject(spec, rel, raw.position, id, reason, &raw.value));
                 return;
             }
-            firsts.claim(&m.id, &emails, file_idx, raw.position);
-            out.candidates.push(Candidate { mapped: m, rel: rel.to_string(), position: raw.position, raw_hash });
+            firsts.claim(&Arc::from(m.id.as_str()), &emails, file_idx, raw.position);
+            out.candidates.push(Candidate {
+                mapped: m,
+                rel: rel.to_string(),
+                position: raw.position,
+                raw_hash,
+                emails,
+            });
         }
         Err(reason) => {
             let id = raw.value.get(&spec.id_field).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
@@ -699,7 +834,7 @@ async fn reconcile_files(
     let mut scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, Some(files), None))
         .await
         .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
-    tracing::debug!(source = %engine.layout.sources[spec_idx].name, records = scanned.records, elapsed_ms = t.elapsed().as_millis(), "Scanned");
+    tracing::debug!(source = %engine.layout.sources[spec_idx].name, records = scanned.records, unchanged = scanned.unchanged.len(), mapped = scanned.candidates.len(), identical = scanned.identical, elapsed_ms = t.elapsed().as_millis(), "Scanned");
     let existing = fetch_existing(engine, sink, &scanned).await?;
     let mut run = SourceRun::new(engine, sink, spec_idx, opts);
     let mut candidates = std::mem::take(&mut scanned.candidates).into_iter();
@@ -737,9 +872,9 @@ async fn fetch_existing(
             let covered =
                 scanned.read_ok.iter().all(|r| scanned.memo_covered.contains(r)) && scanned.missing.is_empty();
             if covered {
-                for id in &scanned.vanished {
-                    if let Some(k) = coll.get(id) {
-                        out.entry(id.clone()).or_insert_with(|| k.existing());
+                for v in &scanned.vanished {
+                    if let Some(k) = coll.get(&*v.rec.id) {
+                        out.entry(v.rec.id.to_string()).or_insert_with(|| k.existing());
                     }
                 }
                 return Ok(out);
@@ -748,7 +883,7 @@ async fn fetch_existing(
                 .candidates
                 .iter()
                 .map(|c| c.mapped.id.as_str())
-                .chain(scanned.unchanged.iter().map(|u| u.rec.id.as_str()))
+                .chain(scanned.unchanged.iter().map(|u| &*u.rec.id))
                 .collect();
             for (id, k) in coll {
                 if (scanned.read_ok.contains(&*k.source) || scanned.missing.contains(&*k.source))
@@ -800,7 +935,7 @@ struct SourceRun<'a> {
     rejects: Vec<RejectRecord>,
     ids_in_files: HashSet<String>,
     /// watch: the memo entries of the candidates, committed once settled.
-    memo_pending: HashMap<String, (String, u64, Arc<MemoRec>)>,
+    memo_pending: Vec<MemoEntry>,
     /// watch: which file each candidate came from, for the picture.
     rel_of: HashMap<String, Arc<str>>,
     rels: HashMap<String, Arc<str>>,
@@ -818,7 +953,7 @@ impl<'a> SourceRun<'a> {
             summary: Summary::default(),
             rejects: Vec::new(),
             ids_in_files: HashSet::new(),
-            memo_pending: HashMap::new(),
+            memo_pending: Vec::new(),
             rel_of: HashMap::new(),
             rels: HashMap::new(),
             fresh: Vec::new(),
@@ -832,21 +967,22 @@ impl<'a> SourceRun<'a> {
         }
         let (engine, sink, opts) = (self.engine, self.sink, self.opts);
         let spec = &self.spec;
-        if engine.known.is_some() {
+        if engine.known.is_some() || engine.memo.is_some() {
             for c in &candidates {
-                let rel = self.rels.entry(c.rel.clone()).or_insert_with(|| Arc::from(c.rel.as_str())).clone();
-                self.rel_of.insert(c.mapped.id.clone(), rel);
-            }
-        }
-        if engine.memo.is_some() {
-            for c in &candidates {
-                if let Some(h) = c.raw_hash {
-                    let rec = MemoRec {
-                        id: c.mapped.id.clone(),
-                        hash: c.mapped.hash.clone(),
-                        emails: emails_of(spec, &c.mapped),
-                    };
-                    self.memo_pending.insert(c.mapped.id.clone(), (c.rel.clone(), h, Arc::new(rec)));
+                let rel = match self.rels.get(c.rel.as_str()) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r: Arc<str> = Arc::from(c.rel.as_str());
+                        self.rels.insert(c.rel.clone(), r.clone());
+                        r
+                    }
+                };
+                if engine.known.is_some() {
+                    self.rel_of.insert(c.mapped.id.clone(), rel.clone());
+                }
+                if let (Some(h), true) = (c.raw_hash, engine.memo.is_some()) {
+                    let rec = MemoRec::new(Arc::from(c.mapped.id.as_str()), c.mapped.hash.clone(), c.emails.clone());
+                    self.memo_pending.push(MemoEntry { rel, raw_hash: h, rec: Arc::new(rec) });
                 }
             }
         }
@@ -933,7 +1069,7 @@ impl<'a> SourceRun<'a> {
             opts,
             mut summary,
             rejects: run_rejects,
-            mut ids_in_files,
+            ids_in_files,
             memo_pending,
             rel_of,
             fresh,
@@ -943,17 +1079,20 @@ impl<'a> SourceRun<'a> {
         summary.files = scanned.files;
         summary.read = scanned.records;
         summary.unchanged += count(scanned.unchanged.len());
-        ids_in_files.extend(scanned.unchanged.iter().map(|u| u.rec.id.clone()));
         let mut rejects = std::mem::take(&mut scanned.rejects);
         rejects.extend(run_rejects);
         // Deletes: documents the mirror wrote from files it has now read in full
         // (or that are gone) whose records are no longer there.
-        let gone: Vec<String> = existing
+        let mut gone: Vec<String> = existing
             .keys()
             .filter(|id| !ids_in_files.contains(*id) && !scanned.protected_ids.contains(*id))
             .cloned()
             .collect();
         drop(ids_in_files);
+        if !gone.is_empty() && !scanned.unchanged.is_empty() {
+            let unchanged: HashSet<&str> = scanned.unchanged.iter().map(|u| &*u.rec.id).collect();
+            gone.retain(|id| !unchanged.contains(id.as_str()));
+        }
         let details: HashMap<String, Existing> = if gone.is_empty() {
             HashMap::new()
         } else {
@@ -997,10 +1136,16 @@ impl<'a> SourceRun<'a> {
             // Every record that was settled (written, unchanged, or left alone because
             // MongoDB is newer) is memoised; rejected ones are mapped again next time.
             let rejected: HashSet<&str> = rejects.iter().filter_map(|r| r.id.as_deref()).collect();
-            let next: Vec<(String, u64, Arc<MemoRec>)> =
-                memo_pending.into_values().filter(|(_, _, rec)| !rejected.contains(rec.id.as_str())).collect();
+            let next: Vec<MemoEntry> = memo_pending.into_iter().filter(|e| !rejected.contains(&*e.rec.id)).collect();
+            // A file with a rejected record is read again even when its bytes are
+            // the same: a reject can clear without the file changing (an email
+            // released by another document).
+            let rejected_files: HashSet<&str> = rejects.iter().map(|r| r.rel.as_str()).collect();
+            for rel in rejected_files {
+                scanned.digests.remove(rel);
+            }
             if let Ok(mut memo) = memo.lock() {
-                commit_memo(&mut memo, &scanned, next);
+                commit_memo(engine, spec, &mut memo, &scanned, next);
             }
         }
         if engine.known.is_some() {
@@ -1038,30 +1183,32 @@ impl<'a> SourceRun<'a> {
 
 /// Make the memo of every file read in full hold what was mirrored from it:
 /// entries of records that are gone are dropped, new ones added (no copies of
-/// the entries that stay).
-fn commit_memo(
-    memo: &mut HashMap<String, HashMap<u64, Arc<MemoRec>>>,
-    scanned: &Scanned,
-    next: Vec<(String, u64, Arc<MemoRec>)>,
-) {
+/// the entries that stay). O(changes) for a file the memo already covered.
+fn commit_memo(engine: &Engine, spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, next: Vec<MemoEntry>) {
     for rel in &scanned.missing {
         memo.remove(rel);
     }
     if scanned.complete {
-        memo.retain(|rel, _| scanned.read_ok.contains(rel) || scanned.bad.contains(rel));
-    }
-    let mut keep: HashMap<&str, HashSet<u64>> = HashMap::new();
-    for u in &scanned.unchanged {
-        keep.entry(&u.rel).or_default().insert(u.raw_hash);
+        // Files of this source that are gone (the memo holds every source's files).
+        memo.retain(|rel, _| {
+            !belongs_to(engine, spec, rel) || scanned.read_ok.contains(rel) || scanned.bad.contains(rel)
+        });
     }
     for rel in &scanned.read_ok {
-        let kept = keep.remove(rel.as_str()).unwrap_or_default();
-        if let Some(m) = memo.get_mut(rel) {
-            m.retain(|h, _| kept.contains(h));
+        let m = memo.entry(rel.clone()).or_default();
+        m.digest = scanned.digests.get(rel).copied();
+        if !scanned.memo_covered.contains(rel) {
+            // Not looked up in this scan: everything it holds now is in `next`.
+            m.recs.clear();
         }
     }
-    for (rel, h, rec) in next {
-        memo.entry(rel).or_default().insert(h, rec);
+    for v in &scanned.vanished {
+        if let Some(m) = memo.get_mut(&*v.rel) {
+            m.recs.remove(&v.raw_hash);
+        }
+    }
+    for e in next {
+        memo.entry(e.rel.to_string()).or_default().recs.insert(e.raw_hash, e.rec);
     }
 }
 

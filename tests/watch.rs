@@ -267,3 +267,52 @@ async fn a_large_file_is_followed_record_by_record_and_stays_exact() {
     let run = docmirror(&db, &p, &["verify"]).await;
     assert_eq!(run.code, 0, "{}", run.stdout);
 }
+
+/// The memo of one source survives the reconcile of the others (a change
+/// right after the initial sync maps one record, not the file); a memoised
+/// record still loses its email to a new record placed before it; a rewrite
+/// with the same bytes is not read further.
+#[tokio::test(flavor = "multi_thread")]
+async fn memo_keeps_every_source_and_file_order() {
+    let db = TestDb::new("watch_memo_order").await;
+    let p = Platform::new();
+    let mut users: Vec<_> =
+        (0..30).map(|i| user(&format!("u{i:02}"), &format!("{i}@x.io"), "2025-10-01T00:00:00Z")).collect();
+    p.users(&json!(users));
+    p.datasets(&json!([dataset("d1", 12)]));
+    p.job("j1", &job("j1", "queued", "2025-10-12T09:00:00.000Z"));
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    users[3]["name"] = json!("three");
+    users[3]["updatedAt"] = json!("2025-10-02T00:00:00Z");
+    p.write_by_rename("data/users.json", &serde_json::to_vec_pretty(&users).unwrap());
+    wait_field(&db, "users", "u03", "name", "three").await;
+    let scans = |log: &str| -> Vec<String> {
+        log.lines().filter(|l| l.contains("Scanned") && l.contains("source=users")).map(str::to_string).collect()
+    };
+    let log = w.log_text();
+    let first_change = scans(&log).into_iter().find(|l| l.contains("unchanged=")).expect("a scan of the changed file");
+    assert!(first_change.contains("mapped=1 "), "the whole file was mapped again: {first_change}\n{log}");
+
+    // A new first record takes u05's email: u05 (unchanged, memoised) is now the duplicate.
+    let mut with_new = users.clone();
+    with_new.insert(0, user("u99", "5@x.io", "2025-10-03T00:00:00Z"));
+    p.write_by_rename("data/users.json", &serde_json::to_vec_pretty(&with_new).unwrap());
+    eventually(20, "u05 rejected as the later holder of 5@x.io", || async {
+        db.rejects().await.iter().any(|r| {
+            r.get_str("reason_code").unwrap() == "duplicate_email" && r.get_str("record_id").ok() == Some("u05")
+        })
+    })
+    .await;
+
+    // Back to the earlier file, then the same bytes again.
+    p.write_by_rename("data/users.json", &serde_json::to_vec_pretty(&users).unwrap());
+    eventually(20, "the clash is cleared", || async { db.rejects().await.is_empty() }).await;
+    p.write_by_rename("data/users.json", &serde_json::to_vec_pretty(&users).unwrap());
+    eventually(20, "an identical rewrite is recognised", || async {
+        scans(&w.log_text()).iter().any(|l| l.contains("identical=1"))
+    })
+    .await;
+    w.stop().await;
+    let run = docmirror(&db, &p, &["verify"]).await;
+    assert_eq!(run.code, 0, "{}", run.stdout);
+}
