@@ -358,8 +358,19 @@ def judge(name: str, res: RunResult, server: Server, tree: Tree, resync: bool, r
 # --------------------------------------------------------------------------- scenarios 1 and 2
 
 
+def server_floor(srv: "Server", proj: dict) -> float:
+    """Seconds the server takes just to list every document of the three
+    collections with projection `proj` (pymongo, batches of 10,000): the least
+    any re-sync that checks what MongoDB holds must wait for."""
+    t = time.perf_counter()
+    for coll in ("users", "datasets", "training_jobs"):
+        for _ in srv.db[coll].find({}, proj, batch_size=10_000):
+            pass
+    return time.perf_counter() - t
+
+
 def scenario_sync(cfg, full: Tree, tenth: Tree, contenders: list[str]) -> dict[str, dict[str, Series]]:
-    res = {"initial": {}, "resync": {}}
+    res = {"initial": {}, "resync": {}, "floor_ids": [], "floor_hashes": []}
     for name in contenders:
         tree = tenth if name == "seed-style" else full
         res["initial"][name] = Series(name, tree.records)
@@ -378,6 +389,11 @@ def scenario_sync(cfg, full: Tree, tenth: Tree, contenders: list[str]) -> dict[s
                     log(f"run {r + 1}/{cfg.runs} {phase:7s} {name:11s} {tree.records:>7} records "
                         f"{out.wall:8.2f}s rc={out.rc} cpu={out.cpu:.2f}s server-cpu={out.server_cpu:.2f}s "
                         f"{'OK' if a.ok else 'NOT OK: ' + a.detail[:300]}")
+                    if a.ok and phase == "resync" and name == "docmirror":
+                        res["floor_ids"].append(server_floor(srv, {"_id": 1}))
+                        res["floor_hashes"].append(server_floor(srv, {"_mirror.hash": 1}))
+                        log(f"run {r + 1}/{cfg.runs} server floor: ids {res['floor_ids'][-1]:.2f}s, "
+                            f"ids + hashes {res['floor_hashes'][-1]:.2f}s")
                     if not a.ok and phase == "initial":
                         res["resync"][name].attempts.append(
                             Attempt(r + 1, None, False, "initial sync failed; re-sync not measured"))
@@ -893,6 +909,17 @@ def render(cfg, full: Tree, tenth: Tree, sync: dict, watch: dict, mongoimport_no
                    "Each contender runs a second time on the same server and files. "
                    f"docmirror's summary line (confirms zero writes): `{summ}`")
         i, rs = sync["initial"], sync["resync"]
+        floor_ids, floor_hashes = sync.get("floor_ids") or [], sync.get("floor_hashes") or []
+        bt = rs.get("batched").median() if rs.get("batched") else None
+        if floor_ids:
+            A("**Server floor.** Right after each docmirror re-sync, on the same server, a pymongo loop only "
+              "lists the documents of the three collections (`find({}, projection)`, batches of 10,000) and "
+              f"does nothing else: `_id` only, median {statistics.median(floor_ids):.2f} s "
+              f"({min(floor_ids):.2f}–{max(floor_ids):.2f} s); `_id` and `_mirror.hash`, median "
+              f"{statistics.median(floor_hashes):.2f} s ({min(floor_hashes):.2f}–{max(floor_hashes):.2f} s). "
+              "A re-sync that checks every document against MongoDB cannot take less than the first."
+              + (f" 20× the batched contender's re-sync would be {bt / 20:.2f} s." if bt else ""))
+            A("")
 
         def ratio(ser, other):
             a, b = ser.get("docmirror"), ser.get(other)
@@ -905,7 +932,12 @@ def render(cfg, full: Tree, tenth: Tree, sync: dict, watch: dict, mongoimport_no
         x = ratio(i, "seed-style")
         targets.append(("initial sync ≥ 10× seed-style", "–" if x is None else f"{x:.1f}× (records/s)", None if x is None else x >= 10))
         x = ratio(rs, "batched")
-        targets.append(("re-sync ≥ 20× faster than batched", "–" if x is None else f"{x:.1f}×", None if x is None else x >= 20))
+        met = None if x is None else x >= 20
+        shown = ""
+        if x is not None and not met and floor_ids and bt and statistics.median(floor_ids) > bt / 20:
+            shown = (f"; the limit is the server's: listing the ids alone takes {statistics.median(floor_ids):.2f} s, "
+                     f"more than {bt / 20:.2f} s (see the server floor under scenario 2)")
+        targets.append(("re-sync ≥ 20× faster than batched", "–" if x is None else f"{x:.1f}×{shown}", met))
         dmr = rs.get("docmirror")
         zero = dmr is not None and dmr.correct
         targets.append(("re-sync writes nothing", "inserted 0, updated 0 in every run" if zero else "see scenario 2",
@@ -1113,7 +1145,8 @@ def main() -> int:
             f.write(text)
         raw = {
             "config": {k: v for k, v in vars(cfg).items()},
-            "sync": {ph: {n: {"records": s.records, "attempts": [vars(a) for a in s.attempts]} for n, s in ser.items()}
+            "sync": {ph: ({n: {"records": s.records, "attempts": [vars(a) for a in s.attempts]} for n, s in ser.items()}
+                          if isinstance(ser, dict) else ser)
                      for ph, ser in sync.items()},
             "watch": watch,
             "targets": targets,
@@ -1123,7 +1156,8 @@ def main() -> int:
         log(f"report written to {os.path.relpath(report, ROOT)}")
         print(text)
 
-        failures = [f"{ph} {n}: {s.status}" for ph, ser in sync.items() for n, s in ser.items() if s.status != "OK"]
+        failures = [f"{ph} {n}: {s.status}" for ph, ser in sync.items() if isinstance(ser, dict)
+                    for n, s in ser.items() if s.status != "OK"]
         if watch.get("available"):
             for key in ("s3", "s3small", "s4"):
                 sess = watch.get(key)
