@@ -772,43 +772,62 @@ pub async fn reconcile(
             }
         }
     }
-    for (spec_idx, files) in per_spec.into_iter().enumerate() {
-        if !wanted[spec_idx] {
-            continue;
+    // Whole sources: their collections' hashes are read one collection after
+    // the other in the background, and each source is reconciled as soon as its
+    // hashes are in, so one source's files are read and compared while MongoDB
+    // serves the next collection. (Dropping the set stops the reads, should a
+    // source fail.)
+    let whole_specs: Vec<usize> = (0..per_spec.len()).filter(|i| wanted[*i] && whole[*i]).collect();
+    let (fetched_tx, mut fetched) = tokio::sync::mpsc::channel(whole_specs.len().max(1));
+    let mut reader = tokio::task::JoinSet::new();
+    let (e, s) = (engine.clone(), sink.clone());
+    reader.spawn(async move {
+        for spec_idx in whole_specs {
+            let t = std::time::Instant::now();
+            let existing = fetch_all_hashes(&e, &s, spec_idx).await;
+            tracing::debug!(collection = %e.layout.sources[spec_idx].collection, documents = existing.as_ref().map_or(0, HashMap::len), elapsed_ms = t.elapsed().as_millis(), "Fetched what MongoDB holds");
+            let failed = existing.is_err();
+            if fetched_tx.send((spec_idx, existing)).await.is_err() || failed {
+                return;
+            }
         }
+    });
+    while let Some((spec_idx, existing)) = fetched.recv().await {
         if cancel.is_cancelled() {
             return Err(Fatal::Interrupted);
         }
-        let files = if whole[spec_idx] { None } else { files };
         engine.metrics.set_phase(format!("{}: reading", engine.layout.sources[spec_idx].collection));
-        let s = match files {
-            None => reconcile_whole_source(engine, sink, spec_idx, opts).await?,
-            Some(files) => reconcile_files(engine, sink, spec_idx, files, opts).await?,
-        };
-        total.add(&s);
+        total.add(&reconcile_whole_source(engine, sink, spec_idx, existing?, opts).await?);
+    }
+    for (spec_idx, files) in per_spec.into_iter().enumerate() {
+        let Some(files) = files.filter(|_| wanted[spec_idx] && !whole[spec_idx]) else { continue };
+        if cancel.is_cancelled() {
+            return Err(Fatal::Interrupted);
+        }
+        engine.metrics.set_phase(format!("{}: reading", engine.layout.sources[spec_idx].collection));
+        total.add(&reconcile_files(engine, sink, spec_idx, files, opts).await?);
     }
     Ok(total)
 }
 
-/// A whole source, streamed: the collection's hashes are read while the files
-/// are parsed, and each chunk of mapped records is compared and written while
-/// the next one is mapped. Memory holds a few chunks, not the source.
+/// A whole source, streamed, given what its collection holds: each chunk of
+/// mapped records is compared and written while the next one is mapped.
+/// Memory holds a few chunks, not the source.
 async fn reconcile_whole_source(
     engine: &Arc<Engine>,
     sink: &Sink,
     spec_idx: usize,
+    existing: HashMap<String, Existing>,
     opts: RunOptions,
 ) -> Result<Summary, Fatal> {
     let t = std::time::Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Candidate>>(1);
     let e = engine.clone();
+    // If anything below fails, `rx` is dropped and the scan stops at its next chunk.
     let scan = tokio::task::spawn_blocking(move || {
         let mut emit = |chunk: Vec<Candidate>| tx.blocking_send(chunk).is_ok();
         scan_source(&e, spec_idx, None, Some(&mut emit))
     });
-    // If anything below fails, `rx` is dropped and the scan stops at its next chunk.
-    let existing = fetch_all_hashes(engine, sink, spec_idx).await?;
-    tracing::debug!(collection = %engine.layout.sources[spec_idx].collection, documents = existing.len(), elapsed_ms = t.elapsed().as_millis(), "Fetched what MongoDB holds");
     let mut run = SourceRun::new(engine, sink, spec_idx, opts);
     while let Some(chunk) = rx.recv().await {
         run.chunk(chunk, &existing).await?;
