@@ -160,7 +160,7 @@ pub struct WriteArgs {
 
     /// Records mapped, compared and written together while a whole source is
     /// scanned: bounds memory (a few KB per record), not the write batch size.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub chunk_records: u32,
 }
 

@@ -182,15 +182,14 @@ pub struct Candidate {
 #[derive(Debug)]
 pub struct MemoRec {
     pub id: Arc<str>,
-    pub hash: String,
     pub emails: Vec<(Arc<str>, Arc<str>)>,
     /// The last scan pass that met this record (see [`Engine::scans`]).
     pub seen: AtomicU64,
 }
 
 impl MemoRec {
-    pub fn new(id: Arc<str>, hash: String, emails: Vec<(Arc<str>, Arc<str>)>) -> Self {
-        MemoRec { id, hash, emails, seen: AtomicU64::new(0) }
+    pub fn new(id: Arc<str>, emails: Vec<(Arc<str>, Arc<str>)>) -> Self {
+        MemoRec { id, emails, seen: AtomicU64::new(0) }
     }
 }
 
@@ -329,7 +328,7 @@ pub struct Scanned {
 
 /// By default, candidates are handed on in chunks of this many during a full
 /// scan (`--chunk-records`), so a source's mapped documents never all exist at once.
-pub const CHUNK: usize = 2_000;
+pub const CHUNK: usize = 1_000;
 
 /// Where a scan hands on full chunks of candidates; `false` means nobody is
 /// listening any more (the run failed), and the scan stops.
@@ -1000,7 +999,7 @@ impl<'a> SourceRun<'a> {
                     self.rel_of.insert(c.mapped.id.clone(), rel.clone());
                 }
                 if let (Some(h), true) = (c.raw_hash, engine.memo.is_some()) {
-                    let rec = MemoRec::new(Arc::from(c.mapped.id.as_str()), c.mapped.hash.clone(), c.emails.clone());
+                    let rec = MemoRec::new(Arc::from(c.mapped.id.as_str()), c.emails.clone());
                     self.memo_pending.push(MemoEntry { rel, raw_hash: h, rec: Arc::new(rec) });
                 }
             }
