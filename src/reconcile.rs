@@ -105,6 +105,35 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Forget what the memo and the picture say about these files (all, with
+    /// `None`): a reconcile that failed may have written part of its changes,
+    /// so they may no longer match MongoDB. The next reconcile of them compares
+    /// with MongoDB itself.
+    pub fn forget(&self, files: Option<&[SourceFile]>) {
+        if let Some(Ok(mut memo)) = self.memo.as_ref().map(|m| m.lock()) {
+            match files {
+                None => memo.clear(),
+                Some(files) => files.iter().for_each(|f| {
+                    memo.remove(&f.rel);
+                }),
+            }
+        }
+        if let Some(Ok(mut known)) = self.known.as_ref().map(|k| k.lock()) {
+            match files {
+                None => known.clear(),
+                Some(files) => {
+                    for f in files {
+                        if let Some(spec) = self.layout.sources.get(f.spec) {
+                            known.remove(&spec.collection);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Which files to look at.
 #[derive(Debug, Clone)]
 pub enum Scope {
@@ -1243,10 +1272,18 @@ fn remember(
     removed: Vec<String>,
 ) {
     let Some(Ok(mut known)) = engine.known.as_ref().map(|k| k.lock()) else { return };
-    let coll = known.entry(spec.collection.clone()).or_default();
-    if complete {
+    // A picture is only ever started by a full scan; until then (at start, or
+    // after a failure made watch forget it) changes are compared with MongoDB.
+    let coll = if complete {
+        let coll = known.entry(spec.collection.clone()).or_default();
         coll.clear();
-    }
+        coll
+    } else {
+        match known.get_mut(&spec.collection) {
+            Some(coll) => coll,
+            None => return,
+        }
+    };
     // After a partial scan the picture already holds everything but what changed.
     for (id, ex) in existing.iter().filter(|_| complete) {
         let Some(hash) = &ex.hash else { continue };
@@ -1794,4 +1831,87 @@ fn ratio(n: usize, total: usize) -> f64 {
 /// A count as u64 (lossless on every platform Rust supports).
 pub fn count(n: usize) -> u64 {
     u64::try_from(n).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Roots;
+    use std::path::PathBuf;
+
+    fn engine() -> Engine {
+        let roots = Roots { data: PathBuf::from("/p/data"), artifacts: PathBuf::from("/p/artifacts") };
+        let mut e = Engine::new(Layout::builtin(), roots, IndexSet::builtin());
+        e.memo = Some(std::sync::Mutex::default());
+        e.known = Some(std::sync::Mutex::default());
+        e
+    }
+
+    fn entry(rel: &str, h: RawHash, id: &str) -> MemoEntry {
+        MemoEntry { rel: Arc::from(rel), raw_hash: h, rec: Arc::new(MemoRec::new(Arc::from(id), Vec::new())) }
+    }
+
+    fn spec_of(e: &Engine, collection: &str) -> (usize, SourceSpec) {
+        let i = e.layout.sources.iter().position(|s| s.collection == collection).unwrap();
+        (i, e.layout.sources[i].clone())
+    }
+
+    #[test]
+    fn a_full_scan_keeps_the_memo_of_other_sources() {
+        let e = engine();
+        let (users, users_spec) = spec_of(&e, "users");
+        let (jobs, jobs_spec) = spec_of(&e, "training_jobs");
+        let mut memo = Memo::new();
+        // A full scan of users, then of jobs (one job file left, one gone).
+        let scanned = Scanned {
+            spec: users,
+            complete: true,
+            read_ok: HashSet::from(["data/users.json".to_string()]),
+            ..Default::default()
+        };
+        commit_memo(&e, &users_spec, &mut memo, &scanned, vec![entry("data/users.json", 1, "u1")]);
+        memo.insert("artifacts/jobs/gone.json".into(), FileMemo::default());
+        let scanned = Scanned {
+            spec: jobs,
+            complete: true,
+            read_ok: HashSet::from(["artifacts/jobs/j1.json".to_string()]),
+            ..Default::default()
+        };
+        commit_memo(&e, &jobs_spec, &mut memo, &scanned, vec![entry("artifacts/jobs/j1.json", 2, "j1")]);
+        assert_eq!(memo.get("data/users.json").map(|m| m.recs.len()), Some(1), "users' memo must survive");
+        assert_eq!(memo.get("artifacts/jobs/j1.json").map(|m| m.recs.len()), Some(1));
+        assert!(!memo.contains_key("artifacts/jobs/gone.json"), "a vanished file of the scanned source goes");
+    }
+
+    #[test]
+    fn a_failure_forgets_what_it_may_have_half_written() {
+        let e = engine();
+        let (users, _) = spec_of(&e, "users");
+        let users_file = SourceFile { spec: users, rel: "data/users.json".into(), path: "/p/data/users.json".into() };
+        {
+            let mut memo = e.memo.as_ref().unwrap().lock().unwrap();
+            memo.insert("data/users.json".into(), FileMemo { digest: Some(7), recs: Default::default() });
+            memo.insert("artifacts/jobs/j1.json".into(), FileMemo::default());
+            let mut known = e.known.as_ref().unwrap().lock().unwrap();
+            let k = Known { hash: "h".into(), source: Arc::from("data/users.json") };
+            known.entry("users".into()).or_default().insert("u1".into(), k.clone());
+            known.entry("training_jobs".into()).or_default().insert("j1".into(), k);
+        }
+        e.forget(Some(std::slice::from_ref(&users_file)));
+        {
+            let memo = e.memo.as_ref().unwrap().lock().unwrap();
+            assert!(!memo.contains_key("data/users.json"), "the failed file's memo (and digest) must go");
+            assert!(memo.contains_key("artifacts/jobs/j1.json"));
+            let known = e.known.as_ref().unwrap().lock().unwrap();
+            assert!(!known.contains_key("users") && known.contains_key("training_jobs"));
+        }
+        // No picture is started again by a partial reconcile.
+        let (_, users_spec) = spec_of(&e, "users");
+        let fresh = vec![("u2".to_string(), Known { hash: "h2".into(), source: Arc::from("data/users.json") })];
+        remember(&e, &users_spec, false, &HashMap::new(), &HashMap::new(), &HashMap::new(), fresh, Vec::new());
+        assert!(!e.known.as_ref().unwrap().lock().unwrap().contains_key("users"));
+        e.forget(None);
+        assert!(e.memo.as_ref().unwrap().lock().unwrap().is_empty());
+        assert!(e.known.as_ref().unwrap().lock().unwrap().is_empty());
+    }
 }

@@ -222,6 +222,10 @@ pub async fn run(
                         let wait = Duration::from_secs(2u64.saturating_pow(failures.min(5)));
                         tracing::error!(error = %e, retry_in_s = wait.as_secs(), "Reconcile failed; will retry");
                         let now = Instant::now();
+                        // Part of the batch may have been written: what watch remembers of
+                        // these files is no longer to be trusted.
+                        let failed: Vec<SourceFile> = files.iter().map(|(f, _)| f.clone()).collect();
+                        engine.forget(if full { None } else { Some(&failed) });
                         for (f, attempts) in files {
                             pending.entry(f).or_insert(Pending { first: now, last: now, attempts, done: false });
                         }
