@@ -1095,16 +1095,7 @@ impl<'a> SourceRun<'a> {
             .metrics
             .ops_planned
             .fetch_add(count(plan.inserts.len() + plan.updates.len()), std::sync::atomic::Ordering::Relaxed);
-        let mut summary = std::mem::take(&mut self.summary);
-        let mut rejects = std::mem::take(&mut self.rejects);
-        let mut fresh = std::mem::take(&mut self.fresh);
-        let written =
-            apply_writes(engine, sink, spec, plan.inserts, plan.updates, &mut summary, &mut rejects, opts, &mut fresh)
-                .await;
-        self.summary = summary;
-        self.rejects = rejects;
-        self.fresh = fresh;
-        written
+        self.apply_writes(plan.inserts, plan.updates).await
     }
 
     /// Deletes, the memo, watch's picture and `mirror_rejects`, once every chunk is in.
@@ -1447,156 +1438,146 @@ fn update_filter(engine: &Engine, spec: &SourceSpec, c: &Candidate) -> Document 
     f
 }
 
-/// Write inserts and updates, then settle every outcome: duplicates become
-/// rejects, updates refused by the version check become `skipped_newer`, and
-/// anything that raced with another writer is planned again (a few rounds).
-/// Write in slices, so that memory for the operations stays bounded however
-/// large the backfill (the documents are copied into a slice's operations only).
-#[allow(clippy::too_many_arguments)]
-async fn apply_writes(
-    engine: &Engine,
-    sink: &Sink,
-    spec: &SourceSpec,
-    inserts: Vec<Candidate>,
-    updates: Vec<(Candidate, Existing)>,
-    summary: &mut Summary,
-    rejects: &mut Vec<RejectRecord>,
-    opts: RunOptions,
-    written: &mut Vec<(String, Known)>,
-) -> Result<(), Fatal> {
-    const SLICE: usize = 10_000;
-    let mut inserts = inserts.into_iter();
-    loop {
-        let slice: Vec<Candidate> = inserts.by_ref().take(SLICE).collect();
-        if slice.is_empty() {
-            break;
-        }
-        apply_slice(engine, sink, spec, slice, Vec::new(), summary, rejects, opts, written).await?;
-    }
-    let mut updates = updates.into_iter();
-    loop {
-        let slice: Vec<(Candidate, Existing)> = updates.by_ref().take(SLICE).collect();
-        if slice.is_empty() {
-            break;
-        }
-        apply_slice(engine, sink, spec, Vec::new(), slice, summary, rejects, opts, written).await?;
-    }
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn apply_slice(
-    engine: &Engine,
-    sink: &Sink,
-    spec: &SourceSpec,
-    inserts: Vec<Candidate>,
-    updates: Vec<(Candidate, Existing)>,
-    summary: &mut Summary,
-    rejects: &mut Vec<RejectRecord>,
-    opts: RunOptions,
-    written: &mut Vec<(String, Known)>,
-) -> Result<(), Fatal> {
-    let mut log = |c: &Candidate, action: &str| {
-        if opts.log_changes {
-            tracing::info!(collection = %spec.collection, id = %c.mapped.id, source = %c.locate(), action, "Mirrored change");
-        }
-        if engine.known.is_some() {
-            written
-                .push((c.mapped.id.clone(), Known { hash: c.mapped.hash.clone(), source: Arc::from(c.rel.as_str()) }));
-        }
-    };
-    const ROUNDS: usize = 4;
-    let mut inserts = hash_plaintexts(spec, inserts).await?;
-    let (mut upd_c, mut upd_e): (Vec<Candidate>, Vec<Existing>) = updates.into_iter().unzip();
-    upd_c = hash_plaintexts(spec, upd_c).await?;
-    let mut updates: Vec<(Candidate, Existing)> = upd_c.into_iter().zip(upd_e.drain(..)).collect();
-
-    for round in 0..ROUNDS {
-        if inserts.is_empty() && updates.is_empty() {
-            break;
-        }
-        let mut ops: Vec<WriteOp> = inserts.iter().map(|c| insert_op(spec, c)).collect();
-        ops.extend(updates.iter().map(|(c, ex)| update_op(engine, spec, c, ex)));
-        let results = sink.write(ops).await?;
-        let n_ins = inserts.len();
-        let mut unsure: Vec<(Candidate, bool, OpResult)> = Vec::new();
-        let mut pending = inserts.into_iter().map(|c| (c, true)).chain(updates.into_iter().map(|(c, _)| (c, false)));
-        for (i, r) in results.into_iter().enumerate() {
-            let Some((c, is_insert)) = pending.next() else {
+impl SourceRun<'_> {
+    /// Write inserts and updates, then settle every outcome: duplicates become
+    /// rejects, updates refused by the version check become `skipped_newer`, and
+    /// anything that raced with another writer is planned again (a few rounds).
+    /// Write in slices, so that memory for the operations stays bounded however
+    /// large the backfill (the documents are copied into a slice's operations only).
+    async fn apply_writes(
+        &mut self,
+        inserts: Vec<Candidate>,
+        updates: Vec<(Candidate, Existing)>,
+    ) -> Result<(), Fatal> {
+        const SLICE: usize = 10_000;
+        let mut inserts = inserts.into_iter();
+        loop {
+            let slice: Vec<Candidate> = inserts.by_ref().take(SLICE).collect();
+            if slice.is_empty() {
                 break;
-            };
-            debug_assert_eq!(is_insert, i < n_ins);
-            match (&r, is_insert) {
-                (OpResult::Applied { .. }, true) => {
-                    summary.inserted += 1;
-                    log(&c, "inserted");
-                }
-                (OpResult::Applied { matched: Some(n) }, false) if *n > 0 => {
-                    summary.updated += 1;
-                    log(&c, "updated");
-                }
-                (OpResult::Failed { message, .. }, _) => {
-                    let reason = Reject::IdTaken { id: c.mapped.id.clone(), detail: message.clone() };
-                    rejects.push(candidate_reject(spec, &c, reason));
-                }
-                _ => unsure.push((c, is_insert, r)),
             }
+            self.apply_slice(slice, Vec::new()).await?;
         }
-        inserts = Vec::new();
-        updates = Vec::new();
-        if unsure.is_empty() {
-            break;
+        let mut updates = updates.into_iter();
+        loop {
+            let slice: Vec<(Candidate, Existing)> = updates.by_ref().take(SLICE).collect();
+            if slice.is_empty() {
+                break;
+            }
+            self.apply_slice(Vec::new(), slice).await?;
         }
-        // Look at what MongoDB holds now for every op whose effect is unknown.
-        let ids: Vec<String> = unsure.iter().map(|(c, _, _)| c.mapped.id.clone()).collect();
-        let now: HashMap<String, Existing> = sink
-            .find_by_ids(&spec.collection, &ids, Some(existing_projection(spec)))
-            .await?
-            .iter()
-            .filter_map(|d| existing_from(spec, d))
-            .collect();
-        for (c, is_insert, r) in unsure {
-            let held = now.get(&c.mapped.id);
-            match held {
-                Some(ex)
-                    if ex.hash.as_deref() == Some(c.mapped.hash.as_str())
-                        && ex.source.as_deref() == Some(c.rel.as_str()) =>
-                {
-                    // Our write is there (an earlier attempt of a retried batch, or a
-                    // command that reports no per-op counts).
-                    if is_insert {
+        Ok(())
+    }
+
+    async fn apply_slice(&mut self, inserts: Vec<Candidate>, updates: Vec<(Candidate, Existing)>) -> Result<(), Fatal> {
+        let (engine, sink, opts) = (self.engine, self.sink, self.opts);
+        let spec = &self.spec;
+        let (summary, rejects, written) = (&mut self.summary, &mut self.rejects, &mut self.fresh);
+        let mut log = |c: &Candidate, action: &str| {
+            if opts.log_changes {
+                tracing::info!(collection = %spec.collection, id = %c.mapped.id, source = %c.locate(), action, "Mirrored change");
+            }
+            if engine.known.is_some() {
+                written.push((
+                    c.mapped.id.clone(),
+                    Known { hash: c.mapped.hash.clone(), source: Arc::from(c.rel.as_str()) },
+                ));
+            }
+        };
+        const ROUNDS: usize = 4;
+        let mut inserts = hash_plaintexts(spec, inserts).await?;
+        let (mut upd_c, mut upd_e): (Vec<Candidate>, Vec<Existing>) = updates.into_iter().unzip();
+        upd_c = hash_plaintexts(spec, upd_c).await?;
+        let mut updates: Vec<(Candidate, Existing)> = upd_c.into_iter().zip(upd_e.drain(..)).collect();
+
+        for round in 0..ROUNDS {
+            if inserts.is_empty() && updates.is_empty() {
+                break;
+            }
+            let mut ops: Vec<WriteOp> = inserts.iter().map(|c| insert_op(spec, c)).collect();
+            ops.extend(updates.iter().map(|(c, ex)| update_op(engine, spec, c, ex)));
+            let results = sink.write(ops).await?;
+            let n_ins = inserts.len();
+            let mut unsure: Vec<(Candidate, bool, OpResult)> = Vec::new();
+            let mut pending =
+                inserts.into_iter().map(|c| (c, true)).chain(updates.into_iter().map(|(c, _)| (c, false)));
+            for (i, r) in results.into_iter().enumerate() {
+                let Some((c, is_insert)) = pending.next() else {
+                    break;
+                };
+                debug_assert_eq!(is_insert, i < n_ins);
+                match (&r, is_insert) {
+                    (OpResult::Applied { .. }, true) => {
                         summary.inserted += 1;
                         log(&c, "inserted");
-                    } else {
+                    }
+                    (OpResult::Applied { matched: Some(n) }, false) if *n > 0 => {
                         summary.updated += 1;
                         log(&c, "updated");
                     }
-                }
-                Some(ex) if !is_insert && is_newer(engine, &c, ex) => {
-                    summary.skipped_newer += 1;
-                    tracing::info!(collection = %spec.collection, id = %c.mapped.id, source = %c.locate(), "Kept newer document in MongoDB (newer-wins)");
-                }
-                None if matches!(r, OpResult::DuplicateKey { .. }) => {
-                    match unique_clash(engine, sink, spec, &c).await? {
-                        Some(reason) => rejects.push(candidate_reject(spec, &c, reason)),
-                        None if round + 1 < ROUNDS => inserts.push(c),
-                        None => rejects.push(candidate_reject(spec, &c, retry_exhausted(&c))),
+                    (OpResult::Failed { message, .. }, _) => {
+                        let reason = Reject::IdTaken { id: c.mapped.id.clone(), detail: message.clone() };
+                        rejects.push(candidate_reject(spec, &c, reason));
                     }
+                    _ => unsure.push((c, is_insert, r)),
                 }
-                Some(_) if matches!(r, OpResult::DuplicateKey { .. }) && !is_insert => {
-                    match unique_clash(engine, sink, spec, &c).await? {
-                        Some(reason) => rejects.push(candidate_reject(spec, &c, reason)),
-                        None if round + 1 < ROUNDS => updates.push((c, held.cloned().unwrap_or_default())),
-                        None => rejects.push(candidate_reject(spec, &c, retry_exhausted(&c))),
+            }
+            inserts = Vec::new();
+            updates = Vec::new();
+            if unsure.is_empty() {
+                break;
+            }
+            // Look at what MongoDB holds now for every op whose effect is unknown.
+            let ids: Vec<String> = unsure.iter().map(|(c, _, _)| c.mapped.id.clone()).collect();
+            let now: HashMap<String, Existing> = sink
+                .find_by_ids(&spec.collection, &ids, Some(existing_projection(spec)))
+                .await?
+                .iter()
+                .filter_map(|d| existing_from(spec, d))
+                .collect();
+            for (c, is_insert, r) in unsure {
+                let held = now.get(&c.mapped.id);
+                match held {
+                    Some(ex)
+                        if ex.hash.as_deref() == Some(c.mapped.hash.as_str())
+                            && ex.source.as_deref() == Some(c.rel.as_str()) =>
+                    {
+                        // Our write is there (an earlier attempt of a retried batch, or a
+                        // command that reports no per-op counts).
+                        if is_insert {
+                            summary.inserted += 1;
+                            log(&c, "inserted");
+                        } else {
+                            summary.updated += 1;
+                            log(&c, "updated");
+                        }
                     }
+                    Some(ex) if !is_insert && is_newer(engine, &c, ex) => {
+                        summary.skipped_newer += 1;
+                        tracing::info!(collection = %spec.collection, id = %c.mapped.id, source = %c.locate(), "Kept newer document in MongoDB (newer-wins)");
+                    }
+                    None if matches!(r, OpResult::DuplicateKey { .. }) => {
+                        match unique_clash(engine, sink, spec, &c).await? {
+                            Some(reason) => rejects.push(candidate_reject(spec, &c, reason)),
+                            None if round + 1 < ROUNDS => inserts.push(c),
+                            None => rejects.push(candidate_reject(spec, &c, retry_exhausted(&c))),
+                        }
+                    }
+                    Some(_) if matches!(r, OpResult::DuplicateKey { .. }) && !is_insert => {
+                        match unique_clash(engine, sink, spec, &c).await? {
+                            Some(reason) => rejects.push(candidate_reject(spec, &c, reason)),
+                            None if round + 1 < ROUNDS => updates.push((c, held.cloned().unwrap_or_default())),
+                            None => rejects.push(candidate_reject(spec, &c, retry_exhausted(&c))),
+                        }
+                    }
+                    _ if round + 1 == ROUNDS => rejects.push(candidate_reject(spec, &c, retry_exhausted(&c))),
+                    None => inserts.push(c),
+                    Some(ex) => updates.push((c, ex.clone())),
                 }
-                _ if round + 1 == ROUNDS => rejects.push(candidate_reject(spec, &c, retry_exhausted(&c))),
-                None => inserts.push(c),
-                Some(ex) => updates.push((c, ex.clone())),
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn retry_exhausted(c: &Candidate) -> Reject {
