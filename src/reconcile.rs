@@ -103,9 +103,7 @@ impl Engine {
             scans: AtomicU64::new(0),
         }
     }
-}
 
-impl Engine {
     /// Forget what the memo and the picture say about these files (all, with
     /// `None`): a reconcile that failed may have written part of its changes,
     /// so they may no longer match MongoDB. The next reconcile of them compares
@@ -965,7 +963,7 @@ async fn fetch_all_hashes(
     spec_idx: usize,
 ) -> Result<HashMap<String, Existing>, SinkError> {
     let spec = &engine.layout.sources[spec_idx];
-    sink.find_map(&spec.collection, doc! {}, Some(doc! { "_mirror.hash": 1 }), |d| existing_from(spec, d)).await
+    sink.find_map(&spec.collection, doc! {}, Some(doc! { "_mirror.hash": 1 }), |d| existing_from(spec, &d)).await
 }
 
 /// One source's reconcile in progress: chunks of candidates are compared and

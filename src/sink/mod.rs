@@ -316,24 +316,12 @@ impl Sink {
         filter: Document,
         projection: Option<Document>,
     ) -> Result<Vec<Document>, SinkError> {
-        let c = self.collection(coll);
-        self.retry("read", || {
-            let c = c.clone();
-            let filter = filter.clone();
-            let projection = projection.clone();
-            async move {
-                let mut find = c.find(filter).batch_size(10_000);
-                if let Some(p) = projection {
-                    find = find.projection(p);
-                }
-                find.await?.try_collect::<Vec<_>>().await
-            }
-        })
-        .await
+        self.find_map(coll, filter, projection, Some).await
     }
 
-    /// Like [`Sink::find_all`], but every document is turned into a `T` as it
-    /// arrives, so a large collection is never held as documents all at once.
+    /// Read documents matching `filter`, with retries, turning each into a `T`
+    /// as it arrives (`None` drops it): a large collection is never held as
+    /// documents all at once unless the caller keeps them.
     pub async fn find_map<T, C, F>(
         &self,
         coll: &str,
@@ -343,7 +331,7 @@ impl Sink {
     ) -> Result<C, SinkError>
     where
         C: Default + Extend<T>,
-        F: Fn(&Document) -> Option<T>,
+        F: Fn(Document) -> Option<T>,
     {
         let c = self.collection(coll);
         let f = &f;
@@ -359,7 +347,7 @@ impl Sink {
                 let mut cursor = find.await?;
                 let mut out = C::default();
                 while let Some(d) = cursor.try_next().await? {
-                    out.extend(f(&d));
+                    out.extend(f(d));
                 }
                 Ok(out)
             }
