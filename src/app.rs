@@ -8,8 +8,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{check_roots, Cli, Command, OutputFormat, StatusArgs, SyncArgs, VerifyArgs, WatchArgs};
 use crate::error::{exit, Fatal};
-use crate::reconcile::{reconcile, RunOptions, Scope, Summary};
+use crate::reconcile::{reconcile, Core, RunOptions, Scope};
 use crate::sink::Sink;
+use crate::summary::Summary;
 use crate::verify::{render_text, verify};
 
 /// Run a parsed command until it finishes or `cancel` fires; returns the exit code.
@@ -53,15 +54,16 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
     let engine = Arc::new(settings.engine);
     let sink = Sink::connect(settings.sink, cancel.clone()).await?;
     if !args.dry_run {
-        engine.indexes.apply(&sink).await?;
+        crate::sink::indexes::apply(&engine.indexes, &sink).await?;
     }
     let opts = RunOptions { dry_run: args.dry_run, log_all_rejects: true, defer_bad_files: false, log_changes: false };
     let progress = show_progress.then(|| crate::progress::Bar::start(engine.metrics.clone()));
-    let summary = reconcile(&engine, &sink, Scope::Full, opts, &cancel).await;
+    let core = Core { engine: &engine, target: &sink, memory: None };
+    let summary = reconcile(core, Scope::Full, opts, &cancel).await;
     drop(progress);
     let summary = summary?;
     if !args.dry_run {
-        if let Err(e) = crate::state::record_full(&engine, &sink, "sync", &summary, started.elapsed()).await {
+        if let Err(e) = crate::state::record_full(&engine, &sink, None, "sync", &summary, started.elapsed()).await {
             tracing::warn!(error = %e, "Cannot record the run in mirror_state");
         }
     }
@@ -117,8 +119,6 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
     common.artifacts_dir = std::path::absolute(&common.artifacts_dir).map_err(|e| Fatal::Source(e.to_string()))?;
     let mut settings = common.settings(true)?;
     args.write.apply(&mut settings.engine)?;
-    settings.engine.known = Some(std::sync::Mutex::default());
-    settings.engine.memo = Some(std::sync::Mutex::default());
     let engine = Arc::new(settings.engine);
     if let Some(addr) = args.metrics_addr {
         crate::http::start(addr, engine.metrics.clone(), cancel.clone()).await?;

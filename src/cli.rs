@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::error::Fatal;
+use crate::indexes::IndexSet;
 use crate::layout::Layout;
 use crate::reconcile::{Conflict, Engine, OnDelete};
-use crate::sink::indexes::IndexSet;
 use crate::sink::{SinkOptions, WriteMode};
 use crate::source::{ReadLimits, Roots};
 

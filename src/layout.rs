@@ -6,7 +6,6 @@
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Collections docmirror owns; a layout may not map records into them.
 pub const RESERVED_COLLECTIONS: &[&str] = &["mirror_rejects", "mirror_archive", "mirror_state"];
@@ -114,6 +113,14 @@ impl SourceSpec {
         let parent = rel.parent().map(Path::new).unwrap_or(Path::new(""));
         parent == Path::new(dir) && self.matches_file_name(name)
     }
+
+    /// Whether a source label (`data/users.json`, as in `_mirror.source`)
+    /// names one of this source's files.
+    pub fn owns_rel(&self, rel: &str) -> bool {
+        rel.strip_prefix(self.root.label())
+            .and_then(|r| r.strip_prefix('/'))
+            .is_some_and(|r| self.matches_rel(Path::new(r)))
+    }
 }
 
 /// The whole layout.
@@ -166,16 +173,6 @@ impl Layout {
             }
         }
         Ok(())
-    }
-
-    /// A short hash of one source's mapping rules. It is mixed into each
-    /// record's content hash, so changing the rules rewrites the documents.
-    pub fn fingerprint(spec: &SourceSpec) -> String {
-        let mut h = Sha256::new();
-        h.update(crate::mapping::MAPPING_VERSION.as_bytes());
-        // Serializing a plain struct of strings cannot fail.
-        h.update(serde_json::to_vec(spec).unwrap_or_default());
-        crate::mapping::hex(&h.finalize()[..8])
     }
 }
 

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod indexes;
 pub mod layout;
 pub mod mapping;
 pub mod metrics;
@@ -27,6 +28,7 @@ pub mod redact;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod summary;
 pub mod verify;
 pub mod watch;
 

@@ -10,10 +10,21 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::layout::SourceSpec;
-use crate::source::{kind_of, FileProblem};
+use crate::source::json::{kind_of, FileProblem, DUPLICATE_KEYS_MARKER};
 
 /// Bumped when the mapping rules change in a way that must rewrite documents.
 pub const MAPPING_VERSION: &str = "docmirror-mapping-1";
+
+/// A short hash of one source's mapping rules (this version of them, and the
+/// layout's description of the source). It is mixed into each record's
+/// content hash, so changing the rules rewrites the documents.
+pub fn fingerprint(spec: &SourceSpec) -> String {
+    let mut h = Sha256::new();
+    h.update(MAPPING_VERSION.as_bytes());
+    // Serializing a plain struct of strings cannot fail.
+    h.update(serde_json::to_vec(spec).unwrap_or_default());
+    hex(&h.finalize()[..8])
+}
 
 /// The bcrypt cost used for plaintext passwords (the platform's SALT_ROUNDS).
 pub const BCRYPT_COST: u32 = 10;
@@ -186,12 +197,12 @@ impl fmt::Display for Reject {
     }
 }
 
-/// Map one record. `fingerprint` is [`crate::layout::Layout::fingerprint`] of `spec`.
+/// Map one record. `fingerprint` is [`fingerprint`] of `spec`.
 pub fn map_record(spec: &SourceSpec, fingerprint: &str, value: &Value) -> Result<Mapped, Reject> {
     let Value::Object(obj) = value else {
         return Err(Reject::NotAnObject { found: kind_of(value) });
     };
-    if let Some(Value::Array(keys)) = obj.get(crate::source::DUPLICATE_KEYS_MARKER) {
+    if let Some(Value::Array(keys)) = obj.get(DUPLICATE_KEYS_MARKER) {
         let keys: Vec<String> = keys.iter().filter_map(|k| k.as_str()).map(|k| format!("{k:?}")).collect();
         return Err(Reject::DuplicateKeys { keys: keys.join(", ") });
     }
@@ -318,7 +329,7 @@ pub fn is_bcrypt(s: &str) -> bool {
 }
 
 fn check_key(key: &str) -> Result<(), Reject> {
-    if key == crate::source::DUPLICATE_KEYS_MARKER {
+    if key == DUPLICATE_KEYS_MARKER {
         return Err(Reject::DuplicateKeys { keys: "a key of a nested object".into() });
     }
     if key.starts_with('$') || key.contains('.') {

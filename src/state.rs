@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use bson::{doc, Bson, Document};
 
-use crate::reconcile::{Engine, Summary};
+use crate::reconcile::memo::Memory;
+use crate::reconcile::Engine;
 use crate::sink::{Sink, SinkError, WriteOp};
+use crate::summary::Summary;
 
 pub const STATE: &str = "mirror_state";
 const ID: &str = "docmirror";
@@ -28,19 +30,11 @@ fn hostname() -> String {
 /// Documents per collection: from watch's picture when it has one (a count
 /// is a full scan on some servers, and this runs every few seconds while
 /// changes flow), else from the server's estimate.
-async fn counts(engine: &Engine, sink: &Sink) -> Document {
+async fn counts(engine: &Engine, sink: &Sink, memory: Option<&Memory>) -> Document {
     let mut d = Document::new();
-    let known: Option<Vec<(String, usize)>> = engine.known.as_ref().and_then(|k| k.lock().ok()).map(|k| {
-        engine
-            .layout
-            .sources
-            .iter()
-            .map(|s| (s.collection.clone(), k.get(&s.collection).map_or(0, |c| c.len())))
-            .collect()
-    });
-    for (i, spec) in engine.layout.sources.iter().enumerate() {
-        let n = match &known {
-            Some(k) => u64::try_from(k[i].1).unwrap_or(u64::MAX),
+    for spec in engine.layout.sources.iter() {
+        let n = match memory.and_then(|m| m.documents(&spec.collection)) {
+            Some(n) => u64::try_from(n).unwrap_or(u64::MAX),
             None => sink.collection(&spec.collection).estimated_document_count().await.unwrap_or(0),
         };
         d.insert(spec.collection.clone(), i64::try_from(n).unwrap_or(i64::MAX));
@@ -62,6 +56,7 @@ async fn set(sink: &Sink, fields: Document) -> Result<(), SinkError> {
 pub async fn record_full(
     engine: &Engine,
     sink: &Sink,
+    memory: Option<&Memory>,
     mode: &str,
     s: &Summary,
     took: Duration,
@@ -77,7 +72,7 @@ pub async fn record_full(
         doc! {
             "version": env!("CARGO_PKG_VERSION"), "host": hostname(), "pid": i64::from(std::process::id()),
             "mode": mode, "updated_at": now, "last_full_reconcile": last,
-            "documents": counts(engine, sink).await, "rejects": i64::try_from(rejects).unwrap_or(i64::MAX),
+            "documents": counts(engine, sink, memory).await, "rejects": i64::try_from(rejects).unwrap_or(i64::MAX),
         },
     )
     .await
@@ -87,13 +82,14 @@ pub async fn record_full(
 pub async fn record_change(
     engine: &Engine,
     sink: &Sink,
+    memory: Option<&Memory>,
     collections: &[String],
     totals: &Summary,
 ) -> Result<(), SinkError> {
     let now = bson::DateTime::now();
     let mut fields = doc! {
         "mode": "watch", "updated_at": now, "pid": i64::from(std::process::id()), "host": hostname(),
-        "watch_totals": summary_doc(totals), "documents": counts(engine, sink).await,
+        "watch_totals": summary_doc(totals), "documents": counts(engine, sink, memory).await,
     };
     for c in collections {
         fields.insert(format!("last_change.{c}"), now);

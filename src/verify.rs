@@ -10,8 +10,10 @@ use serde::Serialize;
 
 use crate::error::Fatal;
 use crate::layout::SourceSpec;
-use crate::reconcile::{count, scan_source, Candidate, Engine, REJECTS};
+use crate::reconcile::scan::{scan_source, Candidate};
+use crate::reconcile::{Engine, REJECTS};
 use crate::sink::Sink;
+use crate::summary::count;
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Difference {
@@ -59,7 +61,7 @@ pub async fn verify(engine: &Arc<Engine>, sink: &Sink) -> Result<Report, Fatal> 
     let mut report = Report { in_sync: true, collections: Vec::new() };
     for spec_idx in 0..engine.layout.sources.len() {
         let e = engine.clone();
-        let scanned = tokio::task::spawn_blocking(move || scan_source(&e, spec_idx, None, None))
+        let scanned = tokio::task::spawn_blocking(move || scan_source(&e, None, spec_idx, None, None))
             .await
             .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
         let spec = engine.layout.sources[spec_idx].clone();

@@ -6,6 +6,7 @@
 //! (network, failover, server selection) are retried here with back-off.
 
 pub mod indexes;
+pub mod target;
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use mongodb::{Client, Collection, Database, Namespace};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Fatal;
+use crate::reconcile::target::Outcome;
 use crate::redact::{redact_uri, Scrubber};
 
 /// Server error codes that mean "try again": failover, shutdown, network.
@@ -92,18 +94,6 @@ impl WriteOp {
             WriteOp::Delete { .. } | WriteOp::DeleteMany { .. } => 2,
         }
     }
-}
-
-/// What happened to one [`WriteOp`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum OpResult {
-    /// Applied. `matched` is the number of documents matched (updates,
-    /// deletes), when the server said so per operation.
-    Applied { matched: Option<u64> },
-    /// A unique index refused it.
-    DuplicateKey { message: String },
-    /// Refused for another, permanent reason.
-    Failed { code: i32, message: String },
 }
 
 /// Errors from the sink that stop the current operation.
@@ -371,14 +361,14 @@ impl Sink {
     }
 
     /// Apply `ops`, in batches, returning one result per op in order.
-    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<OpResult>, SinkError> {
+    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<Vec<Outcome>, SinkError> {
         let batch = self.opts.batch_size.max(1);
         let mut chunks = Vec::new();
         let mut ops = ops.into_iter().peekable();
         while ops.peek().is_some() {
             chunks.push(ops.by_ref().take(batch).collect::<Vec<_>>());
         }
-        let results: Vec<Vec<OpResult>> = futures_util::stream::iter(chunks)
+        let results: Vec<Vec<Outcome>> = futures_util::stream::iter(chunks)
             .map(|chunk| self.write_batch(chunk))
             .buffered(self.opts.concurrency.max(1))
             .try_collect()
@@ -386,7 +376,7 @@ impl Sink {
         Ok(results.into_iter().flatten().collect())
     }
 
-    async fn write_batch(&self, ops: Vec<WriteOp>) -> Result<Vec<OpResult>, SinkError> {
+    async fn write_batch(&self, ops: Vec<WriteOp>) -> Result<Vec<Outcome>, SinkError> {
         let started = Instant::now();
         let n = ops.len();
         let out = match self.mode {
@@ -395,13 +385,13 @@ impl Sink {
         };
         if out.is_ok() {
             self.opts.metrics.record_batch(started.elapsed());
-            self.opts.metrics.ops_done.fetch_add(crate::reconcile::count(n), std::sync::atomic::Ordering::Relaxed);
+            self.opts.metrics.ops_done.fetch_add(crate::summary::count(n), std::sync::atomic::Ordering::Relaxed);
         }
         tracing::debug!(ops = n, elapsed_ms = started.elapsed().as_millis(), "Wrote batch");
         out
     }
 
-    async fn bulk_write_once(&self, ops: &[WriteOp]) -> Result<Vec<OpResult>, MongoError> {
+    async fn bulk_write_once(&self, ops: &[WriteOp]) -> Result<Vec<Outcome>, MongoError> {
         let db = self.db.name().to_string();
         let models: Vec<WriteModel> = ops
             .iter()
@@ -432,12 +422,12 @@ impl Sink {
                 .iter()
                 .enumerate()
                 .map(|(i, op)| match op {
-                    WriteOp::Insert { .. } => OpResult::Applied { matched: None },
+                    WriteOp::Insert { .. } => Outcome::Applied { matched: None },
                     WriteOp::Update { .. } => {
-                        OpResult::Applied { matched: r.update_results.get(&i).map(|u| u.matched_count) }
+                        Outcome::Applied { matched: r.update_results.get(&i).map(|u| u.matched_count) }
                     }
                     WriteOp::Delete { .. } | WriteOp::DeleteMany { .. } => {
-                        OpResult::Applied { matched: r.delete_results.get(&i).map(|d| d.deleted_count) }
+                        Outcome::Applied { matched: r.delete_results.get(&i).map(|d| d.deleted_count) }
                     }
                 })
                 .collect()),
@@ -471,7 +461,7 @@ impl Sink {
                                 v.delete_results.get(&i).map(|d| d.deleted_count)
                             }
                         });
-                        OpResult::Applied { matched }
+                        Outcome::Applied { matched }
                     })
                     .collect())
             }
@@ -480,7 +470,7 @@ impl Sink {
 
     /// The pre-8.0 path: consecutive ops of one kind on one collection become
     /// one `insert`/`update`/`delete` command, kept under the 16 MiB limit.
-    async fn commands_batch(&self, ops: &[WriteOp]) -> Result<Vec<OpResult>, SinkError> {
+    async fn commands_batch(&self, ops: &[WriteOp]) -> Result<Vec<Outcome>, SinkError> {
         const MAX_COMMAND_BYTES: usize = 12 * 1024 * 1024;
         let mut results = Vec::with_capacity(ops.len());
         let mut start = 0;
@@ -510,11 +500,11 @@ impl Sink {
         Ok(results)
     }
 
-    fn command_results(&self, group: &[WriteOp], reply: &Document) -> Result<Vec<OpResult>, SinkError> {
+    fn command_results(&self, group: &[WriteOp], reply: &Document) -> Result<Vec<Outcome>, SinkError> {
         if let Ok(wce) = reply.get_document("writeConcernError") {
             return Err(SinkError::Permanent(format!("write concern error: {}", self.scrub(&wce.to_string()))));
         }
-        let mut out: Vec<OpResult> = vec![OpResult::Applied { matched: None }; group.len()];
+        let mut out: Vec<Outcome> = vec![Outcome::Applied { matched: None }; group.len()];
         let mut failed = 0u64;
         if let Ok(errors) = reply.get_array("writeErrors") {
             for e in errors.iter().filter_map(Bson::as_document) {
@@ -534,7 +524,7 @@ impl Sink {
         let ok_ops = u64::try_from(group.len()).unwrap_or(u64::MAX) - failed;
         if !matches!(group.first(), Some(WriteOp::Insert { .. })) && n == ok_ops {
             for slot in out.iter_mut() {
-                if let OpResult::Applied { matched } = slot {
+                if let Outcome::Applied { matched } = slot {
                     *matched = Some(1);
                 }
             }
@@ -543,11 +533,11 @@ impl Sink {
     }
 }
 
-fn classify(code: i32, message: &str) -> OpResult {
+fn classify(code: i32, message: &str) -> Outcome {
     if code == DUPLICATE_KEY {
-        OpResult::DuplicateKey { message: message.to_string() }
+        Outcome::DuplicateKey { message: message.to_string() }
     } else {
-        OpResult::Failed { code, message: message.to_string() }
+        Outcome::Failed { code, message: message.to_string() }
     }
 }
 

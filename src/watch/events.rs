@@ -16,8 +16,7 @@ use tokio::sync::mpsc;
 use super::Hint;
 use crate::error::Fatal;
 use crate::layout::Root;
-use crate::reconcile::Engine;
-use crate::source::source_file;
+use crate::source::{source_file, Tree};
 
 /// Hints that may wait in the channel; beyond that the daemon rescans.
 pub const CHANNEL_CAPACITY: usize = 65_536;
@@ -33,10 +32,10 @@ pub struct FsWatch {
 }
 
 impl FsWatch {
-    pub fn start(engine: Arc<Engine>, tx: mpsc::Sender<Hint>, overflow: Arc<AtomicBool>) -> Result<FsWatch, Fatal> {
+    pub fn start(tree: Tree, tx: mpsc::Sender<Hint>, overflow: Arc<AtomicBool>) -> Result<FsWatch, Fatal> {
         let cb_tx = tx.clone();
         let cb_overflow = overflow.clone();
-        let cb_engine = engine.clone();
+        let cb_tree = tree.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let send = |h: Hint| {
                 if let Err(mpsc::error::TrySendError::Full(_)) = cb_tx.try_send(h) {
@@ -45,7 +44,7 @@ impl FsWatch {
             };
             match res {
                 Ok(event) => {
-                    for h in hints_for(&cb_engine, &event) {
+                    for h in hints_for(&cb_tree, &event) {
                         send(h);
                     }
                 }
@@ -62,14 +61,14 @@ impl FsWatch {
         })
         .map_err(|e| Fatal::Source(format!("cannot start the file watcher: {e}")))?;
         let mut w = FsWatch { watcher, roots: HashSet::new(), parents: HashSet::new(), tx, overflow };
-        w.ensure_watches(&engine);
+        w.ensure_watches(&tree);
         Ok(w)
     }
 
     /// Watch every root that exists (recursively) and each root's parent
     /// (to see roots appear and vanish). Safe to call again at any time.
-    pub fn ensure_watches(&mut self, engine: &Engine) {
-        for root in [&engine.roots.data, &engine.roots.artifacts] {
+    pub fn ensure_watches(&mut self, tree: &Tree) {
+        for root in [&tree.roots.data, &tree.roots.artifacts] {
             if let Some(parent) = root.parent().filter(|p| p.is_dir()) {
                 if !self.parents.contains(parent) {
                     match self.watcher.watch(parent, RecursiveMode::NonRecursive) {
@@ -116,7 +115,7 @@ impl FsWatch {
 
 /// What an event may have changed. No I/O except for paths that could be a
 /// folder holding sources (a `stat`); other files are dismissed by name.
-pub fn hints_for(engine: &Engine, event: &notify::Event) -> Vec<Hint> {
+pub fn hints_for(tree: &Tree, event: &notify::Event) -> Vec<Hint> {
     let mut out = Vec::new();
     if event.need_rescan() {
         out.push(Hint::Full("file events were lost (the kernel's event queue overflowed)".into()));
@@ -132,14 +131,14 @@ pub fn hints_for(engine: &Engine, event: &notify::Event) -> Vec<Hint> {
         return out;
     }
     for path in &event.paths {
-        for (root_kind, root) in [(Root::Data, &engine.roots.data), (Root::Artifacts, &engine.roots.artifacts)] {
+        for (root_kind, root) in [(Root::Data, &tree.roots.data), (Root::Artifacts, &tree.roots.artifacts)] {
             if path == root {
                 out.push(Hint::Full(format!("folder {} was created, moved or removed", root.display())));
                 continue;
             }
             let Ok(rel) = path.strip_prefix(root) else { continue };
             let Some(rel_str) = rel.to_str() else { continue };
-            for (i, spec) in engine.layout.sources.iter().enumerate().filter(|(_, s)| s.root == root_kind) {
+            for (i, spec) in tree.layout.sources.iter().enumerate().filter(|(_, s)| s.root == root_kind) {
                 if spec.matches_rel(rel) {
                     let f = source_file(i, spec, root, rel_str);
                     out.push(if complete { Hint::FileDone(f) } else { Hint::File(f) });
@@ -169,12 +168,11 @@ fn may_be_folder(kind: &EventKind, path: &Path) -> bool {
 mod tests {
     use super::*;
     use crate::layout::Layout;
-    use crate::sink::indexes::IndexSet;
     use crate::source::Roots;
 
-    fn engine() -> Engine {
+    fn tree() -> Tree {
         let roots = Roots { data: PathBuf::from("/p/data"), artifacts: PathBuf::from("/p/artifacts") };
-        Engine::new(Layout::builtin(), roots, IndexSet::builtin())
+        Tree { layout: Arc::new(Layout::builtin()), roots }
     }
 
     fn event(kind: EventKind, path: &str) -> notify::Event {
@@ -183,7 +181,7 @@ mod tests {
 
     #[test]
     fn source_files_become_file_hints_and_others_are_ignored() {
-        let e = engine();
+        let e = tree();
         let modify = EventKind::Modify(ModifyKind::Any);
         let h = hints_for(&e, &event(modify, "/p/artifacts/jobs/j1.json"));
         assert!(matches!(&h[..], [Hint::File(f)] if f.rel == "artifacts/jobs/j1.json" && f.spec == 2));
@@ -209,7 +207,7 @@ mod tests {
 
     #[test]
     fn new_folders_and_lost_events_ask_for_rescans() {
-        let e = engine();
+        let e = tree();
         let h = hints_for(&e, &event(EventKind::Create(CreateKind::Folder), "/p/artifacts/jobs"));
         assert_eq!(h, [Hint::Source(2)]);
         let h = hints_for(&e, &event(EventKind::Remove(RemoveKind::Folder), "/p/data/datasets"));

@@ -26,9 +26,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Fatal;
-use crate::reconcile::{reconcile, Engine, RunOptions, Scope, Summary};
+use crate::reconcile::memo::Memory;
+use crate::reconcile::{reconcile, Core, Engine, RunOptions, Scope};
 use crate::sink::{Sink, SinkOptions};
-use crate::source::SourceFile;
+use crate::source::{SourceFile, Tree};
+use crate::summary::Summary;
 
 /// Something that may have changed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -114,15 +116,19 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<Hint>(opts.queue_capacity.max(1));
     let overflow = Arc::new(AtomicBool::new(false));
 
+    // What watch remembers between reconciles (see `reconcile::memo`).
+    let memory = Arc::new(Memory::default());
+    let tree = engine.tree();
+
     // Watches go in before the first scan, so nothing slips through the gap.
-    let mut source = ChangeSource::start(&engine, &opts, tx.clone(), overflow.clone())?;
+    let mut source = ChangeSource::start(&tree, &opts, tx.clone(), overflow.clone())?;
 
     let sink = tokio::select! {
         s = Sink::connect(sink_opts, hard_cancel.clone()) => s?,
         () = cancel.cancelled() => return Ok(Summary::default()),
     };
     tokio::select! {
-        r = engine.indexes.apply(&sink) => r?,
+        r = crate::sink::indexes::apply(&engine.indexes, &sink) => r?,
         () = cancel.cancelled() => return Ok(Summary::default()),
     }
 
@@ -130,13 +136,13 @@ pub async fn run(
     let started = std::time::Instant::now();
     let initial = RunOptions { dry_run: false, log_all_rejects: true, defer_bad_files: false, log_changes: false };
     let first = tokio::select! {
-        r = reconcile(&engine, &sink, Scope::Full, initial, &hard_cancel) => r,
+        r = reconcile(Core { engine: &engine, target: &sink, memory: Some(&memory) }, Scope::Full, initial, &hard_cancel) => r,
         () = cancel.cancelled() => { hard_cancel.cancel(); return Ok(totals) }
     };
     match first {
         Ok(s) => {
             engine.metrics.set_ready();
-            record_state(&engine, &sink, StateUpdate::Full(s.clone(), started.elapsed()));
+            record_state(&engine, &sink, &memory, StateUpdate::Full(s.clone(), started.elapsed()));
             log_summary("Initial reconcile done; watching for changes", &s);
             release_freed_memory();
             totals.add(&s);
@@ -206,7 +212,7 @@ pub async fn run(
                         totals.add(&s);
                         lifecycle.tick(&totals);
                         if full {
-                            record_state(&engine, &sink, StateUpdate::Full(s.clone(), full_started.elapsed()));
+                            record_state(&engine, &sink, &memory, StateUpdate::Full(s.clone(), full_started.elapsed()));
                         }
                         for c in &s.changed_collections {
                             if !state_dirty.contains(c) {
@@ -225,7 +231,7 @@ pub async fn run(
                         // Part of the batch may have been written: what watch remembers of
                         // these files is no longer to be trusted.
                         let failed: Vec<SourceFile> = files.iter().map(|(f, _)| f.clone()).collect();
-                        engine.forget(if full { None } else { Some(&failed) });
+                        memory.forget(&engine.layout, if full { None } else { Some(&failed) });
                         for (f, attempts) in files {
                             pending.entry(f).or_insert(Pending { first: now, last: now, attempts, done: false });
                         }
@@ -249,7 +255,7 @@ pub async fn run(
                 ticks += 1;
                 // mirror_state is updated at most every 2 s, however busy the files are.
                 if !state_dirty.is_empty() && ticks % 2 == 0 {
-                    record_state(&engine, &sink, StateUpdate::Change(std::mem::take(&mut state_dirty), totals.clone()));
+                    record_state(&engine, &sink, &memory, StateUpdate::Change(std::mem::take(&mut state_dirty), totals.clone()));
                 }
                 // Keep /readyz honest while idle: check MongoDB every 5 s.
                 if ticks % 5 == 0 && in_flight.is_none() {
@@ -263,7 +269,7 @@ pub async fn run(
             pending_full.get_or_insert_with(|| "file events were lost (event queue overflow)".into());
         }
         if pending_full.is_some() {
-            source.refresh(&engine);
+            source.refresh(&tree);
         }
         if in_flight.is_some() || retry_after.is_some_and(|t| t > Instant::now()) {
             continue;
@@ -282,14 +288,22 @@ pub async fn run(
             // Files pending now are covered: the scan reads them after this point.
             let covered: Vec<(SourceFile, u32)> = pending.drain().map(|(f, p)| (f, p.attempts)).collect();
             pending_sources.clear();
-            in_flight = Some(spawn_batch(&engine, &sink, Scope::Full, covered, true, false, &hard_cancel));
+            in_flight = Some(spawn_batch(&engine, &sink, &memory, Scope::Full, covered, true, false, &hard_cancel));
         } else if !pending_sources.is_empty() {
             engine.metrics.record_rescan();
             let specs: Vec<usize> = pending_sources.drain().collect();
             pending.retain(|f, _| !specs.contains(&f.spec));
             tracing::info!(sources = ?specs.iter().map(|s| engine.layout.sources[*s].name.clone()).collect::<Vec<_>>(), "Folder changed; rescanning its sources");
-            in_flight =
-                Some(spawn_batch(&engine, &sink, Scope::Sources(specs), Vec::new(), false, false, &hard_cancel));
+            in_flight = Some(spawn_batch(
+                &engine,
+                &sink,
+                &memory,
+                Scope::Sources(specs),
+                Vec::new(),
+                false,
+                false,
+                &hard_cancel,
+            ));
         } else {
             let ready: Vec<SourceFile> =
                 pending.iter().filter(|(_, p)| now >= due(p, &opts)).map(|(f, _)| f.clone()).collect();
@@ -298,8 +312,16 @@ pub async fn run(
                     ready.into_iter().filter_map(|f| pending.remove(&f).map(|p| (f, p.attempts))).collect();
                 let last_try = batch.iter().all(|(_, a)| *a >= opts.parse_retries);
                 let files: Vec<SourceFile> = batch.iter().map(|(f, _)| f.clone()).collect();
-                in_flight =
-                    Some(spawn_batch(&engine, &sink, Scope::Files(files), batch, false, !last_try, &hard_cancel));
+                in_flight = Some(spawn_batch(
+                    &engine,
+                    &sink,
+                    &memory,
+                    Scope::Files(files),
+                    batch,
+                    false,
+                    !last_try,
+                    &hard_cancel,
+                ));
             }
         }
     }
@@ -323,7 +345,7 @@ pub async fn run(
     if !state_dirty.is_empty() {
         let _ = tokio::time::timeout(
             Duration::from_secs(2),
-            crate::state::record_change(&engine, &sink, &state_dirty, &totals),
+            crate::state::record_change(&engine, &sink, Some(&memory), &state_dirty, &totals),
         )
         .await;
     }
@@ -375,13 +397,16 @@ enum StateUpdate {
 
 /// Record progress in `mirror_state` without holding up the loop; a failure
 /// only costs a log line (the data itself is not affected).
-fn record_state(engine: &Arc<Engine>, sink: &Sink, update: StateUpdate) {
-    let engine = engine.clone();
-    let sink = sink.clone();
+fn record_state(engine: &Arc<Engine>, sink: &Sink, memory: &Arc<Memory>, update: StateUpdate) {
+    let (engine, sink, memory) = (engine.clone(), sink.clone(), memory.clone());
     tokio::spawn(async move {
         let r = match update {
-            StateUpdate::Full(s, took) => crate::state::record_full(&engine, &sink, "watch", &s, took).await,
-            StateUpdate::Change(colls, totals) => crate::state::record_change(&engine, &sink, &colls, &totals).await,
+            StateUpdate::Full(s, took) => {
+                crate::state::record_full(&engine, &sink, Some(&memory), "watch", &s, took).await
+            }
+            StateUpdate::Change(colls, totals) => {
+                crate::state::record_change(&engine, &sink, Some(&memory), &colls, &totals).await
+            }
         };
         if let Err(e) = r {
             tracing::debug!(error = %e, "Cannot update mirror_state");
@@ -389,22 +414,22 @@ fn record_state(engine: &Arc<Engine>, sink: &Sink, update: StateUpdate) {
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 fn spawn_batch(
     engine: &Arc<Engine>,
     sink: &Sink,
+    memory: &Arc<Memory>,
     scope: Scope,
     covered: Vec<(SourceFile, u32)>,
     full: bool,
     defer_bad_files: bool,
     cancel: &CancellationToken,
 ) -> JoinHandle<Batch> {
-    let engine = engine.clone();
-    let sink = sink.clone();
-    let cancel = cancel.clone();
+    let (engine, sink, memory, cancel) = (engine.clone(), sink.clone(), memory.clone(), cancel.clone());
     let log_changes = matches!(scope, Scope::Files(_) | Scope::Sources(_));
     tokio::spawn(async move {
         let opts = RunOptions { dry_run: false, log_all_rejects: false, defer_bad_files, log_changes };
-        let r = reconcile(&engine, &sink, scope, opts, &cancel).await;
+        let r = reconcile(Core { engine: &engine, target: &sink, memory: Some(&memory) }, scope, opts, &cancel).await;
         (r, covered, full)
     })
 }
@@ -446,12 +471,12 @@ enum ChangeSource {
 
 impl ChangeSource {
     fn start(
-        engine: &Arc<Engine>,
+        tree: &Tree,
         opts: &WatchOptions,
         tx: mpsc::Sender<Hint>,
         overflow: Arc<AtomicBool>,
     ) -> Result<ChangeSource, Fatal> {
-        let roots: Vec<PathBuf> = vec![engine.roots.data.clone(), engine.roots.artifacts.clone()];
+        let roots: Vec<PathBuf> = vec![tree.roots.data.clone(), tree.roots.artifacts.clone()];
         for root in &roots {
             if let Some(kind) = fstype::network_fs(root) {
                 if opts.poll_interval.is_none() {
@@ -463,16 +488,16 @@ impl ChangeSource {
         match opts.poll_interval {
             Some(every) => {
                 tracing::info!(interval_ms = every.as_millis(), "Polling the folders for changes");
-                Ok(ChangeSource::Poll(poll::PollTask::start(engine.clone(), every, tx, overflow)))
+                Ok(ChangeSource::Poll(poll::PollTask::start(tree.clone(), every, tx, overflow)))
             }
-            None => Ok(ChangeSource::Events(events::FsWatch::start(engine.clone(), tx, overflow)?)),
+            None => Ok(ChangeSource::Events(events::FsWatch::start(tree.clone(), tx, overflow)?)),
         }
     }
 
     /// Re-establish watches (a watched folder may have been removed and recreated).
-    fn refresh(&mut self, engine: &Engine) {
+    fn refresh(&mut self, tree: &Tree) {
         if let ChangeSource::Events(w) = self {
-            w.ensure_watches(engine);
+            w.ensure_watches(tree);
         }
     }
 }

@@ -13,8 +13,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::Hint;
-use crate::reconcile::Engine;
-use crate::source::{self, SourceFile, Stamp};
+use crate::source::{self, SourceFile, Stamp, Tree};
 
 /// The background polling task; dropping it stops polling.
 pub struct PollTask {
@@ -28,11 +27,11 @@ impl Drop for PollTask {
 }
 
 impl PollTask {
-    pub fn start(engine: Arc<Engine>, every: Duration, tx: mpsc::Sender<Hint>, overflow: Arc<AtomicBool>) -> PollTask {
+    pub fn start(tree: Tree, every: Duration, tx: mpsc::Sender<Hint>, overflow: Arc<AtomicBool>) -> PollTask {
         let handle = tokio::spawn(async move {
             let mut poller = Poller::default();
             // The first sweep only records what is there: the initial reconcile reads it all.
-            let e = engine.clone();
+            let e = tree.clone();
             poller = match tokio::task::spawn_blocking(move || {
                 poller.sweep(&e);
                 poller
@@ -46,7 +45,7 @@ impl PollTask {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                let e = engine.clone();
+                let e = tree.clone();
                 let result = tokio::task::spawn_blocking(move || {
                     let hints = poller.sweep(&e);
                     (poller, hints)
@@ -77,11 +76,11 @@ pub struct Poller {
 impl Poller {
     /// Stat every source file; return hints for those that changed, appeared
     /// or vanished since the last sweep (none on the first sweep).
-    pub fn sweep(&mut self, engine: &Engine) -> Vec<Hint> {
+    pub fn sweep(&mut self, tree: &Tree) -> Vec<Hint> {
         let mut now: HashMap<PathBuf, (SourceFile, Option<Stamp>)> = HashMap::new();
-        for i in 0..engine.layout.sources.len() {
+        for i in 0..tree.layout.sources.len() {
             // A folder that cannot be listed is seen as empty; its files reappear when it can.
-            let files = source::discover(&engine.layout, &engine.roots, i).unwrap_or_default();
+            let files = source::discover(&tree.layout, &tree.roots, i).unwrap_or_default();
             for f in files {
                 let stamp = std::fs::metadata(&f.path).ok().map(|m| Stamp::of(&m));
                 now.insert(f.path.clone(), (f, stamp));
@@ -110,7 +109,6 @@ impl Poller {
 mod tests {
     use super::*;
     use crate::layout::Layout;
-    use crate::sink::indexes::IndexSet;
     use crate::source::Roots;
 
     #[test]
@@ -119,23 +117,23 @@ mod tests {
         let roots = Roots { data: dir.path().join("data"), artifacts: dir.path().join("artifacts") };
         std::fs::create_dir_all(roots.artifacts.join("jobs")).unwrap();
         std::fs::create_dir_all(&roots.data).unwrap();
-        let engine = Engine::new(Layout::builtin(), roots.clone(), IndexSet::builtin());
+        let tree = Tree { layout: Arc::new(Layout::builtin()), roots: roots.clone() };
         let job = roots.artifacts.join("jobs/j1.json");
         std::fs::write(&job, "{\"job_id\":\"j1\"}").unwrap();
         let mut p = Poller::default();
-        assert!(p.sweep(&engine).is_empty(), "the first sweep only records");
-        assert!(p.sweep(&engine).is_empty());
+        assert!(p.sweep(&tree).is_empty(), "the first sweep only records");
+        assert!(p.sweep(&tree).is_empty());
         // Same length, same second: a whole-second mtime poller would miss it.
         std::fs::write(&job, "{\"job_id\":\"j2\"}").unwrap();
         let tmp = roots.artifacts.join("jobs/j1.json.tmp");
         std::fs::write(&tmp, "{\"job_id\":\"j3\"}").unwrap();
         std::fs::rename(&tmp, &job).unwrap();
-        let h = p.sweep(&engine);
+        let h = p.sweep(&tree);
         assert!(matches!(&h[..], [Hint::File(f)] if f.rel == "artifacts/jobs/j1.json"), "{h:?}");
         std::fs::write(roots.data.join("users.json"), "[]").unwrap();
         std::fs::remove_file(&job).unwrap();
         let mut rels: Vec<String> = p
-            .sweep(&engine)
+            .sweep(&tree)
             .into_iter()
             .filter_map(|h| match h {
                 Hint::File(f) => Some(f.rel),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use sd_notify::NotifyState;
 
 use super::Lifecycle;
-use crate::reconcile::Summary;
+use crate::summary::Summary;
 
 pub struct Systemd {
     watchdog: Option<Duration>,

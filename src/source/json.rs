@@ -1,42 +1,10 @@
-//! Sources: find the files a layout names, read each one consistently (its
-//! metadata must not change during the read), and parse it into raw records.
-//! Everything here is blocking file I/O and CPU work; async callers run it on
-//! the blocking pool. Nothing here ever writes to the source folders.
-
-use std::fs;
-use std::io::Read;
-use std::path::{Path, PathBuf};
+//! Pure JSON reading: a file's bytes split into records (strict: duplicate
+//! keys are marked, not lost), and why a file could not be read. No I/O here,
+//! so mapping can use it without depending on the file side of [`super`].
 
 use serde_json::Value;
 
-use crate::layout::{Layout, Root, Shape, SourceSpec};
-
-/// The two configured folders.
-#[derive(Debug, Clone)]
-pub struct Roots {
-    pub data: PathBuf,
-    pub artifacts: PathBuf,
-}
-
-impl Roots {
-    pub fn dir(&self, root: Root) -> &Path {
-        match root {
-            Root::Data => &self.data,
-            Root::Artifacts => &self.artifacts,
-        }
-    }
-}
-
-/// One file of one source.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SourceFile {
-    /// Index of the source in the layout.
-    pub spec: usize,
-    /// Stable name, used in `_mirror.source` and in messages: `data/users.json`.
-    pub rel: String,
-    /// Where it is on disk.
-    pub path: PathBuf,
-}
+use crate::layout::Shape;
 
 /// A record as found in a file, before mapping.
 #[derive(Debug, Clone)]
@@ -88,126 +56,6 @@ impl FileProblem {
             FileProblem::Shape { .. } => "wrong_top_level_type",
         }
     }
-}
-
-/// Limits applied while reading.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadLimits {
-    pub max_file_bytes: u64,
-}
-
-impl Default for ReadLimits {
-    fn default() -> Self {
-        Self { max_file_bytes: 1 << 30 }
-    }
-}
-
-/// A file's identity and version, compared before and after each read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    pub len: u64,
-    pub mtime_ns: i128,
-    pub ino: u64,
-    pub dev: u64,
-}
-
-impl Stamp {
-    pub fn of(meta: &fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Stamp {
-            len: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ino: meta.ino(),
-            dev: meta.dev(),
-        }
-    }
-}
-
-/// The files a source consists of right now, sorted by name. A folder that
-/// does not exist yet yields no files (the platform creates `jobs/` lazily).
-pub fn discover(layout: &Layout, roots: &Roots, spec_idx: usize) -> Result<Vec<SourceFile>, (String, FileProblem)> {
-    let spec = &layout.sources[spec_idx];
-    let root = roots.dir(spec.root);
-    let (dir, _) = spec.split_path();
-    if !spec.is_pattern() {
-        return Ok(vec![source_file(spec_idx, spec, root, &spec.path)]);
-    }
-    let folder = root.join(dir);
-    let entries = match fs::read_dir(&folder) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err((rel_label(spec, dir), FileProblem::Io(e.to_string())));
-        }
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| (rel_label(spec, dir), FileProblem::Io(e.to_string())))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !spec.matches_file_name(name) {
-            continue;
-        }
-        let rel = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
-        files.push(source_file(spec_idx, spec, root, &rel));
-    }
-    files.sort();
-    Ok(files)
-}
-
-fn rel_label(spec: &SourceSpec, rel: &str) -> String {
-    if rel.is_empty() {
-        spec.root.label().to_string()
-    } else {
-        format!("{}/{rel}", spec.root.label())
-    }
-}
-
-/// The [`SourceFile`] for a path relative to the source's root.
-pub fn source_file(spec_idx: usize, spec: &SourceSpec, root: &Path, rel: &str) -> SourceFile {
-    SourceFile { spec: spec_idx, rel: rel_label(spec, rel), path: root.join(rel) }
-}
-
-/// Read a whole file, retrying while it changes under us. `Ok(None)` when it
-/// does not exist.
-pub fn read_stable(path: &Path, limits: ReadLimits) -> Result<Option<(Vec<u8>, Stamp)>, FileProblem> {
-    const ATTEMPTS: usize = 5;
-    for attempt in 0..ATTEMPTS {
-        let before = match fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FileProblem::Io(e.to_string())),
-        };
-        if before.is_dir() {
-            return Err(FileProblem::NotAFile("a directory"));
-        }
-        if !before.is_file() {
-            return Err(FileProblem::NotAFile("a special file"));
-        }
-        if before.len() > limits.max_file_bytes {
-            return Err(FileProblem::TooLarge { size: before.len(), limit: limits.max_file_bytes });
-        }
-        let mut bytes = Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0));
-        let read = fs::File::open(path).and_then(|f| f.take(limits.max_file_bytes + 1).read_to_end(&mut bytes));
-        match read {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FileProblem::Io(e.to_string())),
-        }
-        let after = match fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FileProblem::Io(e.to_string())),
-        };
-        let stamp = Stamp::of(&after);
-        if Stamp::of(&before) == stamp && u64::try_from(bytes.len()).ok() == Some(stamp.len) {
-            return Ok(Some((bytes, stamp)));
-        }
-        if attempt + 1 < ATTEMPTS {
-            std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
-        }
-    }
-    Err(FileProblem::Unstable)
 }
 
 /// Parse a file's bytes into records.
@@ -425,23 +273,5 @@ mod tests {
         let err = parse(b"{}", Shape::Array).unwrap_err();
         assert_eq!(err.to_string(), "holds an object at the top level; expected an array of records");
         assert!(matches!(parse(b"[]", Shape::Object), Err(FileProblem::Shape { .. })));
-    }
-
-    #[test]
-    fn read_stable_reports_missing_dirs_and_limits() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("x.json");
-        assert_eq!(read_stable(&p, ReadLimits::default()), Ok(None));
-        std::fs::create_dir(&p).unwrap();
-        assert_eq!(read_stable(&p, ReadLimits::default()), Err(FileProblem::NotAFile("a directory")));
-        let q = dir.path().join("y.json");
-        std::fs::write(&q, b"[1,2,3]").unwrap();
-        let (bytes, stamp) = read_stable(&q, ReadLimits::default()).unwrap().unwrap();
-        assert_eq!(bytes, b"[1,2,3]");
-        assert_eq!(stamp.len, 7);
-        assert!(matches!(
-            read_stable(&q, ReadLimits { max_file_bytes: 3 }),
-            Err(FileProblem::TooLarge { size: 7, limit: 3 })
-        ));
     }
 }

@@ -1,0 +1,120 @@
+//! Stage 5, delete: documents whose records are gone from files the scan is
+//! the authority on (read in full, or gone), under `--on-delete`: archive
+//! (copy into `mirror_archive`, then delete), delete, or keep. The
+//! mass-delete guard holds back a change that would remove too much of a
+//! collection at once (a file truncated or removed by mistake).
+//!
+//! Invariants: a document of a file that could not be read, or that has a
+//! rejected record without a usable id, is never deleted; a rejected
+//! record's document is never deleted because of the reject; a delete only
+//! removes the version the core saw (its content hash).
+
+use std::collections::{HashMap, HashSet};
+
+use super::run::SourceRun;
+use super::scan::Scanned;
+use super::target::{Existing, Outcome, Target};
+use super::OnDelete;
+use crate::error::Fatal;
+use crate::layout::SourceSpec;
+use crate::summary::count;
+
+/// The documents to delete after a scan, and what the target said of every
+/// document that looked gone (for watch's picture).
+pub(super) struct Deletes {
+    pub deletes: Vec<(String, Existing)>,
+    pub details: HashMap<String, Existing>,
+}
+
+/// Find the documents whose records are gone from the files.
+pub(super) async fn find<T: Target>(
+    target: &T,
+    spec: &SourceSpec,
+    scanned: &Scanned,
+    existing: &HashMap<String, Existing>,
+    ids_in_files: HashSet<String>,
+) -> Result<Deletes, Fatal> {
+    let mut gone: Vec<String> = existing
+        .keys()
+        .filter(|id| !ids_in_files.contains(*id) && !scanned.protected_ids.contains(*id))
+        .cloned()
+        .collect();
+    drop(ids_in_files);
+    if !gone.is_empty() && !scanned.unchanged.is_empty() {
+        let unchanged: HashSet<&str> = scanned.unchanged.iter().map(|u| &*u.rec.id).collect();
+        gone.retain(|id| !unchanged.contains(id.as_str()));
+    }
+    let details = if gone.is_empty() { HashMap::new() } else { target.existing(spec, &gone).await? };
+    let mut deletes: Vec<(String, Existing)> = gone
+        .iter()
+        .filter_map(|id| {
+            let ex = details.get(id)?;
+            let src = ex.source.as_ref()?;
+            let authoritative = !scanned.no_deletes.contains(src)
+                && (scanned.read_ok.contains(src)
+                    || scanned.missing.contains(src)
+                    || (scanned.complete && !scanned.bad.contains(src) && spec.owns_rel(src)));
+            authoritative.then(|| (id.clone(), ex.clone()))
+        })
+        .collect();
+    deletes.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(Deletes { deletes, details })
+}
+
+impl<T: Target> SourceRun<'_, T> {
+    /// Apply the deletes under `--on-delete` and the mass-delete guard;
+    /// returns the ids that were removed.
+    pub(super) async fn apply_deletes(
+        &mut self,
+        deletes: Vec<(String, Existing)>,
+        known_total: usize,
+    ) -> Result<Vec<String>, Fatal> {
+        let (engine, spec) = (self.engine, &self.spec);
+        if deletes.is_empty() || engine.on_delete == OnDelete::Keep {
+            return Ok(Vec::new());
+        }
+        let total = if known_total > deletes.len() {
+            known_total
+        } else {
+            usize::try_from(self.target.count(spec).await.unwrap_or(0)).unwrap_or(usize::MAX)
+        };
+        let n = deletes.len();
+        let fraction = if total == 0 { 1.0 } else { ratio(n, total) };
+        if n >= 2 && fraction > engine.mass_delete_fraction && !engine.allow_mass_delete {
+            self.summary.deletes_held += count(n);
+            tracing::warn!(
+                collection = %spec.collection,
+                deletes = n,
+                documents = total,
+                "Holding back deletes: they would remove more than {:.0}% of the collection in one change \
+                 (a file truncated or removed by mistake?). Rerun with --allow-mass-delete if this is intended",
+                engine.mass_delete_fraction * 100.0
+            );
+            return Ok(Vec::new());
+        }
+        let archive = engine.on_delete == OnDelete::Archive;
+        if archive {
+            let ids: Vec<String> = deletes.iter().map(|(id, _)| id.clone()).collect();
+            self.target.archive(spec, &ids).await?;
+        }
+        let results = self.target.delete(spec, &deletes).await?;
+        let mut removed = Vec::new();
+        for ((id, ex), r) in deletes.into_iter().zip(results) {
+            if matches!(r, Outcome::Applied { .. }) {
+                if archive {
+                    self.summary.archived += 1;
+                } else {
+                    self.summary.deleted += 1;
+                }
+                tracing::info!(collection = %spec.collection, id = %id, source = ex.source.as_deref().unwrap_or(""), action = if archive { "archived" } else { "deleted" }, "Record gone from the files");
+                removed.push(id);
+            }
+        }
+        Ok(removed)
+    }
+}
+
+fn ratio(n: usize, total: usize) -> f64 {
+    // Counts of documents are far below 2^53, where f64 is exact.
+    f64::from(u32::try_from(n).unwrap_or(u32::MAX)) / f64::from(u32::try_from(total).unwrap_or(u32::MAX))
+}

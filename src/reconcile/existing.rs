@@ -1,0 +1,79 @@
+//! Stage 2, existing: what the target holds for the records a scan found,
+//! and for the documents mirrored from the files it read (which may be gone
+//! from them). From the target itself, or, for watch's changed files, from
+//! its picture when it has one.
+//!
+//! Invariant: every document the mirror wrote from a file the scan read in
+//! full (or found missing) is in the result, so a record gone from the files
+//! is seen as gone.
+
+use std::collections::{HashMap, HashSet};
+
+use super::memo::{Known, Memory};
+use super::scan::Scanned;
+use super::target::{Existing, Target};
+use super::Engine;
+use crate::error::Fatal;
+
+/// What the target holds for the scanned files of one source.
+pub async fn for_scan<T: Target>(
+    engine: &Engine,
+    target: &T,
+    memory: Option<&Memory>,
+    scanned: &Scanned,
+) -> Result<HashMap<String, Existing>, Fatal> {
+    let spec = &engine.layout.sources[scanned.spec];
+    if scanned.complete {
+        return target.hashes(spec).await;
+    }
+    if let Some(found) = memory.and_then(|m| from_picture(m, &spec.collection, scanned)) {
+        return Ok(found);
+    }
+    let mut ids: Vec<String> = scanned.candidates.iter().map(|c| c.mapped.id.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    let mut found = target.existing(spec, &ids).await?;
+    let rels: Vec<String> = scanned.read_ok.iter().chain(&scanned.missing).cloned().collect();
+    if !rels.is_empty() {
+        found.extend(target.existing_from_files(spec, &rels).await?);
+    }
+    Ok(found)
+}
+
+/// The same, from watch's picture of the collection (`None` without one).
+fn from_picture(memory: &Memory, collection: &str, scanned: &Scanned) -> Option<HashMap<String, Existing>> {
+    let picture = memory.picture.lock().ok()?;
+    let coll: &HashMap<String, Known> = picture.get(collection)?;
+    let mut out = HashMap::new();
+    for c in &scanned.candidates {
+        if let Some(k) = coll.get(&c.mapped.id) {
+            out.insert(c.mapped.id.clone(), k.existing());
+        }
+    }
+    // Documents of these files whose records are no longer there. When the
+    // memo covers every file read, they are among the vanished records;
+    // otherwise look through the picture of the whole collection.
+    let covered = scanned.read_ok.iter().all(|r| scanned.memo_covered.contains(r)) && scanned.missing.is_empty();
+    if covered {
+        for v in &scanned.vanished {
+            if let Some(k) = coll.get(&*v.rec.id) {
+                out.entry(v.rec.id.to_string()).or_insert_with(|| k.existing());
+            }
+        }
+        return Some(out);
+    }
+    let present: HashSet<&str> = scanned
+        .candidates
+        .iter()
+        .map(|c| c.mapped.id.as_str())
+        .chain(scanned.unchanged.iter().map(|u| &*u.rec.id))
+        .collect();
+    for (id, k) in coll {
+        if (scanned.read_ok.contains(&*k.source) || scanned.missing.contains(&*k.source))
+            && !present.contains(id.as_str())
+        {
+            out.entry(id.clone()).or_insert_with(|| k.existing());
+        }
+    }
+    Some(out)
+}

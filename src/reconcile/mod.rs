@@ -1,0 +1,291 @@
+//! The reconcile core shared by `sync`, `watch` and `verify`: read a set of
+//! source files, map their records, compare them with what the target holds,
+//! and write only the difference. `sync` reconciles everything once; `watch`
+//! reconciles everything once and then the files that changed; `verify`
+//! stops after the scan and compares on its own.
+//!
+//! A record passes through the stages in this folder, in order:
+//!
+//! 1. [`scan`]: read, split and map the files; first keeps an id or an email;
+//! 2. [`existing`]: what the target holds for them (or watch's picture);
+//! 3. [`plan`]: insert, update or unchanged, by content hash;
+//! 4. [`write`]: batched writes, settled outcome by outcome (newer-wins, clashes);
+//! 5. [`delete`]: documents whose records are gone (guard, archive);
+//! 6. [`rejects`]: what could not be mirrored, stored and cleared.
+//!
+//! [`run`] carries one source through stages 3 to 6; [`target`] is all the
+//! core asks of a database; [`memo`] is watch's memory, handed in by watch.
+//!
+//! Conservation rule: every record read ends in exactly one bucket:
+//! inserted, updated, unchanged, skipped (newer in the target) or rejected.
+
+pub mod delete;
+pub mod existing;
+pub mod memo;
+pub mod plan;
+pub mod rejects;
+mod run;
+pub mod scan;
+pub mod target;
+pub mod write;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Fatal;
+use crate::indexes::IndexSet;
+use crate::layout::Layout;
+use crate::source::{ReadLimits, Roots, SourceFile};
+use crate::summary::Summary;
+use memo::Memory;
+use run::SourceRun;
+use scan::{scan_source, Candidate};
+use target::{Existing, Target};
+
+pub use scan::CHUNK;
+
+/// Where the mirror keeps the records it cannot mirror.
+pub const REJECTS: &str = "mirror_rejects";
+/// Where `--on-delete archive` keeps the last version of deleted documents.
+pub const ARCHIVE: &str = "mirror_archive";
+
+/// What happens to a document whose record disappeared from the files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDelete {
+    /// Copy the last version into `mirror_archive`, then delete it.
+    Archive,
+    /// Delete it.
+    Delete,
+    /// Leave it in MongoDB.
+    Keep,
+}
+
+/// Which version wins when MongoDB holds a newer document than the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Conflict {
+    /// Only replace a document when the file's version time is not older.
+    NewerWins,
+    /// The file always wins.
+    FileWins,
+}
+
+/// Everything the core needs to know, fixed for a run.
+pub struct Engine {
+    pub layout: Arc<Layout>,
+    /// Per source, [`crate::mapping::fingerprint`] of its rules.
+    pub fingerprints: Vec<String>,
+    pub roots: Roots,
+    pub limits: ReadLimits,
+    pub indexes: IndexSet,
+    pub on_delete: OnDelete,
+    pub conflict: Conflict,
+    /// Hold deletes that would remove more than this fraction of a collection.
+    pub mass_delete_fraction: f64,
+    pub allow_mass_delete: bool,
+    /// Records per chunk of a streamed scan ([`CHUNK`] by default).
+    pub chunk: usize,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Engine {
+    pub fn new(layout: Layout, roots: Roots, indexes: IndexSet) -> Self {
+        let fingerprints = layout.sources.iter().map(crate::mapping::fingerprint).collect();
+        Engine {
+            layout: Arc::new(layout),
+            fingerprints,
+            roots,
+            limits: ReadLimits::default(),
+            indexes,
+            on_delete: OnDelete::Archive,
+            conflict: Conflict::NewerWins,
+            mass_delete_fraction: 0.5,
+            allow_mass_delete: false,
+            chunk: CHUNK,
+            metrics: Arc::default(),
+        }
+    }
+
+    /// What the file watchers need of the engine.
+    pub fn tree(&self) -> crate::source::Tree {
+        crate::source::Tree { layout: self.layout.clone(), roots: self.roots.clone() }
+    }
+}
+
+/// Which files to look at.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    /// Every file of every source.
+    Full,
+    /// Every file of these sources (a folder appeared or vanished).
+    Sources(Vec<usize>),
+    /// Just these files (they may have been deleted).
+    Files(Vec<SourceFile>),
+}
+
+/// How a reconcile run behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    pub dry_run: bool,
+    /// Log every reject, not only those not stored before (sync does).
+    pub log_all_rejects: bool,
+    /// Leave unreadable files out of `mirror_rejects` and the log for now:
+    /// watch retries them (they may be half-written) before reporting.
+    pub defer_bad_files: bool,
+    /// Log one line per written document (watch, for changed files).
+    pub log_changes: bool,
+}
+
+/// What one reconcile works with: the engine, the target, and watch's memory.
+pub struct Core<'a, T: Target> {
+    pub engine: &'a Arc<Engine>,
+    pub target: &'a T,
+    /// watch's memory (`None` for sync and verify).
+    pub memory: Option<&'a Arc<Memory>>,
+}
+
+impl<T: Target> Clone for Core<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T: Target> Copy for Core<'_, T> {}
+
+/// The files of a scope, split by source: whole sources, and single files.
+struct Work {
+    whole: Vec<usize>,
+    files: Vec<(usize, Vec<SourceFile>)>,
+}
+
+impl Work {
+    fn of(scope: Scope, sources: usize) -> Work {
+        match scope {
+            Scope::Full => Work { whole: (0..sources).collect(), files: Vec::new() },
+            Scope::Sources(mut specs) => {
+                specs.retain(|s| *s < sources);
+                specs.sort_unstable();
+                specs.dedup();
+                Work { whole: specs, files: Vec::new() }
+            }
+            Scope::Files(files) => {
+                let mut per_spec: Vec<Vec<SourceFile>> = vec![Vec::new(); sources];
+                for f in files {
+                    if let Some(slot) = per_spec.get_mut(f.spec) {
+                        if !slot.contains(&f) {
+                            slot.push(f);
+                        }
+                    }
+                }
+                let files = per_spec.into_iter().enumerate().filter(|(_, f)| !f.is_empty()).collect();
+                Work { whole: Vec::new(), files }
+            }
+        }
+    }
+}
+
+/// Reconcile a scope: the heart of sync and watch.
+pub async fn reconcile<T: Target>(
+    core: Core<'_, T>,
+    scope: Scope,
+    opts: RunOptions,
+    cancel: &CancellationToken,
+) -> Result<Summary, Fatal> {
+    let engine = core.engine;
+    let work = Work::of(scope, engine.layout.sources.len());
+    let mut total = Summary::default();
+    // Whole sources: their collections' hashes are read one collection after
+    // the other in the background, and each source is reconciled as soon as its
+    // hashes are in, so one source's files are read and compared while the
+    // target serves the next collection. (Dropping the set stops the reads,
+    // should a source fail.)
+    let (fetched_tx, mut fetched) = tokio::sync::mpsc::channel(work.whole.len().max(1));
+    let mut reader = tokio::task::JoinSet::new();
+    let (e, t, whole) = (engine.clone(), core.target.clone(), work.whole);
+    reader.spawn(async move {
+        for spec_idx in whole {
+            let started = std::time::Instant::now();
+            let existing = t.hashes(&e.layout.sources[spec_idx]).await;
+            tracing::debug!(collection = %e.layout.sources[spec_idx].collection, documents = existing.as_ref().map_or(0, HashMap::len), elapsed_ms = started.elapsed().as_millis(), "Fetched what the target holds");
+            let failed = existing.is_err();
+            if fetched_tx.send((spec_idx, existing)).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    while let Some((spec_idx, existing)) = fetched.recv().await {
+        if cancel.is_cancelled() {
+            return Err(Fatal::Interrupted);
+        }
+        engine.metrics.set_phase(format!("{}: reading", engine.layout.sources[spec_idx].collection));
+        total.add(&reconcile_whole_source(core, spec_idx, existing?, opts).await?);
+    }
+    for (spec_idx, files) in work.files {
+        if cancel.is_cancelled() {
+            return Err(Fatal::Interrupted);
+        }
+        engine.metrics.set_phase(format!("{}: reading", engine.layout.sources[spec_idx].collection));
+        total.add(&reconcile_files(core, spec_idx, files, opts).await?);
+    }
+    Ok(total)
+}
+
+/// A whole source, streamed, given what its collection holds: each chunk of
+/// mapped records is compared and written while the next one is mapped.
+/// Memory holds a few chunks, not the source.
+async fn reconcile_whole_source<T: Target>(
+    core: Core<'_, T>,
+    spec_idx: usize,
+    existing: HashMap<String, Existing>,
+    opts: RunOptions,
+) -> Result<Summary, Fatal> {
+    let started = std::time::Instant::now();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Candidate>>(1);
+    let (e, m) = (core.engine.clone(), core.memory.cloned());
+    // If anything below fails, `rx` is dropped and the scan stops at its next chunk.
+    let scan = tokio::task::spawn_blocking(move || {
+        let mut emit = |chunk: Vec<Candidate>| tx.blocking_send(chunk).is_ok();
+        scan_source(&e, m.as_deref(), spec_idx, None, Some(&mut emit))
+    });
+    let mut run = SourceRun::new(core.engine, core.target, core.memory.map(Arc::as_ref), spec_idx, opts);
+    while let Some(chunk) = rx.recv().await {
+        run.chunk(chunk, &existing).await?;
+    }
+    let mut scanned = scan.await.map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
+    tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, elapsed_ms = started.elapsed().as_millis(), "Scanned");
+    let last = std::mem::take(&mut scanned.candidates);
+    run.chunk(last, &existing).await?;
+    run.finish(scanned, existing).await
+}
+
+/// Some files of a source (watch): scanned in full (the memo keeps that
+/// cheap), then compared with what the target holds for them.
+async fn reconcile_files<T: Target>(
+    core: Core<'_, T>,
+    spec_idx: usize,
+    files: Vec<SourceFile>,
+    opts: RunOptions,
+) -> Result<Summary, Fatal> {
+    let (e, m) = (core.engine.clone(), core.memory.cloned());
+    let started = std::time::Instant::now();
+    let mut scanned = tokio::task::spawn_blocking(move || scan_source(&e, m.as_deref(), spec_idx, Some(files), None))
+        .await
+        .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
+    tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged = scanned.unchanged.len(), mapped = scanned.candidates.len(), identical = scanned.identical, elapsed_ms = started.elapsed().as_millis(), "Scanned");
+    let memory = core.memory.map(Arc::as_ref);
+    let existing = existing::for_scan(core.engine, core.target, memory, &scanned).await?;
+    let mut run = SourceRun::new(core.engine, core.target, memory, spec_idx, opts);
+    let mut candidates = std::mem::take(&mut scanned.candidates).into_iter();
+    loop {
+        let chunk: Vec<Candidate> = candidates.by_ref().take(core.engine.chunk.max(1)).collect();
+        if chunk.is_empty() {
+            break;
+        }
+        run.chunk(chunk, &existing).await?;
+    }
+    run.finish(scanned, existing).await
+}

@@ -1,0 +1,219 @@
+//! One source's reconcile in progress: chunks of candidates are planned and
+//! written as they come ([`SourceRun::chunk`]); deletes, watch's memory and
+//! the rejects are settled once the whole scan is in ([`SourceRun::finish`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::memo::{commit_memo, remember, Known, Learnt, MemoEntry, MemoRec, Memory};
+use super::plan::{plan, print_deletes, print_plan};
+use super::rejects::{store_rejects, RejectRecord, RejectScope};
+use super::scan::{Candidate, Scanned};
+use super::target::{Existing, Target};
+use super::{delete, Engine, OnDelete, RunOptions};
+use crate::error::Fatal;
+use crate::layout::SourceSpec;
+use crate::mapping::Reject;
+use crate::source;
+use crate::summary::{count, Summary};
+
+pub(super) struct SourceRun<'a, T: Target> {
+    pub engine: &'a Arc<Engine>,
+    pub target: &'a T,
+    pub memory: Option<&'a Memory>,
+    pub spec: SourceSpec,
+    pub opts: RunOptions,
+    pub summary: Summary,
+    /// Rejects found while comparing and writing (the scan's come at the end).
+    pub rejects: Vec<RejectRecord>,
+    ids_in_files: HashSet<String>,
+    /// watch: the memo entries of the candidates, committed once settled.
+    memo_pending: Vec<MemoEntry>,
+    /// watch: which file each candidate came from, for the picture.
+    rel_of: HashMap<String, Arc<str>>,
+    rels: HashMap<String, Arc<str>>,
+    /// watch: what was written, for the picture.
+    pub fresh: Vec<(String, Known)>,
+}
+
+impl<'a, T: Target> SourceRun<'a, T> {
+    pub fn new(
+        engine: &'a Arc<Engine>,
+        target: &'a T,
+        memory: Option<&'a Memory>,
+        spec_idx: usize,
+        opts: RunOptions,
+    ) -> Self {
+        SourceRun {
+            engine,
+            target,
+            memory,
+            spec: engine.layout.sources[spec_idx].clone(),
+            opts,
+            summary: Summary::default(),
+            rejects: Vec::new(),
+            ids_in_files: HashSet::new(),
+            memo_pending: Vec::new(),
+            rel_of: HashMap::new(),
+            rels: HashMap::new(),
+            fresh: Vec::new(),
+        }
+    }
+
+    /// Compare one chunk of candidates with what the target holds and write the difference.
+    pub async fn chunk(
+        &mut self,
+        candidates: Vec<Candidate>,
+        existing: &HashMap<String, Existing>,
+    ) -> Result<(), Fatal> {
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        self.note(&candidates);
+        let (engine, target) = (self.engine, self.target);
+        let plan = plan(engine, target, &self.spec, candidates, existing, &mut self.rejects).await?;
+        self.summary.unchanged += plan.unchanged;
+        if self.opts.dry_run {
+            print_plan(&self.spec, &plan);
+            self.summary.inserted += count(plan.inserts.len());
+            self.summary.updated += count(plan.updates.len());
+            return Ok(());
+        }
+        engine.metrics.set_phase(format!("{}: writing", self.spec.collection));
+        engine.metrics.ops_planned.fetch_add(count(plan.inserts.len() + plan.updates.len()), Ordering::Relaxed);
+        self.apply_writes(plan.inserts, plan.updates).await
+    }
+
+    /// Remember the ids in the files, and for watch, where each candidate came from.
+    fn note(&mut self, candidates: &[Candidate]) {
+        for c in candidates {
+            self.ids_in_files.insert(c.mapped.id.clone());
+        }
+        if self.memory.is_none() {
+            return;
+        }
+        for c in candidates {
+            let rel = match self.rels.get(c.rel.as_str()) {
+                Some(r) => r.clone(),
+                None => {
+                    let r: Arc<str> = Arc::from(c.rel.as_str());
+                    self.rels.insert(c.rel.clone(), r.clone());
+                    r
+                }
+            };
+            self.rel_of.insert(c.mapped.id.clone(), rel.clone());
+            if let Some(h) = c.raw_hash {
+                let rec = MemoRec::new(Arc::from(c.mapped.id.as_str()), c.emails.clone());
+                self.memo_pending.push(MemoEntry { rel, raw_hash: h, rec: Arc::new(rec) });
+            }
+        }
+    }
+
+    /// Deletes, watch's memory and the rejects, once every chunk is in.
+    pub async fn finish(mut self, mut scanned: Scanned, existing: HashMap<String, Existing>) -> Result<Summary, Fatal> {
+        self.summary.files = scanned.files;
+        self.summary.read = scanned.records;
+        self.summary.unchanged += count(scanned.unchanged.len());
+        let mut rejects = std::mem::take(&mut scanned.rejects);
+        rejects.append(&mut self.rejects);
+        let ids_in_files = std::mem::take(&mut self.ids_in_files);
+        let found = delete::find(self.target, &self.spec, &scanned, &existing, ids_in_files).await?;
+        if self.opts.dry_run {
+            return Ok(self.dry_run_end(&scanned, found.deletes, &rejects));
+        }
+        self.engine.metrics.records_scanned.fetch_add(scanned.records, Ordering::Relaxed);
+        let removed = self.apply_deletes(found.deletes, existing.len()).await?;
+        if let Some(memory) = self.memory {
+            self.update_memory(memory, &mut scanned, &rejects, &existing, &found.details, removed);
+        }
+        drop(existing);
+        self.report(scanned, rejects).await
+    }
+
+    fn dry_run_end(
+        &mut self,
+        scanned: &Scanned,
+        deletes: Vec<(String, Existing)>,
+        rejects: &[RejectRecord],
+    ) -> Summary {
+        let mut summary = std::mem::take(&mut self.summary);
+        if self.engine.on_delete != OnDelete::Keep {
+            summary.deleted = count(deletes.len());
+        }
+        print_deletes(&self.spec, &deletes, self.engine.on_delete);
+        summary.rejected = count(rejects.len());
+        summary.bad_files = count(scanned.bad.len());
+        for r in rejects {
+            println!("would reject {} {}: {}", self.spec.collection, r.locate(), r.reason);
+        }
+        summary
+    }
+
+    /// Commit the memo entries of every settled record and update the picture.
+    fn update_memory(
+        &mut self,
+        memory: &Memory,
+        scanned: &mut Scanned,
+        rejects: &[RejectRecord],
+        existing: &HashMap<String, Existing>,
+        details: &HashMap<String, Existing>,
+        removed: Vec<String>,
+    ) {
+        // Every record that was settled (written, unchanged, or left alone because
+        // the target is newer) is memoised; rejected ones are mapped again next time.
+        let rejected: HashSet<&str> = rejects.iter().filter_map(|r| r.id.as_deref()).collect();
+        let next: Vec<MemoEntry> =
+            std::mem::take(&mut self.memo_pending).into_iter().filter(|e| !rejected.contains(&*e.rec.id)).collect();
+        // A file with a rejected record is read again even when its bytes are
+        // the same: a reject can clear without the file changing (an email
+        // released by another document).
+        for r in rejects {
+            scanned.digests.remove(&r.rel);
+        }
+        if let Ok(mut memo) = memory.memo.lock() {
+            commit_memo(&self.spec, &mut memo, scanned, next);
+        }
+        let learnt = Learnt {
+            complete: scanned.complete,
+            existing,
+            details,
+            rel_of: &self.rel_of,
+            written: std::mem::take(&mut self.fresh),
+            removed,
+        };
+        remember(memory, &self.spec, learnt);
+    }
+
+    /// Bad files for watch to retry, the rejects stored, the metrics recorded.
+    async fn report(mut self, scanned: Scanned, mut rejects: Vec<RejectRecord>) -> Result<Summary, Fatal> {
+        let (engine, spec) = (self.engine, &self.spec);
+        let mut summary = std::mem::take(&mut self.summary);
+        summary.bad_files = count(scanned.bad.len());
+        let mut bad_paths: Vec<&String> = scanned.bad.iter().collect();
+        bad_paths.sort();
+        let prefix = format!("{}/", spec.root.label());
+        summary.bad_paths = bad_paths
+            .into_iter()
+            .filter_map(|rel| {
+                let r = rel.strip_prefix(&prefix)?;
+                Some(source::source_file(scanned.spec, spec, engine.roots.dir(spec.root), r))
+            })
+            .collect();
+        let mut report_bad = scanned.bad.clone();
+        if self.opts.defer_bad_files {
+            rejects.retain(|r| !matches!(r.reason, Reject::File(_)));
+            report_bad.clear();
+        }
+        summary.rejected = count(rejects.len());
+        // A deferred bad file keeps its earlier rejects until it is judged.
+        let complete = scanned.complete && report_bad.len() == scanned.bad.len();
+        let scope = RejectScope { read_ok: &scanned.read_ok, bad: &report_bad, missing: &scanned.missing, complete };
+        store_rejects(self.target, spec, scope, rejects, self.opts).await?;
+        if summary.changed() {
+            summary.changed_collections.push(spec.collection.clone());
+        }
+        engine.metrics.record_summary(&spec.collection, &summary);
+        Ok(summary)
+    }
+}

@@ -1,0 +1,391 @@
+//! Stage 1, scan: read a source's files, split them into records, map each
+//! record, and apply the first-keeps-it rule for ids and unique values (the
+//! first record that uses an id or an email keeps it; later ones are
+//! rejected). With watch's [`Memory`], records whose raw text is unchanged
+//! are neither parsed nor mapped again.
+//!
+//! Blocking file I/O and CPU work: async callers run it on the blocking pool.
+//! Invariant: every record read ends in exactly one of `candidates`
+//! (or emitted chunks), `unchanged` or `rejects`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::memo::{raw_hash, FileMemo, MemoEntry, Memory, RawHash};
+use super::rejects::{file_reject, record_reject, unparsable_reject, RejectRecord};
+use super::Engine;
+use crate::error::Fatal;
+use crate::layout::SourceSpec;
+use crate::mapping::{map_record, Mapped, Reject};
+use crate::source::{self, SourceFile};
+
+/// A mapped record that is ready to be compared.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub mapped: Mapped,
+    pub rel: String,
+    pub position: Option<usize>,
+    /// Hash of the record's raw JSON text (watch's per-file memo).
+    pub raw_hash: Option<RawHash>,
+    /// The record's unique values (`(field, value)`), shared with the memo.
+    pub emails: Vec<(Arc<str>, Arc<str>)>,
+}
+
+impl Candidate {
+    pub fn locate(&self) -> String {
+        match self.position {
+            Some(p) => format!("{}[{p}]", self.rel),
+            None => self.rel.clone(),
+        }
+    }
+}
+
+/// One source's files, read and mapped.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    pub spec: usize,
+    pub candidates: Vec<Candidate>,
+    pub rejects: Vec<RejectRecord>,
+    /// Files read completely (their records are the whole truth for them).
+    pub read_ok: HashSet<String>,
+    /// Files confirmed absent.
+    pub missing: HashSet<String>,
+    /// Files that could not be read or parsed: documents from them are left alone.
+    pub bad: HashSet<String>,
+    /// Ids of rejected records: never deleted because of the reject.
+    pub protected_ids: HashSet<String>,
+    /// Files with a rejected record that has no usable id: no deletes from them.
+    pub no_deletes: HashSet<String>,
+    /// Whether the scan covered every file of the source.
+    pub complete: bool,
+    pub files: u64,
+    pub records: u64,
+    /// Records whose raw text is the same as when they were last mirrored.
+    pub unchanged: Vec<MemoEntry>,
+    /// Files whose every mirrored record is in the memo.
+    pub memo_covered: HashSet<String>,
+    /// Memoised records of those files whose text is gone (changed or removed),
+    /// or that are no longer settled (now a duplicate).
+    pub vanished: Vec<MemoEntry>,
+    /// Files found byte-for-byte as last settled (watch): not read further.
+    pub identical: u64,
+    /// The hash of every file read in full (watch).
+    pub digests: HashMap<String, RawHash>,
+}
+
+/// By default, candidates are handed on in chunks of this many during a full
+/// scan (`--chunk-records`), so a source's mapped documents never all exist at once.
+pub const CHUNK: usize = 1_000;
+
+/// Where a scan hands on full chunks of candidates; `false` means nobody is
+/// listening any more (the run failed), and the scan stops.
+pub type Emit<'a> = &'a mut dyn FnMut(Vec<Candidate>) -> bool;
+
+/// Read and map one source's files: all of them (`files: None`) or these.
+/// With `emit`, candidates are handed on in chunks of `engine.chunk` as they
+/// are mapped, and `candidates` holds only the last, partial chunk at the end.
+pub fn scan_source(
+    engine: &Engine,
+    memory: Option<&Memory>,
+    spec_idx: usize,
+    files: Option<Vec<SourceFile>>,
+    mut emit: Option<Emit<'_>>,
+) -> Result<Scanned, Fatal> {
+    let spec = &engine.layout.sources[spec_idx];
+    let mut out = Scanned { spec: spec_idx, complete: files.is_none(), ..Default::default() };
+    let files = match files {
+        Some(f) => f,
+        None => source::discover(&engine.layout, &engine.roots, spec_idx).map_err(|(rel, problem)| {
+            Fatal::Source(format!("{rel} ({}): {problem}", engine.roots.dir(spec.root).display()))
+        })?,
+    };
+    // Two marks per scan: the look-ahead of `clash_keys`, then the settled hits.
+    let ahead = memory.map_or(0, |m| m.scans.fetch_add(2, Ordering::Relaxed) + 1);
+    let mut pass = Pass {
+        engine,
+        memory,
+        spec,
+        fingerprint: &engine.fingerprints[spec_idx],
+        firsts: Firsts::default(),
+        single_file: files.len() == 1,
+        ahead,
+        mark: ahead + 1,
+        // Memo hits are trusted only for changed files: full scans check every
+        // record against the target, which is what makes them a safety net.
+        use_hits: memory.is_some() && !out.complete,
+    };
+    for file in files {
+        if !pass.file(&file, &mut out, &mut emit) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// One scan over a source's files.
+struct Pass<'a> {
+    engine: &'a Engine,
+    memory: Option<&'a Memory>,
+    spec: &'a SourceSpec,
+    fingerprint: &'a str,
+    firsts: Firsts,
+    single_file: bool,
+    /// Marks of this pass in [`super::memo::MemoRec::seen`].
+    ahead: u64,
+    mark: u64,
+    use_hits: bool,
+}
+
+impl Pass<'_> {
+    /// Read one file into `out`; `false` when nobody listens any more.
+    fn file(&mut self, file: &SourceFile, out: &mut Scanned, emit: &mut Option<Emit<'_>>) -> bool {
+        out.files += 1;
+        let bytes = match source::read_stable(&file.path, self.engine.limits) {
+            Ok(None) => {
+                out.missing.insert(file.rel.clone());
+                return true;
+            }
+            Ok(Some((bytes, _))) => bytes,
+            Err(problem) => {
+                out.bad.insert(file.rel.clone());
+                out.rejects.push(file_reject(self.spec, &file.rel, problem));
+                return true;
+            }
+        };
+        let memory = self.memory;
+        // A changed file's bytes may be just as they were last settled (a writer
+        // that rewrites without changing anything, or a second event for one write).
+        let digest = memory.map(|_| xxhash_rust::xxh3::xxh3_128(&bytes));
+        if self.use_hits {
+            let settled = memory.and_then(|m| m.memo.lock().ok()).and_then(|m| m.get(&file.rel)?.digest);
+            if settled.is_some() && settled == digest {
+                out.identical += 1;
+                return true;
+            }
+        }
+        // Records are split out as raw text and turned into values one at a
+        // time: a 100,000-record file never exists as 100,000 values at once.
+        let raws = match source::parse_raw(&bytes, self.spec.shape) {
+            Ok(r) => r,
+            Err(problem) => {
+                out.bad.insert(file.rel.clone());
+                out.rejects.push(file_reject(self.spec, &file.rel, problem));
+                return true;
+            }
+        };
+        out.read_ok.insert(file.rel.clone());
+        if let Some(d) = digest {
+            out.digests.insert(file.rel.clone(), d);
+        }
+        // Held for this file's records only; reconciles run one at a time.
+        let guard = if self.use_hits { memory.and_then(|m| m.memo.lock().ok()) } else { None };
+        let memo = guard.as_ref().and_then(|m| m.get(&file.rel));
+        self.records(file, raws, memo, out, emit)
+    }
+
+    /// The records of one file, in order.
+    fn records(
+        &mut self,
+        file: &SourceFile,
+        raws: Vec<(Option<usize>, &str)>,
+        memo: Option<&FileMemo>,
+        out: &mut Scanned,
+        emit: &mut Option<Emit<'_>>,
+    ) -> bool {
+        let spec = self.spec;
+        // The content hash covers the file's name too: a record that moves
+        // to another file is written again (its `_mirror.source` changes).
+        let salt = format!("{}\u{0}{}", self.fingerprint, file.rel);
+        let file_idx = self.firsts.file(&file.rel);
+        let rel_arc: Arc<str> = Arc::from(file.rel.as_str());
+        let hashes: Vec<RawHash> =
+            if self.memory.is_some() { raws.iter().map(|(_, t)| raw_hash(t)).collect() } else { Vec::new() };
+        // In a scan of one file, only the hits that share a key with a record
+        // that is not a hit need the first-keeps-it check.
+        let clash_keys = match memo {
+            Some(m) if self.single_file => Some(clash_keys(spec, &salt, m, &raws, &hashes, self.ahead)),
+            _ => None,
+        };
+        for (i, (position, text)) in raws.into_iter().enumerate() {
+            let raw_hash = hashes.get(i).copied().unwrap_or(0);
+            if let Some(rec) = memo.and_then(|m| m.recs.get(&raw_hash)) {
+                let check = clash_keys
+                    .as_ref()
+                    .is_none_or(|k| k.contains(&*rec.id) || rec.emails.iter().any(|(_, v)| k.contains(&**v)));
+                if !check || self.firsts.clash(&rec.id, &rec.emails).is_none() {
+                    rec.seen.store(self.mark, Ordering::Relaxed);
+                    out.records += 1;
+                    if check {
+                        self.firsts.claim(&rec.id, &rec.emails, file_idx, position);
+                    }
+                    out.unchanged.push(MemoEntry { rel: rel_arc.clone(), raw_hash, rec: rec.clone() });
+                    continue;
+                }
+                // Now a duplicate of an earlier record: no longer settled, mapped again below.
+            }
+            let value = match source::parse_value(text) {
+                Ok(v) => v,
+                Err(problem) => {
+                    out.records += 1;
+                    out.no_deletes.insert(file.rel.clone());
+                    out.rejects.push(unparsable_reject(spec, &file.rel, position, text, problem));
+                    continue;
+                }
+            };
+            let raw = source::RawRecord { position, value };
+            let raw_hash = self.memory.is_some().then_some(raw_hash);
+            add_record(spec, &salt, &file.rel, file_idx, raw, raw_hash, &mut self.firsts, out);
+            if out.candidates.len() >= self.engine.chunk.max(1) {
+                if let Some(emit) = emit.as_mut() {
+                    if !emit(std::mem::take(&mut out.candidates)) {
+                        return false;
+                    }
+                }
+            }
+        }
+        // Records mirrored from this file whose text is no longer there: changed or gone.
+        if let Some(m) = memo {
+            out.memo_covered.insert(file.rel.clone());
+            out.vanished.extend(
+                m.recs.iter().filter(|(_, r)| r.seen.load(Ordering::Relaxed) != self.mark).map(|(h, rec)| MemoEntry {
+                    rel: rel_arc.clone(),
+                    raw_hash: *h,
+                    rec: rec.clone(),
+                }),
+            );
+        }
+        true
+    }
+}
+
+/// The ids and unique values that a memo hit of one file could share with
+/// another record of the file: those of the records that are not hits
+/// (changed or new), and those of texts that occur twice. The hits of a file
+/// were settled together in its last scan, so they cannot clash with each other.
+fn clash_keys(
+    spec: &SourceSpec,
+    salt: &str,
+    memo: &FileMemo,
+    raws: &[(Option<usize>, &str)],
+    hashes: &[RawHash],
+    ahead: u64,
+) -> HashSet<Arc<str>> {
+    let mut keys: HashSet<Arc<str>> = HashSet::new();
+    for ((_, text), h) in raws.iter().zip(hashes) {
+        match memo.recs.get(h) {
+            Some(rec) if rec.seen.swap(ahead, Ordering::Relaxed) != ahead => {}
+            Some(rec) => {
+                keys.insert(rec.id.clone());
+                keys.extend(rec.emails.iter().map(|(_, v)| v.clone()));
+            }
+            None => {
+                // Mapped here only for its keys; the scan maps it again in order.
+                let Ok(value) = source::parse_value(text) else { continue };
+                if let Ok(m) = map_record(spec, salt, &value) {
+                    keys.extend(emails_of(spec, &m).into_iter().map(|(_, v)| v));
+                    keys.insert(Arc::from(m.id));
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// Where a record sits: file (index into [`Firsts::rels`]) and position.
+type Loc = (usize, Option<usize>);
+
+/// Which record first used each id and each unique value: the first keeps it.
+#[derive(Default)]
+struct Firsts {
+    rels: Vec<String>,
+    by_id: HashMap<Arc<str>, Loc>,
+    /// By (field, value).
+    by_unique: HashMap<(Arc<str>, Arc<str>), Loc>,
+}
+
+impl Firsts {
+    fn file(&mut self, rel: &str) -> usize {
+        self.rels.push(rel.to_string());
+        self.rels.len() - 1
+    }
+
+    fn locate(&self, (file, position): Loc) -> String {
+        let rel = self.rels.get(file).map(String::as_str).unwrap_or("?");
+        match position {
+            Some(p) => format!("{rel}[{p}]"),
+            None => rel.to_string(),
+        }
+    }
+
+    fn clash(&self, id: &str, emails: &[(Arc<str>, Arc<str>)]) -> Option<Reject> {
+        if let Some(first) = self.by_id.get(id) {
+            return Some(Reject::DuplicateId { id: id.to_string(), first: self.locate(*first) });
+        }
+        emails.iter().find_map(|(field, v)| {
+            let first = self.by_unique.get(&(field.clone(), v.clone()))?;
+            Some(Reject::DuplicateEmail { email: v.to_string(), first: self.locate(*first) })
+        })
+    }
+
+    fn claim(&mut self, id: &Arc<str>, emails: &[(Arc<str>, Arc<str>)], file: usize, position: Option<usize>) {
+        self.by_id.insert(id.clone(), (file, position));
+        for (field, v) in emails {
+            self.by_unique.insert((field.clone(), v.clone()), (file, position));
+        }
+    }
+}
+
+fn emails_of(spec: &SourceSpec, m: &Mapped) -> Vec<(Arc<str>, Arc<str>)> {
+    spec.normalize_email
+        .iter()
+        .filter_map(|f| m.doc.get_str(f).ok().map(|v| (Arc::from(f.as_str()), Arc::from(v))))
+        .collect()
+}
+
+/// Map one record and file it as a candidate or a reject.
+#[allow(clippy::too_many_arguments)]
+fn add_record(
+    spec: &SourceSpec,
+    salt: &str,
+    rel: &str,
+    file_idx: usize,
+    raw: source::RawRecord,
+    raw_hash: Option<RawHash>,
+    firsts: &mut Firsts,
+    out: &mut Scanned,
+) {
+    out.records += 1;
+    match map_record(spec, salt, &raw.value) {
+        Ok(m) => {
+            let emails = emails_of(spec, &m);
+            if let Some(reason) = firsts.clash(&m.id, &emails) {
+                out.protected_ids.insert(m.id.clone());
+                let id = Some(m.id.clone());
+                out.rejects.push(record_reject(spec, rel, raw.position, id, reason, &raw.value));
+                return;
+            }
+            firsts.claim(&Arc::from(m.id.as_str()), &emails, file_idx, raw.position);
+            out.candidates.push(Candidate {
+                mapped: m,
+                rel: rel.to_string(),
+                position: raw.position,
+                raw_hash,
+                emails,
+            });
+        }
+        Err(reason) => {
+            let id = raw.value.get(&spec.id_field).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+            match id {
+                Some(id) => {
+                    out.protected_ids.insert(id.to_string());
+                }
+                None => {
+                    out.no_deletes.insert(rel.to_string());
+                }
+            }
+            let id = id.map(str::to_string);
+            out.rejects.push(record_reject(spec, rel, raw.position, id, reason, &raw.value));
+        }
+    }
+}

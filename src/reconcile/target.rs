@@ -1,0 +1,137 @@
+//! What the reconcile core needs from the database it mirrors into: a small
+//! trait, so that a second target (PostgreSQL) plugs in beside the MongoDB
+//! sink without touching the core. The core decides *what* to write; a
+//! target decides *how*: its documents or rows, its batching and retries, and
+//! the version check that must happen in the same server-side operation as
+//! the write it guards.
+//!
+//! Every method reports per-record problems as data ([`Outcome`]) and returns
+//! `Err` only for what stops the run (the database unreachable past its
+//! budget, a refused command).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+
+use super::rejects::RejectRecord;
+use super::scan::Candidate;
+use crate::error::Fatal;
+use crate::layout::SourceSpec;
+
+/// What the target holds for one document, as far as the mirror cares.
+#[derive(Debug, Clone, Default)]
+pub struct Existing {
+    /// The content hash the mirror wrote (`_mirror.hash`).
+    pub hash: Option<String>,
+    /// The file it was mirrored from (`_mirror.source`).
+    pub source: Option<String>,
+    /// The fields the mirror owns (`_mirror.fields`).
+    pub fields: Vec<String>,
+    /// The version field (`updatedAt`, `updated_at`) when it is a date.
+    pub version: Option<bson::DateTime>,
+}
+
+/// One write the core asks for.
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    /// A document the target does not hold yet.
+    Insert(&'a Candidate),
+    /// Set the record's fields on a held document and remove the fields the
+    /// mirror owned (`was.fields`) that the record no longer has. Under
+    /// newer-wins, only if the held version is not newer than the file's:
+    /// the target checks that in the same operation as the write.
+    Update { c: &'a Candidate, was: &'a Existing },
+}
+
+impl<'a> Write<'a> {
+    pub fn candidate(&self) -> &'a Candidate {
+        match self {
+            Write::Insert(c) | Write::Update { c, .. } => c,
+        }
+    }
+}
+
+/// What happened to one write or delete.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Applied. `matched` is the number of documents matched (updates,
+    /// deletes), when the server said so per operation.
+    Applied { matched: Option<u64> },
+    /// A unique index refused it.
+    DuplicateKey { message: String },
+    /// Refused for another, permanent reason.
+    Failed { code: i32, message: String },
+}
+
+/// A database the core can mirror into.
+pub trait Target: Clone + Send + Sync + 'static {
+    /// Every document's id and content hash (what a full scan compares with).
+    fn hashes(&self, spec: &SourceSpec) -> impl Future<Output = Result<HashMap<String, Existing>, Fatal>> + Send;
+
+    /// Everything [`Existing`] holds, for these ids (those the target holds).
+    fn existing(
+        &self,
+        spec: &SourceSpec,
+        ids: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, Existing>, Fatal>> + Send;
+
+    /// Everything [`Existing`] holds, for every document mirrored from these files.
+    fn existing_from_files(
+        &self,
+        spec: &SourceSpec,
+        rels: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, Existing>, Fatal>> + Send;
+
+    /// The stored value of the password field, by id (to compare plaintext
+    /// records with bcrypt).
+    fn passwords(
+        &self,
+        spec: &SourceSpec,
+        field: &str,
+        ids: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, String>, Fatal>> + Send;
+
+    /// Apply writes to the source's collection, one outcome per write, in order.
+    fn write(
+        &self,
+        spec: &SourceSpec,
+        writes: &[Write<'_>],
+        newer_wins: bool,
+    ) -> impl Future<Output = Result<Vec<Outcome>, Fatal>> + Send;
+
+    /// Another document (not `id`) that holds one of these unique
+    /// `(field, value)` pairs: the value it holds and its id.
+    fn holder(
+        &self,
+        spec: &SourceSpec,
+        id: &str,
+        unique: &[(String, String)],
+    ) -> impl Future<Output = Result<Option<(String, String)>, Fatal>> + Send;
+
+    /// About how many documents the collection holds (the mass-delete guard).
+    fn count(&self, spec: &SourceSpec) -> impl Future<Output = Result<u64, Fatal>> + Send;
+
+    /// Copy these documents, as they are now, into the archive.
+    fn archive(&self, spec: &SourceSpec, ids: &[String]) -> impl Future<Output = Result<(), Fatal>> + Send;
+
+    /// Delete documents, each only if it still holds the content hash the
+    /// core saw; one outcome per document (`matched` says whether it went).
+    fn delete(
+        &self,
+        spec: &SourceSpec,
+        gone: &[(String, Existing)],
+    ) -> impl Future<Output = Result<Vec<Outcome>, Fatal>> + Send;
+
+    /// The keys of the stored rejects of a collection, of these files only
+    /// (`Some`) or of all of them.
+    fn reject_keys(
+        &self,
+        collection: &str,
+        files: Option<&[String]>,
+    ) -> impl Future<Output = Result<HashSet<String>, Fatal>> + Send;
+
+    /// Store new rejects (their records already made safe to store).
+    fn add_rejects(&self, rejects: &[RejectRecord]) -> impl Future<Output = Result<(), Fatal>> + Send;
+
+    /// Remove rejects that no longer hold.
+    fn drop_rejects(&self, keys: &[String]) -> impl Future<Output = Result<(), Fatal>> + Send;
+}

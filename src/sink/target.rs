@@ -1,0 +1,267 @@
+//! The MongoDB sink as a reconcile [`Target`]: what the core's requests look
+//! like as MongoDB documents, filters and updates. Each document carries
+//! `_mirror: {source, hash, fields, at}`; an update `$set`s the record's
+//! fields and `$unset`s the fields the mirror owned that the record lost;
+//! under newer-wins the version condition is part of the update's filter, so
+//! the check and the write are one server-side operation.
+
+use std::collections::{HashMap, HashSet};
+
+use bson::{doc, Bson, Document};
+
+use super::{Sink, WriteOp};
+use crate::error::Fatal;
+use crate::layout::SourceSpec;
+use crate::mapping::Reject;
+use crate::reconcile::rejects::RejectRecord;
+use crate::reconcile::scan::Candidate;
+use crate::reconcile::target::{Existing, Outcome, Target, Write};
+use crate::reconcile::{ARCHIVE, REJECTS};
+
+impl Target for Sink {
+    async fn hashes(&self, spec: &SourceSpec) -> Result<HashMap<String, Existing>, Fatal> {
+        // Only the hash: on a large collection every projected field costs the server.
+        let projection = Some(doc! { "_mirror.hash": 1 });
+        Ok(self.find_map(&spec.collection, doc! {}, projection, |d| existing_from(spec, &d)).await?)
+    }
+
+    async fn existing(&self, spec: &SourceSpec, ids: &[String]) -> Result<HashMap<String, Existing>, Fatal> {
+        let docs = self.find_by_ids(&spec.collection, ids, Some(existing_projection(spec))).await?;
+        Ok(docs.iter().filter_map(|d| existing_from(spec, d)).collect())
+    }
+
+    async fn existing_from_files(
+        &self,
+        spec: &SourceSpec,
+        rels: &[String],
+    ) -> Result<HashMap<String, Existing>, Fatal> {
+        let rels: Vec<Bson> = rels.iter().map(|r| Bson::String(r.clone())).collect();
+        let filter = doc! { "_mirror.source": { "$in": rels } };
+        Ok(self
+            .find_map(&spec.collection, filter, Some(existing_projection(spec)), |d| existing_from(spec, &d))
+            .await?)
+    }
+
+    async fn passwords(
+        &self,
+        spec: &SourceSpec,
+        field: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, String>, Fatal> {
+        let docs = self.find_by_ids(&spec.collection, ids, Some(doc! { field: 1 })).await?;
+        Ok(docs
+            .iter()
+            .filter_map(|d| Some((d.get_str("_id").ok()?.to_string(), d.get_str(field).ok()?.to_string())))
+            .collect())
+    }
+
+    async fn write(&self, spec: &SourceSpec, writes: &[Write<'_>], newer_wins: bool) -> Result<Vec<Outcome>, Fatal> {
+        let ops: Vec<WriteOp> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Insert(c) => insert_op(spec, c),
+                Write::Update { c, was } => update_op(spec, c, was, newer_wins),
+            })
+            .collect();
+        Ok(Sink::write(self, ops).await?)
+    }
+
+    async fn holder(
+        &self,
+        spec: &SourceSpec,
+        id: &str,
+        unique: &[(String, String)],
+    ) -> Result<Option<(String, String)>, Fatal> {
+        for (field, value) in unique {
+            let filter = doc! { field.clone(): value, "_id": { "$ne": id } };
+            let found = self.find_all(&spec.collection, filter, Some(doc! { "_id": 1 })).await?;
+            if let Some(other) = found.first().and_then(|d| d.get("_id")) {
+                return Ok(Some((value.clone(), id_string(other))));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn count(&self, spec: &SourceSpec) -> Result<u64, Fatal> {
+        self.collection(&spec.collection)
+            .estimated_document_count()
+            .await
+            .map_err(|e| Fatal::Mongo(format!("cannot count {}: {}", spec.collection, self.scrub(&e.to_string()))))
+    }
+
+    async fn archive(&self, spec: &SourceSpec, ids: &[String]) -> Result<(), Fatal> {
+        let docs = self.find_by_ids(&spec.collection, ids, None).await?;
+        let now = bson::DateTime::now();
+        let ops: Vec<WriteOp> = docs
+            .into_iter()
+            .map(|d| {
+                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+                let hash =
+                    d.get_document("_mirror").ok().and_then(|m| m.get_str("hash").ok()).unwrap_or("").to_string();
+                WriteOp::Insert {
+                    coll: ARCHIVE.to_string(),
+                    doc: doc! {
+                        "_id": { "collection": &spec.collection, "id": id.clone(), "hash": hash },
+                        "collection": &spec.collection,
+                        "doc_id": id,
+                        "deleted_at": now,
+                        "document": d,
+                    },
+                }
+            })
+            .collect();
+        for r in Sink::write(self, ops).await? {
+            if let Outcome::Failed { message, .. } = r {
+                return Err(Fatal::Mongo(format!(
+                    "cannot archive a document of {} before deleting it: {message}",
+                    spec.collection
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, spec: &SourceSpec, gone: &[(String, Existing)]) -> Result<Vec<Outcome>, Fatal> {
+        let ops: Vec<WriteOp> = gone
+            .iter()
+            .map(|(id, ex)| {
+                let mut filter = doc! { "_id": id };
+                if let Some(h) = &ex.hash {
+                    filter.insert("_mirror.hash", h);
+                }
+                WriteOp::Delete { coll: spec.collection.clone(), filter }
+            })
+            .collect();
+        Ok(Sink::write(self, ops).await?)
+    }
+
+    async fn reject_keys(&self, collection: &str, files: Option<&[String]>) -> Result<HashSet<String>, Fatal> {
+        let filter = match files {
+            None => doc! { "collection": collection },
+            Some(rels) => {
+                let rels: Vec<Bson> = rels.iter().map(|r| Bson::String(r.clone())).collect();
+                doc! { "collection": collection, "source": { "$in": rels } }
+            }
+        };
+        let keys = self
+            .find_map(REJECTS, filter, Some(doc! { "_id": 1 }), |d| d.get_str("_id").ok().map(str::to_string))
+            .await?;
+        Ok(keys)
+    }
+
+    async fn add_rejects(&self, rejects: &[RejectRecord]) -> Result<(), Fatal> {
+        let ops: Vec<WriteOp> =
+            rejects.iter().map(|r| WriteOp::Insert { coll: REJECTS.to_string(), doc: reject_document(r) }).collect();
+        for r in Sink::write(self, ops).await? {
+            if let Outcome::Failed { message, .. } = r {
+                return Err(Fatal::Mongo(format!("cannot store a reject in {REJECTS}: {message}")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn drop_rejects(&self, keys: &[String]) -> Result<(), Fatal> {
+        let keys: Vec<Bson> = keys.iter().map(|k| Bson::String(k.clone())).collect();
+        let ops = vec![WriteOp::DeleteMany { coll: REJECTS.to_string(), filter: doc! { "_id": { "$in": keys } } }];
+        Sink::write(self, ops).await?;
+        Ok(())
+    }
+}
+
+fn id_string(b: &Bson) -> String {
+    match b {
+        Bson::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn existing_projection(spec: &SourceSpec) -> Document {
+    let mut p = doc! { "_mirror.hash": 1, "_mirror.source": 1, "_mirror.fields": 1 };
+    if let Some(v) = &spec.version_field {
+        p.insert(v.clone(), 1);
+    }
+    p
+}
+
+fn existing_from(spec: &SourceSpec, d: &Document) -> Option<(String, Existing)> {
+    let id = id_string(d.get("_id")?);
+    let m = d.get_document("_mirror").ok();
+    let ex = Existing {
+        hash: m.and_then(|m| m.get_str("hash").ok()).map(str::to_string),
+        source: m.and_then(|m| m.get_str("source").ok()).map(str::to_string),
+        fields: m
+            .and_then(|m| m.get_array("fields").ok())
+            .map(|a| a.iter().filter_map(|b| b.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
+        version: spec.version_field.as_ref().and_then(|v| d.get_datetime(v).ok().copied()),
+    };
+    Some((id, ex))
+}
+
+fn mirror_doc(c: &Candidate) -> Document {
+    doc! {
+        "source": &c.rel,
+        "hash": &c.mapped.hash,
+        "fields": c.mapped.fields(),
+        "at": bson::DateTime::now(),
+    }
+}
+
+fn insert_op(spec: &SourceSpec, c: &Candidate) -> WriteOp {
+    let mut d = c.mapped.doc.clone();
+    d.insert("_mirror", mirror_doc(c));
+    WriteOp::Insert { coll: spec.collection.clone(), doc: d }
+}
+
+fn update_op(spec: &SourceSpec, c: &Candidate, was: &Existing, newer_wins: bool) -> WriteOp {
+    let mut set = c.mapped.doc.clone();
+    set.remove("_id");
+    set.insert("_mirror", mirror_doc(c));
+    let mut update = doc! { "$set": set };
+    let fields = c.mapped.fields();
+    let removed: Document = was
+        .fields
+        .iter()
+        .filter(|f| !fields.contains(f) && f.as_str() != "_id" && f.as_str() != "_mirror")
+        .map(|f| (f.clone(), Bson::String(String::new())))
+        .collect();
+    if !removed.is_empty() {
+        update.insert("$unset", removed);
+    }
+    let filter = update_filter(spec, c, newer_wins);
+    WriteOp::Update { coll: spec.collection.clone(), filter, update, upsert: false }
+}
+
+/// `{_id}` plus, under newer-wins, "MongoDB's version is not newer than the file's".
+fn update_filter(spec: &SourceSpec, c: &Candidate, newer_wins: bool) -> Document {
+    let mut f = doc! { "_id": &c.mapped.id };
+    if let (true, Some(vf), Some(v)) = (newer_wins, &spec.version_field, c.mapped.version) {
+        // "Not newer than the file": `$gt` with a date matches only later dates,
+        // so its negation also matches a missing, null or non-date version.
+        // (One condition rather than an `$or`, so every planner uses the _id index.)
+        f.insert(vf.clone(), doc! { "$not": { "$gt": v } });
+    }
+    f
+}
+
+/// A reject as stored in `mirror_rejects`.
+fn reject_document(r: &RejectRecord) -> Document {
+    let mut d = doc! {
+        "_id": &r.key,
+        "collection": &r.collection,
+        "source": &r.rel,
+        "position": r.position.and_then(|p| i64::try_from(p).ok()),
+        "record_id": r.id.clone(),
+        "reason_code": r.reason.code(),
+        "reason": r.reason.to_string(),
+        "first_seen": bson::DateTime::now(),
+    };
+    if let Reject::EmailTaken { other_id, .. } = &r.reason {
+        // Both ids of an identity clash, for people and for scripts.
+        d.insert("clashes_with_id", other_id.clone());
+    }
+    if let Some(rec) = &r.record {
+        d.insert("record", rec.clone());
+    }
+    d
+}
