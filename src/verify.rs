@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::error::Fatal;
 use crate::layout::SourceSpec;
-use crate::reconcile::scan::{scan_source, Candidate};
+use crate::reconcile::scan::{scan_source, Candidate, Scanned};
 use crate::reconcile::{Engine, REJECTS};
 use crate::sink::Sink;
 use crate::summary::count;
@@ -60,96 +60,109 @@ pub struct Report {
 pub async fn verify(engine: &Arc<Engine>, sink: &Sink) -> Result<Report, Fatal> {
     let mut report = Report { in_sync: true, collections: Vec::new() };
     for spec_idx in 0..engine.layout.sources.len() {
-        let e = engine.clone();
-        let scanned = tokio::task::spawn_blocking(move || scan_source(&e, None, spec_idx, None, None))
-            .await
-            .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
-        let spec = engine.layout.sources[spec_idx].clone();
-        let docs = sink.find_all(&spec.collection, doc! {}, None).await?;
-        let stored_rejects = sink.find_all(REJECTS, doc! { "collection": &spec.collection }, None).await?;
-
-        let mut rep = CollectionReport {
-            collection: spec.collection.clone(),
-            in_files: scanned.records,
-            in_mongodb: count(docs.len()),
-            ..Default::default()
-        };
-        let mut seen_keys = HashSet::new();
-        let mut rejected_ids: HashSet<String> = scanned.protected_ids.clone();
-        for r in &scanned.rejects {
-            seen_keys.insert(r.key.clone());
-            rep.rejected.push(RejectedLine {
-                source: r.locate(),
-                id: r.id.clone(),
-                reason_code: r.reason.code().to_string(),
-                reason: r.reason.to_string(),
-            });
-        }
-        // Rejects found only when writing (an email held by another document).
-        let candidate_ids: HashSet<&str> = scanned.candidates.iter().map(|c| c.mapped.id.as_str()).collect();
-        for d in &stored_rejects {
-            let key = d.get_str("_id").unwrap_or_default().to_string();
-            let source = d.get_str("source").unwrap_or_default().to_string();
-            let still_there = scanned.read_ok.contains(&source) || scanned.bad.contains(&source);
-            if seen_keys.contains(&key)
-                || !still_there
-                || d.get_str("reason_code").unwrap_or_default().starts_with("file_")
-            {
-                continue;
-            }
-            // Only rejects of records that are still in the files (a sync clears
-            // the others from mirror_rejects).
-            let Some(id) = d.get_str("record_id").ok().filter(|id| candidate_ids.contains(id)) else {
-                continue;
-            };
-            rejected_ids.insert(id.to_string());
-            let position = d.get("position").and_then(crate::sink::bson_i64);
-            rep.rejected.push(RejectedLine {
-                source: match position {
-                    Some(p) => format!("{source}[{p}]"),
-                    None => source,
-                },
-                id: Some(id.to_string()),
-                reason_code: d.get_str("reason_code").unwrap_or_default().to_string(),
-                reason: d.get_str("reason").unwrap_or_default().to_string(),
-            });
-        }
-
-        let by_id: HashMap<String, &Document> =
-            docs.iter().filter_map(|d| Some((id_string(d.get("_id")?), d))).collect();
-        let file_ids: HashSet<&str> = scanned.candidates.iter().map(|c| c.mapped.id.as_str()).collect();
-        let checks: Vec<(Candidate, Option<Document>)> = scanned
-            .candidates
-            .iter()
-            .filter(|c| !rejected_ids.contains(&c.mapped.id))
-            .map(|c| (c.clone(), by_id.get(&c.mapped.id).map(|d| (*d).clone())))
-            .collect();
-        let s2 = spec.clone();
-        // Field comparison may run bcrypt for plaintext passwords: off the async workers.
-        let compared = tokio::task::spawn_blocking(move || {
-            checks.into_iter().map(|(c, d)| (compare(&s2, &c, d.as_ref()), c)).collect::<Vec<_>>()
-        })
-        .await
-        .map_err(|e| Fatal::Source(format!("compare task failed: {e}")))?;
-        for (outcome, c) in compared {
-            let diff = Difference { id: c.mapped.id.clone(), source: c.locate(), fields: Vec::new() };
-            match outcome {
-                Outcome::Same => {}
-                Outcome::Missing => rep.missing.push(diff),
-                Outcome::Different(fields) => rep.different.push(Difference { fields, ..diff }),
-                Outcome::Newer(fields) => rep.newer_in_mongodb.push(Difference { fields, ..diff }),
-            }
-        }
-        let mut extra: Vec<String> =
-            by_id.keys().filter(|id| !file_ids.contains(id.as_str()) && !rejected_ids.contains(*id)).cloned().collect();
-        extra.sort();
-        rep.extra = extra;
+        let rep = verify_source(engine, sink, spec_idx).await?;
         if rep.problems() > 0 {
             report.in_sync = false;
         }
         report.collections.push(rep);
     }
     Ok(report)
+}
+
+/// One source against its collection.
+async fn verify_source(engine: &Arc<Engine>, sink: &Sink, spec_idx: usize) -> Result<CollectionReport, Fatal> {
+    let e = engine.clone();
+    let scanned = tokio::task::spawn_blocking(move || scan_source(&e, None, spec_idx, None, None))
+        .await
+        .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
+    let spec = engine.layout.sources[spec_idx].clone();
+    let docs = sink.find_all(&spec.collection, doc! {}, None).await?;
+    let mut rep = CollectionReport {
+        collection: spec.collection.clone(),
+        in_files: scanned.records,
+        in_mongodb: count(docs.len()),
+        ..Default::default()
+    };
+    let rejected_ids = rejected(sink, &spec, &scanned, &mut rep).await?;
+    let by_id: HashMap<String, &Document> = docs.iter().filter_map(|d| Some((id_string(d.get("_id")?), d))).collect();
+    let file_ids: HashSet<&str> = scanned.candidates.iter().map(|c| c.mapped.id.as_str()).collect();
+    let checks: Vec<(Candidate, Option<Document>)> = scanned
+        .candidates
+        .iter()
+        .filter(|c| !rejected_ids.contains(&c.mapped.id))
+        .map(|c| (c.clone(), by_id.get(&c.mapped.id).map(|d| (*d).clone())))
+        .collect();
+    let s2 = spec.clone();
+    // Field comparison may run bcrypt for plaintext passwords: off the async workers.
+    let compared = tokio::task::spawn_blocking(move || {
+        checks.into_iter().map(|(c, d)| (compare(&s2, &c, d.as_ref()), c)).collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| Fatal::Source(format!("compare task failed: {e}")))?;
+    for (outcome, c) in compared {
+        let diff = Difference { id: c.mapped.id.clone(), source: c.locate(), fields: Vec::new() };
+        match outcome {
+            Outcome::Same => {}
+            Outcome::Missing => rep.missing.push(diff),
+            Outcome::Different(fields) => rep.different.push(Difference { fields, ..diff }),
+            Outcome::Newer(fields) => rep.newer_in_mongodb.push(Difference { fields, ..diff }),
+        }
+    }
+    let mut extra: Vec<String> =
+        by_id.keys().filter(|id| !file_ids.contains(id.as_str()) && !rejected_ids.contains(*id)).cloned().collect();
+    extra.sort();
+    rep.extra = extra;
+    Ok(rep)
+}
+
+/// The rejects of a source: those the scan finds, and those found only when
+/// writing (an email held by another document), from `mirror_rejects`.
+/// Returns the ids of rejected records (not compared field by field).
+async fn rejected(
+    sink: &Sink,
+    spec: &SourceSpec,
+    scanned: &Scanned,
+    rep: &mut CollectionReport,
+) -> Result<HashSet<String>, Fatal> {
+    let stored_rejects = sink.find_all(REJECTS, doc! { "collection": &spec.collection }, None).await?;
+    let mut seen_keys = HashSet::new();
+    let mut rejected_ids: HashSet<String> = scanned.protected_ids.clone();
+    for r in &scanned.rejects {
+        seen_keys.insert(r.key.clone());
+        rep.rejected.push(RejectedLine {
+            source: r.locate(),
+            id: r.id.clone(),
+            reason_code: r.reason.code().to_string(),
+            reason: r.reason.to_string(),
+        });
+    }
+    let candidate_ids: HashSet<&str> = scanned.candidates.iter().map(|c| c.mapped.id.as_str()).collect();
+    for d in &stored_rejects {
+        let key = d.get_str("_id").unwrap_or_default().to_string();
+        let source = d.get_str("source").unwrap_or_default().to_string();
+        let still_there = scanned.read_ok.contains(&source) || scanned.bad.contains(&source);
+        if seen_keys.contains(&key) || !still_there || d.get_str("reason_code").unwrap_or_default().starts_with("file_")
+        {
+            continue;
+        }
+        // Only rejects of records that are still in the files (a sync clears
+        // the others from mirror_rejects).
+        let Some(id) = d.get_str("record_id").ok().filter(|id| candidate_ids.contains(id)) else {
+            continue;
+        };
+        rejected_ids.insert(id.to_string());
+        let position = d.get("position").and_then(crate::sink::bson_i64);
+        rep.rejected.push(RejectedLine {
+            source: match position {
+                Some(p) => format!("{source}[{p}]"),
+                None => source,
+            },
+            id: Some(id.to_string()),
+            reason_code: d.get_str("reason_code").unwrap_or_default().to_string(),
+            reason: d.get_str("reason").unwrap_or_default().to_string(),
+        });
+    }
+    Ok(rejected_ids)
 }
 
 fn id_string(b: &Bson) -> String {

@@ -11,10 +11,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::run::SourceRun;
 use super::scan::Scanned;
 use super::target::{Existing, Outcome, Target};
-use super::OnDelete;
+use super::{OnDelete, SourceRun};
 use crate::error::Fatal;
 use crate::layout::SourceSpec;
 use crate::summary::count;

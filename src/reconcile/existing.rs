@@ -40,6 +40,11 @@ pub async fn for_scan<T: Target>(
     Ok(found)
 }
 
+/// What the picture knows of a document.
+fn known(k: &Known) -> Existing {
+    Existing { hash: Some(k.hash.clone()), source: Some(k.source.to_string()), ..Default::default() }
+}
+
 /// The same, from watch's picture of the collection (`None` without one).
 fn from_picture(memory: &Memory, collection: &str, scanned: &Scanned) -> Option<HashMap<String, Existing>> {
     let picture = memory.picture.lock().ok()?;
@@ -47,7 +52,7 @@ fn from_picture(memory: &Memory, collection: &str, scanned: &Scanned) -> Option<
     let mut out = HashMap::new();
     for c in &scanned.candidates {
         if let Some(k) = coll.get(&c.mapped.id) {
-            out.insert(c.mapped.id.clone(), k.existing());
+            out.insert(c.mapped.id.clone(), known(k));
         }
     }
     // Documents of these files whose records are no longer there. When the
@@ -57,7 +62,7 @@ fn from_picture(memory: &Memory, collection: &str, scanned: &Scanned) -> Option<
     if covered {
         for v in &scanned.vanished {
             if let Some(k) = coll.get(&*v.rec.id) {
-                out.entry(v.rec.id.to_string()).or_insert_with(|| k.existing());
+                out.entry(v.rec.id.to_string()).or_insert_with(|| known(k));
             }
         }
         return Some(out);
@@ -72,7 +77,7 @@ fn from_picture(memory: &Memory, collection: &str, scanned: &Scanned) -> Option<
         if (scanned.read_ok.contains(&*k.source) || scanned.missing.contains(&*k.source))
             && !present.contains(id.as_str())
         {
-            out.entry(id.clone()).or_insert_with(|| k.existing());
+            out.entry(id.clone()).or_insert_with(|| known(k));
         }
     }
     Some(out)

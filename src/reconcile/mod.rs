@@ -11,10 +11,11 @@
 //! 3. [`plan`]: insert, update or unchanged, by content hash;
 //! 4. [`write`]: batched writes, settled outcome by outcome (newer-wins, clashes);
 //! 5. [`delete`]: documents whose records are gone (guard, archive);
-//! 6. [`rejects`]: what could not be mirrored, stored and cleared.
+//! 6. [`settle`]: the stored rejects made current, watch's memory updated.
 //!
-//! [`run`] carries one source through stages 3 to 6; [`target`] is all the
-//! core asks of a database; [`memo`] is watch's memory, handed in by watch.
+//! `run` carries one source through stages 3 to 6 ([`SourceRun`]); [`target`]
+//! is all the core asks of a database; [`rejects`] are the records that cannot
+//! be mirrored; [`memo`] is watch's memory, which watch owns and hands in.
 //!
 //! Conservation rule: every record read ends in exactly one bucket:
 //! inserted, updated, unchanged, skipped (newer in the target) or rejected.
@@ -26,10 +27,11 @@ pub mod plan;
 pub mod rejects;
 mod run;
 pub mod scan;
+pub mod settle;
 pub mod target;
 pub mod write;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -38,10 +40,11 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Fatal;
 use crate::indexes::IndexSet;
 use crate::layout::Layout;
+use crate::layout::SourceSpec;
 use crate::source::{ReadLimits, Roots, SourceFile};
 use crate::summary::Summary;
-use memo::Memory;
-use run::SourceRun;
+use memo::{Known, MemoEntry, Memory};
+use rejects::RejectRecord;
 use scan::{scan_source, Candidate};
 use target::{Existing, Target};
 
@@ -288,4 +291,24 @@ async fn reconcile_files<T: Target>(
         run.chunk(chunk, &existing).await?;
     }
     run.finish(scanned, existing).await
+}
+
+/// One source's reconcile in progress (see [`run`]): the stages' shared state.
+struct SourceRun<'a, T: Target> {
+    pub engine: &'a Arc<Engine>,
+    pub target: &'a T,
+    pub memory: Option<&'a Memory>,
+    pub spec: SourceSpec,
+    pub opts: RunOptions,
+    pub summary: Summary,
+    /// Rejects found while comparing and writing (the scan's come at the end).
+    pub rejects: Vec<RejectRecord>,
+    pub ids_in_files: HashSet<String>,
+    /// watch: the memo entries of the candidates, committed once settled.
+    pub memo_pending: Vec<MemoEntry>,
+    /// watch: which file each candidate came from, for the picture.
+    pub rel_of: HashMap<String, Arc<str>>,
+    pub rels: HashMap<String, Arc<str>>,
+    /// watch: what was written, for the picture.
+    pub fresh: Vec<(String, Known)>,
 }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::rejects::{candidate_reject, RejectRecord};
+use super::rejects::RejectRecord;
 use super::scan::Candidate;
 use super::target::{Existing, Target};
 use super::{Engine, OnDelete};
@@ -43,7 +43,7 @@ pub async fn plan<T: Target>(
         };
         if let Some(other) = other_live_source(engine, spec, &c, ex) {
             let reason = Reject::DuplicateId { id: c.mapped.id.clone(), first: other };
-            rejects.push(candidate_reject(spec, &c, reason));
+            rejects.push(c.reject(spec, reason));
         } else if ex.hash.as_deref() != Some(c.mapped.hash.as_str()) {
             plan.updates.push((c, ex.clone()));
         } else if c.mapped.plaintext.is_some() {

@@ -4,15 +4,9 @@
 //! reject that no longer holds is removed: the stored set is always the
 //! current rejects of the files a reconcile read.
 
-use std::collections::HashSet;
-
 use bson::Bson;
 use sha2::{Digest, Sha256};
 
-use super::scan::Candidate;
-use super::target::Target;
-use super::RunOptions;
-use crate::error::Fatal;
 use crate::layout::SourceSpec;
 use crate::mapping::{self, Reject};
 use crate::source::FileProblem;
@@ -118,79 +112,21 @@ pub fn file_reject(spec: &SourceSpec, rel: &str, problem: FileProblem) -> Reject
 }
 
 /// A mapped record that could not be written.
-pub fn candidate_reject(spec: &SourceSpec, c: &Candidate, reason: Reject) -> RejectRecord {
-    let pos = c.position.map(|p| p.to_string()).unwrap_or_default();
-    RejectRecord {
-        key: reject_key(&[&spec.collection, &c.rel, &pos, reason.code(), &c.mapped.hash]),
-        collection: spec.collection.clone(),
-        rel: c.rel.clone(),
-        position: c.position,
-        id: Some(c.mapped.id.clone()),
-        reason,
-        record: Some(Bson::Document(c.mapped.doc.clone())),
-    }
-}
-
-/// The files whose rejects a reconcile is the authority on.
-pub struct RejectScope<'a> {
-    pub read_ok: &'a HashSet<String>,
-    pub bad: &'a HashSet<String>,
-    pub missing: &'a HashSet<String>,
-    /// Every file of the source (rejects of vanished files are cleared too).
-    pub complete: bool,
-}
-
-/// Make the stored rejects hold exactly the current rejects of the scanned
-/// files: new ones are stored (plaintext passwords hashed), cleared ones removed.
-pub async fn store_rejects<T: Target>(
-    target: &T,
+pub fn mapped_reject(
     spec: &SourceSpec,
-    scope: RejectScope<'_>,
-    rejects: Vec<RejectRecord>,
-    opts: RunOptions,
-) -> Result<(), Fatal> {
-    let files: Option<Vec<String>> =
-        (!scope.complete).then(|| scope.read_ok.iter().chain(scope.bad).chain(scope.missing).cloned().collect());
-    let stored = target.reject_keys(&spec.collection, files.as_deref()).await?;
-    let current: HashSet<&str> = rejects.iter().map(|r| r.key.as_str()).collect();
-    let mut new = Vec::new();
-    for r in &rejects {
-        let is_new = !stored.contains(&r.key);
-        if is_new || opts.log_all_rejects {
-            tracing::warn!(collection = %r.collection, source = %r.locate(), id = r.id.as_deref().unwrap_or(""), reason = r.reason.code(), "Rejected: {}", r.reason);
-        }
-        if is_new {
-            new.push(r.clone());
-        }
+    rel: &str,
+    position: Option<usize>,
+    mapped: &mapping::Mapped,
+    reason: Reject,
+) -> RejectRecord {
+    let pos = position.map(|p| p.to_string()).unwrap_or_default();
+    RejectRecord {
+        key: reject_key(&[&spec.collection, rel, &pos, reason.code(), &mapped.hash]),
+        collection: spec.collection.clone(),
+        rel: rel.to_string(),
+        position,
+        id: Some(mapped.id.clone()),
+        reason,
+        record: Some(Bson::Document(mapped.doc.clone())),
     }
-    let new = safe_copies(spec, new).await?;
-    target.add_rejects(&new).await?;
-    let stale: Vec<String> = stored.into_iter().filter(|k| !current.contains(k.as_str())).collect();
-    if !stale.is_empty() {
-        target.drop_rejects(&stale).await?;
-    }
-    Ok(())
-}
-
-/// Turn the raw JSON kept in each new reject into the stored copy (bcrypt for
-/// plaintext passwords: CPU work, off the async workers).
-async fn safe_copies(spec: &SourceSpec, rejects: Vec<RejectRecord>) -> Result<Vec<RejectRecord>, Fatal> {
-    let spec = spec.clone();
-    tokio::task::spawn_blocking(move || {
-        rejects
-            .into_iter()
-            .map(|mut r| {
-                if let Some(Bson::String(json)) = &r.record {
-                    if matches!(r.reason, Reject::File(_)) {
-                        r.record = None;
-                    } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(json) {
-                        r.record = Some(mapping::reject_copy(&spec, &v));
-                    }
-                }
-                r
-            })
-            .collect()
-    })
-    .await
-    .map_err(|e| Fatal::Source(format!("reject task failed: {e}")))
 }

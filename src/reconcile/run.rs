@@ -1,4 +1,4 @@
-//! One source's reconcile in progress: chunks of candidates are planned and
+//! One source through stages 3 to 6: chunks of candidates are planned and
 //! written as they come ([`SourceRun::chunk`]); deletes, watch's memory and
 //! the rejects are settled once the whole scan is in ([`SourceRun::finish`]).
 
@@ -6,36 +6,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::memo::{commit_memo, remember, Known, Learnt, MemoEntry, MemoRec, Memory};
+use super::delete;
+use super::memo::{MemoEntry, MemoRec, Memory};
 use super::plan::{plan, print_deletes, print_plan};
-use super::rejects::{store_rejects, RejectRecord, RejectScope};
+use super::rejects::RejectRecord;
 use super::scan::{Candidate, Scanned};
+use super::settle::{commit_memo, remember, store_rejects, Learnt, RejectScope};
 use super::target::{Existing, Target};
-use super::{delete, Engine, OnDelete, RunOptions};
+use super::{Engine, OnDelete, RunOptions, SourceRun};
 use crate::error::Fatal;
-use crate::layout::SourceSpec;
 use crate::mapping::Reject;
 use crate::source;
 use crate::summary::{count, Summary};
-
-pub(super) struct SourceRun<'a, T: Target> {
-    pub engine: &'a Arc<Engine>,
-    pub target: &'a T,
-    pub memory: Option<&'a Memory>,
-    pub spec: SourceSpec,
-    pub opts: RunOptions,
-    pub summary: Summary,
-    /// Rejects found while comparing and writing (the scan's come at the end).
-    pub rejects: Vec<RejectRecord>,
-    ids_in_files: HashSet<String>,
-    /// watch: the memo entries of the candidates, committed once settled.
-    memo_pending: Vec<MemoEntry>,
-    /// watch: which file each candidate came from, for the picture.
-    rel_of: HashMap<String, Arc<str>>,
-    rels: HashMap<String, Arc<str>>,
-    /// watch: what was written, for the picture.
-    pub fresh: Vec<(String, Known)>,
-}
 
 impl<'a, T: Target> SourceRun<'a, T> {
     pub fn new(

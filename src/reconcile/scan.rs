@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::memo::{raw_hash, FileMemo, MemoEntry, Memory, RawHash};
-use super::rejects::{file_reject, record_reject, unparsable_reject, RejectRecord};
+use super::rejects::{file_reject, mapped_reject, record_reject, unparsable_reject, RejectRecord};
 use super::Engine;
 use crate::error::Fatal;
 use crate::layout::SourceSpec;
@@ -38,6 +38,11 @@ impl Candidate {
             Some(p) => format!("{}[{p}]", self.rel),
             None => self.rel.clone(),
         }
+    }
+
+    /// This record as a reject: it was mapped, but cannot be written.
+    pub fn reject(&self, spec: &SourceSpec, reason: Reject) -> RejectRecord {
+        mapped_reject(spec, &self.rel, self.position, &self.mapped, reason)
     }
 }
 

@@ -11,11 +11,9 @@
 use std::sync::Arc;
 
 use super::memo::Known;
-use super::rejects::candidate_reject;
-use super::run::SourceRun;
 use super::scan::Candidate;
 use super::target::{Existing, Outcome, Target, Write};
-use super::Conflict;
+use super::{Conflict, SourceRun};
 use crate::error::Fatal;
 use crate::layout::SourceSpec;
 use crate::mapping::{self, Reject};
@@ -97,7 +95,7 @@ impl<T: Target> SourceRun<'_, T> {
                 (Outcome::Applied { matched: Some(n) }, false) if *n > 0 => self.written(&c, "updated"),
                 (Outcome::Failed { message, .. }, _) => {
                     let reason = Reject::IdTaken { id: c.mapped.id.clone(), detail: message.clone() };
-                    self.rejects.push(candidate_reject(&self.spec, &c, reason));
+                    self.rejects.push(c.reject(&self.spec, reason));
                 }
                 _ => unsure.push(Unsure { c, is_insert, duplicate: matches!(r, Outcome::DuplicateKey { .. }) }),
             }
@@ -131,14 +129,14 @@ impl<T: Target> SourceRun<'_, T> {
                     tracing::info!(collection = %self.spec.collection, id = %c.mapped.id, source = %c.locate(), "Kept newer document in MongoDB (newer-wins)");
                 }
                 _ if duplicate && (held.is_none() || !is_insert) => match self.unique_clash(&c).await? {
-                    Some(reason) => self.rejects.push(candidate_reject(&self.spec, &c, reason)),
-                    None if last_round => self.rejects.push(candidate_reject(&self.spec, &c, retry_exhausted(&c))),
+                    Some(reason) => self.rejects.push(c.reject(&self.spec, reason)),
+                    None if last_round => self.rejects.push(c.reject(&self.spec, retry_exhausted(&c))),
                     None => match held {
                         None => inserts.push(c),
                         Some(ex) => updates.push((c, ex.clone())),
                     },
                 },
-                _ if last_round => self.rejects.push(candidate_reject(&self.spec, &c, retry_exhausted(&c))),
+                _ if last_round => self.rejects.push(c.reject(&self.spec, retry_exhausted(&c))),
                 None => inserts.push(c),
                 Some(ex) => updates.push((c, ex.clone())),
             }

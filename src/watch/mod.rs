@@ -12,9 +12,9 @@
 pub mod events;
 pub mod fstype;
 pub mod poll;
+pub mod schedule;
 pub mod systemd;
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,6 +31,7 @@ use crate::reconcile::{reconcile, Core, Engine, RunOptions, Scope};
 use crate::sink::{Sink, SinkOptions};
 use crate::source::{SourceFile, Tree};
 use crate::summary::Summary;
+use schedule::{Batch, Schedule, Timing};
 
 /// Something that may have changed.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -90,18 +91,8 @@ pub trait Lifecycle: Send {
 pub struct NoLifecycle;
 impl Lifecycle for NoLifecycle {}
 
-#[derive(Debug)]
-struct Pending {
-    first: Instant,
-    last: Instant,
-    attempts: u32,
-    /// The last event said the file is complete (closed after writing, renamed in).
-    done: bool,
-}
-
-/// The result of one reconcile task: what it did, and which hints it covered
-/// (to be put back if it failed).
-type Batch = (Result<Summary, Fatal>, Vec<(SourceFile, u32)>, bool);
+/// The result of one reconcile task.
+type Outcome = Result<Summary, Fatal>;
 
 /// Run the daemon until `cancel` fires. Returns the totals of all changes.
 pub async fn run(
@@ -111,18 +102,13 @@ pub async fn run(
     cancel: CancellationToken,
     lifecycle: &mut dyn Lifecycle,
 ) -> Result<Summary, Fatal> {
-    // Writes stop only after the in-flight batch had its chance to finish.
-    let hard_cancel = CancellationToken::new();
     let (tx, mut rx) = mpsc::channel::<Hint>(opts.queue_capacity.max(1));
     let overflow = Arc::new(AtomicBool::new(false));
-
-    // What watch remembers between reconciles (see `reconcile::memo`).
-    let memory = Arc::new(Memory::default());
     let tree = engine.tree();
-
     // Watches go in before the first scan, so nothing slips through the gap.
     let mut source = ChangeSource::start(&tree, &opts, tx.clone(), overflow.clone())?;
-
+    // Writes stop only after the in-flight batch had its chance to finish.
+    let hard_cancel = CancellationToken::new();
     let sink = tokio::select! {
         s = Sink::connect(sink_opts, hard_cancel.clone()) => s?,
         () = cancel.cancelled() => return Ok(Summary::default()),
@@ -131,233 +117,286 @@ pub async fn run(
         r = crate::sink::indexes::apply(&engine.indexes, &sink) => r?,
         () = cancel.cancelled() => return Ok(Summary::default()),
     }
-
-    let mut totals = Summary::default();
-    let started = std::time::Instant::now();
-    let initial = RunOptions { dry_run: false, log_all_rejects: true, defer_bad_files: false, log_changes: false };
-    let first = tokio::select! {
-        r = reconcile(Core { engine: &engine, target: &sink, memory: Some(&memory) }, Scope::Full, initial, &hard_cancel) => r,
-        () = cancel.cancelled() => { hard_cancel.cancel(); return Ok(totals) }
+    let timing = Timing { debounce: opts.debounce, max_delay: opts.max_delay, parse_retries: opts.parse_retries };
+    let mut daemon = Daemon {
+        engine,
+        sink,
+        memory: Arc::new(Memory::default()),
+        opts,
+        hard_cancel,
+        schedule: Schedule::new(timing),
+        totals: Summary::default(),
+        in_flight: None,
+        batch: None,
+        state_dirty: Vec::new(),
+        full_started: std::time::Instant::now(),
+        ticks: 0,
     };
-    match first {
-        Ok(s) => {
-            engine.metrics.set_ready();
-            record_state(&engine, &sink, &memory, StateUpdate::Full(s.clone(), started.elapsed()));
-            log_summary("Initial reconcile done; watching for changes", &s);
-            release_freed_memory();
-            totals.add(&s);
-            lifecycle.ready(&s);
-        }
-        Err(e) => return Err(e),
+    if daemon.initial(&cancel, lifecycle).await? {
+        daemon.follow(&mut rx, &overflow, &mut source, &tree, &cancel, lifecycle).await;
     }
-
-    let mut pending: HashMap<SourceFile, Pending> = HashMap::new();
-    let mut pending_sources: HashSet<usize> = HashSet::new();
-    let mut pending_full: Option<String> = None;
-    let mut in_flight: Option<JoinHandle<Batch>> = None;
-    let mut next_rescan = Instant::now() + opts.rescan_interval;
-    let mut retry_after: Option<Instant> = None;
-    let mut failures = 0u32;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut ticks = 0u64;
-    let mut state_dirty: Vec<String> = Vec::new();
-    let mut full_started = std::time::Instant::now();
-
-    loop {
-        let next = next_due(&pending, &opts);
-        let can_start = in_flight.is_none() && retry_after.is_none_or(|t| t <= Instant::now());
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            hint = rx.recv() => {
-                let Some(hint) = hint else { break };
-                let mut add = |h: Hint| match h {
-                    Hint::File(f) => {
-                        let now = Instant::now();
-                        pending.entry(f).and_modify(|p| { p.last = now; p.done = false; }).or_insert(Pending { first: now, last: now, attempts: 0, done: false });
-                    }
-                    Hint::FileDone(f) => {
-                        let now = Instant::now();
-                        pending.entry(f).and_modify(|p| { p.last = now; p.done = true; }).or_insert(Pending { first: now, last: now, attempts: 0, done: true });
-                    }
-                    Hint::Source(s) => { pending_sources.insert(s); }
-                    Hint::Full(why) => { pending_full.get_or_insert(why); }
-                };
-                add(hint);
-                while let Ok(h) = rx.try_recv() {
-                    add(h);
-                }
-            }
-            () = sleep_until_opt(next), if can_start => {}
-            () = sleep_until_opt(retry_after), if in_flight.is_none() => { retry_after = None; }
-            done = join_opt(&mut in_flight) => {
-                in_flight = None;
-                release_freed_memory();
-                match done {
-                    Ok((Ok(s), files, full)) => {
-                        failures = 0;
-                        for f in &s.bad_paths {
-                            // A file that did not parse may be half-written: read it again
-                            // after another quiet period, a few times, before reporting it.
-                            let attempts = files.iter().find(|(x, _)| x == f).map(|(_, a)| *a).unwrap_or(opts.parse_retries);
-                            if attempts < opts.parse_retries {
-                                let now = Instant::now();
-                                pending.entry(f.clone()).or_insert(Pending { first: now, last: now, attempts: attempts + 1, done: false });
-                            }
-                        }
-                        if s.changed() || s.rejected > 0 || s.deletes_held > 0 {
-                            tracing::debug!(inserted = s.inserted, updated = s.updated, archived = s.archived, deleted = s.deleted, rejected = s.rejected, "Applied changes");
-                        }
-                        let mut s = s;
-                        s.bad_paths.clear();
-                        totals.add(&s);
-                        lifecycle.tick(&totals);
-                        if full {
-                            record_state(&engine, &sink, &memory, StateUpdate::Full(s.clone(), full_started.elapsed()));
-                        }
-                        for c in &s.changed_collections {
-                            if !state_dirty.contains(c) {
-                                state_dirty.push(c.clone());
-                            }
-                        }
-                    }
-                    Ok((Err(Fatal::Interrupted), _, _)) => break,
-                    Ok((Err(e), files, full)) => {
-                        // Permanent failures (a refused write, an unreadable folder) are
-                        // reported and tried again later; nothing is dropped.
-                        failures += 1;
-                        let wait = Duration::from_secs(2u64.saturating_pow(failures.min(5)));
-                        tracing::error!(error = %e, retry_in_s = wait.as_secs(), "Reconcile failed; will retry");
-                        let now = Instant::now();
-                        // Part of the batch may have been written: what watch remembers of
-                        // these files is no longer to be trusted.
-                        let failed: Vec<SourceFile> = files.iter().map(|(f, _)| f.clone()).collect();
-                        memory.forget(&engine.layout, if full { None } else { Some(&failed) });
-                        for (f, attempts) in files {
-                            pending.entry(f).or_insert(Pending { first: now, last: now, attempts, done: false });
-                        }
-                        if full {
-                            pending_full.get_or_insert_with(|| "retry after a failure".into());
-                        }
-                        retry_after = Some(now + wait);
-                    }
-                    Err(join) => {
-                        tracing::error!(error = %join, "Reconcile task failed; rescanning everything");
-                        pending_full.get_or_insert_with(|| "a reconcile task failed".into());
-                    }
-                }
-            }
-            () = tokio::time::sleep_until(next_rescan) => {
-                pending_full.get_or_insert_with(|| "periodic rescan".into());
-                next_rescan = Instant::now() + opts.rescan_interval;
-            }
-            _ = tick.tick() => {
-                lifecycle.tick(&totals);
-                ticks += 1;
-                // mirror_state is updated at most every 2 s, however busy the files are.
-                if !state_dirty.is_empty() && ticks % 2 == 0 {
-                    record_state(&engine, &sink, &memory, StateUpdate::Change(std::mem::take(&mut state_dirty), totals.clone()));
-                }
-                // Keep /readyz honest while idle: check MongoDB every 5 s.
-                if ticks % 5 == 0 && in_flight.is_none() {
-                    let sink = sink.clone();
-                    tokio::spawn(async move { sink.ping().await });
-                }
-            }
-        }
-
-        if overflow.swap(false, Ordering::AcqRel) {
-            pending_full.get_or_insert_with(|| "file events were lost (event queue overflow)".into());
-        }
-        if pending_full.is_some() {
-            source.refresh(&tree);
-        }
-        if in_flight.is_some() || retry_after.is_some_and(|t| t > Instant::now()) {
-            continue;
-        }
-        retry_after = None;
-        // Start the next batch: everything if asked, else whole sources, else quiet files.
-        let now = Instant::now();
-        if let Some(why) = pending_full.take() {
-            if why == "periodic rescan" {
-                tracing::debug!(reason = %why, "Full rescan");
-            } else {
-                tracing::warn!(reason = %why, "Full rescan");
-            }
-            engine.metrics.record_rescan();
-            full_started = std::time::Instant::now();
-            // Files pending now are covered: the scan reads them after this point.
-            let covered: Vec<(SourceFile, u32)> = pending.drain().map(|(f, p)| (f, p.attempts)).collect();
-            pending_sources.clear();
-            in_flight = Some(spawn_batch(&engine, &sink, &memory, Scope::Full, covered, true, false, &hard_cancel));
-        } else if !pending_sources.is_empty() {
-            engine.metrics.record_rescan();
-            let specs: Vec<usize> = pending_sources.drain().collect();
-            pending.retain(|f, _| !specs.contains(&f.spec));
-            tracing::info!(sources = ?specs.iter().map(|s| engine.layout.sources[*s].name.clone()).collect::<Vec<_>>(), "Folder changed; rescanning its sources");
-            in_flight = Some(spawn_batch(
-                &engine,
-                &sink,
-                &memory,
-                Scope::Sources(specs),
-                Vec::new(),
-                false,
-                false,
-                &hard_cancel,
-            ));
-        } else {
-            let ready: Vec<SourceFile> =
-                pending.iter().filter(|(_, p)| now >= due(p, &opts)).map(|(f, _)| f.clone()).collect();
-            if !ready.is_empty() {
-                let batch: Vec<(SourceFile, u32)> =
-                    ready.into_iter().filter_map(|f| pending.remove(&f).map(|p| (f, p.attempts))).collect();
-                let last_try = batch.iter().all(|(_, a)| *a >= opts.parse_retries);
-                let files: Vec<SourceFile> = batch.iter().map(|(f, _)| f.clone()).collect();
-                in_flight = Some(spawn_batch(
-                    &engine,
-                    &sink,
-                    &memory,
-                    Scope::Files(files),
-                    batch,
-                    false,
-                    !last_try,
-                    &hard_cancel,
-                ));
-            }
-        }
-    }
-
     // Shutdown: stop watching, give the writes in flight a bounded time, then stop them.
     lifecycle.stopping();
     drop(source);
-    if let Some(handle) = in_flight.take() {
-        tracing::info!(timeout_s = opts.shutdown_timeout.as_secs(), "Waiting for writes in flight");
-        let abort = handle.abort_handle();
-        match tokio::time::timeout(opts.shutdown_timeout, handle).await {
-            Ok(Ok((Ok(s), _, _))) => totals.add(&s),
-            Ok(_) => {}
-            Err(_) => {
-                tracing::warn!("Writes in flight did not finish in time; they are redone on the next start");
-                hard_cancel.cancel();
-                abort.abort();
+    Ok(daemon.stop().await)
+}
+
+/// The running daemon: everything the main loop owns.
+struct Daemon {
+    engine: Arc<Engine>,
+    sink: Sink,
+    /// What watch remembers between reconciles (see `reconcile::memo`).
+    memory: Arc<Memory>,
+    opts: WatchOptions,
+    /// Cancels writes; fired only once the batch in flight had its chance to finish.
+    hard_cancel: CancellationToken,
+    schedule: Schedule,
+    totals: Summary,
+    in_flight: Option<JoinHandle<Outcome>>,
+    /// The batch in flight, to hand back if it fails.
+    batch: Option<Batch>,
+    /// Collections changed since `mirror_state` was last updated.
+    state_dirty: Vec<String>,
+    full_started: std::time::Instant,
+    ticks: u64,
+}
+
+/// What the main loop does after a batch finished.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
+}
+
+impl Daemon {
+    fn core(&self) -> Core<'_, Sink> {
+        Core { engine: &self.engine, target: &self.sink, memory: Some(&self.memory) }
+    }
+
+    /// The first full reconcile; `false` if stopped before it finished.
+    async fn initial(&mut self, cancel: &CancellationToken, lifecycle: &mut dyn Lifecycle) -> Result<bool, Fatal> {
+        let started = std::time::Instant::now();
+        let opts = RunOptions { dry_run: false, log_all_rejects: true, defer_bad_files: false, log_changes: false };
+        let first = tokio::select! {
+            r = reconcile(self.core(), Scope::Full, opts, &self.hard_cancel) => r?,
+            () = cancel.cancelled() => return Ok(false),
+        };
+        self.engine.metrics.set_ready();
+        self.record_state(StateUpdate::Full(first.clone(), started.elapsed()));
+        log_summary("Initial reconcile done; watching for changes", &first);
+        release_freed_memory();
+        self.totals.add(&first);
+        lifecycle.ready(&first);
+        Ok(true)
+    }
+
+    /// Follow changes until `cancel` fires (or the hints stop).
+    async fn follow(
+        &mut self,
+        rx: &mut mpsc::Receiver<Hint>,
+        overflow: &AtomicBool,
+        source: &mut ChangeSource,
+        tree: &Tree,
+        cancel: &CancellationToken,
+        lifecycle: &mut dyn Lifecycle,
+    ) {
+        let mut next_rescan = Instant::now() + self.opts.rescan_interval;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let idle = self.in_flight.is_none();
+            let next = self.schedule.next_due().filter(|_| idle);
+            let retry = self.schedule.retry_after().filter(|_| idle);
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                hint = rx.recv() => {
+                    let Some(hint) = hint else { break };
+                    let now = Instant::now();
+                    self.schedule.hint(hint, now);
+                    while let Ok(h) = rx.try_recv() {
+                        self.schedule.hint(h, now);
+                    }
+                }
+                () = sleep_until_opt(next.max(retry)) => {}
+                done = join_opt(&mut self.in_flight) => {
+                    if self.finished(done, lifecycle) == Flow::Stop {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep_until(next_rescan) => {
+                    self.schedule.request_full("periodic rescan");
+                    next_rescan = Instant::now() + self.opts.rescan_interval;
+                }
+                _ = tick.tick() => self.tick(lifecycle),
+            }
+            if overflow.swap(false, Ordering::AcqRel) {
+                self.schedule.request_full("file events were lost (event queue overflow)");
+            }
+            if self.schedule.full_requested() {
+                source.refresh(tree);
+            }
+            if self.in_flight.is_none() {
+                if let Some(batch) = self.schedule.next_batch(Instant::now()) {
+                    self.start(batch);
+                }
             }
         }
     }
-    if !state_dirty.is_empty() {
-        let _ = tokio::time::timeout(
-            Duration::from_secs(2),
-            crate::state::record_change(&engine, &sink, Some(&memory), &state_dirty, &totals),
-        )
-        .await;
+
+    /// Start a batch in a task of its own, so hints keep coming in meanwhile.
+    fn start(&mut self, batch: Batch) {
+        let (scope, log_changes, defer_bad_files) = match &batch {
+            Batch::Full { why, .. } => {
+                if why == "periodic rescan" {
+                    tracing::debug!(reason = %why, "Full rescan");
+                } else {
+                    tracing::warn!(reason = %why, "Full rescan");
+                }
+                self.engine.metrics.record_rescan();
+                self.full_started = std::time::Instant::now();
+                (Scope::Full, false, false)
+            }
+            Batch::Sources(specs) => {
+                self.engine.metrics.record_rescan();
+                let names: Vec<&str> = specs.iter().map(|s| self.engine.layout.sources[*s].name.as_str()).collect();
+                tracing::info!(sources = ?names, "Folder changed; rescanning its sources");
+                (Scope::Sources(specs.clone()), true, false)
+            }
+            Batch::Files { files, defer_bad_files } => {
+                (Scope::Files(files.iter().map(|(f, _)| f.clone()).collect()), true, *defer_bad_files)
+            }
+        };
+        let opts = RunOptions { dry_run: false, log_all_rejects: false, defer_bad_files, log_changes };
+        let (engine, sink, memory) = (self.engine.clone(), self.sink.clone(), self.memory.clone());
+        let cancel = self.hard_cancel.clone();
+        self.in_flight = Some(tokio::spawn(async move {
+            reconcile(Core { engine: &engine, target: &sink, memory: Some(&memory) }, scope, opts, &cancel).await
+        }));
+        self.batch = Some(batch);
     }
-    hard_cancel.cancel();
-    if !pending.is_empty() {
-        tracing::info!(
-            files = pending.len(),
-            "Changes not yet applied are picked up by the next start's full reconcile"
-        );
+
+    /// A batch finished: count it, or hand its work back after a failure.
+    fn finished(&mut self, done: Result<Outcome, tokio::task::JoinError>, lifecycle: &mut dyn Lifecycle) -> Flow {
+        self.in_flight = None;
+        let batch = self.batch.take();
+        release_freed_memory();
+        let now = Instant::now();
+        match done {
+            Ok(Ok(mut s)) => {
+                let covered = batch.as_ref().map(Batch::covered).unwrap_or_default();
+                self.schedule.succeeded(covered, &s.bad_paths, now);
+                if s.changed() || s.rejected > 0 || s.deletes_held > 0 {
+                    tracing::debug!(
+                        inserted = s.inserted,
+                        updated = s.updated,
+                        archived = s.archived,
+                        deleted = s.deleted,
+                        rejected = s.rejected,
+                        "Applied changes"
+                    );
+                }
+                s.bad_paths.clear();
+                self.totals.add(&s);
+                lifecycle.tick(&self.totals);
+                if matches!(batch, Some(Batch::Full { .. })) {
+                    self.record_state(StateUpdate::Full(s.clone(), self.full_started.elapsed()));
+                }
+                for c in s.changed_collections {
+                    if !self.state_dirty.contains(&c) {
+                        self.state_dirty.push(c);
+                    }
+                }
+            }
+            Ok(Err(Fatal::Interrupted)) => return Flow::Stop,
+            Ok(Err(e)) => {
+                // Permanent failures (a refused write, an unreadable folder) are
+                // reported and tried again later; nothing is dropped. Part of the
+                // batch may have been written: what watch remembers of these files
+                // is no longer to be trusted.
+                let batch = batch.unwrap_or(Batch::Full { why: String::new(), covered: Vec::new() });
+                let failed: Vec<SourceFile> = batch.covered().iter().map(|(f, _)| f.clone()).collect();
+                let full = matches!(batch, Batch::Full { .. });
+                self.memory.forget(&self.engine.layout, if full { None } else { Some(&failed) });
+                let wait = self.schedule.failed(&batch, now);
+                tracing::error!(error = %e, retry_in_s = wait.as_secs(), "Reconcile failed; will retry");
+            }
+            Err(join) => {
+                tracing::error!(error = %join, "Reconcile task failed; rescanning everything");
+                self.schedule.request_full("a reconcile task failed");
+            }
+        }
+        Flow::Go
     }
-    log_summary("Stopped", &totals);
-    Ok(totals)
+
+    /// Once a second: the service manager's status, `mirror_state`, `/readyz`.
+    fn tick(&mut self, lifecycle: &mut dyn Lifecycle) {
+        lifecycle.tick(&self.totals);
+        self.ticks += 1;
+        // mirror_state is updated at most every 2 s, however busy the files are.
+        if !self.state_dirty.is_empty() && self.ticks % 2 == 0 {
+            let dirty = std::mem::take(&mut self.state_dirty);
+            self.record_state(StateUpdate::Change(dirty, self.totals.clone()));
+        }
+        // Keep /readyz honest while idle: check MongoDB every 5 s.
+        if self.ticks % 5 == 0 && self.in_flight.is_none() {
+            let sink = self.sink.clone();
+            tokio::spawn(async move { sink.ping().await });
+        }
+    }
+
+    /// Give the writes in flight a bounded time, record the state, and log the totals.
+    async fn stop(mut self) -> Summary {
+        if let Some(handle) = self.in_flight.take() {
+            tracing::info!(timeout_s = self.opts.shutdown_timeout.as_secs(), "Waiting for writes in flight");
+            let abort = handle.abort_handle();
+            match tokio::time::timeout(self.opts.shutdown_timeout, handle).await {
+                Ok(Ok(Ok(s))) => self.totals.add(&s),
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!("Writes in flight did not finish in time; they are redone on the next start");
+                    self.hard_cancel.cancel();
+                    abort.abort();
+                }
+            }
+        }
+        if !self.state_dirty.is_empty() {
+            let record = crate::state::record_change(
+                &self.engine,
+                &self.sink,
+                Some(&self.memory),
+                &self.state_dirty,
+                &self.totals,
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(2), record).await;
+        }
+        self.hard_cancel.cancel();
+        if self.schedule.pending_files() > 0 {
+            tracing::info!(
+                files = self.schedule.pending_files(),
+                "Changes not yet applied are picked up by the next start's full reconcile"
+            );
+        }
+        log_summary("Stopped", &self.totals);
+        self.totals
+    }
+
+    /// Record progress in `mirror_state` without holding up the loop; a
+    /// failure only costs a log line (the data itself is not affected).
+    fn record_state(&self, update: StateUpdate) {
+        let (engine, sink, memory) = (self.engine.clone(), self.sink.clone(), self.memory.clone());
+        tokio::spawn(async move {
+            let r = match update {
+                StateUpdate::Full(s, took) => {
+                    crate::state::record_full(&engine, &sink, Some(&memory), "watch", &s, took).await
+                }
+                StateUpdate::Change(colls, totals) => {
+                    crate::state::record_change(&engine, &sink, Some(&memory), &colls, &totals).await
+                }
+            };
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "Cannot update mirror_state");
+            }
+        });
+    }
 }
 
 /// One log line with a summary's counters as fields.
@@ -395,59 +434,6 @@ enum StateUpdate {
     Change(Vec<String>, Summary),
 }
 
-/// Record progress in `mirror_state` without holding up the loop; a failure
-/// only costs a log line (the data itself is not affected).
-fn record_state(engine: &Arc<Engine>, sink: &Sink, memory: &Arc<Memory>, update: StateUpdate) {
-    let (engine, sink, memory) = (engine.clone(), sink.clone(), memory.clone());
-    tokio::spawn(async move {
-        let r = match update {
-            StateUpdate::Full(s, took) => {
-                crate::state::record_full(&engine, &sink, Some(&memory), "watch", &s, took).await
-            }
-            StateUpdate::Change(colls, totals) => {
-                crate::state::record_change(&engine, &sink, Some(&memory), &colls, &totals).await
-            }
-        };
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "Cannot update mirror_state");
-        }
-    });
-}
-
-#[allow(clippy::too_many_arguments)]
-fn spawn_batch(
-    engine: &Arc<Engine>,
-    sink: &Sink,
-    memory: &Arc<Memory>,
-    scope: Scope,
-    covered: Vec<(SourceFile, u32)>,
-    full: bool,
-    defer_bad_files: bool,
-    cancel: &CancellationToken,
-) -> JoinHandle<Batch> {
-    let (engine, sink, memory, cancel) = (engine.clone(), sink.clone(), memory.clone(), cancel.clone());
-    let log_changes = matches!(scope, Scope::Files(_) | Scope::Sources(_));
-    tokio::spawn(async move {
-        let opts = RunOptions { dry_run: false, log_all_rejects: false, defer_bad_files, log_changes };
-        let r = reconcile(Core { engine: &engine, target: &sink, memory: Some(&memory) }, scope, opts, &cancel).await;
-        (r, covered, full)
-    })
-}
-
-fn next_due(pending: &HashMap<SourceFile, Pending>, opts: &WatchOptions) -> Option<Instant> {
-    pending.values().map(|p| due(p, opts)).min()
-}
-
-/// When a pending file should be read: now if its writer is done, else after
-/// the quiet period, and never later than `max_delay` after its first event.
-fn due(p: &Pending, opts: &WatchOptions) -> Instant {
-    if p.done {
-        p.last
-    } else {
-        (p.last + opts.debounce).min(p.first + opts.max_delay)
-    }
-}
-
 async fn sleep_until_opt(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -455,7 +441,7 @@ async fn sleep_until_opt(t: Option<Instant>) {
     }
 }
 
-async fn join_opt(h: &mut Option<JoinHandle<Batch>>) -> Result<Batch, tokio::task::JoinError> {
+async fn join_opt(h: &mut Option<JoinHandle<Outcome>>) -> Result<Outcome, tokio::task::JoinError> {
     match h {
         Some(h) => h.await,
         None => std::future::pending().await,

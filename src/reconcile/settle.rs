@@ -1,0 +1,249 @@
+//! Stage 6, settle: what a reconcile of one source leaves behind once its
+//! writes and deletes are done. The stored rejects are made to hold exactly
+//! the current rejects of the files it read (new ones stored with plaintext
+//! passwords hashed, cleared ones removed), and watch's memory is brought up
+//! to date: the memo of every file read in full, and the picture.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bson::Bson;
+
+use super::memo::{Known, Memo, MemoEntry, Memory};
+use super::rejects::RejectRecord;
+use super::scan::Scanned;
+use super::target::{Existing, Target};
+use super::RunOptions;
+use crate::error::Fatal;
+use crate::layout::SourceSpec;
+use crate::mapping::{self, Reject};
+
+/// The files whose rejects a reconcile is the authority on.
+pub struct RejectScope<'a> {
+    pub read_ok: &'a HashSet<String>,
+    pub bad: &'a HashSet<String>,
+    pub missing: &'a HashSet<String>,
+    /// Every file of the source (rejects of vanished files are cleared too).
+    pub complete: bool,
+}
+
+/// Make the stored rejects hold exactly the current rejects of the scanned
+/// files: new ones are stored (plaintext passwords hashed), cleared ones removed.
+pub async fn store_rejects<T: Target>(
+    target: &T,
+    spec: &SourceSpec,
+    scope: RejectScope<'_>,
+    rejects: Vec<RejectRecord>,
+    opts: RunOptions,
+) -> Result<(), Fatal> {
+    let files: Option<Vec<String>> =
+        (!scope.complete).then(|| scope.read_ok.iter().chain(scope.bad).chain(scope.missing).cloned().collect());
+    let stored = target.reject_keys(&spec.collection, files.as_deref()).await?;
+    let current: HashSet<&str> = rejects.iter().map(|r| r.key.as_str()).collect();
+    let mut new = Vec::new();
+    for r in &rejects {
+        let is_new = !stored.contains(&r.key);
+        if is_new || opts.log_all_rejects {
+            tracing::warn!(collection = %r.collection, source = %r.locate(), id = r.id.as_deref().unwrap_or(""), reason = r.reason.code(), "Rejected: {}", r.reason);
+        }
+        if is_new {
+            new.push(r.clone());
+        }
+    }
+    let new = safe_copies(spec, new).await?;
+    target.add_rejects(&new).await?;
+    let stale: Vec<String> = stored.into_iter().filter(|k| !current.contains(k.as_str())).collect();
+    if !stale.is_empty() {
+        target.drop_rejects(&stale).await?;
+    }
+    Ok(())
+}
+
+/// Turn the raw JSON kept in each new reject into the stored copy (bcrypt for
+/// plaintext passwords: CPU work, off the async workers).
+async fn safe_copies(spec: &SourceSpec, rejects: Vec<RejectRecord>) -> Result<Vec<RejectRecord>, Fatal> {
+    let spec = spec.clone();
+    tokio::task::spawn_blocking(move || {
+        rejects
+            .into_iter()
+            .map(|mut r| {
+                if let Some(Bson::String(json)) = &r.record {
+                    if matches!(r.reason, Reject::File(_)) {
+                        r.record = None;
+                    } else if let Ok(v) = serde_json::from_str::<serde_json::Value>(json) {
+                        r.record = Some(mapping::reject_copy(&spec, &v));
+                    }
+                }
+                r
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| Fatal::Source(format!("reject task failed: {e}")))
+}
+
+/// Make the memo of every file read in full hold what was mirrored from it:
+/// entries of records that are gone are dropped, new ones added (no copies of
+/// the entries that stay). O(changes) for a file the memo already covered.
+pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, next: Vec<MemoEntry>) {
+    for rel in &scanned.missing {
+        memo.remove(rel);
+    }
+    if scanned.complete {
+        // Files of this source that are gone (the memo holds every source's files).
+        memo.retain(|rel, _| !spec.owns_rel(rel) || scanned.read_ok.contains(rel) || scanned.bad.contains(rel));
+    }
+    for rel in &scanned.read_ok {
+        let m = memo.entry(rel.clone()).or_default();
+        m.digest = scanned.digests.get(rel).copied();
+        if !scanned.memo_covered.contains(rel) {
+            // Not looked up in this scan: everything it holds now is in `next`.
+            m.recs.clear();
+        }
+    }
+    for v in &scanned.vanished {
+        if let Some(m) = memo.get_mut(&*v.rel) {
+            m.recs.remove(&v.raw_hash);
+        }
+    }
+    for e in next {
+        memo.entry(e.rel.to_string()).or_default().recs.insert(e.raw_hash, e.rec);
+    }
+}
+
+/// What a reconcile of one source learnt, for the picture.
+pub struct Learnt<'a> {
+    /// The scan covered every file of the source.
+    pub complete: bool,
+    /// What the target held when the reconcile started (hashes, at least).
+    pub existing: &'a HashMap<String, Existing>,
+    /// Full details read later (sources of documents that were looked up).
+    pub details: &'a HashMap<String, Existing>,
+    /// The file each mapped record came from.
+    pub rel_of: &'a HashMap<String, Arc<str>>,
+    /// What was written.
+    pub written: Vec<(String, Known)>,
+    /// What was deleted.
+    pub removed: Vec<String>,
+}
+
+/// Update the picture of the collection after a reconcile.
+pub fn remember(memory: &Memory, spec: &SourceSpec, learnt: Learnt<'_>) {
+    let Ok(mut picture) = memory.picture.lock() else { return };
+    // A picture is only ever started by a full scan; until then (at start, or
+    // after a failure made watch forget it) changes are compared with the target.
+    let coll = if learnt.complete {
+        let coll = picture.entry(spec.collection.clone()).or_default();
+        coll.clear();
+        coll
+    } else {
+        match picture.get_mut(&spec.collection) {
+            Some(coll) => coll,
+            None => return,
+        }
+    };
+    // After a partial scan the picture already holds everything but what changed.
+    for (id, ex) in learnt.existing.iter().filter(|_| learnt.complete) {
+        let Some(hash) = &ex.hash else { continue };
+        let source = learnt
+            .details
+            .get(id)
+            .and_then(|d| d.source.as_deref())
+            .map(Arc::from)
+            .or_else(|| learnt.rel_of.get(id).cloned());
+        if let Some(source) = source {
+            coll.insert(id.clone(), Known { hash: hash.clone(), source });
+        }
+    }
+    for (id, k) in learnt.written {
+        coll.insert(id, k);
+    }
+    for id in learnt.removed {
+        coll.remove(&id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Layout;
+    use crate::reconcile::memo::{FileMemo, MemoRec, RawHash};
+    use crate::source::SourceFile;
+
+    fn entry(rel: &str, h: RawHash, id: &str) -> MemoEntry {
+        MemoEntry { rel: Arc::from(rel), raw_hash: h, rec: Arc::new(MemoRec::new(Arc::from(id), Vec::new())) }
+    }
+
+    fn spec_of(layout: &Layout, collection: &str) -> (usize, SourceSpec) {
+        let i = layout.sources.iter().position(|s| s.collection == collection).unwrap();
+        (i, layout.sources[i].clone())
+    }
+
+    #[test]
+    fn a_full_scan_keeps_the_memo_of_other_sources() {
+        let layout = Layout::builtin();
+        let (users, users_spec) = spec_of(&layout, "users");
+        let (jobs, jobs_spec) = spec_of(&layout, "training_jobs");
+        let mut memo = Memo::new();
+        // A full scan of users, then of jobs (one job file left, one gone).
+        let scanned = Scanned {
+            spec: users,
+            complete: true,
+            read_ok: HashSet::from(["data/users.json".to_string()]),
+            ..Default::default()
+        };
+        commit_memo(&users_spec, &mut memo, &scanned, vec![entry("data/users.json", 1, "u1")]);
+        memo.insert("artifacts/jobs/gone.json".into(), FileMemo::default());
+        let scanned = Scanned {
+            spec: jobs,
+            complete: true,
+            read_ok: HashSet::from(["artifacts/jobs/j1.json".to_string()]),
+            ..Default::default()
+        };
+        commit_memo(&jobs_spec, &mut memo, &scanned, vec![entry("artifacts/jobs/j1.json", 2, "j1")]);
+        assert_eq!(memo.get("data/users.json").map(|m| m.recs.len()), Some(1), "users' memo must survive");
+        assert_eq!(memo.get("artifacts/jobs/j1.json").map(|m| m.recs.len()), Some(1));
+        assert!(!memo.contains_key("artifacts/jobs/gone.json"), "a vanished file of the scanned source goes");
+    }
+
+    #[test]
+    fn a_failure_forgets_what_it_may_have_half_written() {
+        let layout = Layout::builtin();
+        let memory = Memory::default();
+        let (users, users_spec) = spec_of(&layout, "users");
+        let users_file = SourceFile { spec: users, rel: "data/users.json".into(), path: "/p/data/users.json".into() };
+        {
+            let mut memo = memory.memo.lock().unwrap();
+            memo.insert("data/users.json".into(), FileMemo { digest: Some(7), recs: Default::default() });
+            memo.insert("artifacts/jobs/j1.json".into(), FileMemo::default());
+            let mut picture = memory.picture.lock().unwrap();
+            let k = Known { hash: "h".into(), source: Arc::from("data/users.json") };
+            picture.entry("users".into()).or_default().insert("u1".into(), k.clone());
+            picture.entry("training_jobs".into()).or_default().insert("j1".into(), k);
+        }
+        memory.forget(&layout, Some(std::slice::from_ref(&users_file)));
+        {
+            let memo = memory.memo.lock().unwrap();
+            assert!(!memo.contains_key("data/users.json"), "the failed file's memo (and digest) must go");
+            assert!(memo.contains_key("artifacts/jobs/j1.json"));
+            let picture = memory.picture.lock().unwrap();
+            assert!(!picture.contains_key("users") && picture.contains_key("training_jobs"));
+        }
+        // No picture is started again by a partial reconcile.
+        let written = vec![("u2".to_string(), Known { hash: "h2".into(), source: Arc::from("data/users.json") })];
+        let (existing, details, rel_of) = (HashMap::new(), HashMap::new(), HashMap::new());
+        let learnt = Learnt {
+            complete: false,
+            existing: &existing,
+            details: &details,
+            rel_of: &rel_of,
+            written,
+            removed: vec![],
+        };
+        remember(&memory, &users_spec, learnt);
+        assert!(!memory.picture.lock().unwrap().contains_key("users"));
+        memory.forget(&layout, None);
+        assert!(memory.memo.lock().unwrap().is_empty());
+        assert!(memory.picture.lock().unwrap().is_empty());
+    }
+}
