@@ -145,6 +145,36 @@ async fn a_jobs_folder_created_after_start_is_followed() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_data_folder_replaced_under_its_name_is_watched_again() {
+    let db = TestDb::new("watch_folder_replaced").await;
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    // A deploy that swaps the whole folder: a new one is prepared, the old one
+    // moved aside and the new one renamed into its place.
+    let staged = p.path("data.new");
+    std::fs::create_dir_all(staged.join("datasets")).unwrap();
+    let users = json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z"), user("u2", "b@x.io", "2025-10-02T00:00:00Z")]);
+    std::fs::write(staged.join("users.json"), serde_json::to_vec_pretty(&users).unwrap()).unwrap();
+    std::fs::rename(p.data(), p.path("data.old")).unwrap();
+    std::fs::rename(&staged, p.data()).unwrap();
+    p.settle();
+    eventually(20, "u2 from the new folder", || async { db.doc("users", "u2").await.is_some() }).await;
+    // Changes in the new folder are followed (the old watch follows the old folder).
+    p.users(&json!([
+        user("u1", "a@x.io", "2025-10-01T00:00:00Z"),
+        user("u2", "b@x.io", "2025-10-02T00:00:00Z"),
+        user("u3", "c@x.io", "2025-10-03T00:00:00Z")
+    ]));
+    eventually(20, "u3 written into the new folder", || async { db.doc("users", "u3").await.is_some() }).await;
+    // And a change to the folder moved aside is not a change of the platform.
+    std::fs::write(p.path("data.old/users.json"), b"[]").unwrap();
+    p.settle();
+    w.stop().await;
+    assert_eq!(db.count("users").await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_restart_catches_up_on_changes_made_while_down() {
     let db = TestDb::new("watch_restart").await;
     let p = Platform::new();

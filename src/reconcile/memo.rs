@@ -59,6 +59,19 @@ impl Memory {
         }
     }
 
+    /// Forget everything about these sources (a whole-source reconcile failed).
+    pub fn forget_sources(&self, layout: &Layout, specs: &[usize]) {
+        let specs: Vec<_> = specs.iter().filter_map(|i| layout.sources.get(*i)).collect();
+        if let Ok(mut memo) = self.memo.lock() {
+            memo.retain(|rel, _| !specs.iter().any(|s| s.owns_rel(rel)));
+        }
+        if let Ok(mut picture) = self.picture.lock() {
+            for s in &specs {
+                picture.remove(&s.collection);
+            }
+        }
+    }
+
     /// Documents per collection as the picture has them (`None` before the
     /// first full scan of that collection).
     pub fn documents(&self, collection: &str) -> Option<usize> {

@@ -242,6 +242,11 @@ mod tests {
         };
         remember(&memory, &users_spec, learnt);
         assert!(!memory.picture.lock().unwrap().contains_key("users"));
+        // A failed rescan of a whole source forgets that source, files and picture.
+        let (jobs, _) = spec_of(&layout, "training_jobs");
+        memory.forget_sources(&layout, &[jobs]);
+        assert!(!memory.memo.lock().unwrap().contains_key("artifacts/jobs/j1.json"));
+        assert!(!memory.picture.lock().unwrap().contains_key("training_jobs"));
         memory.forget(&layout, None);
         assert!(memory.memo.lock().unwrap().is_empty());
         assert!(memory.picture.lock().unwrap().is_empty());

@@ -4,7 +4,7 @@
 //! not sources) and `try_send`s the hints; when the channel is full it sets
 //! the overflow flag, which makes the daemon rescan everything.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,8 +23,9 @@ pub const CHANNEL_CAPACITY: usize = 65_536;
 
 pub struct FsWatch {
     watcher: RecommendedWatcher,
-    /// Roots watched recursively.
-    roots: HashSet<PathBuf>,
+    /// Roots watched recursively, with the folder each one was when its watch
+    /// went in (device and inode): a watch follows the folder, not the name.
+    roots: HashMap<PathBuf, (u64, u64)>,
     /// Parents of the roots, watched to see a root appear or vanish.
     parents: HashSet<PathBuf>,
     tx: mpsc::Sender<Hint>,
@@ -60,13 +61,15 @@ impl FsWatch {
             }
         })
         .map_err(|e| Fatal::Source(format!("cannot start the file watcher: {e}")))?;
-        let mut w = FsWatch { watcher, roots: HashSet::new(), parents: HashSet::new(), tx, overflow };
+        let mut w = FsWatch { watcher, roots: HashMap::new(), parents: HashSet::new(), tx, overflow };
         w.ensure_watches(&tree);
         Ok(w)
     }
 
     /// Watch every root that exists (recursively) and each root's parent
     /// (to see roots appear and vanish). Safe to call again at any time.
+    /// A root that is now another folder than the one watched (replaced,
+    /// renamed over, a symlink swapped) is watched again.
     pub fn ensure_watches(&mut self, tree: &Tree) {
         for root in [&tree.roots.data, &tree.roots.artifacts] {
             if let Some(parent) = root.parent().filter(|p| p.is_dir()) {
@@ -79,24 +82,37 @@ impl FsWatch {
                     }
                 }
             }
-            let exists = root.is_dir();
-            if exists && !self.roots.contains(root) {
-                // A root that was removed and recreated needs a fresh watch.
+            let now = folder_id(root);
+            let exists = now.is_some();
+            let watched = self.roots.get(root.as_path()).copied();
+            if let (Some(id), true) = (now, watched != now) {
+                // A root that was removed and recreated, or replaced under its
+                // name, needs a fresh watch: the old one follows the old folder.
+                if watched.is_some() {
+                    tracing::warn!(folder = %root.display(), "Watched folder was replaced; watching the new one");
+                }
                 let _ = self.watcher.unwatch(root);
+                self.roots.remove(root.as_path());
                 match self.watcher.watch(root, RecursiveMode::Recursive) {
                     Ok(()) => {
                         tracing::info!(folder = %root.display(), "Watching");
-                        self.roots.insert(root.clone());
+                        self.roots.insert(root.clone(), id);
                     }
                     Err(e) => self.watch_failed(root, &e),
                 }
-            } else if !exists && self.roots.remove(root.as_path()) {
+            } else if !exists && self.roots.remove(root.as_path()).is_some() {
                 let _ = self.watcher.unwatch(root);
                 tracing::warn!(folder = %root.display(), "Watched folder is gone; waiting for it to come back");
             } else if !exists {
                 tracing::warn!(folder = %root.display(), "Folder does not exist yet; it will be picked up when it appears");
             }
         }
+    }
+
+    /// Whether a watched root is now another folder than the one its watch
+    /// follows (a cheap `stat` per root; nothing is logged or re-watched).
+    pub fn replaced(&self) -> bool {
+        self.roots.iter().any(|(root, id)| folder_id(root).is_some_and(|now| now != *id))
     }
 
     fn watch_failed(&self, path: &Path, e: &notify::Error) {
@@ -111,6 +127,13 @@ impl FsWatch {
             self.overflow.store(true, Ordering::Release);
         }
     }
+}
+
+/// The device and inode of a folder (following symlinks), `None` if it is not one.
+fn folder_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok().filter(std::fs::Metadata::is_dir)?;
+    Some((m.dev(), m.ino()))
 }
 
 /// What an event may have changed. No I/O except for paths that could be a

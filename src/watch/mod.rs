@@ -226,7 +226,14 @@ impl Daemon {
                     self.schedule.request_full("periodic rescan");
                     next_rescan = Instant::now() + self.opts.rescan_interval;
                 }
-                _ = tick.tick() => self.tick(lifecycle),
+                _ = tick.tick() => {
+                    self.tick(lifecycle);
+                    // A folder replaced under its name (a rename over it, a symlink
+                    // swap) may give no event on the name: look once a second.
+                    if source.replaced() {
+                        self.schedule.request_full("a watched folder was replaced");
+                    }
+                }
             }
             if overflow.swap(false, Ordering::AcqRel) {
                 self.schedule.request_full("file events were lost (event queue overflow)");
@@ -314,8 +321,11 @@ impl Daemon {
                 // is no longer to be trusted.
                 let batch = batch.unwrap_or(Batch::Full { why: String::new(), covered: Vec::new() });
                 let failed: Vec<SourceFile> = batch.covered().iter().map(|(f, _)| f.clone()).collect();
-                let full = matches!(batch, Batch::Full { .. });
-                self.memory.forget(&self.engine.layout, if full { None } else { Some(&failed) });
+                match &batch {
+                    Batch::Full { .. } => self.memory.forget(&self.engine.layout, None),
+                    Batch::Sources(specs) => self.memory.forget_sources(&self.engine.layout, specs),
+                    Batch::Files { .. } => self.memory.forget(&self.engine.layout, Some(&failed)),
+                }
                 let wait = self.schedule.failed(&batch, now);
                 tracing::error!(error = %e, retry_in_s = wait.as_secs(), "Reconcile failed; will retry");
             }
@@ -480,10 +490,16 @@ impl ChangeSource {
         }
     }
 
-    /// Re-establish watches (a watched folder may have been removed and recreated).
+    /// Re-establish watches (a watched folder may have been removed and
+    /// recreated, or replaced under its name).
     fn refresh(&mut self, tree: &Tree) {
         if let ChangeSource::Events(w) = self {
             w.ensure_watches(tree);
         }
+    }
+
+    /// Whether a watched folder was replaced under its name since its watch went in.
+    fn replaced(&self) -> bool {
+        matches!(self, ChangeSource::Events(w) if w.replaced())
     }
 }

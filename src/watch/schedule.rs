@@ -161,11 +161,21 @@ impl Schedule {
         if ready.is_empty() {
             return None;
         }
-        let mut files: Vec<(SourceFile, u32)> =
-            ready.into_iter().filter_map(|f| self.pending.remove(&f).map(|p| (f, p.attempts))).collect();
+        // A batch either reports the files that do not parse (their last
+        // read) or defers them (earlier reads), so the two kinds never share
+        // one: the others are due too and go in the next batch.
+        let retries = self.timing.parse_retries;
+        let reporting = ready.iter().any(|f| self.pending.get(f).is_some_and(|p| p.attempts >= retries));
+        let mut files: Vec<(SourceFile, u32)> = Vec::new();
+        for f in ready {
+            if self.pending.get(&f).is_some_and(|p| (p.attempts >= retries) == reporting) {
+                if let Some(p) = self.pending.remove(&f) {
+                    files.push((f, p.attempts));
+                }
+            }
+        }
         files.sort();
-        let last_try = files.iter().all(|(_, a)| *a >= self.timing.parse_retries);
-        Some(Batch::Files { files, defer_bad_files: !last_try })
+        Some(Batch::Files { files, defer_bad_files: !reporting })
     }
 
     /// A batch finished: files that did not parse are read again after
@@ -198,8 +208,10 @@ impl Schedule {
                 done: false,
             });
         }
-        if matches!(batch, Batch::Full { .. }) {
-            self.request_full("retry after a failure");
+        match batch {
+            Batch::Full { .. } => self.request_full("retry after a failure"),
+            Batch::Sources(specs) => self.sources.extend(specs.iter().copied()),
+            Batch::Files { .. } => {}
         }
         self.retry_after = Some(now + wait);
         wait
@@ -277,6 +289,42 @@ mod tests {
         let full = Batch::Full { why: "x".into(), covered: Vec::new() };
         assert_eq!(s.failed(&full, t0), Duration::from_secs(4), "the back-off doubles");
         assert!(s.full_requested(), "a failed full rescan is asked for again");
+    }
+
+    #[test]
+    fn a_failed_folder_rescan_is_retried() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(timing());
+        s.hint(Hint::Source(2), t0);
+        let b = s.next_batch(t0).expect("a source rescan");
+        assert_eq!(b, Batch::Sources(vec![2]));
+        s.failed(&b, t0);
+        assert_eq!(
+            s.next_batch(t0 + 2000 * MS),
+            Some(Batch::Sources(vec![2])),
+            "the sources come back after the back-off"
+        );
+    }
+
+    #[test]
+    fn a_file_on_its_last_read_is_reported_even_beside_a_fresh_one() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(timing());
+        s.hint(Hint::File(file("half.json")), t0);
+        let mut now = t0 + 100 * MS;
+        for _ in 0..3 {
+            let Some(Batch::Files { files, .. }) = s.next_batch(now) else { panic!("due") };
+            s.succeeded(&files, &[file("half.json")], now);
+            now += 100 * MS;
+        }
+        // The last read of the broken file falls due together with a fresh file.
+        s.hint(Hint::FileDone(file("fresh.json")), now);
+        let first = s.next_batch(now);
+        assert_eq!(first, Some(Batch::Files { files: vec![(file("half.json"), 3)], defer_bad_files: false }));
+        s.succeeded(first.as_ref().map(Batch::covered).unwrap_or_default(), &[file("half.json")], now);
+        let second = s.next_batch(now);
+        assert_eq!(second, Some(Batch::Files { files: vec![(file("fresh.json"), 0)], defer_bad_files: true }));
+        assert_eq!(s.pending_files(), 0, "the broken file was reported, not dropped or queued forever");
     }
 
     #[test]
