@@ -37,6 +37,9 @@ const TRANSIENT_CODES: &[i32] = &[
     13436, // NotPrimaryOrSecondary
 ];
 
+/// How a read step that got no answer in time is told apart (a transient error).
+const STALLED: &str = "no answer from MongoDB within";
+
 /// MongoDB's duplicate-key error.
 pub const DUPLICATE_KEY: i32 = 11000;
 
@@ -129,6 +132,9 @@ pub struct Sink {
 
 /// Whether an error is worth retrying.
 pub fn is_transient(e: &MongoError) -> bool {
+    if e.get_custom::<String>().is_some_and(|s| s.starts_with(STALLED)) {
+        return true;
+    }
     if e.contains_label("RetryableWriteError")
         || e.contains_label("RetryableError")
         || e.contains_label("TransientTransactionError")
@@ -222,8 +228,19 @@ impl Sink {
     }
 
     /// Run `op`, retrying transient errors with exponential back-off until the
-    /// retry budget is spent. Permanent errors return at once.
-    pub async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, SinkError>
+    /// retry budget is spent. Permanent errors return at once. One attempt
+    /// may take at most `--operation-timeout-secs`.
+    pub async fn retry<T, F, Fut>(&self, what: &str, op: F) -> Result<T, SinkError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, MongoError>>,
+    {
+        self.retry_with(what, true, op).await
+    }
+
+    /// [`Sink::retry`], with the attempt's time limit optional: a cursor read
+    /// times its own steps instead (see [`Sink::find_map`]).
+    async fn retry_with<T, F, Fut>(&self, what: &str, whole: bool, mut op: F) -> Result<T, SinkError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, MongoError>>,
@@ -235,8 +252,9 @@ impl Sink {
             if self.cancel.is_cancelled() {
                 return Err(SinkError::Cancelled);
             }
+            let attempt_limit = if whole { self.opts.op_timeout } else { Duration::MAX };
             let result = tokio::select! {
-                r = tokio::time::timeout(self.opts.op_timeout, op()) => r,
+                r = tokio::time::timeout(attempt_limit, op()) => r,
                 () = self.cancel.cancelled() => return Err(SinkError::Cancelled),
             };
             let result = match result {
@@ -325,7 +343,12 @@ impl Sink {
     {
         let c = self.collection(coll);
         let f = &f;
-        self.retry("read", || {
+        // Each step (the query, each batch of results) has its own time limit,
+        // not the whole read: a large collection may take longer than
+        // `--operation-timeout-secs` to list, and must still be readable.
+        let step = self.opts.op_timeout;
+        let stalled = move |_| MongoError::custom(format!("{STALLED} {step:?} while reading {coll}"));
+        self.retry_with("read", false, || {
             let c = c.clone();
             let filter = filter.clone();
             let projection = projection.clone();
@@ -334,9 +357,9 @@ impl Sink {
                 if let Some(p) = projection {
                     find = find.projection(p);
                 }
-                let mut cursor = find.await?;
+                let mut cursor = tokio::time::timeout(step, async move { find.await }).await.map_err(stalled)??;
                 let mut out = C::default();
-                while let Some(d) = cursor.try_next().await? {
+                while let Some(d) = tokio::time::timeout(step, cursor.try_next()).await.map_err(stalled)?? {
                     out.extend(f(d));
                 }
                 Ok(out)
