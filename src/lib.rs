@@ -11,11 +11,13 @@
 //! - [`watch`]: the daemon: file events (or polling) feed changed paths into the same core;
 //! - [`cli`], [`config`] and [`app`]: the command line, the config file and the commands; [`progress`]: sync's bar;
 //! - [`metrics`] and [`http`]: Prometheus counters and the health endpoints; [`state`]: `mirror_state`;
-//! - [`redact`]: keeping credentials out of logs; [`error`]: fatal errors and exit codes.
+//! - [`redact`]: keeping credentials out of logs; [`error`]: fatal errors and exit codes;
+//!   [`diagnose`]: why MongoDB could not be reached, in words a person can act on.
 
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod diagnose;
 pub mod error;
 pub mod http;
 pub mod layout;

@@ -135,6 +135,7 @@ pub struct Sink {
     opts: SinkOptions,
     scrub: Scrubber,
     cancel: CancellationToken,
+    monitor: crate::diagnose::Monitor,
 }
 
 /// Whether an error is worth retrying.
@@ -161,12 +162,14 @@ impl Sink {
     pub async fn connect(opts: SinkOptions, cancel: CancellationToken) -> Result<Sink, Fatal> {
         let scrub = Scrubber::for_uri(&opts.uri);
         let shown = redact_uri(&opts.uri);
-        let mut co = ClientOptions::parse(&opts.uri)
-            .await
-            .map_err(|e| Fatal::Config(format!("invalid MongoDB URI {shown}: {}", scrub.scrub(&e.to_string()))))?;
+        let mut co = ClientOptions::parse(&opts.uri).await.map_err(|e| crate::diagnose::bad_uri(&opts.uri, &e))?;
         co.app_name = Some(format!("docmirror/{}", env!("CARGO_PKG_VERSION")));
+        let monitor = crate::diagnose::Monitor::default();
+        co.sdam_event_handler = Some(monitor.handler());
         if co.server_selection_timeout.is_none() {
-            co.server_selection_timeout = Some(Duration::from_secs(5));
+            // One attempt never outlasts the retry budget (--mongodb-timeout).
+            let budget = opts.retry_budget.unwrap_or(Duration::MAX);
+            co.server_selection_timeout = Some(budget.clamp(Duration::from_secs(1), Duration::from_secs(5)));
         }
         if co.connect_timeout.is_none() {
             co.connect_timeout = Some(Duration::from_secs(5));
@@ -176,19 +179,29 @@ impl Sink {
             .clone()
             .or_else(|| co.default_database.clone())
             .unwrap_or_else(|| "ml_training_platform".to_string());
+        let hosts = co.hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        tracing::debug!(uri = %shown, "Connecting to MongoDB");
         let client = Client::with_options(co)
             .map_err(|e| Fatal::Config(format!("MongoDB client for {shown}: {}", scrub.scrub(&e.to_string()))))?;
         let db = client.database(&db_name);
-        let mut sink = Sink { client, db, mode: opts.write_mode, opts, scrub, cancel };
+        let mut sink = Sink { client, db, mode: opts.write_mode, opts, scrub, cancel, monitor };
+        let last_error = std::sync::Mutex::new(None);
         let hello = sink
             .retry("connect", || {
                 let db = sink.db.clone();
-                async move { db.run_command(doc! { "hello": 1 }).await }
+                let last_error = &last_error;
+                async move {
+                    let r = db.run_command(doc! { "hello": 1 }).await;
+                    if let (Err(e), Ok(mut last)) = (&r, last_error.lock()) {
+                        *last = Some(e.clone());
+                    }
+                    r
+                }
             })
             .await
-            .map_err(|e| match e {
-                SinkError::Cancelled => Fatal::Interrupted,
-                other => Fatal::Mongo(format!("{shown}: {other}")),
+            .map_err(|e| {
+                let last = last_error.lock().ok().and_then(|mut l| l.take());
+                crate::diagnose::connect_failed(e, last.as_ref(), &sink.monitor, &hosts, &sink.scrub)
             })?;
         let wire = hello.get("maxWireVersion").and_then(bson_i64).unwrap_or(0);
         sink.mode = match sink.opts.write_mode {
@@ -241,12 +254,17 @@ impl Sink {
         let start = Instant::now();
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1u32;
+        let mut last_error: Option<String> = None;
         loop {
             if self.cancel.is_cancelled() {
                 return Err(SinkError::Cancelled);
             }
+            // A retry never runs past the budget (the first attempt is the
+            // operation itself and gets the full operation timeout).
+            let remaining = self.opts.retry_budget.filter(|_| attempt > 1).map(|b| b.saturating_sub(start.elapsed()));
+            let limit = remaining.map_or(self.opts.op_timeout, |r| r.min(self.opts.op_timeout));
             let result = tokio::select! {
-                r = tokio::time::timeout(self.opts.op_timeout, op()) => r,
+                r = tokio::time::timeout(limit, op()) => r,
                 () = self.cancel.cancelled() => return Err(SinkError::Cancelled),
             };
             let result = match result {
@@ -258,10 +276,8 @@ impl Sink {
                     self.opts.metrics.set_mongodb_up(false);
                     self.opts.metrics.record_retry();
                     if self.opts.retry_budget.is_some_and(|b| waited >= b) {
-                        return Err(SinkError::Unavailable {
-                            waited,
-                            last: format!("no answer within {:?}", self.opts.op_timeout),
-                        });
+                        let last = last_error.take().unwrap_or_else(|| format!("no answer within {limit:?}"));
+                        return Err(SinkError::Unavailable { waited, last });
                     }
                     tracing::warn!(
                         operation = what,
@@ -289,7 +305,8 @@ impl Sink {
                 Err(e) if is_transient(&e) => {
                     self.opts.metrics.set_mongodb_up(false);
                     self.opts.metrics.record_retry();
-                    let msg = self.scrub(&e.to_string());
+                    tracing::debug!(operation = what, attempt, error = %self.scrub(&e.to_string()), "MongoDB error");
+                    let msg = self.scrub(&self.monitor.brief(&e));
                     let waited = start.elapsed();
                     if let Some(budget) = self.opts.retry_budget {
                         if waited >= budget {
@@ -297,8 +314,10 @@ impl Sink {
                         }
                     }
                     tracing::warn!(operation = what, attempt, retry_in_ms = delay.as_millis(), error = %msg, "MongoDB not available, retrying");
+                    last_error = Some(msg);
+                    let pause = self.opts.retry_budget.map_or(delay, |b| delay.min(b.saturating_sub(waited)));
                     tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
+                        () = tokio::time::sleep(pause) => {}
                         () = self.cancel.cancelled() => return Err(SinkError::Cancelled),
                     }
                     delay = (delay * 2).min(Duration::from_secs(10));

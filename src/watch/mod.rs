@@ -119,11 +119,11 @@ pub async fn run(
 
     let sink = tokio::select! {
         s = Sink::connect(sink_opts, hard_cancel.clone()) => s?,
-        () = cancel.cancelled() => return Ok(Summary::default()),
+        () = cancel.cancelled() => return Ok(stopped(Summary::default())),
     };
     tokio::select! {
         r = engine.indexes.apply(&sink) => r?,
-        () = cancel.cancelled() => return Ok(Summary::default()),
+        () = cancel.cancelled() => return Ok(stopped(Summary::default())),
     }
 
     let mut totals = Summary::default();
@@ -131,7 +131,7 @@ pub async fn run(
     let initial = RunOptions { dry_run: false, log_all_rejects: true, defer_bad_files: false, log_changes: false };
     let first = tokio::select! {
         r = reconcile(&engine, &sink, Scope::Full, initial, &hard_cancel) => r,
-        () = cancel.cancelled() => { hard_cancel.cancel(); return Ok(totals) }
+        () = cancel.cancelled() => { hard_cancel.cancel(); return Ok(stopped(totals)) }
     };
     match first {
         Ok(s) => {
@@ -336,6 +336,12 @@ pub async fn run(
     }
     log_summary("Stopped", &totals);
     Ok(totals)
+}
+
+/// The final summary line of a watch stopped before it got going.
+fn stopped(totals: Summary) -> Summary {
+    log_summary("Stopped", &totals);
+    totals
 }
 
 /// One log line with a summary's counters as fields.
