@@ -300,3 +300,33 @@ async fn a_watch_stopped_before_it_connected_logs_its_summary() {
     let log = w.stop().await;
     assert!(log.contains("Stopping"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_terminal_text_logs_are_coloured_unless_no_color_is_set() {
+    // `script` (util-linux) gives the binary a terminal for stderr.
+    let p = Platform::new();
+    let line = format!(
+        "{} --log-format text sync --data-dir {} --mongodb-uri mongodb://127.0.0.1:{}/x --mongodb-timeout 1",
+        env!("CARGO_BIN_EXE_docmirror"),
+        p.data().display(),
+        free_port()
+    );
+    let on_terminal = |no_color: Option<&str>| {
+        let mut cmd = tokio::process::Command::from({
+            let mut std = std::process::Command::new("script");
+            std.args(["-qec", &line, "/dev/null"]).env_remove("NO_COLOR").env_remove("RUST_LOG");
+            if let Some(v) = no_color {
+                std.env("NO_COLOR", v);
+            }
+            std
+        });
+        cmd.stdin(Stdio::null()).kill_on_drop(true);
+        cmd
+    };
+    let run = output(&mut on_terminal(None)).await;
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stdout.contains("\x1b["), "no colour on a terminal: {:?}", run.stdout);
+    let run = output(&mut on_terminal(Some("1"))).await;
+    assert_eq!(run.code, 4, "{run:?}");
+    assert!(run.stdout.contains("WARN") && !run.stdout.contains("\x1b["), "colour under NO_COLOR: {:?}", run.stdout);
+}
