@@ -295,7 +295,11 @@ async fn a_watch_stopped_before_it_connected_logs_its_summary() {
     let p = Platform::new();
     let uri = format!("mongodb://127.0.0.1:{}/x?serverSelectionTimeoutMS=200", free_port());
     let w = WatchProc::spawn(&uri, &p, &[]);
-    eventually(30, "a retry line", || async { w.log_text().contains("MongoDB not available") }).await;
+    // Each retry says why, in a few words (the driver's topology dump is debug detail).
+    eventually(30, "a retry line with its cause", || async {
+        w.log_text().lines().any(|l| l.contains("MongoDB not available") && l.contains("error=connection refused"))
+    })
+    .await;
     // stop() checks for the exit code 0 and the "Stopped" line.
     let log = w.stop().await;
     assert!(log.contains("Stopping"), "{log}");
