@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{check_roots, Cli, Command, OutputFormat, StatusArgs, SyncArgs, VerifyArgs, WatchArgs};
+use crate::cli::{Cli, Command, OutputFormat, StatusArgs, SyncArgs, VerifyArgs, WatchArgs};
 use crate::error::{exit, Fatal};
 use crate::reconcile::{reconcile, Core, RunOptions, Scope};
 use crate::sink::Sink;
@@ -16,6 +16,7 @@ use crate::verify::{render_text, verify};
 /// Run a parsed command until it finishes or `cancel` fires; returns the exit code.
 pub async fn run(cli: Cli, cancel: CancellationToken) -> u8 {
     let show_progress = !cli.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let json = cli.log_format.is_json();
     let result = match cli.command {
         Command::Sync(args) => sync(args, show_progress, cancel).await,
         Command::Verify(args) => verify_cmd(args, cancel).await,
@@ -39,10 +40,23 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> u8 {
     match result {
         Ok(code) => code,
         Err(fatal) => {
-            tracing::error!(exit_code = fatal.exit_code(), "{fatal}");
-            eprintln!("docmirror: {fatal}");
+            report(&fatal, json);
             fatal.exit_code()
         }
+    }
+}
+
+/// Print a fatal error once: as a `docmirror: ...` line for people, or as
+/// one JSON log line when the logs are JSON. What the driver said, if
+/// anything, follows at debug level (`-v`).
+fn report(fatal: &Fatal, json: bool) {
+    if json {
+        tracing::error!(exit_code = fatal.exit_code(), "{fatal}");
+    } else {
+        eprintln!("docmirror: {fatal}");
+    }
+    if let Some(detail) = fatal.detail() {
+        tracing::debug!("Caused by: {detail}");
     }
 }
 
@@ -50,7 +64,7 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
     let started = Instant::now();
     let mut settings = args.common.settings(false)?;
     args.write.apply(&mut settings.engine)?;
-    check_roots(&settings.engine.roots)?;
+    args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
     let sink = Sink::connect(settings.sink, cancel.clone()).await?;
     if !args.dry_run {
@@ -95,7 +109,7 @@ pub fn summary_line(s: &Summary, dry_run: bool, started: Instant) -> String {
 
 async fn verify_cmd(args: VerifyArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
     let settings = args.common.settings(false)?;
-    check_roots(&settings.engine.roots)?;
+    args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
     let sink = Sink::connect(settings.sink, cancel.clone()).await?;
     let report = tokio::select! {
@@ -115,8 +129,8 @@ async fn verify_cmd(args: VerifyArgs, cancel: CancellationToken) -> Result<u8, F
 async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
     let mut common = args.common.clone();
     // Events carry absolute paths; so must the roots they are matched against.
-    common.data_dir = std::path::absolute(&common.data_dir).map_err(|e| Fatal::Source(e.to_string()))?;
-    common.artifacts_dir = std::path::absolute(&common.artifacts_dir).map_err(|e| Fatal::Source(e.to_string()))?;
+    common.data_dir = Some(std::path::absolute(common.data_dir()).map_err(|e| Fatal::Source(e.to_string()))?);
+    common.artifacts_dir = Some(std::path::absolute(common.artifacts_dir()).map_err(|e| Fatal::Source(e.to_string()))?);
     let mut settings = common.settings(true)?;
     args.write.apply(&mut settings.engine)?;
     let engine = Arc::new(settings.engine);
@@ -131,8 +145,8 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
 }
 
 async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
-    let settings = args.common.settings(false)?;
-    let sink = Sink::connect(settings.sink, cancel).await?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel).await?;
     let database = sink.database().name().to_string();
     let Some(state) = crate::state::read(&sink).await? else {
         eprintln!("docmirror: no mirror_state in database {database}: docmirror has not run against it yet");

@@ -47,6 +47,18 @@ pub enum LogFormat {
     Json,
 }
 
+impl LogFormat {
+    /// Whether log lines (and the fatal error) are JSON: `auto` means JSON
+    /// unless stderr is a terminal.
+    pub fn is_json(self) -> bool {
+        match self {
+            LogFormat::Json => true,
+            LogFormat::Text => false,
+            LogFormat::Auto => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mirror every record into MongoDB once, then exit.
@@ -66,30 +78,25 @@ pub enum Command {
     Man,
 }
 
+/// The built-in source folders, used when none is named.
+pub const DEFAULT_DATA_DIR: &str = "./data";
+pub const DEFAULT_ARTIFACTS_DIR: &str = "./artifacts";
+
 /// Where the files are, where MongoDB is, and how to write.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// The platform's data folder (users.json, datasets/metadata.json).
-    #[arg(long, env = "DOCMIRROR_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
+    /// The platform's data folder (users.json, datasets/metadata.json) [default: ./data].
+    /// A folder named here (or by the environment or the config file) must exist for sync and verify.
+    #[arg(long, env = "DOCMIRROR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
 
-    /// The platform's artifacts folder (jobs/*.json).
-    #[arg(long, env = "DOCMIRROR_ARTIFACTS_DIR", default_value = "./artifacts")]
-    pub artifacts_dir: PathBuf,
+    /// The platform's artifacts folder (jobs/*.json) [default: ./artifacts].
+    /// A folder named here (or by the environment or the config file) must exist for sync and verify.
+    #[arg(long, env = "DOCMIRROR_ARTIFACTS_DIR")]
+    pub artifacts_dir: Option<PathBuf>,
 
-    /// MongoDB connection string; the database is its path unless --database is given
-    /// [default: mongodb://localhost:27017/ml_training_platform].
-    #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
-    pub mongodb_uri: Option<String>,
-
-    /// Read the connection string from a file (keeps the password out of the
-    /// environment). systemd's LoadCredential=mongodb-uri:... is read without this flag.
-    #[arg(long, env = "DOCMIRROR_MONGODB_URI_FILE", conflicts_with = "mongodb_uri")]
-    pub mongodb_uri_file: Option<PathBuf>,
-
-    /// Database name (overrides the URI's path).
-    #[arg(long, env = "DOCMIRROR_DATABASE")]
-    pub database: Option<String>,
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 
     /// A layout file describing sources and mappings (default: the platform's, built in).
     #[arg(long, env = "DOCMIRROR_LAYOUT")]
@@ -111,18 +118,36 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: u32,
 
-    /// Seconds to keep retrying an unreachable MongoDB before giving up (sync, verify;
-    /// watch never gives up).
+    /// Files larger than this are rejected unread.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub max_file_bytes: u64,
+}
+
+/// Where MongoDB is and how long to wait for it: all that `status` needs.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionArgs {
+    /// MongoDB connection string; the database is its path unless --database is given
+    /// [default: mongodb://localhost:27017/ml_training_platform].
+    #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
+    pub mongodb_uri: Option<String>,
+
+    /// Read the connection string from a file (keeps the password out of the
+    /// environment). systemd's LoadCredential=mongodb-uri:... is read without this flag.
+    #[arg(long, env = "DOCMIRROR_MONGODB_URI_FILE", conflicts_with = "mongodb_uri")]
+    pub mongodb_uri_file: Option<PathBuf>,
+
+    /// Database name (overrides the URI's path).
+    #[arg(long, env = "DOCMIRROR_DATABASE")]
+    pub database: Option<String>,
+
+    /// Seconds to keep retrying an unreachable MongoDB before giving up (sync, verify,
+    /// status; watch never gives up).
     #[arg(long, default_value_t = 30)]
     pub mongodb_timeout: u64,
 
     /// Longest wait for one MongoDB operation before it is retried (a frozen server).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub operation_timeout_secs: u64,
-
-    /// Files larger than this are rejected unread.
-    #[arg(long, default_value_t = 1 << 30)]
-    pub max_file_bytes: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -219,7 +244,7 @@ impl WatchArgs {
 #[derive(Debug, Clone, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub connection: ConnectionArgs,
 
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
@@ -249,6 +274,16 @@ pub struct Settings {
 }
 
 impl CommonArgs {
+    /// The data folder, named or the default.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+    }
+
+    /// The artifacts folder, named or the default.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.artifacts_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ARTIFACTS_DIR))
+    }
+
     /// Load the layout and indexes and check the folders.
     pub fn settings(&self, retry_forever: bool) -> Result<Settings, Fatal> {
         let layout = match &self.layout {
@@ -259,25 +294,76 @@ impl CommonArgs {
             Some(d) => IndexSet::from_dir(d)?,
             None => IndexSet::builtin(),
         };
-        let roots = Roots { data: self.data_dir.clone(), artifacts: self.artifacts_dir.clone() };
+        let roots = Roots { data: self.data_dir(), artifacts: self.artifacts_dir() };
         let mut engine = Engine::new(layout, roots, indexes);
         engine.limits = ReadLimits { max_file_bytes: self.max_file_bytes };
-        let metrics = engine.metrics.clone();
-        let sink = SinkOptions {
-            uri: self.resolve_uri()?,
-            database: self.database.clone(),
-            write_mode: self.write_mode,
-            batch_size: usize::try_from(self.batch_size).unwrap_or(1000),
-            concurrency: usize::try_from(self.concurrency).unwrap_or(4),
-            retry_budget: (!retry_forever).then(|| Duration::from_secs(self.mongodb_timeout)),
-            op_timeout: Duration::from_secs(self.operation_timeout_secs),
-            metrics,
-        };
+        let mut sink = self.connection.sink_options(retry_forever, engine.metrics.clone())?;
+        sink.write_mode = self.write_mode;
+        sink.batch_size = usize::try_from(self.batch_size).unwrap_or(1000);
+        sink.concurrency = usize::try_from(self.concurrency).unwrap_or(4);
         Ok(Settings { engine, sink })
+    }
+
+    /// For the one-shot commands (sync, verify): a folder that was named (by a
+    /// flag, the environment or the config file) must exist, because a typo
+    /// would otherwise read as an empty platform. A default folder that is
+    /// missing is read as empty, but not both: two missing folders mean a
+    /// wrong working directory, not an empty platform.
+    pub fn check_roots(&self) -> Result<(), Fatal> {
+        let folders = [
+            ("--data-dir", "DOCMIRROR_DATA_DIR", "data-dir", self.data_dir.as_ref(), self.data_dir()),
+            (
+                "--artifacts-dir",
+                "DOCMIRROR_ARTIFACTS_DIR",
+                "artifacts-dir",
+                self.artifacts_dir.as_ref(),
+                self.artifacts_dir(),
+            ),
+        ];
+        for (flag, env, key, named, path) in &folders {
+            if named.is_some() && !path.is_dir() {
+                let what = if path.exists() { "is not a folder" } else { "does not exist" };
+                return Err(Fatal::Source(format!(
+                    "{flag} {} {what}: check {flag} (or {env}, or {key} in the config file)",
+                    path.display()
+                )));
+            }
+        }
+        let missing: Vec<_> = folders.iter().filter(|f| !f.4.is_dir()).collect();
+        if missing.len() == 2 {
+            return Err(Fatal::Source(format!(
+                "neither {} nor {} is a folder; set --data-dir/--artifacts-dir (or DOCMIRROR_DATA_DIR/DOCMIRROR_ARTIFACTS_DIR)",
+                folders[0].4.display(),
+                folders[1].4.display()
+            )));
+        }
+        for (flag, _, _, _, p) in missing {
+            tracing::warn!(folder = %p.display(), "{flag} folder does not exist; reading it as empty");
+        }
+        Ok(())
     }
 }
 
-impl CommonArgs {
+impl ConnectionArgs {
+    /// How to reach MongoDB; the write settings are the defaults (the
+    /// commands that write set their own).
+    pub fn sink_options(
+        &self,
+        retry_forever: bool,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<SinkOptions, Fatal> {
+        Ok(SinkOptions {
+            uri: self.resolve_uri()?,
+            database: self.database.clone(),
+            write_mode: WriteMode::Auto,
+            batch_size: 1000,
+            concurrency: 4,
+            retry_budget: (!retry_forever).then(|| Duration::from_secs(self.mongodb_timeout)),
+            op_timeout: Duration::from_secs(self.operation_timeout_secs),
+            metrics,
+        })
+    }
+
     /// The URI from, in order: --mongodb-uri / MONGODB_URI, --mongodb-uri-file,
     /// the systemd credential `mongodb-uri`, the guide's default.
     fn resolve_uri(&self) -> Result<String, Fatal> {
@@ -318,26 +404,6 @@ impl WriteArgs {
     }
 }
 
-/// A one-shot command needs at least one of its folders: two missing folders
-/// mean a wrong path, not an empty platform.
-pub fn check_roots(roots: &Roots) -> Result<(), Fatal> {
-    let missing: Vec<_> = [("--data-dir", &roots.data), ("--artifacts-dir", &roots.artifacts)]
-        .into_iter()
-        .filter(|(_, p)| !p.is_dir())
-        .collect();
-    if missing.len() == 2 {
-        return Err(Fatal::Source(format!(
-            "neither {} nor {} is a folder; set --data-dir/--artifacts-dir (or DOCMIRROR_DATA_DIR/DOCMIRROR_ARTIFACTS_DIR)",
-            roots.data.display(),
-            roots.artifacts.display()
-        )));
-    }
-    for (flag, p) in missing {
-        tracing::warn!(folder = %p.display(), "{flag} folder does not exist; reading it as empty");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,8 +418,9 @@ mod tests {
     fn defaults_follow_the_guide() {
         let cli = Cli::try_parse_from(["docmirror", "sync"]).unwrap();
         let Command::Sync(s) = cli.command else { panic!() };
-        assert_eq!(s.common.data_dir, PathBuf::from("./data"));
-        assert_eq!(s.common.artifacts_dir, PathBuf::from("./artifacts"));
+        assert_eq!(s.common.data_dir(), PathBuf::from("./data"));
+        assert_eq!(s.common.artifacts_dir(), PathBuf::from("./artifacts"));
+        assert_eq!(s.common.data_dir, None, "the default is not a named folder");
         assert!(!s.dry_run);
         assert_eq!(s.write.on_delete, OnDelete::Archive);
     }

@@ -23,8 +23,57 @@ pub fn parse_cli(args: Vec<OsString>) -> Result<Cli, clap::Error> {
         let values = load(&path).map_err(|e| cmd.error(clap::error::ErrorKind::InvalidValue, e))?;
         cmd = apply(cmd, &values).map_err(|e| Cli::command().error(clap::error::ErrorKind::InvalidValue, e))?;
     }
+    let args = hoist(&cmd, args);
     let matches = cmd.try_get_matches_from(args)?;
     Cli::from_arg_matches(&matches)
+}
+
+/// A command's own flags may come before its name (`docmirror --data-dir d
+/// sync`): they are moved after the name before clap parses the line, so
+/// both placements mean the same, with the same precedence (flag,
+/// environment, file, default). Flags the command does not take are refused
+/// by clap as usual; the program-wide ones (`--log-format`, `-q`, `-v`,
+/// `--config`) stay where they are.
+fn hoist(cmd: &Command, args: Vec<OsString>) -> Vec<OsString> {
+    let mut cmd = cmd.clone();
+    cmd.build();
+    let takes_value = |c: &Command, long: &str| {
+        c.get_arguments().find(|a| a.get_long() == Some(long)).map(|a| a.get_action().takes_values())
+    };
+    let mut kept: Vec<OsString> = args.iter().take(1).cloned().collect();
+    let mut moved = Vec::new();
+    let mut i = 1;
+    while let Some(word) = args.get(i).and_then(|a| a.to_str()) {
+        if word == "--" {
+            break;
+        }
+        if let Some(long) = word.strip_prefix("--") {
+            let (name, inline_value) = long.split_once('=').map_or((long, false), |(n, _)| (n, true));
+            let (global, own) = match takes_value(&cmd, name) {
+                Some(v) => (true, v),
+                None => (false, cmd.get_subcommands().find_map(|s| takes_value(s, name)).unwrap_or(false)),
+            };
+            let end = (i + if own && !inline_value { 2 } else { 1 }).min(args.len());
+            let known_elsewhere = !global && cmd.get_subcommands().any(|s| takes_value(s, name).is_some());
+            if known_elsewhere { &mut moved } else { &mut kept }.extend_from_slice(&args[i..end]);
+            i = end;
+            continue;
+        }
+        if word.starts_with('-') {
+            // Short flags are all program-wide (-q, -v, -h, -V).
+            kept.push(args[i].clone());
+            i += 1;
+            continue;
+        }
+        if cmd.find_subcommand(word).is_none() {
+            break;
+        }
+        kept.push(args[i].clone());
+        kept.extend(moved);
+        kept.extend_from_slice(&args[i + 1..]);
+        return kept;
+    }
+    args
 }
 
 /// `--config FILE` / `--config=FILE` anywhere on the line, else `DOCMIRROR_CONFIG`.
@@ -136,14 +185,14 @@ mod tests {
         let cfg = "data-dir = \"/srv/d\"\nbatch_size = 50\nlog-format = \"json\"\n[watch]\ndebounce-ms = 250\nallow-mass-delete = true\n";
         let cli = parse_with(cfg, &["docmirror", "watch"]).unwrap();
         let C::Watch(w) = &cli.command else { panic!() };
-        assert_eq!(w.common.data_dir, PathBuf::from("/srv/d"));
+        assert_eq!(w.common.data_dir, Some(PathBuf::from("/srv/d")));
         assert_eq!(w.common.batch_size, 50);
         assert_eq!(w.debounce_ms, 250);
         assert!(w.write.allow_mass_delete);
         assert_eq!(cli.log_format, crate::cli::LogFormat::Json);
         let cli = parse_with(cfg, &["docmirror", "watch", "--data-dir", "/other", "--debounce-ms", "5"]).unwrap();
         let C::Watch(w) = &cli.command else { panic!() };
-        assert_eq!(w.common.data_dir, PathBuf::from("/other"));
+        assert_eq!(w.common.data_dir, Some(PathBuf::from("/other")));
         assert_eq!(w.debounce_ms, 5);
         // [watch] keys do not leak into sync.
         let cli = parse_with(cfg, &["docmirror", "sync"]).unwrap();
@@ -157,6 +206,49 @@ mod tests {
         assert!(parse_with("[sync]\ndebounce-ms = 1", &["docmirror", "sync"]).unwrap_err().contains("debounce-ms"));
         assert!(parse_with("[daemon]\nx = 1", &["docmirror", "sync"]).unwrap_err().contains("daemon"));
         assert!(parse_with("data-dir = [1]", &["docmirror", "sync"]).is_err());
+    }
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn a_commands_flags_may_come_before_its_name() {
+        let cmd = Cli::command();
+        assert_eq!(
+            hoist(
+                &cmd,
+                os(&["docmirror", "-v", "--data-dir", "d", "--batch-size=5", "--log-format", "json", "sync", "x"])
+            ),
+            os(&["docmirror", "-v", "--log-format", "json", "sync", "--data-dir", "d", "--batch-size=5", "x"])
+        );
+        // A value that looks like a command name is still a value.
+        assert_eq!(
+            hoist(&cmd, os(&["docmirror", "--data-dir", "sync", "sync"])),
+            os(&["docmirror", "sync", "--data-dir", "sync"])
+        );
+        // No command, or an unknown flag: left for clap to explain.
+        assert_eq!(hoist(&cmd, os(&["docmirror", "--data-dir", "d"])), os(&["docmirror", "--data-dir", "d"]));
+        assert_eq!(hoist(&cmd, os(&["docmirror", "--colour", "sync"])), os(&["docmirror", "--colour", "sync"]));
+
+        // Both placements parse the same; a flag still beats the config file.
+        let values = parse("data-dir = \"/from-file\"\nbatch-size = 7\n").unwrap();
+        let cmd = apply(Cli::command(), &values).unwrap();
+        let parsed = |args: &[&str]| {
+            let m = cmd.clone().try_get_matches_from(hoist(&cmd, os(args))).map_err(|e| e.to_string())?;
+            Cli::from_arg_matches(&m).map_err(|e| e.to_string())
+        };
+        for args in
+            [&["docmirror", "--data-dir", "/flag", "sync"][..], &["docmirror", "sync", "--data-dir", "/flag"][..]]
+        {
+            let C::Sync(s) = parsed(args).unwrap().command else { panic!() };
+            assert_eq!(s.common.data_dir, Some(PathBuf::from("/flag")), "{args:?}");
+            assert_eq!(s.common.batch_size, 7, "{args:?}");
+        }
+        // status takes no source or write flags, on either side.
+        assert!(parsed(&["docmirror", "--batch-size", "5", "status"]).unwrap_err().contains("--batch-size"));
+        assert!(parsed(&["docmirror", "status", "--data-dir", "d"]).unwrap_err().contains("--data-dir"));
+        assert!(parsed(&["docmirror", "--database", "x", "status"]).is_ok());
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub enum Fatal {
     Source(String),
     #[error("MongoDB: {0}")]
     Mongo(String),
+    /// MongoDB could not be reached or refused to log in: one line a person
+    /// can act on, and what the driver said (shown at `-v`).
+    #[error("{message}")]
+    Connect { message: String, detail: String },
     #[error("index: {0}")]
     Index(String),
     #[error("interrupted before finishing")]
@@ -40,9 +44,17 @@ impl Fatal {
         match self {
             Fatal::Config(_) => exit::USAGE,
             Fatal::Source(_) => exit::SOURCE,
-            Fatal::Mongo(_) => exit::MONGODB,
+            Fatal::Mongo(_) | Fatal::Connect { .. } => exit::MONGODB,
             Fatal::Index(_) => exit::INDEX,
             Fatal::Interrupted => exit::INTERRUPTED,
+        }
+    }
+
+    /// The underlying error's own words, when they are worth showing at `-v`.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Fatal::Connect { detail, .. } => Some(detail),
+            _ => None,
         }
     }
 }

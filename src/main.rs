@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use docmirror::cli::{Cli, LogFormat};
+use docmirror::cli::Cli;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -50,15 +50,12 @@ fn init_logging(cli: &Cli) {
         (false, _) => "debug,docmirror=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let json = match cli.log_format {
-        LogFormat::Json => true,
-        LogFormat::Text => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
-    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
+    if cli.log_format.is_json() {
         builder.json().flatten_event(true).with_current_span(false).init();
     } else {
-        builder.with_target(false).init();
+        // Colour only on a terminal, and never under NO_COLOR (https://no-color.org).
+        let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        builder.with_target(false).with_ansi(colour).init();
     }
 }

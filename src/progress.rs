@@ -19,18 +19,27 @@ pub struct Bar {
 impl Bar {
     pub fn start(metrics: Arc<Metrics>) -> Bar {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr_with_hz(10));
-        let style =
+        let writing =
             ProgressStyle::with_template("{spinner} {msg:<28} [{bar:30}] {pos}/{len} writes ({per_sec}, {eta})")
                 .map(|s| s.progress_chars("=> "))
                 .unwrap_or_else(|_| ProgressStyle::default_bar());
-        bar.set_style(style);
+        // Before anything is planned there is no total to show a bar against.
+        let reading =
+            ProgressStyle::with_template("{spinner} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner());
+        bar.set_style(reading.clone());
         let b = bar.clone();
         let task = tokio::spawn(async move {
+            let mut has_total = false;
             loop {
-                b.set_length(metrics.ops_planned.load(Ordering::Relaxed));
+                let planned = metrics.ops_planned.load(Ordering::Relaxed);
+                if (planned > 0) != has_total {
+                    has_total = planned > 0;
+                    b.set_style(if has_total { writing.clone() } else { reading.clone() });
+                }
+                b.set_length(planned);
                 b.set_position(metrics.ops_done.load(Ordering::Relaxed));
                 let phase = metrics.phase.lock().map(|p| p.clone()).unwrap_or_default();
-                b.set_message(format!("{phase} ({} read)", metrics.records_scanned.load(Ordering::Relaxed)));
+                b.set_message(message(&phase, metrics.records_scanned.load(Ordering::Relaxed)));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -38,9 +47,31 @@ impl Bar {
     }
 }
 
+/// The text beside the bar: the phase, and the records read once any are
+/// counted (they are counted per source, when it is done).
+fn message(phase: &str, read: u64) -> String {
+    let phase = if phase.is_empty() { "starting" } else { phase };
+    match read {
+        0 => phase.to_string(),
+        n => format!("{phase} ({n} read)"),
+    }
+}
+
 impl Drop for Bar {
     fn drop(&mut self) {
         self.task.abort();
         self.bar.finish_and_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_not_known_yet_are_not_shown() {
+        assert_eq!(message("", 0), "starting");
+        assert_eq!(message("users: reading", 0), "users: reading");
+        assert_eq!(message("training_jobs: writing", 10), "training_jobs: writing (10 read)");
     }
 }

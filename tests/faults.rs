@@ -136,6 +136,7 @@ async fn assert_exact(uri: &str, p: &Platform) {
     assert_eq!(run.code, 0, "MongoDB does not hold exactly what the files hold:\n{}\n{}", run.stdout, run.stderr);
 }
 
+/// Stops (or freezes) and restarts a SecantusDB of its own (`OwnServer`), whatever MONGODB_URI says.
 #[tokio::test(flavor = "multi_thread")]
 async fn watch_waits_for_a_server_that_is_down_at_start() {
     let port = free_port();
@@ -155,6 +156,7 @@ async fn watch_waits_for_a_server_that_is_down_at_start() {
     assert_exact(&uri, &p).await;
 }
 
+/// Stops (or freezes) and restarts a SecantusDB of its own (`OwnServer`), whatever MONGODB_URI says.
 #[tokio::test(flavor = "multi_thread")]
 async fn server_killed_in_the_middle_of_a_sync_then_rerun_is_exact() {
     let mut server = OwnServer::start();
@@ -189,6 +191,7 @@ async fn server_killed_in_the_middle_of_a_sync_then_rerun_is_exact() {
     assert_exact(&uri, &p).await;
 }
 
+/// Stops (or freezes) and restarts a SecantusDB of its own (`OwnServer`), whatever MONGODB_URI says.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_frozen_server_during_watch_times_out_retries_and_converges() {
     let server = OwnServer::start();

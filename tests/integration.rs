@@ -8,6 +8,7 @@
 mod support;
 
 mod faults;
+mod first_hour;
 mod service;
 mod sync;
 mod verify;

@@ -57,8 +57,13 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The SecantusDB executable: $SECANTUSD, else the one `scripts/install-test-server.sh` installs.
+fn secantusd() -> PathBuf {
+    std::env::var("SECANTUSD").map(PathBuf::from).unwrap_or_else(|_| repo().join(".venv/bin/secantusd-py"))
+}
+
 fn start_secantus() -> Result<String, String> {
-    let exe = std::env::var("SECANTUSD").map(PathBuf::from).unwrap_or_else(|_| repo().join(".venv/bin/secantusd-py"));
+    let exe = secantusd();
     if !exe.exists() {
         return Err(format!("{HOW_TO_GET_A_SERVER} (looked for {})", exe.display()));
     }
@@ -89,6 +94,18 @@ fn start_secantus() -> Result<String, String> {
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+/// The test server's `maxWireVersion` (25 is MongoDB 8.0): expectations that
+/// depend on the server's version follow it.
+pub async fn server_wire_version() -> i64 {
+    let client = Client::with_uri_str(server_uri()).await.unwrap();
+    let hello = client.database("admin").run_command(doc! {"hello": 1}).await.unwrap();
+    match hello.get("maxWireVersion") {
+        Some(bson::Bson::Int32(v)) => i64::from(*v),
+        Some(bson::Bson::Int64(v)) => *v,
+        other => panic!("hello without a maxWireVersion: {other:?}"),
+    }
 }
 
 /// A database of its own for one test, dropped first.
@@ -454,7 +471,9 @@ pub fn write_by_rename(path: &Path, bytes: &[u8]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A SecantusDB server of a test's own, on disk so it can be stopped and restarted.
+/// A SecantusDB server of a test's own, on disk so it can be stopped and
+/// restarted. Tests that kill, freeze or restart a server use one whatever
+/// MONGODB_URI says: they must not stop a server the suite shares.
 pub struct OwnServer {
     pub port: u16,
     pub dir: tempfile::TempDir,
@@ -467,8 +486,13 @@ impl OwnServer {
     }
 
     pub fn on_port(port: u16) -> OwnServer {
+        OwnServer::start_with(port, &[])
+    }
+
+    /// Start one with extra server flags (e.g. `--sync-on-commit`).
+    pub fn start_with(port: u16, extra: &[&str]) -> OwnServer {
         let mut s = OwnServer { port, dir: tempfile::tempdir().unwrap(), child: None };
-        s.restart();
+        s.restart_with(extra);
         s
     }
 
@@ -477,11 +501,22 @@ impl OwnServer {
     }
 
     pub fn restart(&mut self) {
-        let exe = repo().join(".venv/bin/secantusd-py");
-        assert!(exe.exists(), "{HOW_TO_GET_A_SERVER}");
+        self.restart_with(&[]);
+    }
+
+    /// Start it again with extra server flags (e.g. `--auth`).
+    pub fn restart_with(&mut self, extra: &[&str]) {
+        let exe = secantusd();
+        assert!(
+            exe.exists(),
+            "this test stops and restarts a server of its own, so it needs SecantusDB even when MONGODB_URI is set: \
+             run `scripts/install-test-server.sh` (`scripts/test.sh` does it for you); looked for {}",
+            exe.display()
+        );
         let child = Command::new(&exe)
             .args(["--port", &self.port.to_string(), "--storage-path"])
             .arg(self.dir.path().join("db"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -212,6 +212,7 @@ async fn polling_mode_sees_changes_too() {
     w.stop().await;
 }
 
+/// Stops (or freezes) and restarts a SecantusDB of its own (`OwnServer`), whatever MONGODB_URI says.
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_lost_while_the_server_is_down() {
     let mut server = OwnServer::start();

@@ -5,16 +5,18 @@
 //! understands. The driver retries a write at most once; transient failures
 //! (network, failover, server selection) are retried here with back-off.
 
+pub mod diagnose;
 pub mod indexes;
 pub mod target;
+mod write;
 
 use std::time::{Duration, Instant};
 
 use bson::{doc, Bson, Document};
 use futures_util::{StreamExt, TryStreamExt};
 use mongodb::error::{Error as MongoError, ErrorKind};
-use mongodb::options::{ClientOptions, WriteModel};
-use mongodb::{Client, Collection, Database, Namespace};
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection, Database};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Fatal;
@@ -128,6 +130,7 @@ pub struct Sink {
     opts: SinkOptions,
     scrub: Scrubber,
     cancel: CancellationToken,
+    monitor: diagnose::Monitor,
 }
 
 /// Whether an error is worth retrying.
@@ -157,12 +160,14 @@ impl Sink {
     pub async fn connect(opts: SinkOptions, cancel: CancellationToken) -> Result<Sink, Fatal> {
         let scrub = Scrubber::for_uri(&opts.uri);
         let shown = redact_uri(&opts.uri);
-        let mut co = ClientOptions::parse(&opts.uri)
-            .await
-            .map_err(|e| Fatal::Config(format!("invalid MongoDB URI {shown}: {}", scrub.scrub(&e.to_string()))))?;
+        let mut co = ClientOptions::parse(&opts.uri).await.map_err(|e| diagnose::bad_uri(&opts.uri, &e))?;
         co.app_name = Some(format!("docmirror/{}", env!("CARGO_PKG_VERSION")));
+        let monitor = diagnose::Monitor::default();
+        co.sdam_event_handler = Some(monitor.handler());
         if co.server_selection_timeout.is_none() {
-            co.server_selection_timeout = Some(Duration::from_secs(5));
+            // One attempt never outlasts the retry budget (--mongodb-timeout).
+            let budget = opts.retry_budget.unwrap_or(Duration::MAX);
+            co.server_selection_timeout = Some(budget.clamp(Duration::from_secs(1), Duration::from_secs(5)));
         }
         if co.connect_timeout.is_none() {
             co.connect_timeout = Some(Duration::from_secs(5));
@@ -172,19 +177,29 @@ impl Sink {
             .clone()
             .or_else(|| co.default_database.clone())
             .unwrap_or_else(|| "ml_training_platform".to_string());
+        let hosts = co.hosts.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        tracing::debug!(uri = %shown, "Connecting to MongoDB");
         let client = Client::with_options(co)
             .map_err(|e| Fatal::Config(format!("MongoDB client for {shown}: {}", scrub.scrub(&e.to_string()))))?;
         let db = client.database(&db_name);
-        let mut sink = Sink { client, db, mode: opts.write_mode, opts, scrub, cancel };
+        let mut sink = Sink { client, db, mode: opts.write_mode, opts, scrub, cancel, monitor };
+        let last_error = std::sync::Mutex::new(None);
         let hello = sink
             .retry("connect", || {
                 let db = sink.db.clone();
-                async move { db.run_command(doc! { "hello": 1 }).await }
+                let last_error = &last_error;
+                async move {
+                    let r = db.run_command(doc! { "hello": 1 }).await;
+                    if let (Err(e), Ok(mut last)) = (&r, last_error.lock()) {
+                        *last = Some(e.clone());
+                    }
+                    r
+                }
             })
             .await
-            .map_err(|e| match e {
-                SinkError::Cancelled => Fatal::Interrupted,
-                other => Fatal::Mongo(format!("{shown}: {other}")),
+            .map_err(|e| {
+                let last = last_error.lock().ok().and_then(|mut l| l.take());
+                diagnose::connect_failed(e, last.as_ref(), &sink.monitor, &hosts, &sink.scrub)
             })?;
         let wire = hello.get("maxWireVersion").and_then(bson_i64).unwrap_or(0);
         sink.mode = match sink.opts.write_mode {
@@ -248,13 +263,19 @@ impl Sink {
         let start = Instant::now();
         let mut delay = Duration::from_millis(100);
         let mut attempt = 1u32;
+        let mut last_error: Option<String> = None;
         loop {
             if self.cancel.is_cancelled() {
                 return Err(SinkError::Cancelled);
             }
-            let attempt_limit = if whole { self.opts.op_timeout } else { Duration::MAX };
+            // A retry never runs past the budget (the first attempt is the
+            // operation itself and gets the full operation timeout). A cursor
+            // read times its own steps (`whole` is false).
+            let per_attempt = if whole { self.opts.op_timeout } else { Duration::MAX };
+            let remaining = self.opts.retry_budget.filter(|_| attempt > 1).map(|b| b.saturating_sub(start.elapsed()));
+            let limit = remaining.map_or(per_attempt, |r| r.min(per_attempt));
             let result = tokio::select! {
-                r = tokio::time::timeout(attempt_limit, op()) => r,
+                r = tokio::time::timeout(limit, op()) => r,
                 () = self.cancel.cancelled() => return Err(SinkError::Cancelled),
             };
             let result = match result {
@@ -266,21 +287,12 @@ impl Sink {
                     self.opts.metrics.set_mongodb_up(false);
                     self.opts.metrics.record_retry();
                     if self.opts.retry_budget.is_some_and(|b| waited >= b) {
-                        return Err(SinkError::Unavailable {
-                            waited,
-                            last: format!("no answer within {:?}", self.opts.op_timeout),
-                        });
+                        let last = last_error.take().unwrap_or_else(|| format!("no answer within {limit:?}"));
+                        return Err(SinkError::Unavailable { waited, last });
                     }
-                    tracing::warn!(
-                        operation = what,
-                        attempt,
-                        timeout_s = self.opts.op_timeout.as_secs(),
-                        "MongoDB did not answer in time, retrying"
-                    );
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.cancel.cancelled() => return Err(SinkError::Cancelled),
-                    }
+                    let timeout_s = self.opts.op_timeout.as_secs();
+                    tracing::warn!(operation = what, attempt, timeout_s, "MongoDB did not answer in time, retrying");
+                    self.pause(delay).await?;
                     delay = (delay * 2).min(Duration::from_secs(10));
                     attempt += 1;
                     continue;
@@ -297,7 +309,8 @@ impl Sink {
                 Err(e) if is_transient(&e) => {
                     self.opts.metrics.set_mongodb_up(false);
                     self.opts.metrics.record_retry();
-                    let msg = self.scrub(&e.to_string());
+                    tracing::debug!(operation = what, attempt, error = %self.scrub(&e.to_string()), "MongoDB error");
+                    let msg = self.scrub(&self.monitor.brief(&e));
                     let waited = start.elapsed();
                     if let Some(budget) = self.opts.retry_budget {
                         if waited >= budget {
@@ -305,15 +318,21 @@ impl Sink {
                         }
                     }
                     tracing::warn!(operation = what, attempt, retry_in_ms = delay.as_millis(), error = %msg, "MongoDB not available, retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.cancel.cancelled() => return Err(SinkError::Cancelled),
-                    }
+                    last_error = Some(msg);
+                    self.pause(self.opts.retry_budget.map_or(delay, |b| delay.min(b.saturating_sub(waited)))).await?;
                     delay = (delay * 2).min(Duration::from_secs(10));
                     attempt += 1;
                 }
                 Err(e) => return Err(SinkError::Permanent(self.scrub(&e.to_string()))),
             }
+        }
+    }
+
+    /// Wait between two attempts, unless cancelled.
+    async fn pause(&self, wait: Duration) -> Result<(), SinkError> {
+        tokio::select! {
+            () = tokio::time::sleep(wait) => Ok(()),
+            () = self.cancel.cancelled() => Err(SinkError::Cancelled),
         }
     }
 
@@ -412,192 +431,6 @@ impl Sink {
         }
         tracing::debug!(ops = n, elapsed_ms = started.elapsed().as_millis(), "Wrote batch");
         out
-    }
-
-    async fn bulk_write_once(&self, ops: &[WriteOp]) -> Result<Vec<Outcome>, MongoError> {
-        let db = self.db.name().to_string();
-        let models: Vec<WriteModel> = ops
-            .iter()
-            .map(|op| {
-                let ns = Namespace::new(db.clone(), op.coll().to_string());
-                match op {
-                    WriteOp::Insert { doc, .. } => {
-                        mongodb::options::InsertOneModel::builder().namespace(ns).document(doc.clone()).build().into()
-                    }
-                    WriteOp::Update { filter, update, upsert, .. } => mongodb::options::UpdateOneModel::builder()
-                        .namespace(ns)
-                        .filter(filter.clone())
-                        .update(update.clone())
-                        .upsert(*upsert)
-                        .build()
-                        .into(),
-                    WriteOp::Delete { filter, .. } => {
-                        mongodb::options::DeleteOneModel::builder().namespace(ns).filter(filter.clone()).build().into()
-                    }
-                    WriteOp::DeleteMany { filter, .. } => {
-                        mongodb::options::DeleteManyModel::builder().namespace(ns).filter(filter.clone()).build().into()
-                    }
-                }
-            })
-            .collect();
-        match self.client.bulk_write(models).ordered(false).verbose_results().await {
-            Ok(r) => Ok(ops
-                .iter()
-                .enumerate()
-                .map(|(i, op)| match op {
-                    WriteOp::Insert { .. } => Outcome::Applied { matched: None },
-                    WriteOp::Update { .. } => {
-                        Outcome::Applied { matched: r.update_results.get(&i).map(|u| u.matched_count) }
-                    }
-                    WriteOp::Delete { .. } | WriteOp::DeleteMany { .. } => {
-                        Outcome::Applied { matched: r.delete_results.get(&i).map(|d| d.deleted_count) }
-                    }
-                })
-                .collect()),
-            Err(e) => {
-                let ErrorKind::BulkWrite(bw) = e.kind.as_ref() else {
-                    return Err(e);
-                };
-                // A failure of the whole batch (network, failover) is retried as a
-                // whole; per-operation errors are results.
-                if std::error::Error::source(&e).is_some() && bw.write_errors.is_empty() {
-                    return Err(e);
-                }
-                if !bw.write_concern_errors.is_empty() && bw.write_errors.is_empty() {
-                    return Err(e);
-                }
-                let verbose = match &bw.partial_result {
-                    Some(mongodb::error::PartialBulkWriteResult::Verbose(v)) => Some(v),
-                    _ => None,
-                };
-                Ok(ops
-                    .iter()
-                    .enumerate()
-                    .map(|(i, op)| {
-                        if let Some(we) = bw.write_errors.get(&i) {
-                            return classify(we.code, &self.scrub(&we.message));
-                        }
-                        let matched = verbose.and_then(|v| match op {
-                            WriteOp::Insert { .. } => None,
-                            WriteOp::Update { .. } => v.update_results.get(&i).map(|u| u.matched_count),
-                            WriteOp::Delete { .. } | WriteOp::DeleteMany { .. } => {
-                                v.delete_results.get(&i).map(|d| d.deleted_count)
-                            }
-                        });
-                        Outcome::Applied { matched }
-                    })
-                    .collect())
-            }
-        }
-    }
-
-    /// The pre-8.0 path: consecutive ops of one kind on one collection become
-    /// one `insert`/`update`/`delete` command, kept under the 16 MiB limit.
-    async fn commands_batch(&self, ops: &[WriteOp]) -> Result<Vec<Outcome>, SinkError> {
-        const MAX_COMMAND_BYTES: usize = 12 * 1024 * 1024;
-        let mut results = Vec::with_capacity(ops.len());
-        let mut start = 0;
-        while start < ops.len() {
-            let mut end = start;
-            let mut bytes = 0usize;
-            while end < ops.len()
-                && ops[end].kind() == ops[start].kind()
-                && ops[end].coll() == ops[start].coll()
-                && (end == start || bytes < MAX_COMMAND_BYTES)
-            {
-                bytes += op_size(&ops[end]);
-                end += 1;
-            }
-            let group = &ops[start..end];
-            let cmd = command_for(group);
-            let reply = self
-                .retry("write command", || {
-                    let db = self.db.clone();
-                    let cmd = cmd.clone();
-                    async move { db.run_command(cmd).await }
-                })
-                .await?;
-            results.extend(self.command_results(group, &reply)?);
-            start = end;
-        }
-        Ok(results)
-    }
-
-    fn command_results(&self, group: &[WriteOp], reply: &Document) -> Result<Vec<Outcome>, SinkError> {
-        if let Ok(wce) = reply.get_document("writeConcernError") {
-            return Err(SinkError::Permanent(format!("write concern error: {}", self.scrub(&wce.to_string()))));
-        }
-        let mut out: Vec<Outcome> = vec![Outcome::Applied { matched: None }; group.len()];
-        let mut failed = 0u64;
-        if let Ok(errors) = reply.get_array("writeErrors") {
-            for e in errors.iter().filter_map(Bson::as_document) {
-                let idx = e.get("index").and_then(bson_i64).and_then(|i| usize::try_from(i).ok());
-                let code = e.get("code").and_then(bson_i64).and_then(|c| i32::try_from(c).ok()).unwrap_or(0);
-                let msg = self.scrub(e.get_str("errmsg").unwrap_or(""));
-                if let Some(slot) = idx.and_then(|i| out.get_mut(i)) {
-                    *slot = classify(code, &msg);
-                    failed += 1;
-                }
-            }
-        }
-        // The commands report one count for the whole group. When every op
-        // that did not fail matched, each matched one document; otherwise the
-        // caller checks the documents themselves.
-        let n = reply.get("n").and_then(bson_i64).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-        let ok_ops = u64::try_from(group.len()).unwrap_or(u64::MAX) - failed;
-        if !matches!(group.first(), Some(WriteOp::Insert { .. })) && n == ok_ops {
-            for slot in out.iter_mut() {
-                if let Outcome::Applied { matched } = slot {
-                    *matched = Some(1);
-                }
-            }
-        }
-        Ok(out)
-    }
-}
-
-fn classify(code: i32, message: &str) -> Outcome {
-    if code == DUPLICATE_KEY {
-        Outcome::DuplicateKey { message: message.to_string() }
-    } else {
-        Outcome::Failed { code, message: message.to_string() }
-    }
-}
-
-fn op_size(op: &WriteOp) -> usize {
-    let d = match op {
-        WriteOp::Insert { doc, .. } => doc,
-        WriteOp::Update { update, .. } => update,
-        WriteOp::Delete { filter, .. } | WriteOp::DeleteMany { filter, .. } => filter,
-    };
-    bson::to_vec(d).map(|v| v.len()).unwrap_or(1024) + 64
-}
-
-fn command_for(group: &[WriteOp]) -> Document {
-    let coll = group.first().map(WriteOp::coll).unwrap_or_default().to_string();
-    match group.first() {
-        Some(WriteOp::Insert { .. }) => doc! {
-            "insert": coll,
-            "documents": group.iter().filter_map(|op| match op { WriteOp::Insert { doc, .. } => Some(Bson::Document(doc.clone())), _ => None }).collect::<Vec<_>>(),
-            "ordered": false,
-        },
-        Some(WriteOp::Update { .. }) => doc! {
-            "update": coll,
-            "updates": group.iter().filter_map(|op| match op {
-                WriteOp::Update { filter, update, upsert, .. } => Some(Bson::Document(doc! { "q": filter.clone(), "u": update.clone(), "upsert": *upsert, "multi": false })),
-                _ => None,
-            }).collect::<Vec<_>>(),
-            "ordered": false,
-        },
-        _ => doc! {
-            "delete": coll,
-            "deletes": group.iter().filter_map(|op| match op {
-                WriteOp::Delete { filter, .. } => Some(Bson::Document(doc! { "q": filter.clone(), "limit": 1 })),
-                WriteOp::DeleteMany { filter, .. } => Some(Bson::Document(doc! { "q": filter.clone(), "limit": 0 })),
-                _ => None,
-            }).collect::<Vec<_>>(),
-            "ordered": false,
-        },
     }
 }
 

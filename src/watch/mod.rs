@@ -111,11 +111,11 @@ pub async fn run(
     let hard_cancel = CancellationToken::new();
     let sink = tokio::select! {
         s = Sink::connect(sink_opts, hard_cancel.clone()) => s?,
-        () = cancel.cancelled() => return Ok(Summary::default()),
+        () = cancel.cancelled() => return Ok(stopped(Summary::default())),
     };
     tokio::select! {
         r = crate::sink::indexes::apply(&engine.indexes, &sink) => r?,
-        () = cancel.cancelled() => return Ok(Summary::default()),
+        () = cancel.cancelled() => return Ok(stopped(Summary::default())),
     }
     let timing = Timing { debounce: opts.debounce, max_delay: opts.max_delay, parse_retries: opts.parse_retries };
     let mut daemon = Daemon {
@@ -409,7 +409,12 @@ impl Daemon {
     }
 }
 
-/// One log line with a summary's counters as fields.
+/// The final summary line of a watch stopped before it got going.
+fn stopped(totals: Summary) -> Summary {
+    log_summary("Stopped", &totals);
+    totals
+}
+
 /// Hand the memory a reconcile freed back to the system. A full scan of a
 /// large source frees tens of MB across the allocator's per-thread arenas;
 /// without this, the daemon's resident size stays at that high-water mark
@@ -424,6 +429,7 @@ fn release_freed_memory() {
     }
 }
 
+/// One log line with a summary's counters as fields.
 fn log_summary(message: &str, s: &Summary) {
     tracing::info!(
         read = s.read,
