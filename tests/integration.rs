@@ -8,6 +8,7 @@
 mod support;
 
 mod faults;
+mod poison;
 mod service;
 mod sync;
 mod verify;
