@@ -6,11 +6,14 @@
 //! logged or printed.
 //!
 //! Rules, for `mongodb://`, `mongodb+srv://`, `postgres://` and `postgresql://`:
-//! - The user info ends at the last `@` that is not inside the options: an `@`
-//!   only counts as part of the options if what comes before it reads as a host
-//!   list (`host[:port],...`, ports in digits), an optional `/database`, then
-//!   `?` and a `name=` parameter. Everything between the user name's `:` and
-//!   that `@` is the password, shown as `***` (the user name stays visible).
+//! - The user info ends at the last `@` that is not clearly inside the options:
+//!   an `@` counts as part of the options only if what comes before it reads as
+//!   a host list (`host[:port],...`, ports in digits), an optional `/database`,
+//!   then `?` and a `name=` parameter, and what follows it cannot be a host list
+//!   (`?appName=me@site&w=1`). When in doubt, more is masked, never less:
+//!   `?appName=me@site` at the very end masks up to that `@`. Everything between
+//!   the user name's `:` and the chosen `@` is the password, shown as `***`
+//!   (the user name stays visible).
 //! - Options whose name suggests a secret (`password`, `pwd`, `pass`, `secret`,
 //!   `token`, `key`, `credential`, `authMechanismProperties`, ...) have their
 //!   values shown as `***`.
@@ -80,7 +83,7 @@ fn userinfo_end(rest: &str) -> Option<usize> {
     let mut chosen: Option<usize> = None;
     for (at, _) in rest.match_indices('@') {
         if let Some(c) = chosen {
-            if in_options(&rest[c + 1..at]) {
+            if in_options(&rest[c + 1..at]) && !is_uri_tail(&rest[at + 1..]) {
                 break;
             }
         }
@@ -109,6 +112,12 @@ fn in_options(between: &str) -> bool {
         }
         None => false,
     }
+}
+
+/// Whether text could be what follows the user info: a host list, then
+/// nothing, a `/` or a `?`.
+fn is_uri_tail(s: &str) -> bool {
+    is_host_list(&s[..s.find(['/', '?']).unwrap_or(s.len())])
 }
 
 /// `host[:port](,host[:port])*`, ports in digits, IPv6 in brackets.
@@ -314,7 +323,10 @@ mod tests {
             redact_uri("mongodb://u:pw@h1:27017,h2/db?appName=me@site&w=1"),
             "mongodb://u:***@h1:27017,h2/db?appName=me@site&w=1"
         );
-        assert_eq!(redact_uri("mongodb://u:pw@h?appName=me@site"), "mongodb://u:***@h?appName=me@site");
+        assert_eq!(redact_uri("mongodb://u:pw@h/?appName=me@site&w=1"), "mongodb://u:***@h/?appName=me@site&w=1");
+        // When what follows the `@` could be a host, more is masked, never less.
+        assert_eq!(redact_uri("mongodb://u:pw@h?appName=me@site"), "mongodb://u:***@site");
+        assert_eq!(redact_uri("mongodb://u:a@b/c?d=e@h1/db"), "mongodb://u:***@h1/db");
     }
 
     #[test]
@@ -417,6 +429,27 @@ mod tests {
         let s = Scrubber::for_uri("mongodb://u:pa/ss@host/db?authMechanismProperties=AWS_SESSION_TOKEN:tok123");
         assert_eq!(s.scrub("bad password pa/ss; token AWS_SESSION_TOKEN:tok123"), "bad password ***; token ***");
         assert_eq!(uri_password("mongodb://u:pa/ss@host/db").as_deref(), Some("pa/ss"));
+    }
+
+    proptest::proptest! {
+        /// Passwords of uppercase letters and every URI delimiter, the rest of
+        /// the URI in lowercase: no uppercase letter may survive redaction.
+        #[test]
+        fn no_piece_of_any_password_survives(
+            scheme in proptest::sample::select(vec!["mongodb", "mongodb+srv", "postgres", "postgresql"]),
+            user in "[a-z]{1,6}",
+            password in "[A-Z/?#@:&=;,%.]{0,4}[A-Z][A-Z/?#@:&=;,%.]{0,8}",
+            hosts in proptest::sample::select(vec!["h", "h:27017", "h1:1,h2:2", "[::1]:5", "db.example.com"]),
+            path in proptest::sample::select(vec!["", "/", "/db", "/d@b"]),
+            options in proptest::sample::select(vec!["", "?w=1", "?appname=me@site&w=1", "?appname=me@site", "?token=t&w=1"]),
+        ) {
+            let uri = format!("{scheme}://{user}:{password}@{hosts}{path}{options}");
+            let shown = redact_uri(&uri);
+            proptest::prop_assert!(!shown.chars().any(|c| c.is_ascii_uppercase()), "{} -> {}", uri, shown);
+            let text = format!("error for {uri}: got {password}");
+            let scrubbed = Scrubber::for_uri(&uri).scrub(&text);
+            proptest::prop_assert!(!scrubbed.chars().any(|c| c.is_ascii_uppercase()), "{} -> {}", text, scrubbed);
+        }
     }
 
     /// What the driver itself says about URIs it cannot parse, scrubbed as
