@@ -8,6 +8,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 /// Collections docmirror owns; a layout may not map records into them.
+/// The field in which every mirrored document keeps docmirror's bookkeeping
+/// (`_mirror: {source, hash, fields, at}`): no record may use it.
+pub const MIRROR_FIELD: &str = "_mirror";
+
 pub const RESERVED_COLLECTIONS: &[&str] = &["mirror_rejects", "mirror_archive", "mirror_state"];
 
 const DEFAULT_LAYOUT: &str = include_str!("../layouts/default.json");
@@ -171,6 +175,13 @@ impl Layout {
             if s.path.starts_with('/') || s.path.split('/').any(|c| c == "..") {
                 return Err(format!("source {:?}: path {:?} must stay below its root", s.name, s.path));
             }
+            // `_mirror` is docmirror's bookkeeping and `_id` the identity: no rule may
+            // convert them (`_id` may be the id field itself).
+            let named = s.dates.iter().chain(&s.int64).chain(&s.documents).chain(&s.normalize_email);
+            let named = named.chain(&s.password_field).chain(&s.version_field);
+            if s.id_field == MIRROR_FIELD || named.clone().any(|f| f == "_id" || f == "_mirror") {
+                return Err(format!("source {:?}: `_id` and `_mirror` are reserved and cannot be mapped", s.name));
+            }
         }
         Ok(())
     }
@@ -211,5 +222,11 @@ mod tests {
         assert!(Layout::parse(reserved).unwrap_err().contains("reserved"));
         let unknown = r#"{"sources":[{"name":"x","root":"data","path":"a.json","shape":"array","collection":"x","id_field":"id","colour":1}]}"#;
         assert!(Layout::parse(unknown).is_err());
+        let mirror = r#"{"sources":[{"name":"x","root":"data","path":"a.json","shape":"array","collection":"x","id_field":"_mirror"}]}"#;
+        assert!(Layout::parse(mirror).unwrap_err().contains("reserved"));
+        let id_date = r#"{"sources":[{"name":"x","root":"data","path":"a.json","shape":"array","collection":"x","id_field":"_id","dates":["_id"]}]}"#;
+        assert!(Layout::parse(id_date).unwrap_err().contains("reserved"));
+        let id = r#"{"sources":[{"name":"x","root":"data","path":"a.json","shape":"array","collection":"x","id_field":"_id"}]}"#;
+        assert!(Layout::parse(id).is_ok());
     }
 }

@@ -23,6 +23,12 @@ const CASES: &[(&str, &str, Option<&str>)] = &[
     ("dollar-key.json", "artifacts/jobs/dollar-key.json", Some("forbidden_key")),
     ("dotted-key.json", "artifacts/jobs/dotted-key.json", Some("forbidden_key")),
     ("malformed-bcrypt-users.json", "data/users.json", Some("malformed_bcrypt")),
+    ("nul-key.json", "artifacts/jobs/nul-key.json", Some("nul_in_key")),
+    ("nul-id.json", "artifacts/jobs/nul-id.json", Some("nul_in_id")),
+    ("empty-key.json", "artifacts/jobs/empty-key.json", Some("empty_key")),
+    ("own-id.json", "artifacts/jobs/own-id.json", Some("reserved_field")),
+    ("own-mirror.json", "artifacts/jobs/own-mirror.json", Some("reserved_field")),
+    ("too-deep.json", "artifacts/jobs/too-deep.json", Some("too_deep")),
 ];
 
 fn corpus(name: &str) -> Vec<u8> {

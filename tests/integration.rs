@@ -9,6 +9,7 @@ mod support;
 
 mod faults;
 mod first_hour;
+mod poison;
 mod service;
 mod sync;
 mod verify;

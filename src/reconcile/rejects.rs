@@ -57,7 +57,7 @@ pub fn record_reject(
             let skip = spec
                 .password_field
                 .as_deref()
-                .filter(|f| obj.get(*f).and_then(|v| v.as_str()).is_some_and(|p| !mapping::is_bcrypt(p)));
+                .filter(|f| obj.get(*f).and_then(|v| v.as_str()).is_some_and(mapping::password_needs_hiding));
             mapping::content_hash("", obj, skip)
         }
         other => mapping::hex(&Sha256::digest(other.to_string().as_bytes())[..12]),

@@ -1,0 +1,274 @@
+//! Why a record cannot be mirrored: [`Reject`], its stable code and its
+//! message, which names the field and where it sits in the record.
+
+#[allow(unused_imports)]
+use super::*;
+
+/// Why a record (or a whole file) cannot be mirrored.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reject {
+    NotAnObject {
+        found: &'static str,
+    },
+    MissingId {
+        field: String,
+    },
+    IdNotString {
+        field: String,
+        found: &'static str,
+    },
+    EmptyId {
+        field: String,
+    },
+    /// The id holds a NUL character.
+    NulInId {
+        field: String,
+    },
+    /// The record has its own `_id` or `_mirror` field.
+    ReservedField {
+        field: String,
+    },
+    BadDate {
+        field: String,
+        value: String,
+    },
+    BadType {
+        field: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    /// A field name starting with `$` or holding a `.`. `key` is shown quoted,
+    /// `within` is the path of the object holding it (empty at the top level).
+    ForbiddenKey {
+        key: String,
+        within: String,
+    },
+    /// A field name holding a NUL character: BSON cannot encode it.
+    NulInKey {
+        key: String,
+        within: String,
+    },
+    /// An empty field name: no MongoDB update can address it.
+    EmptyKey {
+        within: String,
+    },
+    /// Objects and arrays nested deeper than [`MAX_NESTING`].
+    TooDeep {
+        at: String,
+    },
+    /// The document would be over [`MAX_DOCUMENT_BYTES`] once written.
+    TooLarge {
+        bytes: usize,
+        largest: String,
+        largest_bytes: usize,
+    },
+    MalformedBcrypt {
+        field: String,
+    },
+    /// Starts like a password hash of a known scheme (other than bcrypt) but is not one.
+    MalformedHash {
+        field: String,
+        scheme: &'static str,
+    },
+    MissingEmail {
+        field: String,
+    },
+    DuplicateId {
+        id: String,
+        first: String,
+    },
+    DuplicateKeys {
+        keys: String,
+    },
+    DuplicateEmail {
+        email: String,
+        first: String,
+    },
+    EmailTaken {
+        email: String,
+        other_id: String,
+    },
+    IdTaken {
+        id: String,
+        detail: String,
+    },
+    File(FileProblem),
+    /// One record of a file that the parser could not turn into a value.
+    Unparsable(FileProblem),
+}
+
+impl Reject {
+    /// A stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::NotAnObject { .. } => "not_an_object",
+            Reject::MissingId { .. } => "missing_id",
+            Reject::IdNotString { .. } => "id_not_string",
+            Reject::EmptyId { .. } => "empty_id",
+            Reject::NulInId { .. } => "nul_in_id",
+            Reject::ReservedField { .. } => "reserved_field",
+            Reject::BadDate { .. } => "bad_date",
+            Reject::BadType { .. } => "bad_type",
+            Reject::ForbiddenKey { .. } => "forbidden_key",
+            Reject::NulInKey { .. } => "nul_in_key",
+            Reject::EmptyKey { .. } => "empty_key",
+            Reject::TooDeep { .. } => "too_deep",
+            Reject::TooLarge { .. } => "document_too_large",
+            Reject::MalformedBcrypt { .. } => "malformed_bcrypt",
+            Reject::MalformedHash { .. } => "malformed_hash",
+            Reject::MissingEmail { .. } => "missing_email",
+            Reject::DuplicateId { .. } => "duplicate_id",
+            Reject::DuplicateKeys { .. } => "duplicate_key",
+            Reject::DuplicateEmail { .. } => "duplicate_email",
+            Reject::EmailTaken { .. } => "email_taken",
+            Reject::IdTaken { .. } => "id_taken",
+            Reject::File(p) | Reject::Unparsable(p) => p.code(),
+        }
+    }
+}
+
+/// ` inside prefs.lora`, or nothing at the top level.
+pub(super) fn inside(within: &str) -> String {
+    if within.is_empty() {
+        String::new()
+    } else {
+        format!(" inside {within}")
+    }
+}
+
+impl fmt::Display for Reject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reject::NotAnObject { found } => write!(f, "record is {found}, not an object"),
+            Reject::MissingId { field } => write!(f, "no id: field {field:?} is missing"),
+            Reject::IdNotString { field, found } => {
+                write!(f, "id field {field:?} is {found}, not a string")
+            }
+            Reject::EmptyId { field } => write!(f, "id field {field:?} is an empty string"),
+            Reject::NulInId { field } => {
+                write!(f, "id field {field:?} holds a NUL character (\\0), which an _id must not hold")
+            }
+            Reject::ReservedField { field } => write!(
+                f,
+                "the record has its own {field:?} field, which is reserved for docmirror's bookkeeping or identity; \
+                 rename or remove it in the file"
+            ),
+            Reject::BadDate { field, value } => write!(f, "field {field:?} is not a date: {}", cut(value)),
+            Reject::BadType { field, expected, found } => write!(f, "field {field:?} is {found}, expected {expected}"),
+            Reject::ForbiddenKey { key, within } => write!(
+                f,
+                "field name {key}{} starts with '$' or contains '.', which MongoDB updates cannot address",
+                inside(within)
+            ),
+            Reject::NulInKey { key, within } => write!(
+                f,
+                "field name {key}{} holds a NUL character (\\0), which BSON field names cannot hold",
+                inside(within)
+            ),
+            Reject::EmptyKey { within } => {
+                write!(f, "a field name{} is empty, which MongoDB updates cannot address", inside(within))
+            }
+            Reject::TooDeep { at } => write!(
+                f,
+                "objects and arrays nest more than {MAX_NESTING} levels deep at {at}, over MongoDB's nesting limit"
+            ),
+            Reject::TooLarge { bytes, largest, largest_bytes } => write!(
+                f,
+                "the document would be {bytes} bytes as BSON with docmirror's bookkeeping, over MongoDB's \
+                 {MAX_DOCUMENT_BYTES}-byte (16 MiB) limit; its largest field is {largest} ({largest_bytes} bytes)"
+            ),
+            Reject::MalformedBcrypt { field } => {
+                write!(f, "field {field:?} looks like a bcrypt hash but is malformed (expected $2a$/$2b$/$2y$, cost, 53 characters)")
+            }
+            Reject::MalformedHash { field, scheme } => write!(
+                f,
+                "field {field:?} starts like a {scheme} password hash but is malformed; it is neither kept as a hash \
+                 nor hashed as a password"
+            ),
+            Reject::MissingEmail { field } => {
+                write!(f, "field {field:?} is missing or not a string")
+            }
+            Reject::DuplicateId { id, first } => {
+                write!(f, "duplicate id {}: already used by {first}, which is kept", shown(id))
+            }
+            Reject::DuplicateKeys { keys } => {
+                write!(
+                    f,
+                    "the record names {} more than once (JavaScript would silently keep the last value)",
+                    cut(keys)
+                )
+            }
+            Reject::DuplicateEmail { email, first } => {
+                write!(f, "duplicate email {}: already used by {first}, which is kept", shown(email))
+            }
+            Reject::EmailTaken { email, other_id } => {
+                write!(
+                    f,
+                    "email {} is already held in MongoDB by another document (_id {})",
+                    shown(email),
+                    shown(other_id)
+                )
+            }
+            Reject::IdTaken { id, detail } => {
+                write!(f, "document {} could not be written: {detail}", shown(id))
+            }
+            Reject::File(p) => write!(f, "file {p}"),
+            Reject::Unparsable(p) => write!(f, "record {p} (position within the record)"),
+        }
+    }
+}
+
+/// A name or value from a file, quoted (NUL and other control characters
+/// escaped) and cut to a readable length: a reason must stay small enough to store.
+pub fn shown(s: &str) -> String {
+    match s.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{s:?}"),
+        Some((i, _)) => format!("{:?}… ({} bytes)", &s[..i], s.len()),
+    }
+}
+
+/// Text already quoted, cut to a readable length.
+pub(super) fn cut(s: &str) -> String {
+    match s.char_indices().nth(SHOWN_CHARS * 2) {
+        None => s.to_string(),
+        Some((i, _)) => format!("{}… ({} bytes)", &s[..i], s.len()),
+    }
+}
+
+/// One step of the path to a value inside a record.
+#[derive(Clone, Copy)]
+pub(super) enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// `params.lora[0]."a b"`: plain keys bare, others quoted; long paths cut.
+pub(super) fn render_path(path: &[Seg<'_>]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                let plain = !k.is_empty()
+                    && k.len() <= SHOWN_CHARS
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if plain {
+                    out.push_str(k);
+                } else {
+                    out.push_str(&shown(k));
+                }
+            }
+            Seg::Index(i) => {
+                let _ = write!(out, "[{i}]");
+            }
+        }
+        if out.len() > SHOWN_CHARS * 3 {
+            out.push('…');
+            break;
+        }
+    }
+    out
+}
