@@ -22,15 +22,7 @@ fn bare() -> tokio::process::Command {
 }
 
 async fn output(cmd: &mut tokio::process::Command) -> Run {
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output()).await.expect("docmirror hung").unwrap();
-    let run = Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    assert_no_secrets(&run.stderr);
-    assert_no_secrets(&run.stdout);
-    run
+    run_command(cmd, Duration::from_secs(120)).await
 }
 
 /// The `docmirror: ...` lines of a run: a fatal error is printed exactly once.

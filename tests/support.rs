@@ -334,7 +334,12 @@ pub async fn docmirror_at(uri: &str, p: &Platform, args: &[&str], env: &[(&str, 
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(Duration::from_secs(300), cmd.output()).await.expect("docmirror hung").unwrap();
+    run_command(&mut cmd, Duration::from_secs(300)).await
+}
+
+/// Run a prepared command with a deadline, and check that its output holds no secret.
+pub async fn run_command(cmd: &mut tokio::process::Command, deadline: Duration) -> Run {
+    let out = tokio::time::timeout(deadline, cmd.output()).await.expect("docmirror hung").unwrap();
     let run = Run {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
