@@ -148,10 +148,11 @@ async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, F
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel).await?;
     let database = sink.database().name().to_string();
-    let Some(state) = crate::state::read(&sink).await? else {
+    let Some(mut state) = crate::state::read(&sink).await? else {
         eprintln!("docmirror: no mirror_state in database {database}: docmirror has not run against it yet");
         return Ok(exit::DIFFERENCES);
     };
+    crate::state::add_live(&sink, &mut state).await?;
     match args.format {
         OutputFormat::Text => print!("{}", crate::state::render_text(&state, &database)),
         OutputFormat::Json => {

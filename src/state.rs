@@ -78,23 +78,75 @@ pub async fn record_full(
     .await
 }
 
-/// After watch applied changes to some collections.
+/// How watch is doing, as its heartbeat records it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Progress {
+    /// Changed files not yet applied (waiting for their quiet period, a retry, or in flight).
+    pub pending_files: u64,
+    /// Age of the oldest file change not yet applied; 0 when idle.
+    pub lag_seconds: f64,
+}
+
+/// watch's heartbeat (every few seconds) and the changes it applied since the
+/// last one, each with the time it was applied.
 pub async fn record_change(
     engine: &Engine,
     sink: &Sink,
     memory: Option<&Memory>,
-    collections: &[String],
+    changes: &[(String, bson::DateTime)],
     totals: &Summary,
+    progress: Progress,
 ) -> Result<(), SinkError> {
     let now = bson::DateTime::now();
     let mut fields = doc! {
         "mode": "watch", "updated_at": now, "pid": i64::from(std::process::id()), "host": hostname(),
         "watch_totals": summary_doc(totals), "documents": counts(engine, sink, memory).await,
+        "watch": {
+            "running": true, "host": hostname(), "pid": i64::from(std::process::id()),
+            "heartbeat_at": now, "pending_files": i64::try_from(progress.pending_files).unwrap_or(i64::MAX),
+            "lag_seconds": progress.lag_seconds,
+        },
     };
-    for c in collections {
-        fields.insert(format!("last_change.{c}"), now);
+    for (c, at) in changes {
+        fields.insert(format!("last_change.{c}"), *at);
     }
     set(sink, fields).await
+}
+
+/// watch stopped cleanly.
+pub async fn record_stop(sink: &Sink) -> Result<(), SinkError> {
+    let now = bson::DateTime::now();
+    set(sink, doc! { "watch.running": false, "watch.stopped_at": now, "watch.pending_files": 0_i64 }).await
+}
+
+/// A heartbeat older than this means the watch that wrote it is not running
+/// (it beats every 5 s; systemd's watchdog restarts a hung one after 60 s).
+pub const SILENT_AFTER_SECS: i64 = 30;
+
+/// What `status` shows that is computed when it is asked: the rejects now in
+/// `mirror_rejects`, and whether watch is running (from its heartbeat).
+pub async fn add_live(sink: &Sink, state: &mut Document) -> Result<(), SinkError> {
+    let rejects = sink
+        .collection(crate::reconcile::REJECTS)
+        .count_documents(doc! {})
+        .await
+        .map_err(|e| SinkError::Permanent(sink.scrub(&e.to_string())))?;
+    state.insert("rejects", i64::try_from(rejects).unwrap_or(i64::MAX));
+    if let Ok(w) = state.get_document_mut("watch") {
+        let beat = w.get_datetime("heartbeat_at").ok().map(|t| age_secs(*t));
+        let running = w.get_bool("running").unwrap_or(false);
+        let now = match (running, beat) {
+            (true, Some(age)) if age <= SILENT_AFTER_SECS => "running",
+            (true, _) => "silent",
+            (false, _) => "stopped",
+        };
+        w.insert("state", now);
+    }
+    Ok(())
+}
+
+fn age_secs(t: bson::DateTime) -> i64 {
+    (bson::DateTime::now().timestamp_millis() - t.timestamp_millis()) / 1000
 }
 
 pub async fn read(sink: &Sink) -> Result<Option<Document>, SinkError> {
@@ -107,12 +159,31 @@ pub fn render_text(d: &Document, database: &str) -> String {
     let mut out = String::new();
     let ago = |b: Option<&Bson>| match b {
         Some(Bson::DateTime(t)) => {
-            let secs = (bson::DateTime::now().timestamp_millis() - t.timestamp_millis()) / 1000;
-            format!("{} ({secs} s ago)", t.try_to_rfc3339_string().unwrap_or_default())
+            format!("{} ({} s ago)", t.try_to_rfc3339_string().unwrap_or_default(), age_secs(*t))
         }
         _ => "never".to_string(),
     };
     let _ = writeln!(out, "docmirror state in database {database}");
+    if let Ok(w) = d.get_document("watch") {
+        let line = match w.get_str("state").unwrap_or("?") {
+            "running" => format!(
+                "running on {} (pid {}), heartbeat {}; {} file(s) pending, {:.1} s behind",
+                w.get_str("host").unwrap_or("?"),
+                w.get("pid").map(|p| p.to_string()).unwrap_or_default(),
+                ago(w.get("heartbeat_at")),
+                w.get("pending_files").map(|p| p.to_string()).unwrap_or_else(|| "0".into()),
+                w.get_f64("lag_seconds").unwrap_or(0.0),
+            ),
+            "silent" => format!(
+                "NOT RUNNING: no heartbeat from {} (pid {}) since {}",
+                w.get_str("host").unwrap_or("?"),
+                w.get("pid").map(|p| p.to_string()).unwrap_or_default(),
+                ago(w.get("heartbeat_at")),
+            ),
+            _ => format!("stopped {}", ago(w.get("stopped_at"))),
+        };
+        let _ = writeln!(out, "  watch:         {line}");
+    }
     let _ = writeln!(
         out,
         "  last run:      {} on {} (pid {}), version {}, updated {}",

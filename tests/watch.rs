@@ -175,6 +175,25 @@ async fn a_data_folder_replaced_under_its_name_is_watched_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_file_restored_byte_for_byte_clears_its_reject() {
+    let db = TestDb::new("watch_restored").await;
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
+    let good = std::fs::read(p.path("data/users.json")).unwrap();
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    p.write("data/users.json", b"[{\"id\": \"u1\", ");
+    eventually(30, "the broken file is reported", || async {
+        db.rejects().await.iter().any(|r| r.get_str("reason_code") == Ok("invalid_json"))
+    })
+    .await;
+    // The original bytes come back (a restore from a backup, an editor's undo).
+    p.write("data/users.json", &good);
+    eventually(20, "the reject is cleared", || async { db.rejects().await.is_empty() }).await;
+    w.stop().await;
+    assert_eq!(docmirror(&db, &p, &["verify"]).await.code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_restart_catches_up_on_changes_made_while_down() {
     let db = TestDb::new("watch_restart").await;
     let p = Platform::new();

@@ -278,7 +278,7 @@ async fn reconcile_files<T: Target>(
     let mut scanned = tokio::task::spawn_blocking(move || scan_source(&e, m.as_deref(), spec_idx, Some(files), None))
         .await
         .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
-    tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged = scanned.unchanged.len(), mapped = scanned.candidates.len(), identical = scanned.identical, elapsed_ms = started.elapsed().as_millis(), "Scanned");
+    tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged = scanned.unchanged.len(), mapped = scanned.candidates.len(), identical = scanned.identical.len(), elapsed_ms = started.elapsed().as_millis(), "Scanned");
     let memory = core.memory.map(Arc::as_ref);
     let existing = existing::for_scan(core.engine, core.target, memory, &scanned).await?;
     let mut run = SourceRun::new(core.engine, core.target, memory, spec_idx, opts);

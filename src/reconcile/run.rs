@@ -190,7 +190,13 @@ impl<'a, T: Target> SourceRun<'a, T> {
         summary.rejected = count(rejects.len());
         // A deferred bad file keeps its earlier rejects until it is judged.
         let complete = scanned.complete && report_bad.len() == scanned.bad.len();
-        let scope = RejectScope { read_ok: &scanned.read_ok, bad: &report_bad, missing: &scanned.missing, complete };
+        let scope = RejectScope {
+            read_ok: &scanned.read_ok,
+            bad: &report_bad,
+            missing: &scanned.missing,
+            settled: &scanned.identical,
+            complete,
+        };
         store_rejects(self.target, spec, scope, rejects, self.opts).await?;
         if summary.changed() {
             summary.changed_collections.push(spec.collection.clone());

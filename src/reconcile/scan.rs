@@ -74,7 +74,7 @@ pub struct Scanned {
     /// or that are no longer settled (now a duplicate).
     pub vanished: Vec<MemoEntry>,
     /// Files found byte-for-byte as last settled (watch): not read further.
-    pub identical: u64,
+    pub identical: HashSet<String>,
     /// The hash of every file read in full (watch).
     pub digests: HashMap<String, RawHash>,
 }
@@ -165,7 +165,7 @@ impl Pass<'_> {
         if self.use_hits {
             let settled = memory.and_then(|m| m.memo.lock().ok()).and_then(|m| m.get(&file.rel)?.digest);
             if settled.is_some() && settled == digest {
-                out.identical += 1;
+                out.identical.insert(file.rel.clone());
                 return true;
             }
         }

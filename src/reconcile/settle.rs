@@ -23,6 +23,9 @@ pub struct RejectScope<'a> {
     pub read_ok: &'a HashSet<String>,
     pub bad: &'a HashSet<String>,
     pub missing: &'a HashSet<String>,
+    /// Files byte-for-byte as last settled, when every record of them was
+    /// mirrored: they have no rejects now, whatever an earlier version had.
+    pub settled: &'a HashSet<String>,
     /// Every file of the source (rejects of vanished files are cleared too).
     pub complete: bool,
 }
@@ -36,8 +39,8 @@ pub async fn store_rejects<T: Target>(
     rejects: Vec<RejectRecord>,
     opts: RunOptions,
 ) -> Result<(), Fatal> {
-    let files: Option<Vec<String>> =
-        (!scope.complete).then(|| scope.read_ok.iter().chain(scope.bad).chain(scope.missing).cloned().collect());
+    let files: Option<Vec<String>> = (!scope.complete)
+        .then(|| scope.read_ok.iter().chain(scope.bad).chain(scope.missing).chain(scope.settled).cloned().collect());
     let stored = target.reject_keys(&spec.collection, files.as_deref()).await?;
     let current: HashSet<&str> = rejects.iter().map(|r| r.key.as_str()).collect();
     let mut new = Vec::new();

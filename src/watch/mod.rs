@@ -129,6 +129,7 @@ pub async fn run(
         in_flight: None,
         batch: None,
         state_dirty: Vec::new(),
+        batch_started: None,
         full_started: std::time::Instant::now(),
         ticks: 0,
     };
@@ -155,8 +156,10 @@ struct Daemon {
     in_flight: Option<JoinHandle<Outcome>>,
     /// The batch in flight, to hand back if it fails.
     batch: Option<Batch>,
-    /// Collections changed since `mirror_state` was last updated.
-    state_dirty: Vec<String>,
+    /// Collections changed since `mirror_state` was last updated, with when.
+    state_dirty: Vec<(String, bson::DateTime)>,
+    /// When the batch in flight started (for the lag `status` shows).
+    batch_started: Option<Instant>,
     full_started: std::time::Instant,
     ticks: u64,
 }
@@ -279,11 +282,13 @@ impl Daemon {
             reconcile(Core { engine: &engine, target: &sink, memory: Some(&memory) }, scope, opts, &cancel).await
         }));
         self.batch = Some(batch);
+        self.batch_started = Some(Instant::now());
     }
 
     /// A batch finished: count it, or hand its work back after a failure.
     fn finished(&mut self, done: Result<Outcome, tokio::task::JoinError>, lifecycle: &mut dyn Lifecycle) -> Flow {
         self.in_flight = None;
+        self.batch_started = None;
         let batch = self.batch.take();
         release_freed_memory();
         let now = Instant::now();
@@ -307,9 +312,12 @@ impl Daemon {
                 if matches!(batch, Some(Batch::Full { .. })) {
                     self.record_state(StateUpdate::Full(s.clone(), self.full_started.elapsed()));
                 }
+                // The time a change was applied, not the time it is recorded.
+                let at = bson::DateTime::now();
                 for c in s.changed_collections {
-                    if !self.state_dirty.contains(&c) {
-                        self.state_dirty.push(c);
+                    match self.state_dirty.iter_mut().find(|(d, _)| *d == c) {
+                        Some(slot) => slot.1 = at,
+                        None => self.state_dirty.push((c, at)),
                     }
                 }
             }
@@ -341,15 +349,26 @@ impl Daemon {
     fn tick(&mut self, lifecycle: &mut dyn Lifecycle) {
         lifecycle.tick(&self.totals);
         self.ticks += 1;
-        // mirror_state is updated at most every 2 s, however busy the files are.
-        if !self.state_dirty.is_empty() && self.ticks % 2 == 0 {
+        // mirror_state is updated at most every 2 s however busy the files are,
+        // and every 5 s as a heartbeat (status tells a stopped watch by it).
+        if (!self.state_dirty.is_empty() && self.ticks % 2 == 0) || self.ticks % 5 == 0 {
             let dirty = std::mem::take(&mut self.state_dirty);
-            self.record_state(StateUpdate::Change(dirty, self.totals.clone()));
+            self.record_state(StateUpdate::Change(dirty, self.totals.clone(), self.progress()));
         }
         // Keep /readyz honest while idle: check MongoDB every 5 s.
         if self.ticks % 5 == 0 && self.in_flight.is_none() {
             let sink = self.sink.clone();
             tokio::spawn(async move { sink.ping().await });
+        }
+    }
+
+    /// How far behind the files watch is: changes waiting, and the oldest one's age.
+    fn progress(&self) -> crate::state::Progress {
+        let in_flight = self.batch.as_ref().map_or(0, |b| b.covered().len());
+        let oldest = [self.schedule.oldest_pending(), self.batch_started].into_iter().flatten().min();
+        crate::state::Progress {
+            pending_files: crate::summary::count(self.schedule.pending_files() + in_flight),
+            lag_seconds: oldest.map_or(0.0, |t| t.elapsed().as_secs_f64()),
         }
     }
 
@@ -368,15 +387,14 @@ impl Daemon {
                 }
             }
         }
-        if !self.state_dirty.is_empty() {
-            let record = crate::state::record_change(
-                &self.engine,
-                &self.sink,
-                Some(&self.memory),
-                &self.state_dirty,
-                &self.totals,
-            );
-            let _ = tokio::time::timeout(Duration::from_secs(2), record).await;
+        let (engine, sink, memory) = (&self.engine, &self.sink, Some(self.memory.as_ref()));
+        let progress = self.progress();
+        let record = async {
+            crate::state::record_change(engine, sink, memory, &self.state_dirty, &self.totals, progress).await?;
+            crate::state::record_stop(sink).await
+        };
+        if let Ok(Err(e)) = tokio::time::timeout(Duration::from_secs(2), record).await {
+            tracing::debug!(error = %e, "Cannot record the stop in mirror_state");
         }
         self.hard_cancel.cancel();
         if self.schedule.pending_files() > 0 {
@@ -398,8 +416,8 @@ impl Daemon {
                 StateUpdate::Full(s, took) => {
                     crate::state::record_full(&engine, &sink, Some(&memory), "watch", &s, took).await
                 }
-                StateUpdate::Change(colls, totals) => {
-                    crate::state::record_change(&engine, &sink, Some(&memory), &colls, &totals).await
+                StateUpdate::Change(changes, totals, progress) => {
+                    crate::state::record_change(&engine, &sink, Some(&memory), &changes, &totals, progress).await
                 }
             };
             if let Err(e) = r {
@@ -447,7 +465,7 @@ fn log_summary(message: &str, s: &Summary) {
 
 enum StateUpdate {
     Full(Summary, std::time::Duration),
-    Change(Vec<String>, Summary),
+    Change(Vec<(String, bson::DateTime)>, Summary, crate::state::Progress),
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {

@@ -118,6 +118,11 @@ impl Schedule {
         self.pending.len()
     }
 
+    /// When the oldest change still waiting was first seen.
+    pub fn oldest_pending(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.first).min()
+    }
+
     /// When the next pending file is due (`None`: nothing pending).
     pub fn next_due(&self) -> Option<Instant> {
         self.pending.values().map(|p| self.due(p)).min()
