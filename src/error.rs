@@ -17,6 +17,8 @@ pub mod exit {
     pub const INDEX: u8 = 5;
     /// A source folder could not be read.
     pub const SOURCE: u8 = 6;
+    /// A task inside docmirror failed (a bug: please report it with the log).
+    pub const INTERNAL: u8 = 70;
     /// Stopped by SIGINT/SIGTERM before finishing (sync, verify).
     pub const INTERRUPTED: u8 = 130;
 }
@@ -37,6 +39,9 @@ pub enum Fatal {
     Index(String),
     #[error("interrupted before finishing")]
     Interrupted,
+    /// A task of docmirror's own failed (it panicked): a bug, not the input's fault.
+    #[error("internal error (a bug; please report it with the log): {0}")]
+    Internal(String),
 }
 
 impl Fatal {
@@ -47,7 +52,13 @@ impl Fatal {
             Fatal::Mongo(_) | Fatal::Connect { .. } => exit::MONGODB,
             Fatal::Index(_) => exit::INDEX,
             Fatal::Interrupted => exit::INTERRUPTED,
+            Fatal::Internal(_) => exit::INTERNAL,
         }
+    }
+
+    /// A blocking task that did not finish: cancelled at shutdown, or a bug.
+    pub fn task(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> Fatal {
+        move |e| if e.is_cancelled() { Fatal::Interrupted } else { Fatal::Internal(format!("{what} task failed: {e}")) }
     }
 
     /// The underlying error's own words, when they are worth showing at `-v`.
@@ -56,5 +67,18 @@ impl Fatal {
             Fatal::Connect { detail, .. } => Some(detail),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_task_is_an_internal_error_not_a_source_error() {
+        let failed = tokio::spawn(async { panic!("a bug") }).await.expect_err("the task panicked");
+        let fatal = Fatal::task("scan")(failed);
+        assert_eq!(fatal.exit_code(), exit::INTERNAL);
+        assert!(fatal.to_string().contains("scan task failed"), "{fatal}");
     }
 }

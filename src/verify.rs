@@ -74,7 +74,7 @@ async fn verify_source(engine: &Arc<Engine>, sink: &Sink, spec_idx: usize) -> Re
     let e = engine.clone();
     let scanned = tokio::task::spawn_blocking(move || scan_source(&e, None, spec_idx, None, None))
         .await
-        .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
+        .map_err(Fatal::task("scan"))??;
     let spec = engine.layout.sources[spec_idx].clone();
     let docs = sink.find_all(&spec.collection, doc! {}, None).await?;
     let mut rep = CollectionReport {
@@ -98,7 +98,7 @@ async fn verify_source(engine: &Arc<Engine>, sink: &Sink, spec_idx: usize) -> Re
         checks.into_iter().map(|(c, d)| (compare(&s2, &c, d.as_ref()), c)).collect::<Vec<_>>()
     })
     .await
-    .map_err(|e| Fatal::Source(format!("compare task failed: {e}")))?;
+    .map_err(Fatal::task("compare"))?;
     for (outcome, c) in compared {
         let diff = Difference { id: c.mapped.id.clone(), source: c.locate(), fields: Vec::new() };
         match outcome {
@@ -108,8 +108,13 @@ async fn verify_source(engine: &Arc<Engine>, sink: &Sink, spec_idx: usize) -> Re
             Outcome::Newer(fields) => rep.newer_in_mongodb.push(Difference { fields, ..diff }),
         }
     }
-    let mut extra: Vec<String> =
-        by_id.keys().filter(|id| !file_ids.contains(id.as_str()) && !rejected_ids.contains(*id)).cloned().collect();
+    let mut extra: Vec<String> = by_id
+        .keys()
+        .filter(|id| {
+            !file_ids.contains(id.as_str()) && !rejected_ids.contains(*id) && !scanned.protected_ids.contains(*id)
+        })
+        .cloned()
+        .collect();
     extra.sort();
     rep.extra = extra;
     Ok(rep)
@@ -117,7 +122,7 @@ async fn verify_source(engine: &Arc<Engine>, sink: &Sink, spec_idx: usize) -> Re
 
 /// The rejects of a source: those the scan finds, and those found only when
 /// writing (an email held by another document), from `mirror_rejects`.
-/// Returns the ids of rejected records (not compared field by field).
+/// Returns the ids of records rejected when written (not compared field by field).
 async fn rejected(
     sink: &Sink,
     spec: &SourceSpec,
@@ -126,7 +131,10 @@ async fn rejected(
 ) -> Result<HashSet<String>, Fatal> {
     let stored_rejects = sink.find_all(REJECTS, doc! { "collection": &spec.collection }, None).await?;
     let mut seen_keys = HashSet::new();
-    let mut rejected_ids: HashSet<String> = scanned.protected_ids.clone();
+    // Ids of records that were mapped but not written (not compared field by
+    // field). A record rejected by the scan (say a second record with an id
+    // already used) is not among them: the first holder of that id is compared.
+    let mut rejected_ids: HashSet<String> = HashSet::new();
     for r in &scanned.rejects {
         seen_keys.insert(r.key.clone());
         rep.rejected.push(RejectedLine {

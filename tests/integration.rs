@@ -12,5 +12,6 @@ mod first_hour;
 mod poison;
 mod service;
 mod sync;
+mod target;
 mod verify;
 mod watch;

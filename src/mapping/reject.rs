@@ -88,9 +88,15 @@ pub enum Reject {
         email: String,
         other_id: String,
     },
-    IdTaken {
+    /// The server refused the write of this one document (its code says why).
+    Refused {
         id: String,
+        code: i32,
         detail: String,
+    },
+    /// Another writer kept changing the document while docmirror wrote it.
+    Contended {
+        id: String,
     },
     File(FileProblem),
     /// One record of a file that the parser could not turn into a value.
@@ -121,7 +127,8 @@ impl Reject {
             Reject::DuplicateKeys { .. } => "duplicate_key",
             Reject::DuplicateEmail { .. } => "duplicate_email",
             Reject::EmailTaken { .. } => "email_taken",
-            Reject::IdTaken { .. } => "id_taken",
+            Reject::Refused { code, .. } => refused_code(*code),
+            Reject::Contended { .. } => "write_contended",
             Reject::File(p) | Reject::Unparsable(p) => p.code(),
         }
     }
@@ -209,9 +216,14 @@ impl fmt::Display for Reject {
                     shown(other_id)
                 )
             }
-            Reject::IdTaken { id, detail } => {
-                write!(f, "document {} could not be written: {detail}", shown(id))
+            Reject::Refused { id, code, detail } => {
+                write!(f, "MongoDB refused document {} (error {code}): {}", shown(id), cut(detail))
             }
+            Reject::Contended { id } => write!(
+                f,
+                "another writer kept changing document {} while it was written; it is tried again on the next run",
+                shown(id)
+            ),
             Reject::File(p) => write!(f, "file {p}"),
             Reject::Unparsable(p) => write!(f, "record {p} (position within the record)"),
         }
@@ -271,4 +283,17 @@ pub(super) fn render_path(path: &[Seg<'_>]) -> String {
         }
     }
     out
+}
+
+/// The reason code for a write the server refused, by its error code.
+pub(super) fn refused_code(code: i32) -> &'static str {
+    match code {
+        // DocumentValidationFailure: a `$jsonSchema` validator on the collection.
+        121 => "validation_failed",
+        // BSONObjectTooLarge, and the size errors of inserts and updates.
+        10334 | 17419 | 17420 => "document_too_large",
+        // DuplicateKey on an index docmirror did not expect to clash.
+        11000 => "duplicate_key",
+        _ => "write_refused",
+    }
 }

@@ -438,3 +438,14 @@ fn rejected_records_never_keep_plaintext() {
     assert!(is_bcrypt(pw));
     assert!(!copy.to_string().contains("hunter22"));
 }
+
+#[test]
+fn refused_writes_keep_their_own_reason_code() {
+    let refused = |code| Reject::Refused { id: "u1".into(), code, detail: "x".into() };
+    assert_eq!(refused(121).code(), "validation_failed");
+    assert_eq!(refused(10334).code(), "document_too_large");
+    assert_eq!(refused(17419).code(), "document_too_large");
+    assert_eq!(refused(2).code(), "write_refused");
+    assert_eq!(Reject::Contended { id: "u1".into() }.code(), "write_contended");
+    assert!(refused(121).to_string().contains("error 121"));
+}

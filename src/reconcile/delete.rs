@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::scan::Scanned;
-use super::target::{Existing, Outcome, Target};
+use super::target::{Existing, Target};
 use super::{OnDelete, SourceRun};
 use crate::error::Fatal;
 use crate::layout::SourceSpec;
@@ -92,14 +92,10 @@ impl<T: Target> SourceRun<'_, T> {
             return Ok(Vec::new());
         }
         let archive = engine.on_delete == OnDelete::Archive;
-        if archive {
-            let ids: Vec<String> = deletes.iter().map(|(id, _)| id.clone()).collect();
-            self.target.archive(spec, &ids).await?;
-        }
-        let results = self.target.delete(spec, &deletes).await?;
+        let results = self.target.delete(spec, &deletes, archive).await?;
         let mut removed = Vec::new();
-        for ((id, ex), r) in deletes.into_iter().zip(results) {
-            if matches!(r, Outcome::Applied { .. }) {
+        for ((id, ex), deleted) in deletes.into_iter().zip(results) {
+            if deleted {
                 if archive {
                     self.summary.archived += 1;
                 } else {

@@ -258,7 +258,7 @@ async fn reconcile_whole_source<T: Target>(
     while let Some(chunk) = rx.recv().await {
         run.chunk(chunk, &existing).await?;
     }
-    let mut scanned = scan.await.map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
+    let mut scanned = scan.await.map_err(Fatal::task("scan"))??;
     tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, elapsed_ms = started.elapsed().as_millis(), "Scanned");
     let last = std::mem::take(&mut scanned.candidates);
     run.chunk(last, &existing).await?;
@@ -277,7 +277,7 @@ async fn reconcile_files<T: Target>(
     let started = std::time::Instant::now();
     let mut scanned = tokio::task::spawn_blocking(move || scan_source(&e, m.as_deref(), spec_idx, Some(files), None))
         .await
-        .map_err(|e| Fatal::Source(format!("scan task failed: {e}")))??;
+        .map_err(Fatal::task("scan"))??;
     tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged = scanned.unchanged.len(), mapped = scanned.candidates.len(), identical = scanned.identical.len(), elapsed_ms = started.elapsed().as_millis(), "Scanned");
     let memory = core.memory.map(Arc::as_ref);
     let existing = existing::for_scan(core.engine, core.target, memory, &scanned).await?;

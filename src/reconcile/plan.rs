@@ -116,7 +116,7 @@ async fn plaintext_changed<T: Target>(
             .collect()
     })
     .await
-    .map_err(|e| Fatal::Source(format!("bcrypt task failed: {e}")))?;
+    .map_err(Fatal::task("bcrypt"))?;
     Ok(checked)
 }
 

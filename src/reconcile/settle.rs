@@ -82,7 +82,7 @@ async fn safe_copies(spec: &SourceSpec, rejects: Vec<RejectRecord>) -> Result<Ve
             .collect()
     })
     .await
-    .map_err(|e| Fatal::Source(format!("reject task failed: {e}")))
+    .map_err(Fatal::task("reject"))
 }
 
 /// Make the memo of every file read in full hold what was mirrored from it:

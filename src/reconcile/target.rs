@@ -110,16 +110,16 @@ pub trait Target: Clone + Send + Sync + 'static {
     /// About how many documents the collection holds (the mass-delete guard).
     fn count(&self, spec: &SourceSpec) -> impl Future<Output = Result<u64, Fatal>> + Send;
 
-    /// Copy these documents, as they are now, into the archive.
-    fn archive(&self, spec: &SourceSpec, ids: &[String]) -> impl Future<Output = Result<(), Fatal>> + Send;
-
     /// Delete documents, each only if it still holds the content hash the
-    /// core saw; one outcome per document (`matched` says whether it went).
+    /// core saw; with `archive`, first copy each into the archive (and keep
+    /// the copy only if the document was deleted). One answer per document:
+    /// whether it was deleted.
     fn delete(
         &self,
         spec: &SourceSpec,
         gone: &[(String, Existing)],
-    ) -> impl Future<Output = Result<Vec<Outcome>, Fatal>> + Send;
+        archive: bool,
+    ) -> impl Future<Output = Result<Vec<bool>, Fatal>> + Send;
 
     /// The keys of the stored rejects of a collection, of these files only
     /// (`Some`) or of all of them.

@@ -93,8 +93,8 @@ impl<T: Target> SourceRun<'_, T> {
             match (&r, is_insert) {
                 (Outcome::Applied { .. }, true) => self.written(&c, "inserted"),
                 (Outcome::Applied { matched: Some(n) }, false) if *n > 0 => self.written(&c, "updated"),
-                (Outcome::Failed { message, .. }, _) => {
-                    let reason = Reject::IdTaken { id: c.mapped.id.clone(), detail: message.clone() };
+                (Outcome::Failed { code, message }, _) => {
+                    let reason = Reject::Refused { id: c.mapped.id.clone(), code: *code, detail: message.clone() };
                     self.rejects.push(c.reject(&self.spec, reason));
                 }
                 _ => unsure.push(Unsure { c, is_insert, duplicate: matches!(r, Outcome::DuplicateKey { .. }) }),
@@ -183,10 +183,7 @@ impl<T: Target> SourceRun<'_, T> {
 }
 
 fn retry_exhausted(c: &Candidate) -> Reject {
-    Reject::IdTaken {
-        id: c.mapped.id.clone(),
-        detail: "another writer kept changing this document; will be tried again on the next run".into(),
-    }
+    Reject::Contended { id: c.mapped.id.clone() }
 }
 
 /// Hash plaintext passwords of the records about to be written, on all cores
@@ -219,5 +216,5 @@ async fn hash_plaintexts(spec: &SourceSpec, cands: Vec<Candidate>) -> Result<Vec
         cands
     })
     .await
-    .map_err(|e| Fatal::Source(format!("bcrypt task failed: {e}")))
+    .map_err(Fatal::task("bcrypt"))
 }

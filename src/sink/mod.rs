@@ -42,6 +42,18 @@ const TRANSIENT_CODES: &[i32] = &[
 /// How a read step that got no answer in time is told apart (a transient error).
 const STALLED: &str = "no answer from MongoDB within";
 
+/// How a write concern error during a failover is told apart (a transient error).
+const FAILOVER: &str = "write concern error during a failover";
+
+/// A transient error for a write command whose reply carries a write concern
+/// error with a failover code: the whole command is sent again (its writes
+/// are idempotent or settled by the core), instead of stopping the run.
+pub(super) fn failover_in(reply: &Document) -> Option<MongoError> {
+    let wce = reply.get_document("writeConcernError").ok()?;
+    let code = wce.get("code").and_then(bson_i64).and_then(|c| i32::try_from(c).ok())?;
+    TRANSIENT_CODES.contains(&code).then(|| MongoError::custom(format!("{FAILOVER} (code {code})")))
+}
+
 /// MongoDB's duplicate-key error.
 pub const DUPLICATE_KEY: i32 = 11000;
 
@@ -135,7 +147,7 @@ pub struct Sink {
 
 /// Whether an error is worth retrying.
 pub fn is_transient(e: &MongoError) -> bool {
-    if e.get_custom::<String>().is_some_and(|s| s.starts_with(STALLED)) {
+    if e.get_custom::<String>().is_some_and(|s| s.starts_with(STALLED) || s.starts_with(FAILOVER)) {
         return true;
     }
     if e.contains_label("RetryableWriteError")
@@ -441,5 +453,23 @@ pub fn bson_i64(b: &Bson) -> Option<i64> {
         Bson::Int64(i) => Some(*i),
         Bson::Double(f) if f.fract() == 0.0 && f.abs() < 9.0e18 => format!("{f:.0}").parse().ok(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failover_write_concern_errors_are_transient_and_others_are_not() {
+        for code in [91, 189, 11602] {
+            let reply = doc! { "ok": 1, "n": 1, "writeConcernError": { "code": code, "errmsg": "x" } };
+            let e = failover_in(&reply).expect("a failover code");
+            assert!(is_transient(&e), "code {code}");
+        }
+        let reply = doc! { "ok": 1, "n": 1, "writeConcernError": { "code": 100, "errmsg": "unsatisfiable" } };
+        assert!(failover_in(&reply).is_none(), "a permanent write concern error stays permanent");
+        assert!(failover_in(&doc! { "ok": 1, "n": 1 }).is_none());
+        assert!(!is_transient(&MongoError::custom("something else".to_string())));
     }
 }

@@ -89,39 +89,10 @@ impl Target for Sink {
             .map_err(|e| Fatal::Mongo(format!("cannot count {}: {}", spec.collection, self.scrub(&e.to_string()))))
     }
 
-    async fn archive(&self, spec: &SourceSpec, ids: &[String]) -> Result<(), Fatal> {
-        let docs = self.find_by_ids(&spec.collection, ids, None).await?;
-        let now = bson::DateTime::now();
-        let ops: Vec<WriteOp> = docs
-            .into_iter()
-            .map(|d| {
-                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
-                let hash =
-                    d.get_document("_mirror").ok().and_then(|m| m.get_str("hash").ok()).unwrap_or("").to_string();
-                WriteOp::Insert {
-                    coll: ARCHIVE.to_string(),
-                    doc: doc! {
-                        "_id": { "collection": &spec.collection, "id": id.clone(), "hash": hash },
-                        "collection": &spec.collection,
-                        "doc_id": id,
-                        "deleted_at": now,
-                        "document": d,
-                    },
-                }
-            })
-            .collect();
-        for r in Sink::write(self, ops).await? {
-            if let Outcome::Failed { message, .. } = r {
-                return Err(Fatal::Mongo(format!(
-                    "cannot archive a document of {} before deleting it: {message}",
-                    spec.collection
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    async fn delete(&self, spec: &SourceSpec, gone: &[(String, Existing)]) -> Result<Vec<Outcome>, Fatal> {
+    async fn delete(&self, spec: &SourceSpec, gone: &[(String, Existing)], archive: bool) -> Result<Vec<bool>, Fatal> {
+        // Archive first, so a crash between the two never loses a deleted
+        // document; entries of documents that were not deleted go again below.
+        let archived = if archive { self.archive(spec, gone).await? } else { HashMap::new() };
         let ops: Vec<WriteOp> = gone
             .iter()
             .map(|(id, ex)| {
@@ -132,7 +103,36 @@ impl Target for Sink {
                 WriteOp::Delete { coll: spec.collection.clone(), filter }
             })
             .collect();
-        Ok(Sink::write(self, ops).await?)
+        let outcomes = Sink::write(self, ops).await?;
+        // A delete that matched nothing (the document changed or went meanwhile)
+        // did not delete; where the server gave no per-delete count, look.
+        let unknown: Vec<String> = gone
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| matches!(o, Outcome::Applied { matched: None }))
+            .map(|((id, _), _)| id.clone())
+            .collect();
+        let still = if unknown.is_empty() { HashMap::new() } else { Target::existing(self, spec, &unknown).await? };
+        let deleted: Vec<bool> = gone
+            .iter()
+            .zip(&outcomes)
+            .map(|((id, _), o)| match o {
+                Outcome::Applied { matched: Some(n) } => *n > 0,
+                Outcome::Applied { matched: None } => !still.contains_key(id),
+                _ => false,
+            })
+            .collect();
+        let stale: Vec<Bson> = gone
+            .iter()
+            .zip(&deleted)
+            .filter(|(_, d)| !**d)
+            .filter_map(|((id, _), _)| archived.get(id).cloned())
+            .collect();
+        if !stale.is_empty() {
+            let ops = vec![WriteOp::DeleteMany { coll: ARCHIVE.to_string(), filter: doc! { "_id": { "$in": stale } } }];
+            Sink::write(self, ops).await?;
+        }
+        Ok(deleted)
     }
 
     async fn reject_keys(&self, collection: &str, files: Option<&[String]>) -> Result<HashSet<String>, Fatal> {
@@ -165,6 +165,48 @@ impl Target for Sink {
         let ops = vec![WriteOp::DeleteMany { coll: REJECTS.to_string(), filter: doc! { "_id": { "$in": keys } } }];
         Sink::write(self, ops).await?;
         Ok(())
+    }
+}
+
+impl Sink {
+    /// Copy these documents, as they are now, into `mirror_archive`; returns
+    /// the archive key of each copy made, by id.
+    async fn archive(&self, spec: &SourceSpec, gone: &[(String, Existing)]) -> Result<HashMap<String, Bson>, Fatal> {
+        let ids: Vec<String> = gone.iter().map(|(id, _)| id.clone()).collect();
+        let docs = self.find_by_ids(&spec.collection, &ids, None).await?;
+        let now = bson::DateTime::now();
+        let mut keys = Vec::new();
+        let ops: Vec<WriteOp> = docs
+            .into_iter()
+            .map(|d| {
+                let id = d.get("_id").cloned().unwrap_or(Bson::Null);
+                let hash =
+                    d.get_document("_mirror").ok().and_then(|m| m.get_str("hash").ok()).unwrap_or("").to_string();
+                let key = Bson::Document(doc! { "collection": &spec.collection, "id": id.clone(), "hash": hash });
+                keys.push((id_string(&id), key.clone()));
+                WriteOp::Insert {
+                    coll: ARCHIVE.to_string(),
+                    doc: doc! { "_id": key, "collection": &spec.collection, "doc_id": id, "deleted_at": now, "document": d },
+                }
+            })
+            .collect();
+        let mut made = HashMap::new();
+        for ((id, key), r) in keys.into_iter().zip(Sink::write(self, ops).await?) {
+            match r {
+                Outcome::Applied { .. } => {
+                    made.insert(id, key);
+                }
+                // The same version was archived before (deleted, restored, deleted again).
+                Outcome::DuplicateKey { .. } => {}
+                Outcome::Failed { message, .. } => {
+                    return Err(Fatal::Mongo(format!(
+                        "cannot archive a document of {} before deleting it: {message}",
+                        spec.collection
+                    )))
+                }
+            }
+        }
+        Ok(made)
     }
 }
 

@@ -111,7 +111,13 @@ impl Sink {
                 .retry("write command", || {
                     let db = self.db.clone();
                     let cmd = cmd.clone();
-                    async move { db.run_command(cmd).await }
+                    async move {
+                        let reply = db.run_command(cmd).await?;
+                        match super::failover_in(&reply) {
+                            Some(transient) => Err(transient),
+                            None => Ok(reply),
+                        }
+                    }
                 })
                 .await?;
             results.extend(self.command_results(group, &reply)?);
@@ -138,14 +144,20 @@ impl Sink {
             }
         }
         // The commands report one count for the whole group. When every op
-        // that did not fail matched, each matched one document; otherwise the
+        // that did not fail matched, each matched one document. When none matched, none did; otherwise the
         // caller checks the documents themselves.
         let n = reply.get("n").and_then(bson_i64).and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
         let ok_ops = u64::try_from(group.len()).unwrap_or(u64::MAX) - failed;
-        if !matches!(group.first(), Some(WriteOp::Insert { .. })) && n == ok_ops {
+        let each = match n {
+            _ if matches!(group.first(), Some(WriteOp::Insert { .. })) => None,
+            0 => Some(0),
+            n if n == ok_ops => Some(1),
+            _ => None,
+        };
+        if let Some(each) = each {
             for slot in out.iter_mut() {
                 if let Outcome::Applied { matched } = slot {
-                    *matched = Some(1);
+                    *matched = Some(each);
                 }
             }
         }
