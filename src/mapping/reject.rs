@@ -144,6 +144,7 @@ pub(super) fn inside(within: &str) -> String {
 }
 
 impl fmt::Display for Reject {
+    // Long: one arm per kind of reject, each a sentence; splitting it would only scatter them.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reject::NotAnObject { found } => write!(f, "record is {found}, not an object"),
