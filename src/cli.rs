@@ -179,9 +179,14 @@ pub struct WriteArgs {
     #[arg(long)]
     pub allow_mass_delete: bool,
 
-    /// Fraction of a collection that one change may delete before deletes are held back.
+    /// Fraction of a collection that may be deleted within --mass-delete-window-secs before
+    /// further deletes are held back.
     #[arg(long, default_value_t = 0.5)]
     pub mass_delete_fraction: f64,
+
+    /// The time over which watch adds deletes up for the mass-delete guard (sync: one run).
+    #[arg(long, default_value_t = 60)]
+    pub mass_delete_window_secs: u64,
 
     /// Records mapped, compared and written together while a whole source is
     /// scanned: bounds memory (a few KB per record), not the write batch size.
@@ -399,6 +404,7 @@ impl WriteArgs {
         engine.conflict = self.conflict;
         engine.allow_mass_delete = self.allow_mass_delete;
         engine.mass_delete_fraction = self.mass_delete_fraction;
+        engine.mass_delete_window = std::time::Duration::from_secs(self.mass_delete_window_secs);
         engine.chunk = usize::try_from(self.chunk_records).unwrap_or(crate::reconcile::CHUNK);
         Ok(())
     }

@@ -379,8 +379,16 @@ async fn deletes_are_archived_and_mass_deletes_held_back() {
     p.users(&json!([users[1], users[2], users[3], user("u9", "0@x.io", "2025-10-01T00:00:00Z")]));
     assert_eq!(docmirror(&db, &p, &["sync"]).await.count("inserted"), 1);
 
-    // users.json suddenly empty: not read as "delete everything".
+    // users.json suddenly empty: not read as "delete everything". A dry run says so too,
+    // and a dry run of what would go says archive or delete as the real run would.
     p.users(&json!([]));
+    let run = docmirror(&db, &p, &["sync", "--dry-run"]).await;
+    assert_eq!(run.count("deletes held back"), 4, "{}", run.summary());
+    assert_eq!(run.count("would be deleted"), 0, "{}", run.summary());
+    assert!(run.stdout.contains("would hold back 4 deletes of users"), "{}", run.stdout);
+    let run = docmirror(&db, &p, &["sync", "--dry-run", "--allow-mass-delete"]).await;
+    assert_eq!(run.count("would be archived"), 4, "{}", run.summary());
+    assert_eq!(run.count("would be deleted"), 0, "{}", run.summary());
     let run = docmirror(&db, &p, &["sync"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.count("deletes held back"), 4, "{}", run.summary());

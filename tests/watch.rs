@@ -123,6 +123,36 @@ async fn removed_records_are_archived_and_mass_deletes_held() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_mass_delete_guard_adds_up_deletes_over_its_window() {
+    let db = TestDb::new("watch_delete_window").await;
+    let p = Platform::new();
+    for i in 0..40 {
+        p.job(&format!("j{i:02}"), &job(&format!("j{i:02}"), "queued", "2025-10-12T09:00:00.000Z"));
+    }
+    let w = WatchProc::start(&db.uri(), &p, &["--on-delete", "delete"]).await;
+    assert_eq!(db.count("training_jobs").await, 40);
+    // `rm` of most of the folder, one file at a time: each change is small.
+    for i in 0..36 {
+        p.remove(&format!("artifacts/jobs/j{i:02}.json"));
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    p.job("marker", &job("marker", "queued", "2025-10-12T09:00:00.000Z"));
+    wait_field(&db, "training_jobs", "marker", "status", "queued").await;
+    eventually(20, "the guard held deletes back", || async { w.log_text().contains("Holding back deletes") }).await;
+    let left = db.count("training_jobs").await;
+    assert!((20..=25).contains(&left), "at most half of the 40 documents may go within the window; {left} left");
+    // The operator says it is intended: SIGUSR1 releases them.
+    let pid = i32::try_from(w.child.id().unwrap()).unwrap();
+    // SAFETY: kill(2) with a valid pid and signal.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(pid, libc::SIGUSR1);
+    }
+    eventually(20, "the held deletes applied", || async { db.count("training_jobs").await == 5 }).await;
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_jobs_folder_created_after_start_is_followed() {
     let db = TestDb::new("watch_new_folder").await;
     let p = Platform::new();

@@ -68,29 +68,13 @@ impl<T: Target> SourceRun<'_, T> {
         deletes: Vec<(String, Existing)>,
         known_total: usize,
     ) -> Result<Vec<String>, Fatal> {
+        if deletes.is_empty() || self.engine.on_delete == OnDelete::Keep {
+            return Ok(Vec::new());
+        }
+        if self.hold(deletes.len(), known_total).await {
+            return Ok(Vec::new());
+        }
         let (engine, spec) = (self.engine, &self.spec);
-        if deletes.is_empty() || engine.on_delete == OnDelete::Keep {
-            return Ok(Vec::new());
-        }
-        let total = if known_total > deletes.len() {
-            known_total
-        } else {
-            usize::try_from(self.target.count(spec).await.unwrap_or(0)).unwrap_or(usize::MAX)
-        };
-        let n = deletes.len();
-        let fraction = if total == 0 { 1.0 } else { ratio(n, total) };
-        if n >= 2 && fraction > engine.mass_delete_fraction && !engine.allow_mass_delete {
-            self.summary.deletes_held += count(n);
-            tracing::warn!(
-                collection = %spec.collection,
-                deletes = n,
-                documents = total,
-                "Holding back deletes: they would remove more than {:.0}% of the collection in one change \
-                 (a file truncated or removed by mistake?). Rerun with --allow-mass-delete if this is intended",
-                engine.mass_delete_fraction * 100.0
-            );
-            return Ok(Vec::new());
-        }
         let archive = engine.on_delete == OnDelete::Archive;
         let results = self.target.delete(spec, &deletes, archive).await?;
         let mut removed = Vec::new();
@@ -105,7 +89,50 @@ impl<T: Target> SourceRun<'_, T> {
                 removed.push(id);
             }
         }
+        if let Some(memory) = self.memory {
+            memory.record_deletes(&spec.collection, removed.len());
+        }
         Ok(removed)
+    }
+}
+
+impl<T: Target> SourceRun<'_, T> {
+    /// The mass-delete guard: hold these `n` deletes back (and count and log
+    /// them) when, with the deletes of the last `--mass-delete-window-secs`,
+    /// they would remove at least 2 documents and more than
+    /// `--mass-delete-fraction` of the collection.
+    pub(super) async fn hold(&mut self, n: usize, known_total: usize) -> bool {
+        let (engine, spec) = (self.engine, &self.spec);
+        let released = self.memory.is_some_and(|m| m.release_held.load(std::sync::atomic::Ordering::Relaxed));
+        if engine.allow_mass_delete || released {
+            return false;
+        }
+        let now = if known_total > n {
+            known_total
+        } else {
+            usize::try_from(self.target.count(spec).await.unwrap_or(0)).unwrap_or(usize::MAX)
+        };
+        let recent = self.memory.map_or(0, |m| m.recent_deletes(&spec.collection, engine.mass_delete_window));
+        // The collection as it was when the window began, and what would go from it.
+        let (within, total) = (n + recent, now.saturating_add(recent));
+        let fraction = if total == 0 { 1.0 } else { ratio(within, total) };
+        if within < 2 || fraction <= engine.mass_delete_fraction {
+            return false;
+        }
+        self.summary.deletes_held += count(n);
+        tracing::warn!(
+            collection = %spec.collection,
+            deletes = n,
+            deleted_recently = recent,
+            documents = total,
+            window_s = engine.mass_delete_window.as_secs(),
+            "Holding back deletes: with those of the last {} s they would remove more than {:.0}% of the collection \
+             (files truncated or removed by mistake?). Rerun with --allow-mass-delete, or send watch SIGUSR1, \
+             if this is intended",
+            engine.mass_delete_window.as_secs(),
+            engine.mass_delete_fraction * 100.0
+        );
+        true
     }
 }
 

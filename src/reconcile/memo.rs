@@ -14,8 +14,9 @@
 //! from a fresh read. Only a full scan starts a picture; a failure forgets.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::layout::Layout;
 use crate::source::SourceFile;
@@ -29,6 +30,12 @@ pub struct Memory {
     pub memo: Mutex<Memo>,
     /// Numbers the passes of scans over the memo (marks in [`MemoRec::seen`]).
     pub scans: AtomicU64,
+    /// Per collection, the deletes of the last while (when, how many), for
+    /// the mass-delete guard: a folder emptied one file at a time adds up.
+    pub deletes: Mutex<HashMap<String, Vec<(Instant, usize)>>>,
+    /// The operator released the held deletes (SIGUSR1): the next full
+    /// reconcile applies them, whatever the guard says.
+    pub release_held: AtomicBool,
 }
 
 impl Memory {
@@ -69,6 +76,21 @@ impl Memory {
             for s in &specs {
                 picture.remove(&s.collection);
             }
+        }
+    }
+
+    /// How many documents of a collection were deleted within `window`.
+    pub fn recent_deletes(&self, collection: &str, window: Duration) -> usize {
+        let Ok(mut deletes) = self.deletes.lock() else { return 0 };
+        let Some(list) = deletes.get_mut(collection) else { return 0 };
+        list.retain(|(at, _)| at.elapsed() < window);
+        list.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Remember that `n` documents of a collection were deleted now.
+    pub fn record_deletes(&self, collection: &str, n: usize) {
+        if let (true, Ok(mut deletes)) = (n > 0, self.deletes.lock()) {
+            deletes.entry(collection.to_string()).or_default().push((Instant::now(), n));
         }
     }
 

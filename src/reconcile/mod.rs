@@ -87,8 +87,10 @@ pub struct Engine {
     pub indexes: IndexSet,
     pub on_delete: OnDelete,
     pub conflict: Conflict,
-    /// Hold deletes that would remove more than this fraction of a collection.
+    /// Hold deletes that would remove more than this fraction of a collection
+    /// within `mass_delete_window` (watch; within one run for sync).
     pub mass_delete_fraction: f64,
+    pub mass_delete_window: std::time::Duration,
     pub allow_mass_delete: bool,
     /// Records per chunk of a streamed scan ([`CHUNK`] by default).
     pub chunk: usize,
@@ -107,6 +109,7 @@ impl Engine {
             on_delete: OnDelete::Archive,
             conflict: Conflict::NewerWins,
             mass_delete_fraction: 0.5,
+            mass_delete_window: std::time::Duration::from_secs(60),
             allow_mass_delete: false,
             chunk: CHUNK,
             metrics: Arc::default(),

@@ -102,7 +102,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
         let ids_in_files = std::mem::take(&mut self.ids_in_files);
         let found = delete::find(self.target, &self.spec, &scanned, &existing, ids_in_files).await?;
         if self.opts.dry_run {
-            return Ok(self.dry_run_end(&scanned, found.deletes, &rejects));
+            return Ok(self.dry_run_end(&scanned, found.deletes, &rejects, existing.len()).await);
         }
         self.engine.metrics.records_scanned.fetch_add(scanned.records, Ordering::Relaxed);
         let removed = self.apply_deletes(found.deletes, existing.len()).await?;
@@ -113,17 +113,28 @@ impl<'a, T: Target> SourceRun<'a, T> {
         self.report(scanned, rejects).await
     }
 
-    fn dry_run_end(
+    /// `--dry-run`: the deletes as the real run would make them (guard, archive or delete).
+    async fn dry_run_end(
         &mut self,
         scanned: &Scanned,
         deletes: Vec<(String, Existing)>,
         rejects: &[RejectRecord],
+        known_total: usize,
     ) -> Summary {
+        let on_delete = self.engine.on_delete;
+        let n = deletes.len();
+        let held = on_delete != OnDelete::Keep && n > 0 && self.hold(n, known_total).await;
         let mut summary = std::mem::take(&mut self.summary);
-        if self.engine.on_delete != OnDelete::Keep {
-            summary.deleted = count(deletes.len());
+        if held {
+            println!("would hold back {n} deletes of {} (mass-delete guard)", self.spec.collection);
+        } else {
+            match on_delete {
+                OnDelete::Archive => summary.archived = count(n),
+                OnDelete::Delete => summary.deleted = count(n),
+                OnDelete::Keep => {}
+            }
+            print_deletes(&self.spec, &deletes, on_delete);
         }
-        print_deletes(&self.spec, &deletes, self.engine.on_delete);
         summary.rejected = count(rejects.len());
         summary.bad_files = count(scanned.bad.len());
         for r in rejects {

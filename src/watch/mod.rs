@@ -102,6 +102,9 @@ pub async fn run(
     cancel: CancellationToken,
     lifecycle: &mut dyn Lifecycle,
 ) -> Result<Summary, Fatal> {
+    // SIGUSR1 releases deletes held by the mass-delete guard (installed first:
+    // its default action would end the process).
+    let mut release = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
     let (tx, mut rx) = mpsc::channel::<Hint>(opts.queue_capacity.max(1));
     let overflow = Arc::new(AtomicBool::new(false));
     let tree = engine.tree();
@@ -130,11 +133,14 @@ pub async fn run(
         batch: None,
         state_dirty: Vec::new(),
         batch_started: None,
+        release_armed: false,
+        releasing: false,
         full_started: std::time::Instant::now(),
         ticks: 0,
     };
     if daemon.initial(&cancel, lifecycle).await? {
-        daemon.follow(&mut rx, &overflow, &mut source, &tree, &cancel, lifecycle).await;
+        let inputs = Inputs { hints: &mut rx, overflow: &overflow, release: release.as_mut() };
+        daemon.follow(inputs, &mut source, &tree, &cancel, lifecycle).await;
     }
     // Shutdown: stop watching, give the writes in flight a bounded time, then stop them.
     lifecycle.stopping();
@@ -160,8 +166,20 @@ struct Daemon {
     state_dirty: Vec<(String, bson::DateTime)>,
     /// When the batch in flight started (for the lag `status` shows).
     batch_started: Option<Instant>,
+    /// SIGUSR1 came: the next full reconcile applies held deletes.
+    release_armed: bool,
+    /// The full reconcile in flight applies held deletes.
+    releasing: bool,
     full_started: std::time::Instant,
     ticks: u64,
+}
+
+/// What the main loop listens to besides time.
+struct Inputs<'a> {
+    hints: &'a mut mpsc::Receiver<Hint>,
+    overflow: &'a AtomicBool,
+    /// SIGUSR1, where it could be installed.
+    release: Option<&'a mut tokio::signal::unix::Signal>,
 }
 
 /// What the main loop does after a batch finished.
@@ -196,13 +214,13 @@ impl Daemon {
     /// Follow changes until `cancel` fires (or the hints stop).
     async fn follow(
         &mut self,
-        rx: &mut mpsc::Receiver<Hint>,
-        overflow: &AtomicBool,
+        inputs: Inputs<'_>,
         source: &mut ChangeSource,
         tree: &Tree,
         cancel: &CancellationToken,
         lifecycle: &mut dyn Lifecycle,
     ) {
+        let Inputs { hints: rx, overflow, mut release } = inputs;
         let mut next_rescan = Instant::now() + self.opts.rescan_interval;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -228,6 +246,12 @@ impl Daemon {
                 () = tokio::time::sleep_until(next_rescan) => {
                     self.schedule.request_full("periodic rescan");
                     next_rescan = Instant::now() + self.opts.rescan_interval;
+                }
+                () = signalled(&mut release) => {
+                    tracing::warn!("SIGUSR1: deletes held back by the mass-delete guard are released; rescanning");
+                    self.memory.release_held.store(true, Ordering::Relaxed);
+                    self.release_armed = true;
+                    self.schedule.request_full("held deletes released (SIGUSR1)");
                 }
                 _ = tick.tick() => {
                     self.tick(lifecycle);
@@ -263,6 +287,8 @@ impl Daemon {
                 }
                 self.engine.metrics.record_rescan();
                 self.full_started = std::time::Instant::now();
+                // A release applies to the first full reconcile that starts after it.
+                self.releasing = std::mem::take(&mut self.release_armed);
                 (Scope::Full, false, false)
             }
             Batch::Sources(specs) => {
@@ -309,6 +335,9 @@ impl Daemon {
                 s.bad_paths.clear();
                 self.totals.add(&s);
                 lifecycle.tick(&self.totals);
+                if matches!(batch, Some(Batch::Full { .. })) && std::mem::take(&mut self.releasing) {
+                    self.memory.release_held.store(false, Ordering::Relaxed);
+                }
                 if matches!(batch, Some(Batch::Full { .. })) {
                     self.record_state(StateUpdate::Full(s.clone(), self.full_started.elapsed()));
                 }
@@ -466,6 +495,17 @@ fn log_summary(message: &str, s: &Summary) {
 enum StateUpdate {
     Full(Summary, std::time::Duration),
     Change(Vec<(String, bson::DateTime)>, Summary, crate::state::Progress),
+}
+
+async fn signalled(s: &mut Option<&mut tokio::signal::unix::Signal>) {
+    match s {
+        Some(s) => {
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 async fn sleep_until_opt(t: Option<Instant>) {
