@@ -598,3 +598,33 @@ async fn chunk_boundaries_change_nothing() {
     assert_eq!(results[0], results[2], "chunks of 1 and of 2000 must give the same collections");
     assert_eq!(results[1], results[2], "chunks of 3 and of 2000 must give the same collections");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_who_swap_emails_converge() {
+    let db = TestDb::new("email_swap").await;
+    let p = Platform::new();
+    p.users(&json!([
+        user("u1", "a@x.io", "2025-10-01T00:00:00Z"),
+        user("u2", "b@x.io", "2025-10-01T00:00:00Z"),
+        user("u3", "c@x.io", "2025-10-01T00:00:00Z"),
+        user("u4", "d@x.io", "2025-10-01T00:00:00Z")
+    ]));
+    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    // u1 and u2 swap; u3 and u4 pass theirs round with a third, new address.
+    p.users(&json!([
+        user("u1", "b@x.io", "2025-10-02T00:00:00Z"),
+        user("u2", "a@x.io", "2025-10-02T00:00:00Z"),
+        user("u3", "d@x.io", "2025-10-02T00:00:00Z"),
+        user("u4", "e@x.io", "2025-10-02T00:00:00Z")
+    ]));
+    let run = docmirror(&db, &p, &["sync"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.count("updated"), 4, "{}", run.summary());
+    assert!(db.rejects().await.is_empty());
+    for (id, email) in [("u1", "b@x.io"), ("u2", "a@x.io"), ("u3", "d@x.io"), ("u4", "e@x.io")] {
+        assert_eq!(db.doc("users", id).await.unwrap().get_str("email").unwrap(), email);
+    }
+    let run = docmirror(&db, &p, &["sync"]).await;
+    assert_eq!((run.count("updated"), run.count("inserted")), (0, 0), "{}", run.summary());
+    assert_eq!(docmirror(&db, &p, &["verify"]).await.code, 0);
+}

@@ -107,6 +107,19 @@ pub trait Target: Clone + Send + Sync + 'static {
         unique: &[(String, String)],
     ) -> impl Future<Output = Result<Option<(String, String)>, Fatal>> + Send;
 
+    /// Give up these documents' unique values (`fields`) for a moment, under
+    /// the same version condition as their updates: the first step of a swap
+    /// (A takes B's email while B takes A's), whose updates then go through.
+    /// Each released document is marked so that a later run rewrites it even
+    /// if the second step never comes.
+    fn release(
+        &self,
+        spec: &SourceSpec,
+        writes: &[Write<'_>],
+        fields: &[String],
+        newer_wins: bool,
+    ) -> impl Future<Output = Result<(), Fatal>> + Send;
+
     /// About how many documents the collection holds (the mass-delete guard).
     fn count(&self, spec: &SourceSpec) -> impl Future<Output = Result<u64, Fatal>> + Send;
 

@@ -8,6 +8,7 @@
 //! Invariant: every planned write ends counted as inserted, updated,
 //! skipped-newer or rejected, never silently dropped.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::memo::Known;
@@ -113,6 +114,7 @@ impl<T: Target> SourceRun<'_, T> {
         let ids: Vec<String> = unsure.iter().map(|u| u.c.mapped.id.clone()).collect();
         let now = self.target.existing(&self.spec, &ids).await?;
         let (mut inserts, mut updates) = (Vec::new(), Vec::new());
+        let unsure = if last_round { unsure } else { self.swaps(unsure, &now, &mut updates).await? };
         for Unsure { c, is_insert, duplicate } in unsure {
             let held = now.get(&c.mapped.id);
             match held {
@@ -144,6 +146,60 @@ impl<T: Target> SourceRun<'_, T> {
         Ok((inserts, updates))
     }
 
+    /// Updates refused only because they hold each other's unique values (A
+    /// takes B's email while B takes A's, or a longer ring): each update
+    /// clashes with a document whose own update also clashed. Their values are
+    /// released first and the updates go again in the next round, so the
+    /// files' state is reached and no two documents ever share a value.
+    /// Returns the others.
+    async fn swaps(
+        &mut self,
+        unsure: Vec<Unsure>,
+        now: &HashMap<String, Existing>,
+        updates: &mut Vec<(Candidate, Existing)>,
+    ) -> Result<Vec<Unsure>, Fatal> {
+        let clashing: HashSet<String> = unsure
+            .iter()
+            .filter(|u| u.duplicate && !u.is_insert && now.contains_key(&u.c.mapped.id))
+            .map(|u| u.c.mapped.id.clone())
+            .collect();
+        if clashing.len() < 2 {
+            return Ok(unsure);
+        }
+        let (mut ring, mut rest) = (Vec::new(), Vec::new());
+        for u in unsure {
+            let holder = match clashing.contains(&u.c.mapped.id) {
+                true => self.unique_clash(&u.c).await?,
+                false => None,
+            };
+            match holder {
+                Some(Reject::EmailTaken { other_id, .. }) if clashing.contains(&other_id) => ring.push(u.c),
+                _ => rest.push(u),
+            }
+        }
+        if ring.len() >= 2 {
+            let fields = self.unique_fields();
+            let was: Vec<Existing> = ring.iter().map(|c| now.get(&c.mapped.id).cloned().unwrap_or_default()).collect();
+            let writes: Vec<Write<'_>> = ring.iter().zip(&was).map(|(c, was)| Write::Update { c, was }).collect();
+            let newer_wins = self.engine.conflict == Conflict::NewerWins;
+            self.target.release(&self.spec, &writes, &fields, newer_wins).await?;
+            drop(writes);
+            tracing::info!(collection = %self.spec.collection, documents = ring.len(), "Unique values swapped between documents: released first, then set");
+            updates.extend(ring.into_iter().zip(was));
+        } else {
+            rest.extend(ring.into_iter().map(|c| Unsure { c, is_insert: false, duplicate: true }));
+        }
+        Ok(rest)
+    }
+
+    /// The fields a unique index covers: the index definitions' and the emails.
+    fn unique_fields(&self) -> Vec<String> {
+        let spec = &self.spec;
+        let mut fields = self.engine.indexes.unique_fields(&spec.collection);
+        fields.extend(spec.normalize_email.iter().filter(|f| !fields.contains(f)).cloned().collect::<Vec<_>>());
+        fields
+    }
+
     /// Count and log a write that took effect, and keep it for watch's picture.
     fn written(&mut self, c: &Candidate, action: &str) {
         if action == "inserted" {
@@ -168,9 +224,8 @@ impl<T: Target> SourceRun<'_, T> {
     /// The other document that holds one of this record's unique values.
     async fn unique_clash(&self, c: &Candidate) -> Result<Option<Reject>, Fatal> {
         let spec = &self.spec;
-        let mut fields = self.engine.indexes.unique_fields(&spec.collection);
-        fields.extend(spec.normalize_email.iter().filter(|f| !fields.contains(f)).cloned().collect::<Vec<_>>());
-        let unique: Vec<(String, String)> = fields
+        let unique: Vec<(String, String)> = self
+            .unique_fields()
             .into_iter()
             .filter_map(|f| c.mapped.doc.get_str(&f).ok().map(|v| v.to_string()).map(|v| (f, v)))
             .collect();

@@ -82,6 +82,35 @@ impl Target for Sink {
         Ok(None)
     }
 
+    async fn release(
+        &self,
+        spec: &SourceSpec,
+        writes: &[Write<'_>],
+        fields: &[String],
+        newer_wins: bool,
+    ) -> Result<(), Fatal> {
+        let ops: Vec<WriteOp> = writes
+            .iter()
+            .map(|w| {
+                let c = w.candidate();
+                // A value no real one can be (`.invalid` is reserved), unique per document.
+                let mut set: Document = fields
+                    .iter()
+                    .map(|f| (f.clone(), Bson::String(format!("released-{}@docmirror.invalid", c.mapped.id))))
+                    .collect();
+                set.insert("_mirror.hash", "released");
+                let filter = update_filter(spec, c, newer_wins);
+                WriteOp::Update { coll: spec.collection.clone(), filter, update: doc! { "$set": set }, upsert: false }
+            })
+            .collect();
+        for r in Sink::write(self, ops).await? {
+            if let Outcome::Failed { message, .. } = r {
+                return Err(Fatal::Mongo(format!("cannot release unique values in {}: {message}", spec.collection)));
+            }
+        }
+        Ok(())
+    }
+
     async fn count(&self, spec: &SourceSpec) -> Result<u64, Fatal> {
         self.collection(&spec.collection)
             .estimated_document_count()
