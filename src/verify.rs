@@ -221,7 +221,9 @@ fn compare(spec: &SourceSpec, c: &Candidate, stored: Option<&Document>) -> Outco
         }
     }
     let newer = match (&spec.version_field, c.mapped.version) {
-        (Some(vf), Some(file_v)) => stored.get_datetime(vf).is_ok_and(|held| *held > file_v),
+        (Some(vf), Some(file_v)) => {
+            stored.get(vf).and_then(crate::mapping::comparable_version).is_some_and(|held| held > file_v)
+        }
         _ => false,
     };
     if newer {

@@ -628,3 +628,41 @@ async fn users_who_swap_emails_converge() {
     assert_eq!((run.count("updated"), run.count("inserted")), (0, 0), "{}", run.summary());
     assert_eq!(docmirror(&db, &p, &["verify"]).await.code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newer_wins_compares_versions_the_app_stored_as_strings_or_numbers() {
+    let db = TestDb::new("newer_wins_forms").await;
+    let p = Platform::new();
+    let ids = ["u1", "u2", "u3", "u4"];
+    let at = |t: &str| -> Vec<serde_json::Value> {
+        ids.iter().map(|id| user(id, &format!("{id}@x.io"), t)).collect()
+    };
+    p.users(&json!(at("2025-10-01T00:00:00Z")));
+    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    // The app (dual-write) stores its versions in other forms.
+    let users = db.db.collection::<Document>("users");
+    let newer_ms = bson::DateTime::parse_rfc3339_str("2025-12-01T00:00:00Z").unwrap().timestamp_millis();
+    for (id, v) in [
+        ("u1", Bson::String("2025-12-01T00:00:00.000Z".into())),
+        ("u2", Bson::String("2025-09-01T00:00:00.000Z".into())),
+        ("u3", Bson::String("yesterday".into())),
+        ("u4", Bson::Int64(newer_ms)),
+    ] {
+        users.update_one(doc! {"_id": id}, doc! {"$set": {"updatedAt": v, "name": "from the app"}}).await.unwrap();
+    }
+    // The files change too, with a version between the two.
+    p.users(&json!(at("2025-10-05T00:00:00Z")));
+    let run = docmirror(&db, &p, &["sync"]).await;
+    assert_eq!(run.code, 3, "u3 cannot be compared: {run:?}");
+    assert_eq!(run.count("skipped (newer in MongoDB)"), 2, "{}", run.summary());
+    assert_eq!(run.count("updated"), 1, "{}", run.summary());
+    let name = |d: Document| d.get_str("name").unwrap().to_string();
+    assert_eq!(name(db.doc("users", "u1").await.unwrap()), "from the app", "a newer ISO string wins");
+    assert_ne!(name(db.doc("users", "u2").await.unwrap()), "from the app", "an older ISO string loses");
+    assert_eq!(name(db.doc("users", "u3").await.unwrap()), "from the app", "not overwritten silently");
+    assert_eq!(name(db.doc("users", "u4").await.unwrap()), "from the app", "newer epoch milliseconds win");
+    let rejects = db.rejects().await;
+    assert_eq!(rejects.len(), 1);
+    assert_eq!(rejects[0].get_str("reason_code").unwrap(), "version_uncomparable");
+    assert!(rejects[0].get_str("reason").unwrap().contains("updatedAt"), "{:?}", rejects[0]);
+}

@@ -138,3 +138,19 @@ pub fn parse_date(s: &str) -> Option<bson::DateTime> {
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .map(|d| bson::DateTime::from_millis(d.and_utc().timestamp_millis()))
 }
+
+/// A version the app stored in the target, as a time the file's can be
+/// compared with: a date, or what the files' own date forms would be (an
+/// ISO-8601 string, epoch milliseconds). `None` when it is none of them.
+pub fn comparable_version(b: &Bson) -> Option<bson::DateTime> {
+    match b {
+        Bson::DateTime(d) => Some(*d),
+        Bson::String(s) => parse_date(s),
+        Bson::Int64(n) => Some(bson::DateTime::from_millis(*n)),
+        Bson::Int32(n) => Some(bson::DateTime::from_millis(i64::from(*n))),
+        Bson::Double(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+            format!("{f:.0}").parse().ok().map(bson::DateTime::from_millis)
+        }
+        _ => None,
+    }
+}

@@ -21,7 +21,7 @@ mod tests;
 
 #[allow(unused_imports)]
 use convert::*;
-pub use convert::{parse_date, to_bson};
+pub use convert::{comparable_version, parse_date, to_bson};
 #[allow(unused_imports)]
 use password::*;
 pub use password::{is_bcrypt, password_form, password_needs_hiding, PasswordForm};

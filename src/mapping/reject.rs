@@ -98,6 +98,12 @@ pub enum Reject {
     Contended {
         id: String,
     },
+    /// The target's version of the document is not a time the file's can be
+    /// compared with, so newer-wins cannot say which is newer.
+    VersionUncomparable {
+        field: String,
+        found: String,
+    },
     File(FileProblem),
     /// One record of a file that the parser could not turn into a value.
     Unparsable(FileProblem),
@@ -129,6 +135,7 @@ impl Reject {
             Reject::EmailTaken { .. } => "email_taken",
             Reject::Refused { code, .. } => refused_code(*code),
             Reject::Contended { .. } => "write_contended",
+            Reject::VersionUncomparable { .. } => "version_uncomparable",
             Reject::File(p) | Reject::Unparsable(p) => p.code(),
         }
     }
@@ -220,6 +227,12 @@ impl fmt::Display for Reject {
             Reject::Refused { id, code, detail } => {
                 write!(f, "MongoDB refused document {} (error {code}): {}", shown(id), cut(detail))
             }
+            Reject::VersionUncomparable { field, found } => write!(
+                f,
+                "the document in MongoDB holds {field} = {} , which is not a time; newer-wins cannot tell which \
+                 version is newer, so it is not overwritten (fix the field in MongoDB, or use --conflict file-wins)",
+                cut(found)
+            ),
             Reject::Contended { id } => write!(
                 f,
                 "another writer kept changing document {} while it was written; it is tried again on the next run",

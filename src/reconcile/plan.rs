@@ -10,11 +10,11 @@ use std::collections::HashMap;
 
 use super::rejects::RejectRecord;
 use super::scan::Candidate;
-use super::target::{Existing, Target};
-use super::{Engine, OnDelete};
+use super::target::{Existing, Held, Target};
+use super::{Conflict, Engine, OnDelete};
 use crate::error::Fatal;
 use crate::layout::SourceSpec;
-use crate::mapping::Reject;
+use crate::mapping::{comparable_version, Reject};
 use crate::source;
 
 /// The planned writes for one chunk of one source.
@@ -23,6 +23,40 @@ pub struct Plan {
     pub inserts: Vec<Candidate>,
     pub updates: Vec<(Candidate, Existing)>,
     pub unchanged: u64,
+    /// Records whose document is newer in the target (newer-wins): left alone.
+    pub newer: Vec<Candidate>,
+}
+
+/// What newer-wins says of writing a record over what the target holds.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Write,
+    /// The target's version is newer: leave it.
+    Newer,
+    /// The target's version is not a time: it cannot be compared, so it is
+    /// not overwritten (what it holds, for the reject).
+    Uncomparable(String),
+}
+
+/// Newer-wins, comparing like with like: a date as it is, a string or a
+/// number as the files' own dates would be read.
+pub fn verdict(engine: &Engine, c: &Candidate, ex: &Existing) -> Verdict {
+    let Some(file) = c.mapped.version.filter(|_| engine.conflict == Conflict::NewerWins) else {
+        return Verdict::Write;
+    };
+    let held = match &ex.version {
+        Held::Absent => return Verdict::Write,
+        Held::Date(t) => *t,
+        Held::Other(b) => match comparable_version(b) {
+            Some(t) => t,
+            None => return Verdict::Uncomparable(b.to_string()),
+        },
+    };
+    if held > file {
+        Verdict::Newer
+    } else {
+        Verdict::Write
+    }
 }
 
 /// Plan one chunk of candidates against what the target holds.
@@ -66,11 +100,21 @@ pub async fn plan<T: Target>(
     if !plan.updates.is_empty() {
         let ids: Vec<String> = plan.updates.iter().map(|(c, _)| c.mapped.id.clone()).collect();
         let details = target.existing(spec, &ids).await?;
-        for (c, ex) in plan.updates.iter_mut() {
+        let mut updates = Vec::with_capacity(plan.updates.len());
+        for (c, mut ex) in std::mem::take(&mut plan.updates) {
             if let Some(d) = details.get(&c.mapped.id) {
-                *ex = d.clone();
+                ex = d.clone();
+            }
+            match verdict(engine, &c, &ex) {
+                Verdict::Write => updates.push((c, ex)),
+                Verdict::Newer => plan.newer.push(c),
+                Verdict::Uncomparable(found) => {
+                    let field = spec.version_field.clone().unwrap_or_default();
+                    rejects.push(c.reject(spec, Reject::VersionUncomparable { field, found }));
+                }
             }
         }
+        plan.updates = updates;
     }
     Ok(plan)
 }

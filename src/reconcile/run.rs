@@ -56,6 +56,10 @@ impl<'a, T: Target> SourceRun<'a, T> {
         let (engine, target) = (self.engine, self.target);
         let plan = plan(engine, target, &self.spec, candidates, existing, &mut self.rejects).await?;
         self.summary.unchanged += plan.unchanged;
+        for c in &plan.newer {
+            self.summary.skipped_newer += 1;
+            tracing::info!(collection = %self.spec.collection, id = %c.mapped.id, source = %c.locate(), "Kept newer document in MongoDB (newer-wins)");
+        }
         if self.opts.dry_run {
             print_plan(&self.spec, &plan);
             self.summary.inserted += count(plan.inserts.len());

@@ -26,8 +26,20 @@ pub struct Existing {
     pub source: Option<String>,
     /// The fields the mirror owns (`_mirror.fields`).
     pub fields: Vec<String>,
-    /// The version field (`updatedAt`, `updated_at`) when it is a date.
-    pub version: Option<bson::DateTime>,
+    /// The version field (`updatedAt`, `updated_at`), where it was read.
+    pub version: Held,
+}
+
+/// What the target holds in a document's version field.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Held {
+    /// Missing or null (or not read).
+    #[default]
+    Absent,
+    /// A date.
+    Date(bson::DateTime),
+    /// Anything else the app stored (an ISO string, epoch milliseconds, ...).
+    Other(bson::Bson),
 }
 
 /// One write the core asks for.

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::memo::Known;
+use super::plan::{verdict, Verdict};
 use super::scan::Candidate;
 use super::target::{Existing, Outcome, Target, Write};
 use super::{Conflict, SourceRun};
@@ -117,6 +118,10 @@ impl<T: Target> SourceRun<'_, T> {
         let unsure = if last_round { unsure } else { self.swaps(unsure, &now, &mut updates).await? };
         for Unsure { c, is_insert, duplicate } in unsure {
             let held = now.get(&c.mapped.id);
+            let judged = match held {
+                Some(ex) if !is_insert => verdict(self.engine, &c, ex),
+                _ => Verdict::Write,
+            };
             match held {
                 Some(ex)
                     if ex.hash.as_deref() == Some(c.mapped.hash.as_str())
@@ -126,9 +131,14 @@ impl<T: Target> SourceRun<'_, T> {
                     // command that reports no per-op counts).
                     self.written(&c, if is_insert { "inserted" } else { "updated" });
                 }
-                Some(ex) if !is_insert && self.is_newer(&c, ex) => {
+                Some(_) if judged == Verdict::Newer => {
                     self.summary.skipped_newer += 1;
                     tracing::info!(collection = %self.spec.collection, id = %c.mapped.id, source = %c.locate(), "Kept newer document in MongoDB (newer-wins)");
+                }
+                Some(_) if matches!(judged, Verdict::Uncomparable(_)) => {
+                    let found = if let Verdict::Uncomparable(found) = judged { found } else { String::new() };
+                    let field = self.spec.version_field.clone().unwrap_or_default();
+                    self.rejects.push(c.reject(&self.spec, Reject::VersionUncomparable { field, found }));
                 }
                 _ if duplicate && (held.is_none() || !is_insert) => match self.unique_clash(&c).await? {
                     Some(reason) => self.rejects.push(c.reject(&self.spec, reason)),
@@ -214,11 +224,6 @@ impl<T: Target> SourceRun<'_, T> {
             let known = Known { hash: c.mapped.hash.clone(), source: Arc::from(c.rel.as_str()) };
             self.fresh.push((c.mapped.id.clone(), known));
         }
-    }
-
-    fn is_newer(&self, c: &Candidate, ex: &Existing) -> bool {
-        self.engine.conflict == Conflict::NewerWins
-            && matches!((ex.version, c.mapped.version), (Some(held), Some(file)) if held > file)
     }
 
     /// The other document that holds one of this record's unique values.

@@ -15,7 +15,7 @@ use crate::layout::SourceSpec;
 use crate::mapping::Reject;
 use crate::reconcile::rejects::RejectRecord;
 use crate::reconcile::scan::Candidate;
-use crate::reconcile::target::{Existing, Outcome, Target, Write};
+use crate::reconcile::target::{Existing, Held, Outcome, Target, Write};
 use crate::reconcile::{ARCHIVE, REJECTS};
 
 impl Target for Sink {
@@ -92,14 +92,17 @@ impl Target for Sink {
         let ops: Vec<WriteOp> = writes
             .iter()
             .map(|w| {
-                let c = w.candidate();
+                let (c, held) = match w {
+                    Write::Update { c, was } => (*c, was.version.clone()),
+                    Write::Insert(c) => (*c, Held::Absent),
+                };
                 // A value no real one can be (`.invalid` is reserved), unique per document.
                 let mut set: Document = fields
                     .iter()
                     .map(|f| (f.clone(), Bson::String(format!("released-{}@docmirror.invalid", c.mapped.id))))
                     .collect();
                 set.insert("_mirror.hash", "released");
-                let filter = update_filter(spec, c, newer_wins);
+                let filter = update_filter(spec, c, &held, newer_wins);
                 WriteOp::Update { coll: spec.collection.clone(), filter, update: doc! { "$set": set }, upsert: false }
             })
             .collect();
@@ -264,7 +267,11 @@ fn existing_from(spec: &SourceSpec, d: &Document) -> Option<(String, Existing)> 
             .and_then(|m| m.get_array("fields").ok())
             .map(|a| a.iter().filter_map(|b| b.as_str().map(str::to_string)).collect())
             .unwrap_or_default(),
-        version: spec.version_field.as_ref().and_then(|v| d.get_datetime(v).ok().copied()),
+        version: match spec.version_field.as_ref().and_then(|v| d.get(v)) {
+            None | Some(Bson::Null) => Held::Absent,
+            Some(Bson::DateTime(t)) => Held::Date(*t),
+            Some(other) => Held::Other(other.clone()),
+        },
     };
     Some((id, ex))
 }
@@ -299,18 +306,37 @@ fn update_op(spec: &SourceSpec, c: &Candidate, was: &Existing, newer_wins: bool)
     if !removed.is_empty() {
         update.insert("$unset", removed);
     }
-    let filter = update_filter(spec, c, newer_wins);
+    let filter = update_filter(spec, c, &was.version, newer_wins);
     WriteOp::Update { coll: spec.collection.clone(), filter, update, upsert: false }
 }
 
-/// `{_id}` plus, under newer-wins, "MongoDB's version is not newer than the file's".
-fn update_filter(spec: &SourceSpec, c: &Candidate, newer_wins: bool) -> Document {
+/// `{_id}` plus, under newer-wins, "MongoDB's version is not newer than the
+/// file's", compared like with like. The check and the write are one
+/// server-side operation.
+fn update_filter(spec: &SourceSpec, c: &Candidate, was: &Held, newer_wins: bool) -> Document {
     let mut f = doc! { "_id": &c.mapped.id };
-    if let (true, Some(vf), Some(v)) = (newer_wins, &spec.version_field, c.mapped.version) {
-        // "Not newer than the file": `$gt` with a date matches only later dates,
-        // so its negation also matches a missing, null or non-date version.
-        // (One condition rather than an `$or`, so every planner uses the _id index.)
-        f.insert(vf.clone(), doc! { "$not": { "$gt": v } });
+    let (true, Some(vf), Some(v)) = (newer_wins, &spec.version_field, c.mapped.version) else { return f };
+    match was {
+        // The app stored another form (the core compared it already): write
+        // only if it is still what was compared.
+        Held::Other(b) => {
+            f.insert(vf.clone(), b.clone());
+        }
+        // A date not newer than the file's, or no version. `$gt` with a date
+        // matches only later dates, so its negation also matches a missing or
+        // null version; a version stored meanwhile as a string or a number is
+        // excluded, so the write is refused and planned again from a fresh read.
+        // (One condition and an `$and`, no `$or`: every planner keeps the _id index.)
+        Held::Date(_) | Held::Absent => {
+            f.insert(vf.clone(), doc! { "$not": { "$gt": v } });
+            f.insert(
+                "$and",
+                vec![
+                    doc! { vf.clone(): { "$not": { "$type": "string" } } },
+                    doc! { vf.clone(): { "$not": { "$type": "number" } } },
+                ],
+            );
+        }
     }
     f
 }
