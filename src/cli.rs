@@ -121,6 +121,11 @@ pub struct CommonArgs {
     /// Files larger than this are rejected unread.
     #[arg(long, default_value_t = 1 << 30)]
     pub max_file_bytes: u64,
+
+    /// The time zone of times written without an offset (`2025-10-13T12:00:00`, as Python's
+    /// `isoformat()` writes), as an IANA name such as `Europe/Berlin`. Default: UTC, or the layout's.
+    #[arg(long, env = "DOCMIRROR_NAIVE_TIMEZONE")]
+    pub naive_timezone: Option<String>,
 }
 
 /// Where MongoDB is and how long to wait for it: all that `status` needs.
@@ -291,10 +296,13 @@ impl CommonArgs {
 
     /// Load the layout and indexes and check the folders.
     pub fn settings(&self, retry_forever: bool) -> Result<Settings, Fatal> {
-        let layout = match &self.layout {
+        let mut layout = match &self.layout {
             Some(p) => Layout::from_file(p).map_err(|e| Fatal::Config(e.to_string()))?,
             None => Layout::builtin(),
         };
+        if let Some(zone) = &self.naive_timezone {
+            layout = layout.with_naive_timezone(zone).map_err(|e| Fatal::Config(format!("--naive-timezone: {e}")))?;
+        }
         let indexes = match &self.indexes_dir {
             Some(d) => IndexSet::from_dir(d)?,
             None => IndexSet::builtin(),

@@ -78,9 +78,19 @@ pub struct SourceSpec {
     /// The record's own version time (`updatedAt`), if it has one.
     #[serde(default)]
     pub version_field: Option<String>,
+    /// The zone of times written without an offset (`2025-10-13T12:00:00`, as
+    /// Python's `isoformat()` writes), as an IANA name; UTC when absent.
+    /// Left out of the fingerprint when absent, so the default rewrites nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub naive_timezone: Option<String>,
 }
 
 impl SourceSpec {
+    /// The zone of times without an offset (UTC when the layout names none).
+    pub fn naive_zone(&self) -> chrono_tz::Tz {
+        self.naive_timezone.as_deref().and_then(|z| z.parse().ok()).unwrap_or(chrono_tz::UTC)
+    }
+
     /// The folder part of `path` and the file-name pattern.
     pub fn split_path(&self) -> (&str, &str) {
         match self.path.rsplit_once('/') {
@@ -135,6 +145,15 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// Read times without an offset in `zone` (an IANA name), in every source.
+    pub fn with_naive_timezone(mut self, zone: &str) -> Result<Self, String> {
+        for s in &mut self.sources {
+            s.naive_timezone = (zone != "UTC").then(|| zone.to_string());
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
     /// The platform's layout, needing no configuration.
     pub fn builtin() -> Self {
         // The built-in layout is checked by a unit test; a failure here is a build defect.
@@ -171,6 +190,14 @@ impl Layout {
                     "source {:?}: path {:?} may hold one '*', in its last component only",
                     s.name, s.path
                 ));
+            }
+            if let Some(z) = &s.naive_timezone {
+                if z.parse::<chrono_tz::Tz>().is_err() {
+                    return Err(format!(
+                        "source {:?}: naive_timezone {z:?} is not a time zone name (e.g. \"Europe/Berlin\", \"UTC\")",
+                        s.name
+                    ));
+                }
             }
             if s.path.starts_with('/') || s.path.split('/').any(|c| c == "..") {
                 return Err(format!("source {:?}: path {:?} must stay below its root", s.name, s.path));

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::error::Fatal;
 use crate::layout::SourceSpec;
+use crate::reconcile::cores::on_all_cores;
 use crate::reconcile::scan::{scan_source, Candidate, Scanned};
 use crate::reconcile::{Engine, REJECTS};
 use crate::sink::Sink;
@@ -86,20 +87,17 @@ async fn verify_source(engine: &Arc<Engine>, sink: &Sink, spec_idx: usize) -> Re
     let rejected_ids = rejected(sink, &spec, &scanned, &mut rep).await?;
     let by_id: HashMap<String, &Document> = docs.iter().filter_map(|d| Some((id_string(d.get("_id")?), d))).collect();
     let file_ids: HashSet<&str> = scanned.candidates.iter().map(|c| c.mapped.id.as_str()).collect();
-    let checks: Vec<(Candidate, Option<Document>)> = scanned
+    let checks: Vec<(Candidate, Option<Document>, Outcome)> = scanned
         .candidates
         .iter()
         .filter(|c| !rejected_ids.contains(&c.mapped.id))
-        .map(|c| (c.clone(), by_id.get(&c.mapped.id).map(|d| (*d).clone())))
+        .map(|c| (c.clone(), by_id.get(&c.mapped.id).map(|d| (*d).clone()), Outcome::Same))
         .collect();
     let s2 = spec.clone();
-    // Field comparison may run bcrypt for plaintext passwords: off the async workers.
-    let compared = tokio::task::spawn_blocking(move || {
-        checks.into_iter().map(|(c, d)| (compare(&s2, &c, d.as_ref()), c)).collect::<Vec<_>>()
-    })
-    .await
-    .map_err(Fatal::task("compare"))?;
-    for (outcome, c) in compared {
+    // Field comparison may run bcrypt for plaintext passwords: on every core, off the async workers.
+    let compared =
+        on_all_cores("compare", checks, move |(c, d, outcome)| *outcome = compare(&s2, c, d.as_ref())).await?;
+    for (c, _, outcome) in compared {
         let diff = Difference { id: c.mapped.id.clone(), source: c.locate(), fields: Vec::new() };
         match outcome {
             Outcome::Same => {}
@@ -221,9 +219,10 @@ fn compare(spec: &SourceSpec, c: &Candidate, stored: Option<&Document>) -> Outco
         }
     }
     let newer = match (&spec.version_field, c.mapped.version) {
-        (Some(vf), Some(file_v)) => {
-            stored.get(vf).and_then(crate::mapping::comparable_version).is_some_and(|held| held > file_v)
-        }
+        (Some(vf), Some(file_v)) => stored
+            .get(vf)
+            .and_then(|v| crate::mapping::comparable_version(v, spec.naive_zone()))
+            .is_some_and(|held| held > file_v),
         _ => false,
     };
     if newer {

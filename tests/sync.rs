@@ -634,9 +634,7 @@ async fn newer_wins_compares_versions_the_app_stored_as_strings_or_numbers() {
     let db = TestDb::new("newer_wins_forms").await;
     let p = Platform::new();
     let ids = ["u1", "u2", "u3", "u4"];
-    let at = |t: &str| -> Vec<serde_json::Value> {
-        ids.iter().map(|id| user(id, &format!("{id}@x.io"), t)).collect()
-    };
+    let at = |t: &str| -> Vec<serde_json::Value> { ids.iter().map(|id| user(id, &format!("{id}@x.io"), t)).collect() };
     p.users(&json!(at("2025-10-01T00:00:00Z")));
     assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
     // The app (dual-write) stores its versions in other forms.

@@ -50,3 +50,34 @@ async fn a_delete_that_matched_nothing_is_not_counted_and_leaves_no_archive_copy
     // Deleting what is already gone deletes nothing.
     assert_eq!(sink.delete(&spec, &gone[1..], false).await.unwrap(), [false]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_refused_as_a_whole_is_split_and_only_the_bad_document_fails() {
+    use docmirror::reconcile::target::Outcome;
+    use docmirror::sink::WriteOp;
+    let db = TestDb::new("target_bisect").await;
+    let sink = sink(&db).await;
+    // A NUL in a field name cannot even be encoded: the whole command fails
+    // before it reaches the server. (Mapping rejects such records earlier;
+    // this is the net under it.)
+    let ops: Vec<WriteOp> = (0..7)
+        .map(|i| {
+            let doc = if i == 4 {
+                doc! { "_id": format!("d{i}"), "a\u{0}b": 1 }
+            } else {
+                doc! { "_id": format!("d{i}") }
+            };
+            WriteOp::Insert { coll: "datasets".into(), doc }
+        })
+        .collect();
+    let outcomes = sink.write(ops).await.unwrap();
+    assert_eq!(outcomes.len(), 7);
+    for (i, o) in outcomes.iter().enumerate() {
+        if i == 4 {
+            assert!(matches!(o, Outcome::Failed { .. }), "d4 fails: {o:?}");
+        } else {
+            assert!(matches!(o, Outcome::Applied { .. }), "d{i} is written: {o:?}");
+        }
+    }
+    assert_eq!(db.count("datasets").await, 6);
+}

@@ -3,6 +3,8 @@
 
 #[allow(unused_imports)]
 use super::*;
+use chrono::TimeZone;
+use chrono_tz::Tz;
 
 /// A field name MongoDB can store and address. `within` is the path of the
 /// object holding it.
@@ -102,10 +104,10 @@ pub(super) fn f64_to_i64(f: f64) -> i64 {
     format!("{f:.0}").parse().unwrap_or(0)
 }
 
-pub(super) fn to_date(field: &str, v: &Value) -> Result<Bson, Reject> {
+pub(super) fn to_date(field: &str, v: &Value, zone: Tz) -> Result<Bson, Reject> {
     match v {
         Value::Null => Ok(Bson::Null),
-        Value::String(s) => parse_date(s)
+        Value::String(s) => parse_date_in(s, zone)
             .map(Bson::DateTime)
             .ok_or_else(|| Reject::BadDate { field: field.to_string(), value: format!("{s:?}") }),
         Value::Number(n) => n
@@ -121,31 +123,36 @@ pub(super) fn to_date(field: &str, v: &Value) -> Result<Bson, Reject> {
 /// `isoformat()`, read as UTC), or a bare date (midnight UTC). Sub-millisecond
 /// digits are dropped: BSON dates hold milliseconds.
 pub fn parse_date(s: &str) -> Option<bson::DateTime> {
+    parse_date_in(s, chrono_tz::UTC)
+}
+
+/// [`parse_date`], reading a time without an offset (and a bare date, as its
+/// midnight) in `zone`. A local time that happens twice (the hour the clocks
+/// go back) is the first; one that never happens (the hour they go forward)
+/// is not a date.
+pub fn parse_date_in(s: &str, zone: Tz) -> Option<bson::DateTime> {
     let s = s.trim();
     if let Ok(d) = DateTime::parse_from_rfc3339(s) {
         return Some(bson::DateTime::from_millis(d.timestamp_millis()));
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"] {
-        if let Ok(d) = NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(bson::DateTime::from_millis(d.and_utc().timestamp_millis()));
-        }
-    }
     if let Ok(d) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%:z") {
         return Some(bson::DateTime::from_millis(d.timestamp_millis()));
     }
-    NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|d| bson::DateTime::from_millis(d.and_utc().timestamp_millis()))
+    let naive = ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M"]
+        .iter()
+        .find_map(|fmt| NaiveDateTime::parse_from_str(s, fmt).ok())
+        .or_else(|| NaiveDate::parse_from_str(s, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)))?;
+    let at = zone.from_local_datetime(&naive).earliest()?;
+    Some(bson::DateTime::from_millis(at.timestamp_millis()))
 }
 
 /// A version the app stored in the target, as a time the file's can be
 /// compared with: a date, or what the files' own date forms would be (an
 /// ISO-8601 string, epoch milliseconds). `None` when it is none of them.
-pub fn comparable_version(b: &Bson) -> Option<bson::DateTime> {
+pub fn comparable_version(b: &Bson, zone: Tz) -> Option<bson::DateTime> {
     match b {
         Bson::DateTime(d) => Some(*d),
-        Bson::String(s) => parse_date(s),
+        Bson::String(s) => parse_date_in(s, zone),
         Bson::Int64(n) => Some(bson::DateTime::from_millis(*n)),
         Bson::Int32(n) => Some(bson::DateTime::from_millis(i64::from(*n))),
         Bson::Double(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 => {

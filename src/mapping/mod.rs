@@ -21,7 +21,7 @@ mod tests;
 
 #[allow(unused_imports)]
 use convert::*;
-pub use convert::{comparable_version, parse_date, to_bson};
+pub use convert::{comparable_version, parse_date, parse_date_in, to_bson};
 #[allow(unused_imports)]
 use password::*;
 pub use password::{is_bcrypt, password_form, password_needs_hiding, PasswordForm};
@@ -125,6 +125,7 @@ pub fn map_record(spec: &SourceSpec, fingerprint: &str, value: &Value) -> Result
         return Err(Reject::NotAnObject { found: kind_of(value) });
     };
     let id = identity(spec, obj)?;
+    let zone = spec.naive_zone();
     let mut doc = Document::new();
     doc.insert("_id", id.clone());
     let mut plaintext = None;
@@ -153,7 +154,7 @@ pub fn map_record(spec: &SourceSpec, fingerprint: &str, value: &Value) -> Result
         path.clear();
         path.push(Seg::Key(key));
         let b = if spec.dates.contains(key) {
-            to_date(key, v)?
+            to_date(key, v, zone)?
         } else if spec.int64.contains(key) {
             to_int64(key, v)?
         } else if spec.documents.contains(key) {

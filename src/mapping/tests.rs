@@ -449,3 +449,30 @@ fn refused_writes_keep_their_own_reason_code() {
     assert_eq!(Reject::Contended { id: "u1".into() }.code(), "write_contended");
     assert!(refused(121).to_string().contains("error 121"));
 }
+
+#[test]
+fn naive_times_are_read_in_the_zone_given() {
+    let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+    let at = |s: &str, z| parse_date_in(s, z).map(|d| d.try_to_rfc3339_string().unwrap());
+    // Summer (UTC+2) and winter (UTC+1) in Berlin; UTC by default.
+    assert_eq!(at("2025-07-01T12:00:00", berlin).as_deref(), Some("2025-07-01T10:00:00Z"));
+    assert_eq!(at("2025-01-01T12:00:00", berlin).as_deref(), Some("2025-01-01T11:00:00Z"));
+    assert_eq!(at("2025-07-01T12:00:00", chrono_tz::UTC).as_deref(), Some("2025-07-01T12:00:00Z"));
+    // A time with an offset is that time, whatever the zone.
+    assert_eq!(at("2025-07-01T12:00:00Z", berlin).as_deref(), Some("2025-07-01T12:00:00Z"));
+    // The hour the clocks go back happens twice: the first; the hour they skip never happens.
+    assert_eq!(at("2025-10-26T02:30:00", berlin).as_deref(), Some("2025-10-26T00:30:00Z"));
+    assert_eq!(at("2025-03-30T02:30:00", berlin), None);
+    // A layout with a zone maps its records so; a bad name is refused.
+    let mut layout = Layout::builtin().with_naive_timezone("Europe/Berlin").unwrap();
+    let spec = layout.sources.remove(0);
+    let m =
+        map_record(&spec, "fp", &json!({"id": "u1", "email": "a@x.io", "createdAt": "2025-07-01T12:00:00"})).unwrap();
+    assert_eq!(m.doc.get_datetime("createdAt").unwrap().try_to_rfc3339_string().unwrap(), "2025-07-01T10:00:00Z");
+    assert_ne!(fingerprint(&spec), fingerprint(&Layout::builtin().sources[0]), "a zone changes the mapping");
+    assert!(Layout::builtin().with_naive_timezone("Mars/Olympus").is_err());
+    assert_eq!(
+        fingerprint(&Layout::builtin().with_naive_timezone("UTC").unwrap().sources[0]),
+        fingerprint(&Layout::builtin().sources[0])
+    );
+}

@@ -20,6 +20,7 @@
 //! Conservation rule: every record read ends in exactly one bucket:
 //! inserted, updated, unchanged, skipped (newer in the target) or rejected.
 
+pub mod cores;
 pub mod delete;
 pub mod existing;
 pub mod memo;

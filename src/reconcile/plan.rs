@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use super::cores::on_all_cores;
 use super::rejects::RejectRecord;
 use super::scan::Candidate;
 use super::target::{Existing, Held, Target};
@@ -40,14 +41,14 @@ pub enum Verdict {
 
 /// Newer-wins, comparing like with like: a date as it is, a string or a
 /// number as the files' own dates would be read.
-pub fn verdict(engine: &Engine, c: &Candidate, ex: &Existing) -> Verdict {
+pub fn verdict(engine: &Engine, spec: &SourceSpec, c: &Candidate, ex: &Existing) -> Verdict {
     let Some(file) = c.mapped.version.filter(|_| engine.conflict == Conflict::NewerWins) else {
         return Verdict::Write;
     };
     let held = match &ex.version {
         Held::Absent => return Verdict::Write,
         Held::Date(t) => *t,
-        Held::Other(b) => match comparable_version(b) {
+        Held::Other(b) => match comparable_version(b, spec.naive_zone()) {
             Some(t) => t,
             None => return Verdict::Uncomparable(b.to_string()),
         },
@@ -105,7 +106,7 @@ pub async fn plan<T: Target>(
             if let Some(d) = details.get(&c.mapped.id) {
                 ex = d.clone();
             }
-            match verdict(engine, &c, &ex) {
+            match verdict(engine, spec, &c, &ex) {
                 Verdict::Write => updates.push((c, ex)),
                 Verdict::Newer => plan.newer.push(c),
                 Verdict::Uncomparable(found) => {
@@ -136,8 +137,8 @@ fn other_live_source(engine: &Engine, spec: &SourceSpec, c: &Candidate, ex: &Exi
         .then(|| src.clone())
 }
 
-/// Whether each plaintext password differs from the stored hash (bcrypt,
-/// off the async workers).
+/// Whether each plaintext password differs from the stored hash (bcrypt on
+/// every core, off the async workers).
 async fn plaintext_changed<T: Target>(
     target: &T,
     spec: &SourceSpec,
@@ -148,20 +149,13 @@ async fn plaintext_changed<T: Target>(
     };
     let ids: Vec<String> = same.iter().map(|(c, _)| c.mapped.id.clone()).collect();
     let stored = target.passwords(spec, &field, &ids).await?;
-    let checked = tokio::task::spawn_blocking(move || {
-        same.into_iter()
-            .map(|(c, e)| {
-                let ok = match (c.mapped.plaintext.as_ref(), stored.get(&c.mapped.id)) {
-                    (Some(p), Some(h)) => bcrypt::verify(p.expose(), h).unwrap_or(false),
-                    _ => false,
-                };
-                (c, e, !ok)
-            })
-            .collect()
+    let items: Vec<(Candidate, Existing, bool)> = same.into_iter().map(|(c, e)| (c, e, true)).collect();
+    on_all_cores("bcrypt", items, move |(c, _, differs)| {
+        if let (Some(p), Some(h)) = (c.mapped.plaintext.as_ref(), stored.get(&c.mapped.id)) {
+            *differs = !bcrypt::verify(p.expose(), h).unwrap_or(false);
+        }
     })
     .await
-    .map_err(Fatal::task("bcrypt"))?;
-    Ok(checked)
 }
 
 /// `--dry-run`: one line per write the plan would make.

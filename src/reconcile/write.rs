@@ -11,6 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use super::cores::on_all_cores;
 use super::memo::Known;
 use super::plan::{verdict, Verdict};
 use super::scan::Candidate;
@@ -119,7 +120,7 @@ impl<T: Target> SourceRun<'_, T> {
         for Unsure { c, is_insert, duplicate } in unsure {
             let held = now.get(&c.mapped.id);
             let judged = match held {
-                Some(ex) if !is_insert => verdict(self.engine, &c, ex),
+                Some(ex) if !is_insert => verdict(self.engine, &self.spec, &c, ex),
                 _ => Verdict::Write,
             };
             match held {
@@ -255,26 +256,12 @@ async fn hash_plaintexts(spec: &SourceSpec, cands: Vec<Candidate>) -> Result<Vec
     if cands.iter().all(|c| c.mapped.plaintext.is_none()) {
         return Ok(cands);
     }
-    tokio::task::spawn_blocking(move || {
-        let mut cands = cands;
-        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let chunk = cands.len().div_ceil(threads).max(1);
-        std::thread::scope(|s| {
-            for part in cands.chunks_mut(chunk) {
-                let field = field.as_str();
-                s.spawn(move || {
-                    for c in part {
-                        // bcrypt fails only on an over-long password; such a record is
-                        // written without its password rather than in plaintext.
-                        if mapping::hash_password(&mut c.mapped, field).is_err() {
-                            c.mapped.plaintext = None;
-                        }
-                    }
-                });
-            }
-        });
-        cands
+    on_all_cores("bcrypt", cands, move |c| {
+        // bcrypt fails only on an over-long password; such a record is
+        // written without its password rather than in plaintext.
+        if mapping::hash_password(&mut c.mapped, &field).is_err() {
+            c.mapped.plaintext = None;
+        }
     })
     .await
-    .map_err(Fatal::task("bcrypt"))
 }

@@ -173,8 +173,10 @@ pub fn connect_failed(
             Some(*waited),
             last.clone(),
         ),
-        (SinkError::Permanent(_), Some(err)) => (monitor.cause(err), None, err.to_string()),
-        (SinkError::Permanent(msg), None) => (Cause::Other(msg.clone()), None, msg.clone()),
+        (SinkError::Permanent(_) | SinkError::Refused { .. }, Some(err)) => (monitor.cause(err), None, err.to_string()),
+        (SinkError::Permanent(msg) | SinkError::Refused { message: msg, .. }, None) => {
+            (Cause::Other(msg.clone()), None, msg.clone())
+        }
     };
     Fatal::Connect { message: scrub.scrub(&connect_message(hosts, &cause, waited)), detail: scrub.scrub(&detail) }
 }

@@ -54,6 +54,36 @@ pub(super) fn failover_in(reply: &Document) -> Option<MongoError> {
     TRANSIENT_CODES.contains(&code).then(|| MongoError::custom(format!("{FAILOVER} (code {code})")))
 }
 
+/// Server error codes about what was sent (bad values, sizes, field names).
+const CONTENT_CODES: &[i32] = &[
+    2,     // BadValue
+    9,     // FailedToParse
+    22,    // InvalidBSON
+    40,    // ConflictingUpdateOperators
+    52,    // DollarPrefixedFieldName
+    55,    // InvalidDBRef
+    56,    // EmptyFieldName
+    57,    // DottedFieldName
+    121,   // DocumentValidationFailure
+    10334, // BSONObjectTooLarge
+    17419, // the insert is too large
+    17420, // the update makes a document too large
+];
+
+/// The error code when an error is about what was sent (0 for what the
+/// driver could not even encode), `None` when it is about the server, the
+/// network or the credentials.
+fn refused_for_content(e: &MongoError) -> Option<i32> {
+    match e.kind.as_ref() {
+        ErrorKind::BsonSerialization(_) | ErrorKind::InvalidArgument { .. } => Some(0),
+        // The driver reports a value it could not encode (a NUL in a field
+        // name) as an invalid reply; only that message is about what was sent.
+        ErrorKind::InvalidResponse { message, .. } if message.contains("cstrings cannot contain null bytes") => Some(0),
+        ErrorKind::Command(c) if CONTENT_CODES.contains(&c.code) => Some(c.code),
+        _ => None,
+    }
+}
+
 /// MongoDB's duplicate-key error.
 pub const DUPLICATE_KEY: i32 = 11000;
 
@@ -120,6 +150,11 @@ pub enum SinkError {
     Unavailable { waited: Duration, last: String },
     #[error("MongoDB refused the operation: {0}")]
     Permanent(String),
+    /// Refused for what was sent (a value that cannot be encoded, a document
+    /// too large, a bad value), not for the server's state: a batch refused
+    /// this way is split to find the operations at fault.
+    #[error("MongoDB refused the operation (error {code}): {message}")]
+    Refused { code: i32, message: String },
     #[error("cancelled")]
     Cancelled,
 }
@@ -335,7 +370,13 @@ impl Sink {
                     delay = (delay * 2).min(Duration::from_secs(10));
                     attempt += 1;
                 }
-                Err(e) => return Err(SinkError::Permanent(self.scrub(&e.to_string()))),
+                Err(e) => {
+                    let message = self.scrub(&e.to_string());
+                    return Err(match refused_for_content(&e) {
+                        Some(code) => SinkError::Refused { code, message },
+                        None => SinkError::Permanent(message),
+                    });
+                }
             }
         }
     }
@@ -433,16 +474,46 @@ impl Sink {
     async fn write_batch(&self, ops: Vec<WriteOp>) -> Result<Vec<Outcome>, SinkError> {
         let started = Instant::now();
         let n = ops.len();
-        let out = match self.mode {
-            WriteMode::BulkWrite | WriteMode::Auto => self.retry("bulk_write", || self.bulk_write_once(&ops)).await,
-            WriteMode::Commands => self.commands_batch(&ops).await,
-        };
+        let out = self.write_isolating(&ops).await;
         if out.is_ok() {
             self.opts.metrics.record_batch(started.elapsed());
             self.opts.metrics.ops_done.fetch_add(crate::summary::count(n), std::sync::atomic::Ordering::Relaxed);
         }
         tracing::debug!(ops = n, elapsed_ms = started.elapsed().as_millis(), "Wrote batch");
         out
+    }
+}
+
+impl Sink {
+    /// Send a batch; if the server (or the driver) refuses it as a whole for
+    /// what it holds, split it in halves until the operations at fault stand
+    /// alone, write the rest, and report only those as failed: one bad
+    /// document never stops the others.
+    async fn write_isolating(&self, ops: &[WriteOp]) -> Result<Vec<Outcome>, SinkError> {
+        let mut out = Vec::with_capacity(ops.len());
+        // Slices still to send, in order (a stack, last first).
+        let mut todo: Vec<&[WriteOp]> = vec![ops];
+        while let Some(part) = todo.pop() {
+            let sent = match self.mode {
+                WriteMode::BulkWrite | WriteMode::Auto => self.retry("bulk_write", || self.bulk_write_once(part)).await,
+                WriteMode::Commands => self.commands_batch(part).await,
+            };
+            match sent {
+                Ok(results) => out.extend(results),
+                Err(SinkError::Refused { code, message }) if part.len() == 1 => {
+                    tracing::debug!(code, error = %message, "One operation refused on its own");
+                    out.push(Outcome::Failed { code, message });
+                }
+                Err(SinkError::Refused { code, .. }) => {
+                    tracing::debug!(code, ops = part.len(), "Batch refused as a whole; splitting it");
+                    let (a, b) = part.split_at(part.len() / 2);
+                    todo.push(b);
+                    todo.push(a);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 }
 
