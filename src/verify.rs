@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bson::{doc, Bson, Document};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::Fatal;
 use crate::layout::SourceSpec;
@@ -95,8 +96,10 @@ async fn verify_source(engine: &Arc<Engine>, sink: &Sink, spec_idx: usize) -> Re
         .collect();
     let s2 = spec.clone();
     // Field comparison may run bcrypt for plaintext passwords: on every core, off the async workers.
-    let compared =
-        on_all_cores("compare", checks, move |(c, d, outcome)| *outcome = compare(&s2, c, d.as_ref())).await?;
+    let compared = on_all_cores("compare", checks, &CancellationToken::new(), move |(c, d, outcome)| {
+        *outcome = compare(&s2, c, d.as_ref())
+    })
+    .await?;
     for (c, _, outcome) in compared {
         let diff = Difference { id: c.mapped.id.clone(), source: c.locate(), fields: Vec::new() };
         match outcome {

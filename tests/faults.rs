@@ -289,3 +289,33 @@ async fn a_burst_that_overflows_the_event_queue_leads_to_a_rescan() {
     assert!(log.contains("Full rescan") && log.contains("event queue overflow"), "the rescan is announced: {log}");
     assert_exact(&db.uri(), &p).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_during_the_initial_reconcile_stops_without_waiting_for_all_the_bcrypt_work() {
+    let db = TestDb::new("fault_sigterm_bcrypt").await;
+    let p = Platform::new();
+    // 2,000 plaintext passwords in one chunk: about a minute of bcrypt on two cores.
+    let users: Vec<serde_json::Value> = (0..2000)
+        .map(|i| {
+            let mut u = user(&format!("u{i}"), &format!("{i}@x.io"), "2025-10-01T00:00:00Z");
+            u["password"] = serde_json::json!(format!("plain-{i}"));
+            u
+        })
+        .collect();
+    p.users(&serde_json::json!(users));
+    let w = WatchProc::spawn(&db.uri(), &p, &["--chunk-records", "2000", "--shutdown-timeout-secs", "2"]);
+    eventually(30, "watch connected", || async { w.log_text().contains("Connected to MongoDB") }).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let mut w = w;
+    let pid = w.child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // The bcrypt work stops at its next item; the writes in flight get 2 s.
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(15), w.child.wait())
+        .await
+        .expect("watch did not stop within its shutdown timeout (it waited for all the bcrypt work)")
+        .unwrap();
+    let log = w.log_text();
+    assert_eq!(exit.code(), Some(0), "{log}");
+    assert!(log.contains("Stopped"), "{log}");
+    assert_no_secrets(&log);
+}

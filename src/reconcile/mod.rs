@@ -229,14 +229,14 @@ pub async fn reconcile<T: Target>(
             return Err(Fatal::Interrupted);
         }
         engine.metrics.set_phase(format!("{}: reading", engine.layout.sources[spec_idx].collection));
-        total.add(&reconcile_whole_source(core, spec_idx, existing?, opts).await?);
+        total.add(&reconcile_whole_source(core, spec_idx, existing?, opts, cancel).await?);
     }
     for (spec_idx, files) in work.files {
         if cancel.is_cancelled() {
             return Err(Fatal::Interrupted);
         }
         engine.metrics.set_phase(format!("{}: reading", engine.layout.sources[spec_idx].collection));
-        total.add(&reconcile_files(core, spec_idx, files, opts).await?);
+        total.add(&reconcile_files(core, spec_idx, files, opts, cancel).await?);
     }
     Ok(total)
 }
@@ -249,6 +249,7 @@ async fn reconcile_whole_source<T: Target>(
     spec_idx: usize,
     existing: HashMap<String, Existing>,
     opts: RunOptions,
+    stop: &CancellationToken,
 ) -> Result<Summary, Fatal> {
     let started = std::time::Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Candidate>>(1);
@@ -258,7 +259,7 @@ async fn reconcile_whole_source<T: Target>(
         let mut emit = |chunk: Vec<Candidate>| tx.blocking_send(chunk).is_ok();
         scan_source(&e, m.as_deref(), spec_idx, None, Some(&mut emit))
     });
-    let mut run = SourceRun::new(core.engine, core.target, core.memory.map(Arc::as_ref), spec_idx, opts);
+    let mut run = SourceRun::new(core.engine, core.target, core.memory.map(Arc::as_ref), stop, spec_idx, opts);
     while let Some(chunk) = rx.recv().await {
         run.chunk(chunk, &existing).await?;
     }
@@ -276,6 +277,7 @@ async fn reconcile_files<T: Target>(
     spec_idx: usize,
     files: Vec<SourceFile>,
     opts: RunOptions,
+    stop: &CancellationToken,
 ) -> Result<Summary, Fatal> {
     let (e, m) = (core.engine.clone(), core.memory.cloned());
     let started = std::time::Instant::now();
@@ -285,7 +287,7 @@ async fn reconcile_files<T: Target>(
     tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged = scanned.unchanged.len(), mapped = scanned.candidates.len(), identical = scanned.identical.len(), elapsed_ms = started.elapsed().as_millis(), "Scanned");
     let memory = core.memory.map(Arc::as_ref);
     let existing = existing::for_scan(core.engine, core.target, memory, &scanned).await?;
-    let mut run = SourceRun::new(core.engine, core.target, memory, spec_idx, opts);
+    let mut run = SourceRun::new(core.engine, core.target, memory, stop, spec_idx, opts);
     let mut candidates = std::mem::take(&mut scanned.candidates).into_iter();
     loop {
         let chunk: Vec<Candidate> = candidates.by_ref().take(core.engine.chunk.max(1)).collect();
@@ -302,6 +304,8 @@ struct SourceRun<'a, T: Target> {
     pub engine: &'a Arc<Engine>,
     pub target: &'a T,
     pub memory: Option<&'a Memory>,
+    /// Fires on shutdown: the run stops at the next chunk (or bcrypt item).
+    pub stop: &'a CancellationToken,
     pub spec: SourceSpec,
     pub opts: RunOptions,
     pub summary: Summary,

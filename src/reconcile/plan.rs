@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use tokio_util::sync::CancellationToken;
+
 use super::cores::on_all_cores;
 use super::rejects::RejectRecord;
 use super::scan::Candidate;
@@ -68,6 +70,7 @@ pub async fn plan<T: Target>(
     candidates: Vec<Candidate>,
     existing: &HashMap<String, Existing>,
     rejects: &mut Vec<RejectRecord>,
+    stop: &CancellationToken,
 ) -> Result<Plan, Fatal> {
     let mut plan = Plan::default();
     let mut plaintext_same = Vec::new();
@@ -89,7 +92,7 @@ pub async fn plan<T: Target>(
     }
     // Plaintext passwords are not in the content hash: check them with bcrypt.
     if !plaintext_same.is_empty() {
-        for (c, ex, differs) in plaintext_changed(target, spec, plaintext_same).await? {
+        for (c, ex, differs) in plaintext_changed(target, spec, plaintext_same, stop).await? {
             if differs {
                 plan.updates.push((c, ex));
             } else {
@@ -143,6 +146,7 @@ async fn plaintext_changed<T: Target>(
     target: &T,
     spec: &SourceSpec,
     same: Vec<(Candidate, Existing)>,
+    stop: &CancellationToken,
 ) -> Result<Vec<(Candidate, Existing, bool)>, Fatal> {
     let Some(field) = spec.password_field.clone() else {
         return Ok(same.into_iter().map(|(c, e)| (c, e, false)).collect());
@@ -150,7 +154,7 @@ async fn plaintext_changed<T: Target>(
     let ids: Vec<String> = same.iter().map(|(c, _)| c.mapped.id.clone()).collect();
     let stored = target.passwords(spec, &field, &ids).await?;
     let items: Vec<(Candidate, Existing, bool)> = same.into_iter().map(|(c, e)| (c, e, true)).collect();
-    on_all_cores("bcrypt", items, move |(c, _, differs)| {
+    on_all_cores("bcrypt", items, stop, move |(c, _, differs)| {
         if let (Some(p), Some(h)) = (c.mapped.plaintext.as_ref(), stored.get(&c.mapped.id)) {
             *differs = !bcrypt::verify(p.expose(), h).unwrap_or(false);
         }

@@ -6,6 +6,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use super::delete;
 use super::memo::{MemoEntry, MemoRec, Memory};
 use super::plan::{plan, print_deletes, print_plan};
@@ -24,6 +26,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
         engine: &'a Arc<Engine>,
         target: &'a T,
         memory: Option<&'a Memory>,
+        stop: &'a CancellationToken,
         spec_idx: usize,
         opts: RunOptions,
     ) -> Self {
@@ -31,6 +34,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
             engine,
             target,
             memory,
+            stop,
             spec: engine.layout.sources[spec_idx].clone(),
             opts,
             summary: Summary::default(),
@@ -52,9 +56,14 @@ impl<'a, T: Target> SourceRun<'a, T> {
         if candidates.is_empty() {
             return Ok(());
         }
+        // Stopping (SIGTERM): what is written stays written; the rest is the
+        // next start's full reconcile.
+        if self.stop.is_cancelled() {
+            return Err(Fatal::Interrupted);
+        }
         self.note(&candidates);
         let (engine, target) = (self.engine, self.target);
-        let plan = plan(engine, target, &self.spec, candidates, existing, &mut self.rejects).await?;
+        let plan = plan(engine, target, &self.spec, candidates, existing, &mut self.rejects, self.stop).await?;
         self.summary.unchanged += plan.unchanged;
         for c in &plan.newer {
             self.summary.skipped_newer += 1;

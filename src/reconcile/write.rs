@@ -11,6 +11,8 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use super::cores::on_all_cores;
 use super::memo::Known;
 use super::plan::{verdict, Verdict};
@@ -62,9 +64,9 @@ impl<T: Target> SourceRun<'_, T> {
     }
 
     async fn apply_slice(&mut self, inserts: Vec<Candidate>, updates: Vec<(Candidate, Existing)>) -> Result<(), Fatal> {
-        let mut inserts = hash_plaintexts(&self.spec, inserts).await?;
+        let mut inserts = hash_plaintexts(&self.spec, inserts, self.stop).await?;
         let (upd_c, upd_e): (Vec<Candidate>, Vec<Existing>) = updates.into_iter().unzip();
-        let upd_c = hash_plaintexts(&self.spec, upd_c).await?;
+        let upd_c = hash_plaintexts(&self.spec, upd_c, self.stop).await?;
         let mut updates: Vec<(Candidate, Existing)> = upd_c.into_iter().zip(upd_e).collect();
         for round in 0..ROUNDS {
             if inserts.is_empty() && updates.is_empty() {
@@ -249,14 +251,18 @@ fn retry_exhausted(c: &Candidate) -> Reject {
 
 /// Hash plaintext passwords of the records about to be written, on all cores
 /// of the blocking pool.
-async fn hash_plaintexts(spec: &SourceSpec, cands: Vec<Candidate>) -> Result<Vec<Candidate>, Fatal> {
+async fn hash_plaintexts(
+    spec: &SourceSpec,
+    cands: Vec<Candidate>,
+    stop: &CancellationToken,
+) -> Result<Vec<Candidate>, Fatal> {
     let Some(field) = spec.password_field.clone() else {
         return Ok(cands);
     };
     if cands.iter().all(|c| c.mapped.plaintext.is_none()) {
         return Ok(cands);
     }
-    on_all_cores("bcrypt", cands, move |c| {
+    on_all_cores("bcrypt", cands, stop, move |c| {
         // bcrypt fails only on an over-long password; such a record is
         // written without its password rather than in plaintext.
         if mapping::hash_password(&mut c.mapped, &field).is_err() {

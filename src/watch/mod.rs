@@ -127,6 +127,7 @@ pub async fn run(
         memory: Arc::new(Memory::default()),
         opts,
         hard_cancel,
+        stop: cancel.clone(),
         schedule: Schedule::new(timing),
         totals: Summary::default(),
         in_flight: None,
@@ -157,6 +158,8 @@ struct Daemon {
     opts: WatchOptions,
     /// Cancels writes; fired only once the batch in flight had its chance to finish.
     hard_cancel: CancellationToken,
+    /// Shutdown (SIGTERM): reconciles stop at their next chunk.
+    stop: CancellationToken,
     schedule: Schedule,
     totals: Summary,
     in_flight: Option<JoinHandle<Outcome>>,
@@ -198,9 +201,21 @@ impl Daemon {
     async fn initial(&mut self, cancel: &CancellationToken, lifecycle: &mut dyn Lifecycle) -> Result<bool, Fatal> {
         let started = std::time::Instant::now();
         let opts = RunOptions { dry_run: false, log_all_rejects: true, defer_bad_files: false, log_changes: false };
-        let first = tokio::select! {
-            r = reconcile(self.core(), Scope::Full, opts, &self.hard_cancel) => r?,
-            () = cancel.cancelled() => return Ok(false),
+        // `cancel` also tells the reconcile to stop at its next chunk (or
+        // bcrypt item); the writes in flight get --shutdown-timeout-secs.
+        let first = {
+            let run = reconcile(self.core(), Scope::Full, opts, cancel);
+            tokio::pin!(run);
+            tokio::select! {
+                r = &mut run => r?,
+                () = cancel.cancelled() => {
+                    if tokio::time::timeout(self.opts.shutdown_timeout, &mut run).await.is_err() {
+                        tracing::warn!("Writes in flight did not finish in time; they are redone on the next start");
+                        self.hard_cancel.cancel();
+                    }
+                    return Ok(false);
+                }
+            }
         };
         self.engine.metrics.set_ready();
         self.record_state(StateUpdate::Full(first.clone(), started.elapsed()));
@@ -303,7 +318,8 @@ impl Daemon {
         };
         let opts = RunOptions { dry_run: false, log_all_rejects: false, defer_bad_files, log_changes };
         let (engine, sink, memory) = (self.engine.clone(), self.sink.clone(), self.memory.clone());
-        let cancel = self.hard_cancel.clone();
+        // The run stops at its next chunk on SIGTERM; `stop` gives its writes in flight their time.
+        let cancel = self.stop.clone();
         self.in_flight = Some(tokio::spawn(async move {
             reconcile(Core { engine: &engine, target: &sink, memory: Some(&memory) }, scope, opts, &cancel).await
         }));
