@@ -5,30 +5,36 @@
 
 use serde_json::json;
 
+use bson::{doc, Document};
+
 use crate::support::*;
 
-/// (corpus file, where it goes, expected reason code; None = mirrored).
-const CASES: &[(&str, &str, Option<&str>)] = &[
-    ("truncated.json", "artifacts/jobs/truncated.json", Some("invalid_json")),
+/// (corpus file, where it goes, expected reason code and what its reason must
+/// say, the place or the value at fault; None = mirrored).
+/// An expected reject: its reason code, and what its reason must say.
+type Expected = Option<(&'static str, &'static str)>;
+
+const CASES: &[(&str, &str, Expected)] = &[
+    ("truncated.json", "artifacts/jobs/truncated.json", Some(("invalid_json", "(line 1, column 44)"))),
     ("bom.json", "artifacts/jobs/bom.json", None),
-    ("invalid-utf8.json", "artifacts/jobs/invalid-utf8.json", Some("invalid_utf8")),
-    ("nan.json", "artifacts/jobs/nan.json", Some("invalid_json")),
-    ("infinity.json", "artifacts/jobs/infinity.json", Some("invalid_json")),
-    ("deep.json", "artifacts/jobs/deep.json", Some("invalid_json")),
-    ("duplicate-keys.json", "artifacts/jobs/duplicate-keys.json", Some("duplicate_key")),
-    ("wrong-top-level.json", "artifacts/jobs/wrong-top-level.json", Some("wrong_top_level_type")),
-    ("id-number.json", "artifacts/jobs/id-number.json", Some("id_not_string")),
-    ("id-null.json", "artifacts/jobs/id-null.json", Some("id_not_string")),
-    ("id-object.json", "artifacts/jobs/id-object.json", Some("id_not_string")),
-    ("dollar-key.json", "artifacts/jobs/dollar-key.json", Some("forbidden_key")),
-    ("dotted-key.json", "artifacts/jobs/dotted-key.json", Some("forbidden_key")),
-    ("malformed-bcrypt-users.json", "data/users.json", Some("malformed_bcrypt")),
-    ("nul-key.json", "artifacts/jobs/nul-key.json", Some("nul_in_key")),
-    ("nul-id.json", "artifacts/jobs/nul-id.json", Some("nul_in_id")),
-    ("empty-key.json", "artifacts/jobs/empty-key.json", Some("empty_key")),
-    ("own-id.json", "artifacts/jobs/own-id.json", Some("reserved_field")),
-    ("own-mirror.json", "artifacts/jobs/own-mirror.json", Some("reserved_field")),
-    ("too-deep.json", "artifacts/jobs/too-deep.json", Some("too_deep")),
+    ("invalid-utf8.json", "artifacts/jobs/invalid-utf8.json", Some(("invalid_utf8", "(line 1, column 33)"))),
+    ("nan.json", "artifacts/jobs/nan.json", Some(("invalid_json", "expected value (line 1, column"))),
+    ("infinity.json", "artifacts/jobs/infinity.json", Some(("invalid_json", "expected value (line 1, column"))),
+    ("deep.json", "artifacts/jobs/deep.json", Some(("invalid_json", "recursion limit"))),
+    ("duplicate-keys.json", "artifacts/jobs/duplicate-keys.json", Some(("duplicate_key", "\"status\" more than once"))),
+    ("wrong-top-level.json", "artifacts/jobs/wrong-top-level.json", Some(("wrong_top_level_type", "holds an array"))),
+    ("id-number.json", "artifacts/jobs/id-number.json", Some(("id_not_string", "\"job_id\" is a number"))),
+    ("id-null.json", "artifacts/jobs/id-null.json", Some(("id_not_string", "\"job_id\" is null"))),
+    ("id-object.json", "artifacts/jobs/id-object.json", Some(("id_not_string", "\"job_id\" is an object"))),
+    ("dollar-key.json", "artifacts/jobs/dollar-key.json", Some(("forbidden_key", "\"$set\""))),
+    ("dotted-key.json", "artifacts/jobs/dotted-key.json", Some(("forbidden_key", "\"lr.max\" inside params"))),
+    ("malformed-bcrypt-users.json", "data/users.json", Some(("malformed_bcrypt", "field \"password\""))),
+    ("nul-key.json", "artifacts/jobs/nul-key.json", Some(("nul_in_key", "\"a\\0b\""))),
+    ("nul-id.json", "artifacts/jobs/nul-id.json", Some(("nul_in_id", "\"job_id\" holds a NUL"))),
+    ("empty-key.json", "artifacts/jobs/empty-key.json", Some(("empty_key", "is empty"))),
+    ("own-id.json", "artifacts/jobs/own-id.json", Some(("reserved_field", "\"_id\""))),
+    ("own-mirror.json", "artifacts/jobs/own-mirror.json", Some(("reserved_field", "\"_mirror\""))),
+    ("too-deep.json", "artifacts/jobs/too-deep.json", Some(("too_deep", "more than 100 levels"))),
 ];
 
 fn corpus(name: &str) -> Vec<u8> {
@@ -65,11 +71,13 @@ async fn each_bad_file_alone_is_named_with_its_reason() {
                 assert_eq!(run.code, 0, "{name}: {run:?}");
                 assert_eq!(db.rejects().await.len(), 0, "{name}");
             }
-            Some(code) => {
+            Some((code, says)) => {
                 assert_eq!(run.code, 3, "{name}: {run:?}");
                 let rejects = db.rejects().await;
                 assert_eq!(rejects.len(), 1, "{name}: {rejects:?}");
                 assert_eq!(rejects[0].get_str("reason_code").unwrap(), *code, "{name}");
+                let reason = rejects[0].get_str("reason").unwrap();
+                assert!(reason.contains(says), "{name}: the reason must say {says:?}: {reason}");
                 assert_eq!(rejects[0].get_str("source").unwrap(), rel, "{name}");
                 let lines: Vec<&str> = run.stderr.lines().filter(|l| l.contains("Rejected")).collect();
                 assert_eq!(lines.len(), 1, "{name}: one clear line: {}", run.stderr);
@@ -102,12 +110,16 @@ async fn all_bad_files_together_beside_good_ones() {
     let rejects = db.rejects().await;
     let mut codes: Vec<String> = rejects.iter().map(|r| r.get_str("reason_code").unwrap().to_string()).collect();
     codes.sort();
-    let mut want: Vec<String> = CASES.iter().filter_map(|(_, _, c)| c.map(str::to_string)).collect();
+    let mut want: Vec<String> = CASES.iter().filter_map(|(_, _, c)| c.map(|(code, _)| code.to_string())).collect();
     want.extend(["not_a_file", "file_unreadable", "file_unreadable", "file_too_large"].map(String::from));
     want.sort();
     assert_eq!(codes, want);
-    for r in &rejects {
-        assert!(!r.get_str("reason").unwrap().is_empty());
+    // Every reason names what is at fault, as each file alone does.
+    for (_, dest, expected) in CASES {
+        let Some((code, says)) = expected else { continue };
+        let r = rejects.iter().find(|r| r.get_str("source") == Ok(*dest)).unwrap();
+        assert_eq!(r.get_str("reason_code").unwrap(), *code);
+        assert!(r.get_str("reason").unwrap().contains(says), "{dest}: {r:?}");
     }
     assert!(run.stderr.contains("artifacts/jobs/folder.json") && run.stderr.contains("a directory"), "{}", run.stderr);
     assert!(
@@ -231,6 +243,8 @@ async fn a_frozen_server_during_watch_times_out_retries_and_converges() {
 async fn docmirror_killed_at_random_moments_then_restarted_is_exact() {
     let db = TestDb::new("random_kills").await;
     let p = big_tree(800, 100);
+    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    let users = db.db.collection::<Document>("users");
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = || {
         rng ^= rng << 13;
@@ -238,31 +252,53 @@ async fn docmirror_killed_at_random_moments_then_restarted_is_exact() {
         rng ^= rng << 17;
         rng
     };
+    let mut mid_write = 0;
     for round in 0..rounds() {
-        // Change the files a little each round so there is work to interrupt.
-        p.job(
-            &format!("j{:05}", round),
-            &job(&format!("j{:05}", round), "running", &format!("2025-10-13T09:{:02}:00.000Z", round % 60)),
-        );
-        let kill_after = std::time::Duration::from_millis(next() % 400);
-        if round % 2 == 0 {
-            let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"))
-                .args(["sync", "--batch-size", "50"])
+        // Every user changes each round: 800 updates in batches of 50 to interrupt.
+        let name = format!("round {round}");
+        let list: Vec<_> = (0..800)
+            .map(|i| {
+                let mut u = user(&format!("u{i:05}"), &format!("{i}@x.io"), "2025-10-01T00:00:00Z");
+                u["name"] = json!(name);
+                u
+            })
+            .collect();
+        p.users(&json!(list));
+        let mut child = if round % 2 == 0 {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_docmirror"))
+                .args(["sync", "--batch-size", "50", "--chunk-records", "100"])
                 .env("MONGODB_URI", db.uri())
                 .env("DOCMIRROR_DATA_DIR", p.data())
                 .env("DOCMIRROR_ARTIFACTS_DIR", p.artifacts())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
                 .spawn()
-                .unwrap();
-            tokio::time::sleep(kill_after).await;
-            let _ = child.kill().await;
+                .unwrap()
         } else {
-            let w = WatchProc::spawn(&db.uri(), &p, &[]);
-            tokio::time::sleep(kill_after).await;
-            w.crash().await;
+            WatchProc::spawn(&db.uri(), &p, &["--batch-size", "50", "--chunk-records", "100"]).child
+        };
+        // Kill once the round's writes have begun and before they end, a
+        // random few milliseconds in: the database then holds part of them
+        // (that is how we know the kill landed mid-write).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut written = 0;
+        while std::time::Instant::now() < deadline {
+            written = users.count_documents(doc! {"name": &name}).await.unwrap();
+            if written > 0 || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(next() % 30)).await;
+        let _ = child.kill().await;
+        let at_kill = users.count_documents(doc! {"name": &name}).await.unwrap();
+        if (1..800).contains(&at_kill) && written < 800 {
+            mid_write += 1;
         }
     }
+    eprintln!("random kills: {mid_write} of {} rounds killed mid-write", rounds());
+    assert!(mid_write * 2 >= rounds(), "most kills must land mid-write: {mid_write} of {}", rounds());
     let run = docmirror(&db, &p, &["sync"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(db.count("users").await, 800);

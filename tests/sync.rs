@@ -475,20 +475,26 @@ async fn racing_writers_never_leave_the_older_version() {
     let p = Platform::new();
     p.users(&json!([user("u1", "a@x.io", "2025-01-01T00:00:00.000Z")]));
     assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    // How long a run takes, so the app's writes can be spread over all of it:
+    // before the mirror reads, between its read and its write, and after.
+    let started = std::time::Instant::now();
+    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    let run_ms = u64::try_from(started.elapsed().as_millis()).unwrap().max(50);
     let users = db.db.collection::<Document>("users");
     let base = bson::DateTime::parse_rfc3339_str("2025-01-01T00:00:00Z").unwrap().timestamp_millis();
+    let mut refused_by_the_check = 0;
     for i in 0..20i64 {
-        // The file moves forward, and at the same moment the app writes a version newer still.
+        // The file moves forward, and during the mirror's run the app writes a version newer still.
         let file_v = bson::DateTime::from_millis(base + 1000 * (2 * i + 1));
         let app_v = bson::DateTime::from_millis(base + 1000 * (2 * i + 2));
         let mut u = user("u1", "a@x.io", &file_v.try_to_rfc3339_string().unwrap());
         u["name"] = json!(format!("file-{i}"));
         p.users(&json!([u]));
+        let at = run_ms * u64::try_from(i).unwrap() / 19;
         let app = {
             let users = users.clone();
             tokio::spawn(async move {
-                // Spread the app's write over the mirror's run.
-                tokio::time::sleep(std::time::Duration::from_millis(u64::try_from(i % 5 * 15).unwrap())).await;
+                tokio::time::sleep(std::time::Duration::from_millis(at)).await;
                 users
                     .update_one(doc! {"_id": "u1"}, doc! {"$set": {"name": format!("app-{i}"), "updatedAt": app_v}})
                     .await
@@ -498,6 +504,9 @@ async fn racing_writers_never_leave_the_older_version() {
         let run = docmirror(&db, &p, &["sync"]).await;
         app.await.unwrap();
         assert_eq!(run.code, 0, "{run:?}");
+        if run.stderr.contains("the write's version check refused it") {
+            refused_by_the_check += 1;
+        }
         let d = db.doc("users", "u1").await.unwrap();
         assert_eq!(
             d.get_str("name").unwrap(),
@@ -507,6 +516,11 @@ async fn racing_writers_never_leave_the_older_version() {
         );
         assert_eq!(*d.get_datetime("updatedAt").unwrap(), app_v);
     }
+    // Rounds whose app write landed between the mirror's read and its write:
+    // only the server-side version check kept the newer version there.
+    eprintln!(
+        "race: {refused_by_the_check} of 20 rounds refused by the write's own version check (runs of {run_ms} ms)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

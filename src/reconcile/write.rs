@@ -136,7 +136,7 @@ impl<T: Target> SourceRun<'_, T> {
                 }
                 Some(_) if judged == Verdict::Newer => {
                     self.summary.skipped_newer += 1;
-                    tracing::info!(collection = %self.spec.collection, id = %c.mapped.id, source = %c.locate(), "Kept newer document in MongoDB (newer-wins)");
+                    tracing::info!(collection = %self.spec.collection, id = %c.mapped.id, source = %c.locate(), "Kept newer document in MongoDB (newer-wins; the write's version check refused it)");
                 }
                 Some(_) if matches!(judged, Verdict::Uncomparable(_)) => {
                     let found = if let Verdict::Uncomparable(found) = judged { found } else { String::new() };
