@@ -10,6 +10,7 @@ mod support;
 mod faults;
 mod first_hour;
 mod poison;
+mod property;
 mod service;
 mod sync;
 mod target;
