@@ -9,6 +9,7 @@ mod support;
 
 mod faults;
 mod first_hour;
+mod model;
 mod poison;
 mod property;
 mod service;
