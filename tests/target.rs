@@ -81,3 +81,72 @@ async fn a_batch_refused_as_a_whole_is_split_and_only_the_bad_document_fails() {
     }
     assert_eq!(db.count("datasets").await, 6);
 }
+
+/// A TCP proxy to the test server that holds every large server reply (a
+/// batch of query results) for `delay` before passing it on.
+async fn slow_proxy(upstream: String, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else { continue };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut cr, &mut sw).await;
+            });
+            tokio::spawn(async move {
+                // Whole wire-protocol messages: a little-endian length, then the rest.
+                loop {
+                    let mut len = [0u8; 4];
+                    if sr.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let n = usize::try_from(u32::from_le_bytes(len)).unwrap();
+                    let mut msg = vec![0u8; n.saturating_sub(4)];
+                    if sr.read_exact(&mut msg).await.is_err() {
+                        return;
+                    }
+                    if n > 100_000 {
+                        tokio::time::sleep(delay).await;
+                    }
+                    if cw.write_all(&len).await.is_err() || cw.write_all(&msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collection_slower_to_list_than_the_operation_timeout_is_still_read() {
+    let db = TestDb::new("target_slow_read").await;
+    let jobs = db.db.collection::<Document>("training_jobs");
+    let docs: Vec<Document> =
+        (0..20_050).map(|i| doc! { "_id": format!("j{i:05}"), "_mirror": { "hash": format!("h{i:040}") } }).collect();
+    jobs.insert_many(docs).await.unwrap();
+    // Each batch of 10,000 results arrives 600 ms late: every step is within
+    // the 1 s operation timeout, the whole listing is not.
+    let upstream = server_uri().trim_start_matches("mongodb://").trim_end_matches('/').to_string();
+    let upstream = upstream.split(['/', '?']).next().unwrap().to_string();
+    let port = slow_proxy(upstream, Duration::from_millis(600)).await;
+    let opts = SinkOptions {
+        uri: format!("mongodb://127.0.0.1:{port}/{}?directConnection=true", db.name),
+        database: None,
+        write_mode: WriteMode::Commands,
+        batch_size: 1000,
+        concurrency: 2,
+        retry_budget: Some(Duration::from_secs(15)),
+        op_timeout: Duration::from_secs(1),
+        metrics: Arc::default(),
+    };
+    let sink = Sink::connect(opts, CancellationToken::new()).await.unwrap();
+    let spec = Layout::builtin().sources.into_iter().find(|s| s.collection == "training_jobs").unwrap();
+    let started = std::time::Instant::now();
+    let hashes = sink.hashes(&spec).await.expect("the listing is read, batch by batch");
+    assert_eq!(hashes.len(), 20_050);
+    assert!(started.elapsed() > Duration::from_secs(1), "the proxy did slow the listing down");
+}
