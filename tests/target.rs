@@ -13,14 +13,18 @@ use tokio_util::sync::CancellationToken;
 use crate::support::*;
 
 async fn sink(db: &TestDb) -> Sink {
+    sink_at(db.uri(), Duration::from_secs(20)).await
+}
+
+async fn sink_at(uri: String, op_timeout: Duration) -> Sink {
     let opts = SinkOptions {
-        uri: db.uri(),
+        uri,
         database: None,
         write_mode: WriteMode::Commands,
         batch_size: 1000,
         concurrency: 2,
-        retry_budget: Some(Duration::from_secs(20)),
-        op_timeout: Duration::from_secs(20),
+        retry_budget: Some(Duration::from_secs(15)),
+        op_timeout,
         metrics: Arc::default(),
     };
     Sink::connect(opts, CancellationToken::new()).await.unwrap()
@@ -133,17 +137,8 @@ async fn a_collection_slower_to_list_than_the_operation_timeout_is_still_read() 
     let upstream = server_uri().trim_start_matches("mongodb://").trim_end_matches('/').to_string();
     let upstream = upstream.split(['/', '?']).next().unwrap().to_string();
     let port = slow_proxy(upstream, Duration::from_millis(600)).await;
-    let opts = SinkOptions {
-        uri: format!("mongodb://127.0.0.1:{port}/{}?directConnection=true", db.name),
-        database: None,
-        write_mode: WriteMode::Commands,
-        batch_size: 1000,
-        concurrency: 2,
-        retry_budget: Some(Duration::from_secs(15)),
-        op_timeout: Duration::from_secs(1),
-        metrics: Arc::default(),
-    };
-    let sink = Sink::connect(opts, CancellationToken::new()).await.unwrap();
+    let uri = format!("mongodb://127.0.0.1:{port}/{}?directConnection=true", db.name);
+    let sink = sink_at(uri, Duration::from_secs(1)).await;
     let spec = Layout::builtin().sources.into_iter().find(|s| s.collection == "training_jobs").unwrap();
     let started = std::time::Instant::now();
     let hashes = sink.hashes(&spec).await.expect("the listing is read, batch by batch");
