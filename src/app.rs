@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, OutputFormat, StatusArgs, SyncArgs, VerifyArgs, WatchArgs};
+use crate::cli::{Cli, Command, ExportArgs, OutputFormat, StatusArgs, SyncArgs, VerifyArgs, WatchArgs};
 use crate::error::{exit, Fatal};
 use crate::reconcile::{reconcile, Core, RunOptions, Scope};
 use crate::sink::Sink;
@@ -22,6 +22,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> u8 {
         Command::Verify(args) => verify_cmd(args, cancel).await,
         Command::Watch(args) => watch_cmd(args, cancel).await,
         Command::Status(args) => status_cmd(args, cancel).await,
+        Command::Export(args) => export_cmd(args, cancel).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "docmirror", &mut std::io::stdout());
@@ -161,5 +162,29 @@ async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, F
             println!("{text}");
         }
     }
+    Ok(exit::OK)
+}
+
+async fn export_cmd(args: ExportArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    let started = Instant::now();
+    let layout = match &args.layout {
+        Some(p) => crate::layout::Layout::from_file(p).map_err(|e| Fatal::Config(e.to_string()))?,
+        None => crate::layout::Layout::builtin(),
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel.clone()).await?;
+    let done = tokio::select! {
+        r = crate::export::export(&layout, &sink, &args.out, args.overwrite) => r?,
+        () = cancel.cancelled() => return Err(Fatal::Interrupted),
+    };
+    println!(
+        "export: {} records into {} files in {} (written {}, unchanged {}); {:.2}s",
+        done.records,
+        done.files,
+        args.out.display(),
+        done.written,
+        done.unchanged,
+        started.elapsed().as_secs_f64()
+    );
     Ok(exit::OK)
 }

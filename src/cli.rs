@@ -69,6 +69,8 @@ pub enum Command {
     Watch(WatchArgs),
     /// Show what the mirror last recorded in MongoDB (mirror_state).
     Status(StatusArgs),
+    /// Write MongoDB back into the platform's file layout (the way back after a cutover).
+    Export(ExportArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -259,6 +261,24 @@ pub struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// A layout file describing sources and mappings (default: the platform's, built in).
+    #[arg(long, env = "DOCMIRROR_LAYOUT")]
+    pub layout: Option<PathBuf>,
+
+    /// Where to write the platform's folders: DIR/data/users.json, DIR/artifacts/jobs/..., and so on.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Update a folder that is not empty; only files whose content changes are replaced.
+    #[arg(long)]
+    pub overwrite: bool,
 }
 
 #[derive(Debug, Clone, Args)]

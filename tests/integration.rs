@@ -7,6 +7,7 @@
 
 mod support;
 
+mod export;
 mod faults;
 mod first_hour;
 mod model;

@@ -1,0 +1,220 @@
+//! `export`: the way back. MongoDB written into the platform's own file
+//! layout (`data/users.json`, `data/datasets/metadata.json`,
+//! `artifacts/jobs/<job>.json`), in the format the app reads and writes:
+//! JSON as `JSON.stringify(x, null, 2)` writes it, dates as `toISOString()`
+//! writes them, numbers as numbers, the fields the app wrote only in MongoDB
+//! included, docmirror's `_id` and `_mirror` left out. Each file is written
+//! atomically (a temporary file, fsync, rename), so the app never reads half
+//! a file; with `--overwrite`, only files whose content changes are replaced.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bson::{doc, Bson, Document};
+use serde_json::{Map, Value};
+
+use crate::error::Fatal;
+use crate::layout::{Layout, Shape, SourceSpec, MIRROR_FIELD};
+use crate::sink::Sink;
+
+/// What an export did.
+#[derive(Debug, Default)]
+pub struct Exported {
+    pub records: u64,
+    pub files: u64,
+    /// Files written (new or changed).
+    pub written: u64,
+    /// Files left alone: already holding exactly this content.
+    pub unchanged: u64,
+}
+
+/// Export every source's collection into `out`.
+pub async fn export(layout: &Layout, sink: &Sink, out: &Path, overwrite: bool) -> Result<Exported, Fatal> {
+    check_out(out, overwrite)?;
+    let mut done = Exported::default();
+    for spec in &layout.sources {
+        let docs = sink.find_all(&spec.collection, doc! {}, None).await?;
+        done.records += crate::summary::count(docs.len());
+        let files = files_of(spec, docs)?;
+        let root = out.join(spec.root.label());
+        for (rel, content) in files {
+            done.files += 1;
+            let path = root.join(&rel);
+            let bytes = serde_json::to_vec_pretty(&content).map_err(|e| Fatal::Internal(e.to_string()))?;
+            if std::fs::read(&path).is_ok_and(|old| old == bytes) {
+                done.unchanged += 1;
+                continue;
+            }
+            write_atomically(&path, &bytes)
+                .map_err(|e| Fatal::Source(format!("cannot write {}: {e}", path.display())))?;
+            done.written += 1;
+        }
+    }
+    Ok(done)
+}
+
+/// `out` must be new or empty, unless `--overwrite`.
+fn check_out(out: &Path, overwrite: bool) -> Result<(), Fatal> {
+    let empty = match std::fs::read_dir(out) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Fatal::Source(format!("cannot read {}: {e}", out.display()))),
+        Ok(mut entries) => entries.next().is_none(),
+    };
+    if empty || overwrite {
+        return Ok(());
+    }
+    Err(Fatal::Config(format!(
+        "{} is not empty; export into a new or empty folder, or pass --overwrite to update it",
+        out.display()
+    )))
+}
+
+/// The files of one source, by path below its root, with their content.
+fn files_of(spec: &SourceSpec, docs: Vec<Document>) -> Result<BTreeMap<String, Value>, Fatal> {
+    let mut files = BTreeMap::new();
+    match spec.shape {
+        Shape::Array => {
+            let records: Vec<Value> = docs.iter().map(|d| record(spec, d)).collect();
+            files.insert(spec.path.clone(), Value::Array(records));
+        }
+        Shape::Object => {
+            let (dir, _) = spec.split_path();
+            for d in &docs {
+                let name = file_name(spec, d).ok_or_else(|| {
+                    Fatal::Config(format!(
+                        "{} document {} has no id that can name a file in {dir}",
+                        spec.collection,
+                        d.get("_id").map(ToString::to_string).unwrap_or_default()
+                    ))
+                })?;
+                let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+                files.insert(rel, record(spec, d));
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// A one-record-per-file source's file name: the one it was mirrored from,
+/// else `<id>.json` (or the layout's pattern around the id).
+fn file_name(spec: &SourceSpec, d: &Document) -> Option<String> {
+    let mirrored = d.get_document(MIRROR_FIELD).ok().and_then(|m| m.get_str("source").ok());
+    if let Some(rel) = mirrored.filter(|rel| spec.owns_rel(rel)) {
+        return rel.rsplit('/').next().map(str::to_string);
+    }
+    let id = match d.get("_id")? {
+        Bson::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let (_, pattern) = spec.split_path();
+    let name = pattern.replacen('*', &id, 1);
+    let safe = !id.is_empty() && !id.contains(['/', '\0']) && id != "." && id != ".." && spec.matches_file_name(&name);
+    safe.then_some(name)
+}
+
+/// A document as the record the app wrote: its fields in order, without
+/// docmirror's `_id` and `_mirror` (the id field holds the id).
+pub fn record(spec: &SourceSpec, d: &Document) -> Value {
+    let mut obj = Map::new();
+    if spec.id_field != "_id" && !d.contains_key(&spec.id_field) {
+        if let Some(id) = d.get("_id") {
+            obj.insert(spec.id_field.clone(), value(id));
+        }
+    }
+    for (k, v) in d {
+        if (k == "_id" && spec.id_field != "_id") || k == MIRROR_FIELD {
+            continue;
+        }
+        obj.insert(k.clone(), value(v));
+    }
+    Value::Object(obj)
+}
+
+/// A BSON value as the app's JSON: dates as `toISOString()` writes them.
+fn value(b: &Bson) -> Value {
+    match b {
+        Bson::DateTime(t) => Value::String(iso(*t)),
+        Bson::Int32(n) => Value::from(*n),
+        Bson::Int64(n) => Value::from(*n),
+        Bson::Double(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        Bson::String(s) => Value::String(s.clone()),
+        Bson::Boolean(v) => Value::Bool(*v),
+        Bson::Null | Bson::Undefined => Value::Null,
+        Bson::Array(items) => Value::Array(items.iter().map(value).collect()),
+        Bson::Document(d) => Value::Object(d.iter().map(|(k, v)| (k.clone(), value(v))).collect()),
+        other => other.clone().into_relaxed_extjson(),
+    }
+}
+
+/// `2025-10-13T12:00:00.123Z`: what JavaScript's `Date.prototype.toISOString()` writes.
+fn iso(t: bson::DateTime) -> String {
+    chrono::DateTime::from_timestamp_millis(t.timestamp_millis())
+        .map(|d| d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+        .unwrap_or_else(|| t.to_string())
+}
+
+/// Write a file so that a reader sees the old content or the new, never a
+/// part: a temporary file beside it, flushed to disk, renamed over it.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("export");
+    let tmp: PathBuf = dir.join(format!(".{name}.docmirror-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // The rename itself is durable once the folder is.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_becomes_the_record_the_app_wrote() {
+        let users = Layout::builtin().sources.remove(0);
+        let at = bson::DateTime::parse_rfc3339_str("2025-10-13T12:00:00Z").unwrap();
+        let d = doc! {
+            "_id": "u1", "id": "u1", "email": "a@x.io", "createdAt": at, "n": 3_i32, "big": 5_000_000_000_i64,
+            "f": 0.5, "nested": { "when": at, "list": [1_i32, "x"] }, "lastLoginAt": at,
+            "_mirror": { "source": "data/users.json", "hash": "h" },
+        };
+        let r = record(&users, &d);
+        let text = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            text,
+            r#"{"id":"u1","email":"a@x.io","createdAt":"2025-10-13T12:00:00.000Z","n":3,"big":5000000000,"f":0.5,"nested":{"when":"2025-10-13T12:00:00.000Z","list":[1,"x"]},"lastLoginAt":"2025-10-13T12:00:00.000Z"}"#
+        );
+        // A document the app made without the id field gets it back from `_id`.
+        assert_eq!(record(&users, &doc! { "_id": "u9", "email": "b@x.io" })["id"], "u9");
+    }
+
+    #[test]
+    fn job_files_keep_their_names_and_unsafe_ids_name_no_file() {
+        let jobs = Layout::builtin().sources.remove(2);
+        let d = doc! { "_id": "j1", "_mirror": { "source": "artifacts/jobs/job_2025_j1.json" } };
+        assert_eq!(file_name(&jobs, &d).as_deref(), Some("job_2025_j1.json"));
+        assert_eq!(file_name(&jobs, &doc! { "_id": "j2" }).as_deref(), Some("j2.json"));
+        assert_eq!(file_name(&jobs, &doc! { "_id": "../etc/passwd" }), None);
+        assert_eq!(file_name(&jobs, &doc! { "_id": "" }), None);
+    }
+
+    #[test]
+    fn atomic_writes_replace_whole_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("a/b.json");
+        write_atomically(&p, b"[1]").unwrap();
+        write_atomically(&p, b"[1,2]").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"[1,2]");
+        assert_eq!(std::fs::read_dir(dir.path().join("a")).unwrap().count(), 1, "no temporary file left");
+    }
+}
