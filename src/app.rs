@@ -167,6 +167,8 @@ async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, F
 
 async fn export_cmd(args: ExportArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
     let started = Instant::now();
+    let out =
+        args.out.clone().ok_or_else(|| Fatal::Config("export needs --out DIR: where to write the files".into()))?;
     let layout = match &args.layout {
         Some(p) => crate::layout::Layout::from_file(p).map_err(|e| Fatal::Config(e.to_string()))?,
         None => crate::layout::Layout::builtin(),
@@ -174,14 +176,14 @@ async fn export_cmd(args: ExportArgs, cancel: CancellationToken) -> Result<u8, F
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel.clone()).await?;
     let done = tokio::select! {
-        r = crate::export::export(&layout, &sink, &args.out, args.overwrite) => r?,
+        r = crate::export::export(&layout, &sink, &out, args.overwrite) => r?,
         () = cancel.cancelled() => return Err(Fatal::Interrupted),
     };
     println!(
         "export: {} records into {} files in {} (written {}, unchanged {}); {:.2}s",
         done.records,
         done.files,
-        args.out.display(),
+        out.display(),
         done.written,
         done.unchanged,
         started.elapsed().as_secs_f64()

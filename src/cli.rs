@@ -272,9 +272,10 @@ pub struct ExportArgs {
     #[arg(long, env = "DOCMIRROR_LAYOUT")]
     pub layout: Option<PathBuf>,
 
-    /// Where to write the platform's folders: DIR/data/users.json, DIR/artifacts/jobs/..., and so on.
+    /// Where to write the platform's folders: DIR/data/users.json, DIR/artifacts/jobs/..., and so on
+    /// (required; it may come from the config file's [export] table).
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
 
     /// Update a folder that is not empty; only files whose content changes are replaced.
     #[arg(long)]

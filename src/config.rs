@@ -258,4 +258,11 @@ mod tests {
         let args: Vec<OsString> = ["docmirror", "--config=/x.toml", "sync"].iter().map(OsString::from).collect();
         assert_eq!(config_path(&args), Some(PathBuf::from("/x.toml")));
     }
+
+    #[test]
+    fn export_takes_its_folder_from_the_config_file() {
+        let cli = parse_with("[export]\nout = \"/srv/export\"", &["docmirror", "export"]).unwrap();
+        let C::Export(e) = cli.command else { panic!("export") };
+        assert_eq!(e.out, Some(PathBuf::from("/srv/export")));
+    }
 }
