@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, ExportArgs, OutputFormat, StatusArgs, SyncArgs, VerifyArgs, WatchArgs};
+use crate::cli::{Cli, Command, CutoverArgs, ExportArgs, OutputFormat, StatusArgs, SyncArgs, VerifyArgs, WatchArgs};
 use crate::error::{exit, Fatal};
 use crate::reconcile::{reconcile, Core, RunOptions, Scope};
 use crate::sink::Sink;
@@ -23,6 +23,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> u8 {
         Command::Watch(args) => watch_cmd(args, cancel).await,
         Command::Status(args) => status_cmd(args, cancel).await,
         Command::Export(args) => export_cmd(args, cancel).await,
+        Command::Cutover(args) => cutover_cmd(args, cancel).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "docmirror", &mut std::io::stdout());
@@ -69,6 +70,7 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
     let engine = Arc::new(settings.engine);
     let sink = Sink::connect(settings.sink, cancel.clone()).await?;
     if !args.dry_run {
+        crate::cutover::refuse_after_cutover(&sink, args.write.after_cutover).await?;
         crate::sink::indexes::apply(&engine.indexes, &sink).await?;
     }
     let opts = RunOptions { dry_run: args.dry_run, log_all_rejects: true, defer_bad_files: false, log_changes: false };
@@ -189,4 +191,44 @@ async fn export_cmd(args: ExportArgs, cancel: CancellationToken) -> Result<u8, F
         started.elapsed().as_secs_f64()
     );
     Ok(exit::OK)
+}
+
+async fn cutover_cmd(args: CutoverArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    let settings = args.common.settings(false)?;
+    args.common.check_roots()?;
+    let engine = Arc::new(settings.engine);
+    let sink = Sink::connect(settings.sink, cancel.clone()).await?;
+    let opts = crate::cutover::Options {
+        quiet: std::time::Duration::from_secs(args.quiet_secs),
+        wait: std::time::Duration::from_secs(args.wait_secs),
+    };
+    let print = |report: &crate::verify::Report| -> Result<(), Fatal> {
+        match args.format {
+            OutputFormat::Text => print!("{}", render_text(report)),
+            OutputFormat::Json => {
+                let text = serde_json::to_string_pretty(report).map_err(|e| Fatal::Internal(e.to_string()))?;
+                println!("{text}");
+            }
+        }
+        Ok(())
+    };
+    match crate::cutover::cutover(&engine, &sink, opts, &cancel).await? {
+        Ok((report, at)) => {
+            print(&report)?;
+            println!(
+                "cutover: recorded at {} (verify digest {}); MongoDB is the truth from now on: sync and watch refuse \
+                 to run without --after-cutover, and `docmirror export` writes the files back",
+                at.try_to_rfc3339_string().unwrap_or_default(),
+                crate::cutover::digest(&report)
+            );
+            Ok(exit::OK)
+        }
+        Err(not_ready) => {
+            if let crate::cutover::NotReady::Differences(report) = &not_ready {
+                print(report)?;
+            }
+            println!("cutover: not ready: {not_ready}");
+            Ok(exit::DIFFERENCES)
+        }
+    }
 }

@@ -71,6 +71,8 @@ pub enum Command {
     Status(StatusArgs),
     /// Write MongoDB back into the platform's file layout (the way back after a cutover).
     Export(ExportArgs),
+    /// End the dual-write window: wait for quiet files and watch, verify, and record the cutover.
+    Cutover(CutoverArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -186,6 +188,11 @@ pub struct WriteArgs {
     #[arg(long)]
     pub allow_mass_delete: bool,
 
+    /// Mirror the files into MongoDB even though the migration was cut over
+    /// (`docmirror cutover`): after a cutover MongoDB is the truth.
+    #[arg(long)]
+    pub after_cutover: bool,
+
     /// Fraction of a collection that may be deleted within --mass-delete-window-secs before
     /// further deletes are held back.
     #[arg(long, default_value_t = 0.5)]
@@ -249,6 +256,7 @@ impl WatchArgs {
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs),
             parse_retries: 3,
             queue_capacity: self.event_queue_capacity,
+            after_cutover: self.write.after_cutover,
         }
     }
 }
@@ -259,6 +267,24 @@ pub struct StatusArgs {
     pub connection: ConnectionArgs,
 
     /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CutoverArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// The files must not have changed for this many seconds (the app stopped writing them).
+    #[arg(long, default_value_t = 30)]
+    pub quiet_secs: u64,
+
+    /// How long to wait for quiet files and for watch to apply the last change before giving up.
+    #[arg(long, default_value_t = 300)]
+    pub wait_secs: u64,
+
+    /// Output format of the verify report.
     #[arg(long, value_enum, default_value = "text")]
     pub format: OutputFormat,
 }

@@ -14,7 +14,7 @@ use clap::{Command, CommandFactory, FromArgMatches};
 
 use crate::cli::Cli;
 
-const SECTIONS: &[&str] = &["sync", "watch", "verify", "status", "export"];
+const SECTIONS: &[&str] = &["sync", "watch", "verify", "status", "export", "cutover"];
 
 /// Parse the command line, with the config file's values as defaults.
 pub fn parse_cli(args: Vec<OsString>) -> Result<Cli, clap::Error> {

@@ -7,7 +7,7 @@
 //! - [`sink`]: batched, retried MongoDB writes and reads, and the [`sink::indexes`];
 //! - [`reconcile`]: the core shared by every command: compare the files with
 //!   MongoDB and write only the difference;
-//! - [`verify`]: the cutover check built on the same scan; [`export`]: MongoDB back into the files;
+//! - [`verify`]: the cutover check built on the same scan; [`export`]: MongoDB back into the files; [`cutover`]: the recorded end;
 //! - [`watch`]: the daemon: file events (or polling) feed changed paths into the same core;
 //! - [`cli`], [`config`] and [`app`]: the command line, the config file and the commands; [`progress`]: sync's bar;
 //! - [`metrics`] and [`http`]: Prometheus counters and the health endpoints; [`state`]: `mirror_state`;
@@ -16,6 +16,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod cutover;
 pub mod error;
 pub mod export;
 pub mod http;

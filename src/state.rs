@@ -113,6 +113,35 @@ pub async fn record_change(
     set(sink, fields).await
 }
 
+/// The end of the migration: when, with what, and the digest of the verify
+/// report that showed MongoDB held what the files held.
+pub async fn record_cutover(
+    sink: &Sink,
+    report: &crate::verify::Report,
+    digest: &str,
+) -> Result<bson::DateTime, SinkError> {
+    let now = bson::DateTime::now();
+    let cut = doc! {
+        "at": now, "host": hostname(), "version": env!("CARGO_PKG_VERSION"),
+        "documents": documents_of(report), "verify_digest": digest,
+    };
+    set(sink, doc! { "cutover": cut, "updated_at": now }).await?;
+    Ok(now)
+}
+
+/// When the migration was cut over, if it was.
+pub fn cutover_at(state: &Document) -> Option<bson::DateTime> {
+    state.get_document("cutover").ok()?.get_datetime("at").ok().copied()
+}
+
+fn documents_of(report: &crate::verify::Report) -> Document {
+    report
+        .collections
+        .iter()
+        .map(|c| (c.collection.clone(), Bson::Int64(i64::try_from(c.in_mongodb).unwrap_or(i64::MAX))))
+        .collect()
+}
+
 /// watch stopped cleanly.
 pub async fn record_stop(sink: &Sink) -> Result<(), SinkError> {
     let now = bson::DateTime::now();
@@ -164,6 +193,9 @@ pub fn render_text(d: &Document, database: &str) -> String {
         _ => "never".to_string(),
     };
     let _ = writeln!(out, "docmirror state in database {database}");
+    if let Some(at) = cutover_at(d) {
+        let _ = writeln!(out, "  cutover:       {}; the files are no longer mirrored", ago(Some(&Bson::DateTime(at))));
+    }
     if let Ok(w) = d.get_document("watch") {
         let line = match w.get_str("state").unwrap_or("?") {
             "running" => format!(

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod cutover;
 mod export;
 mod faults;
 mod first_hour;

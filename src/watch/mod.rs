@@ -62,6 +62,8 @@ pub struct WatchOptions {
     pub parse_retries: u32,
     /// Hints that may wait for the loop; beyond that, a full rescan.
     pub queue_capacity: usize,
+    /// Run even after a recorded cutover (`--after-cutover`).
+    pub after_cutover: bool,
 }
 
 impl Default for WatchOptions {
@@ -74,6 +76,7 @@ impl Default for WatchOptions {
             shutdown_timeout: Duration::from_secs(10),
             parse_retries: 3,
             queue_capacity: events::CHANNEL_CAPACITY,
+            after_cutover: false,
         }
     }
 }
@@ -116,6 +119,7 @@ pub async fn run(
         s = Sink::connect(sink_opts, hard_cancel.clone()) => s?,
         () = cancel.cancelled() => return Ok(stopped(Summary::default())),
     };
+    crate::cutover::refuse_after_cutover(&sink, opts.after_cutover).await?;
     tokio::select! {
         r = crate::sink::indexes::apply(&engine.indexes, &sink) => r?,
         () = cancel.cancelled() => return Ok(stopped(Summary::default())),

@@ -1,0 +1,86 @@
+//! `docmirror cutover`: it refuses while the files change, while a running
+//! watch is behind, while MongoDB differs from the files; when all is clean it
+//! records the cutover, after which `sync` and `watch` refuse to run.
+
+use bson::doc;
+use serde_json::json;
+
+use crate::support::*;
+
+const T: &str = "2025-10-01T08:30:00.123Z";
+
+fn clean_tree() -> Platform {
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", T), user("u2", "b@x.io", T)]));
+    p.job("j1", &job("j1", "running", T));
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cutover_refuses_while_the_files_change() {
+    let db = TestDb::new("cutover_busy").await;
+    let p = clean_tree();
+    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    let writer = {
+        let path = p.path("artifacts/jobs/j1.json");
+        let bytes = std::fs::read(&path).unwrap();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                std::fs::write(&path, &bytes).unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    };
+    let run = docmirror(&db, &p, &["cutover", "--quiet-secs", "2", "--wait-secs", "2"]).await;
+    writer.abort();
+    p.settle();
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("not ready: the files changed"), "{}", run.stdout);
+    assert!(db.doc("mirror_state", "docmirror").await.and_then(|d| d.get_document("cutover").ok().cloned()).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cutover_refuses_while_watch_is_behind_or_mongodb_differs() {
+    let db = TestDb::new("cutover_not_ready").await;
+    let p = clean_tree();
+    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    // A running watch's heartbeat says three files are still pending.
+    let state = db.db.collection::<bson::Document>("mirror_state");
+    let beat = doc! { "running": true, "host": "h", "pid": 1, "heartbeat_at": bson::DateTime::now(), "pending_files": 3_i64, "lag_seconds": 2.5 };
+    state.update_one(doc! {"_id": "docmirror"}, doc! {"$set": {"watch": beat}}).await.unwrap();
+    let run = docmirror(&db, &p, &["cutover", "--quiet-secs", "0", "--wait-secs", "1"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("watch has not applied the last changes yet (3 file(s) pending"), "{}", run.stdout);
+    // The watch stops; a record that cannot be mirrored remains: verify is not clean.
+    state.update_one(doc! {"_id": "docmirror"}, doc! {"$set": {"watch.running": false}}).await.unwrap();
+    p.users(&json!([user("u1", "a@x.io", T), user("u2", "b@x.io", T), user("u3", "a@x.io", T)]));
+    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 3);
+    let run = docmirror(&db, &p, &["cutover", "--quiet-secs", "0", "--wait-secs", "1"]).await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stdout.contains("rejected") && run.stdout.contains("not ready: MongoDB differs"), "{}", run.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clean_cutover_is_recorded_and_then_sync_and_watch_refuse() {
+    let db = TestDb::new("cutover_done").await;
+    let p = clean_tree();
+    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    let run = docmirror(&db, &p, &["cutover", "--quiet-secs", "0", "--format", "json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("\"in_sync\": true") && run.stdout.contains("cutover: recorded at"), "{}", run.stdout);
+    let state = db.doc("mirror_state", "docmirror").await.unwrap();
+    let cut = state.get_document("cutover").unwrap();
+    assert_eq!(cut.get_document("documents").unwrap().get_i64("users").unwrap(), 2);
+    assert_eq!(cut.get_str("verify_digest").unwrap().len(), 64);
+    assert!(docmirror(&db, &p, &["status"]).await.stdout.contains("cutover:"), "status shows it");
+    // The files are no longer the truth.
+    let run = docmirror(&db, &p, &["sync"]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("--after-cutover") && run.stderr.contains("export"), "{}", run.stderr);
+    let mut w = WatchProc::spawn(&db.uri(), &p, &[]);
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(30), w.child.wait()).await.unwrap().unwrap();
+    assert_eq!(exit.code(), Some(2), "{}", w.log_text());
+    // Unless told explicitly.
+    assert_eq!(docmirror(&db, &p, &["sync", "--after-cutover"]).await.code, 0);
+    assert_eq!(docmirror(&db, &p, &["sync", "--dry-run"]).await.code, 0, "a dry run writes nothing");
+}
