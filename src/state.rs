@@ -171,7 +171,54 @@ pub async fn add_live(sink: &Sink, state: &mut Document) -> Result<(), SinkError
         };
         w.insert("state", now);
     }
+    let readiness = readiness(state);
+    state.insert("readiness", readiness);
     Ok(())
+}
+
+/// "Can I cut over now?", computed from what `mirror_state` holds (with the
+/// live values of [`add_live`]): the phase, how far behind watch is, and
+/// every reason that says no.
+pub fn readiness(state: &Document) -> Document {
+    let watch = state.get_document("watch").ok();
+    let watch_state = watch.and_then(|w| w.get_str("state").ok()).unwrap_or("never run");
+    let running = watch_state == "running";
+    let pending = watch.filter(|_| running).and_then(|w| w.get("pending_files")).and_then(crate::sink::bson_i64);
+    let lag = watch.filter(|_| running).and_then(|w| w.get_f64("lag_seconds").ok()).unwrap_or(0.0);
+    let rejects = state.get("rejects").and_then(crate::sink::bson_i64).unwrap_or(0);
+    let full = state.get_document("last_full_reconcile").ok();
+    let cut = cutover_at(state);
+    let phase = match (cut, full) {
+        (Some(_), _) => "cut-over",
+        (None, None) => "initial-sync",
+        (None, Some(_)) => "mirroring",
+    };
+    let mut reasons: Vec<String> = Vec::new();
+    if cut.is_some() {
+        reasons.push("the migration was already cut over".into());
+    }
+    if full.is_none() {
+        reasons.push("no full reconcile has finished yet (run sync, or start watch)".into());
+    }
+    if pending.unwrap_or(0) > 0 || lag > 0.0 {
+        reasons.push(format!("watch has {} changed file(s) not yet applied ({lag:.1} s behind)", pending.unwrap_or(0)));
+    }
+    if watch_state == "silent" {
+        reasons.push("watch stopped sending heartbeats (killed or hung?): changes may not be mirrored".into());
+    }
+    if rejects > 0 {
+        reasons.push(format!("{rejects} record(s) cannot be mirrored (mirror_rejects): fix them in the files"));
+    }
+    doc! {
+        "phase": phase,
+        "watch": watch_state,
+        "pending_files": pending.unwrap_or(0),
+        "lag_seconds": lag,
+        "rejects": rejects,
+        "last_full_reconcile_at": full.and_then(|f| f.get("at")).cloned().unwrap_or(Bson::Null),
+        "can_cut_over": reasons.is_empty(),
+        "reasons": reasons,
+    }
 }
 
 fn age_secs(t: bson::DateTime) -> i64 {
@@ -193,6 +240,16 @@ pub fn render_text(d: &Document, database: &str) -> String {
         _ => "never".to_string(),
     };
     let _ = writeln!(out, "docmirror state in database {database}");
+    if let Ok(r) = d.get_document("readiness") {
+        let reasons: Vec<&str> =
+            r.get_array("reasons").map(|a| a.iter().filter_map(|b| b.as_str()).collect()).unwrap_or_default();
+        let verdict = if reasons.is_empty() {
+            "yes (run `docmirror cutover`)".to_string()
+        } else {
+            format!("no: {}", reasons.join("; "))
+        };
+        let _ = writeln!(out, "  phase:         {}; can cut over: {verdict}", r.get_str("phase").unwrap_or("?"));
+    }
     if let Some(at) = cutover_at(d) {
         let _ = writeln!(out, "  cutover:       {}; the files are no longer mirrored", ago(Some(&Bson::DateTime(at))));
     }

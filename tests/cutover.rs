@@ -9,6 +9,12 @@ use crate::support::*;
 
 const T: &str = "2025-10-01T08:30:00.123Z";
 
+async fn readiness(db: &TestDb, p: &Platform) -> serde_json::Value {
+    let run = docmirror(db, p, &["status", "--format", "json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    serde_json::from_str::<serde_json::Value>(&run.stdout).unwrap()["readiness"].clone()
+}
+
 fn clean_tree() -> Platform {
     let p = Platform::new();
     p.users(&json!([user("u1", "a@x.io", T), user("u2", "b@x.io", T)]));
@@ -51,6 +57,9 @@ async fn cutover_refuses_while_watch_is_behind_or_mongodb_differs() {
     let run = docmirror(&db, &p, &["cutover", "--quiet-secs", "0", "--wait-secs", "1"]).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.contains("watch has not applied the last changes yet (3 file(s) pending"), "{}", run.stdout);
+    let r = readiness(&db, &p).await;
+    assert_eq!(r["can_cut_over"], false);
+    assert!(r["reasons"][0].as_str().unwrap().contains("3 changed file(s) not yet applied"), "{r}");
     // The watch stops; a record that cannot be mirrored remains: verify is not clean.
     state.update_one(doc! {"_id": "docmirror"}, doc! {"$set": {"watch.running": false}}).await.unwrap();
     p.users(&json!([user("u1", "a@x.io", T), user("u2", "b@x.io", T), user("u3", "a@x.io", T)]));
@@ -58,6 +67,9 @@ async fn cutover_refuses_while_watch_is_behind_or_mongodb_differs() {
     let run = docmirror(&db, &p, &["cutover", "--quiet-secs", "0", "--wait-secs", "1"]).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.contains("rejected") && run.stdout.contains("not ready: MongoDB differs"), "{}", run.stdout);
+    let r = readiness(&db, &p).await;
+    assert_eq!((r["can_cut_over"].clone(), r["rejects"].clone()), (json!(false), json!(1)), "{r}");
+    assert!(r["reasons"].to_string().contains("mirror_rejects"), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -65,6 +77,8 @@ async fn a_clean_cutover_is_recorded_and_then_sync_and_watch_refuse() {
     let db = TestDb::new("cutover_done").await;
     let p = clean_tree();
     assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    let r = readiness(&db, &p).await;
+    assert_eq!((r["phase"].clone(), r["can_cut_over"].clone()), (json!("mirroring"), json!(true)), "{r}");
     let run = docmirror(&db, &p, &["cutover", "--quiet-secs", "0", "--format", "json"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("\"in_sync\": true") && run.stdout.contains("cutover: recorded at"), "{}", run.stdout);
@@ -73,6 +87,8 @@ async fn a_clean_cutover_is_recorded_and_then_sync_and_watch_refuse() {
     assert_eq!(cut.get_document("documents").unwrap().get_i64("users").unwrap(), 2);
     assert_eq!(cut.get_str("verify_digest").unwrap().len(), 64);
     assert!(docmirror(&db, &p, &["status"]).await.stdout.contains("cutover:"), "status shows it");
+    let r = readiness(&db, &p).await;
+    assert_eq!((r["phase"].clone(), r["can_cut_over"].clone()), (json!("cut-over"), json!(false)), "{r}");
     // The files are no longer the truth.
     let run = docmirror(&db, &p, &["sync"]).await;
     assert_eq!(run.code, 2, "{run:?}");
