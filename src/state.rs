@@ -229,16 +229,36 @@ pub async fn read(sink: &Sink) -> Result<Option<Document>, SinkError> {
     Ok(sink.find_all(STATE, doc! { "_id": ID }, None).await?.into_iter().next())
 }
 
-/// `docmirror status` for people.
-pub fn render_text(d: &Document, database: &str) -> String {
-    use std::fmt::Write;
-    let mut out = String::new();
-    let ago = |b: Option<&Bson>| match b {
+/// A time and how long ago it was, or "never".
+fn ago(b: Option<&Bson>) -> String {
+    match b {
         Some(Bson::DateTime(t)) => {
             format!("{} ({} s ago)", t.try_to_rfc3339_string().unwrap_or_default(), age_secs(*t))
         }
         _ => "never".to_string(),
-    };
+    }
+}
+
+/// What watch is doing, from its heartbeat.
+fn watch_line(w: &Document) -> String {
+    let host = w.get_str("host").unwrap_or("?");
+    let pid = w.get("pid").map(|p| p.to_string()).unwrap_or_default();
+    match w.get_str("state").unwrap_or("?") {
+        "running" => format!(
+            "running on {host} (pid {pid}), heartbeat {}; {} file(s) pending, {:.1} s behind",
+            ago(w.get("heartbeat_at")),
+            w.get("pending_files").map(|p| p.to_string()).unwrap_or_else(|| "0".into()),
+            w.get_f64("lag_seconds").unwrap_or(0.0),
+        ),
+        "silent" => format!("NOT RUNNING: no heartbeat from {host} (pid {pid}) since {}", ago(w.get("heartbeat_at"))),
+        _ => format!("stopped {}", ago(w.get("stopped_at"))),
+    }
+}
+
+/// `docmirror status` for people.
+pub fn render_text(d: &Document, database: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
     let _ = writeln!(out, "docmirror state in database {database}");
     if let Ok(r) = d.get_document("readiness") {
         let reasons: Vec<&str> =
@@ -254,24 +274,7 @@ pub fn render_text(d: &Document, database: &str) -> String {
         let _ = writeln!(out, "  cutover:       {}; the files are no longer mirrored", ago(Some(&Bson::DateTime(at))));
     }
     if let Ok(w) = d.get_document("watch") {
-        let line = match w.get_str("state").unwrap_or("?") {
-            "running" => format!(
-                "running on {} (pid {}), heartbeat {}; {} file(s) pending, {:.1} s behind",
-                w.get_str("host").unwrap_or("?"),
-                w.get("pid").map(|p| p.to_string()).unwrap_or_default(),
-                ago(w.get("heartbeat_at")),
-                w.get("pending_files").map(|p| p.to_string()).unwrap_or_else(|| "0".into()),
-                w.get_f64("lag_seconds").unwrap_or(0.0),
-            ),
-            "silent" => format!(
-                "NOT RUNNING: no heartbeat from {} (pid {}) since {}",
-                w.get_str("host").unwrap_or("?"),
-                w.get("pid").map(|p| p.to_string()).unwrap_or_default(),
-                ago(w.get("heartbeat_at")),
-            ),
-            _ => format!("stopped {}", ago(w.get("stopped_at"))),
-        };
-        let _ = writeln!(out, "  watch:         {line}");
+        let _ = writeln!(out, "  watch:         {}", watch_line(w));
     }
     let _ = writeln!(
         out,
