@@ -27,18 +27,22 @@ async fn cutover_refuses_while_the_files_change() {
     let db = TestDb::new("cutover_busy").await;
     let p = clean_tree();
     assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let path = p.path("artifacts/jobs/j1.json");
         let bytes = std::fs::read(&path).unwrap();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            for _ in 0..20 {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 std::fs::write(&path, &bytes).unwrap();
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
         })
     };
     let run = docmirror(&db, &p, &["cutover", "--quiet-secs", "2", "--wait-secs", "2"]).await;
-    writer.abort();
+    // The writer finishes its last write before the tree is taken as the test left it.
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    writer.await.unwrap();
     p.settle();
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stdout.contains("not ready: the files changed"), "{}", run.stdout);
