@@ -202,6 +202,12 @@ pub struct WriteArgs {
     #[arg(long, default_value_t = 60)]
     pub mass_delete_window_secs: u64,
 
+    /// Reconcile everything at start, whatever the checkpoint proves (a
+    /// start otherwise checks only what changed since the last checkpoint,
+    /// where the server has change streams).
+    #[arg(long)]
+    pub full: bool,
+
     /// Records mapped, compared and written together while a whole source is
     /// scanned: bounds memory (a few KB per record), not the write batch size.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -240,6 +246,11 @@ pub struct WatchArgs {
     /// Serve Prometheus /metrics, /healthz and /readyz on this address (off unless given).
     #[arg(long, env = "DOCMIRROR_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// How long a document written by someone else may differ from its file
+    /// record (and not be newer) before it is reported as drift.
+    #[arg(long, default_value_t = 30)]
+    pub drift_grace_secs: u64,
 }
 
 impl WatchArgs {
@@ -257,6 +268,8 @@ impl WatchArgs {
             parse_retries: 3,
             queue_capacity: self.event_queue_capacity,
             after_cutover: self.write.after_cutover,
+            full: self.write.full,
+            drift_grace: Duration::from_secs(self.drift_grace_secs),
         }
     }
 }

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod checkpoint;
 mod cutover;
 mod export;
 mod faults;
