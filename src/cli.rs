@@ -208,6 +208,11 @@ pub struct WriteArgs {
     #[arg(long)]
     pub full: bool,
 
+    /// A start reconciles in full when more documents than this changed in
+    /// MongoDB since the checkpoint (checking them one by one would cost more).
+    #[arg(long, default_value_t = 50_000)]
+    pub checkpoint_max_changes: u64,
+
     /// Records mapped, compared and written together while a whole source is
     /// scanned: bounds memory (a few KB per record), not the write batch size.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -474,6 +479,7 @@ impl WriteArgs {
         engine.mass_delete_fraction = self.mass_delete_fraction;
         engine.mass_delete_window = std::time::Duration::from_secs(self.mass_delete_window_secs);
         engine.chunk = usize::try_from(self.chunk_records).unwrap_or(crate::reconcile::CHUNK);
+        engine.checkpoint_max_changes = usize::try_from(self.checkpoint_max_changes).unwrap_or(usize::MAX);
         Ok(())
     }
 }

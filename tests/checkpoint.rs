@@ -117,7 +117,7 @@ async fn a_checkpoint_that_proves_nothing_gives_a_full_reconcile_and_says_why() 
     let heads = db.db.collection::<bson::Document>("mirror_checkpoint");
     let state = db.db.collection::<bson::Document>("mirror_state");
     let cases: Vec<(&str, bson::Document, &str)> = vec![
-        ("mirror_checkpoint", doc! { "$set": { "fingerprint": "older" } }, "mapping rules or indexes changed"),
+        ("mirror_checkpoint", doc! { "$set": { "fingerprint": "older" } }, "--on-delete changed since the checkpoint"),
         ("mirror_state", doc! { "$set": { "database_id": "elsewhere" } }, "another database"),
         ("mirror_checkpoint", doc! { "$set": { "token": { "_data": "00" } } }, "no longer resumes"),
     ];
@@ -138,8 +138,23 @@ async fn a_checkpoint_that_proves_nothing_gives_a_full_reconcile_and_says_why() 
         // It stored a good checkpoint again.
         assert!(sync(&db, &p, &[]).await.stderr.contains(WARM));
     }
-    // A mirrored collection dropped: what the stream said before is not
-    // complete any more.
+    // Other rules for what a reconcile writes.
+    let run = sync(&db, &p, &["--conflict", "file-wins"]).await;
+    assert!(run.stderr.contains("--conflict or --on-delete changed"), "{}", run.stderr);
+    sync(&db, &p, &[]).await;
+    // More documents changed in MongoDB than it is worth checking one by one.
+    let users = db.db.collection::<bson::Document>("users");
+    users.update_many(doc! {}, doc! { "$set": { "seen": true } }).await.unwrap();
+    let run = sync(&db, &p, &["--checkpoint-max-changes", "2"]).await;
+    assert!(run.stderr.contains("more than 2 documents changed since the checkpoint"), "{}", run.stderr);
+    // A mirrored collection renamed, then one dropped: what the stream said
+    // before is not complete any more.
+    let rename =
+        doc! { "renameCollection": format!("{}.training_jobs", db.name), "to": format!("{}.jobs_old", db.name) };
+    db.client.database("admin").run_command(rename).await.unwrap();
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains("rename of training_jobs"), "{}", run.stderr);
+    assert_eq!(run.count("inserted"), 3, "the jobs are back: {run:?}");
     db.db.collection::<bson::Document>("datasets").drop().await.unwrap();
     let run = sync(&db, &p, &[]).await;
     assert!(run.stderr.contains("drop of datasets"), "{}", run.stderr);

@@ -9,6 +9,7 @@ mod support;
 
 mod checkpoint;
 mod cutover;
+mod drift;
 mod export;
 mod faults;
 mod first_hour;

@@ -10,13 +10,17 @@
 //! tracker keeps at most [`super::drift::PENDING_LIMIT`] writes waiting.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bson::Bson;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::drift::{Requests, Tracker};
-use super::{open, position, read_event, Events, Seen, Stream, Unusable};
+use super::{open, read_event, Events, Seen, Stream, Unusable};
+
+/// No event for this long (watch's heartbeat writes every 5 s): the stream is stuck.
+const SILENCE: Duration = Duration::from_secs(20);
 
 /// Follow the stream until `cancel` fires. `from` is where to start.
 pub async fn run(mut tracker: Tracker, from: Bson, requests: Arc<dyn Requests>, cancel: CancellationToken) {
@@ -50,6 +54,8 @@ pub async fn run(mut tracker: Tracker, from: Bson, requests: Arc<dyn Requests>, 
             }
         };
         backoff = Duration::from_millis(500);
+        tracing::debug!("Following MongoDB's change stream");
+        let mut last_event = Instant::now();
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break 'outer,
@@ -57,10 +63,24 @@ pub async fn run(mut tracker: Tracker, from: Bson, requests: Arc<dyn Requests>, 
                     if let Err(e) = tracker.tick(requests.as_ref()).await {
                         tracing::warn!(error = %e, "Drift check failed; trying again");
                     }
+                    // watch writes its heartbeat every few seconds, so a silent
+                    // stream is a stuck one (a connection half-open, a server
+                    // that lost the position it resumed from): open it again
+                    // from the last event seen.
+                    if last_event.elapsed() > SILENCE {
+                        tracing::info!(silent_s = SILENCE.as_secs(), "The change stream went silent; opening it again from the last event");
+                        continue 'outer;
+                    }
                 }
-                ev = stream.next_if_any() => match ev {
-                    Ok(Some(ev)) => match read_event(&ev, &collections) {
+                // `next` keeps its state in the stream, so losing this race to
+                // the tick loses nothing (an abandoned `next_if_any` could).
+                ev = stream.next() => match ev.transpose() {
+                    Ok(Some(ev)) => {
+                        last_event = Instant::now();
+                        at = bson::to_bson(&ev.id).ok().or(at);
+                        match read_event(&ev, &collections) {
                         Seen::Touched { collection, id, ours: false, .. } => {
+                            tracing::debug!(%collection, %id, "Written by someone else");
                             tracker.touched(collection, id, requests.as_ref());
                         }
                         Seen::Broken(what) => {
@@ -69,17 +89,13 @@ pub async fn run(mut tracker: Tracker, from: Bson, requests: Arc<dyn Requests>, 
                             continue 'outer;
                         }
                         _ => {}
-                    },
+                    }},
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::info!(error = %e, "Change stream interrupted; resuming");
-                        at = position(&stream).or(at);
+                        tracing::info!(error = %e, "Change stream interrupted; resuming from the last event");
                         continue 'outer;
                     }
                 },
-            }
-            if let Some(p) = position(&stream) {
-                at = Some(p);
             }
         }
     }

@@ -32,8 +32,8 @@ use crate::sink::Sink;
 use crate::source::{self, SourceFile};
 use crate::summary::Summary;
 
-/// More documents than this changed since the checkpoint: reconcile in full.
-pub const TOUCHED_LIMIT: usize = 50_000;
+/// Others' writes kept as pending at most (beyond, the next start drains them from the stream).
+const PENDING_LIMIT: usize = 50_000;
 
 /// What a warm start did.
 pub struct Warm {
@@ -74,14 +74,14 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         return cold("the checkpoint was made for another database");
     }
     if head.fingerprint != checkpoint::fingerprint(engine) {
-        return cold("the layout, mapping rules or indexes changed since the checkpoint");
+        return cold("the layout, mapping rules, indexes, --conflict or --on-delete changed since the checkpoint");
     }
     let n = super::fence(sink).await?;
     let mut stream = match open(sink, Some(&head.token), Events::All, false).await {
         Ok(s) => s,
         Err(u) => return cold(u.to_string()),
     };
-    let mut touched = match drain(&mut stream, &collections(engine), TOUCHED_LIMIT, &n).await {
+    let mut touched = match drain(&mut stream, &collections(engine), engine.checkpoint_max_changes, &n).await {
         Ok(t) => t,
         Err(reason) => return cold(reason),
     };
@@ -305,7 +305,7 @@ async fn catch_up(
 ) -> Result<(Bson, Vec<(String, String)>), String> {
     let n = super::fence(sink).await.map_err(|e| e.to_string())?;
     let mut stream = open(sink, Some(from), Events::Others, false).await.map_err(|u| u.to_string())?;
-    let touched = drain(&mut stream, collections, TOUCHED_LIMIT, &n).await?;
+    let touched = drain(&mut stream, collections, PENDING_LIMIT, &n).await?;
     let token = position(&stream).ok_or("the change stream gave no position")?;
     let pending = touched.ids.into_iter().flat_map(|(c, ids)| ids.into_iter().map(move |i| (c.clone(), i))).collect();
     Ok((token, pending))
