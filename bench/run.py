@@ -1051,7 +1051,7 @@ def render(cfg, full: Tree, tenth: Tree, sync: dict, watch: dict, mongoimport_no
     A("## Contenders\n")
     A("| contender | what it does |\n|---|---|")
     extra = (" " + " ".join(EXTRA_ARGS)) if EXTRA_ARGS else ""
-    A("| docmirror | `target/release/docmirror --log-format json --quiet sync --data-dir D --artifacts-dir A "
+    A("| docmirror | `target/release/docmirror --log-format json sync --data-dir D --artifacts-dir A "
       f"--mongodb-uri mongodb://127.0.0.1:P/bench{extra}` |")
     A("| batched | `bench/contenders/batched.py`: pymongo, `bulk_write` of `ReplaceOne({_id}, doc, upsert=True)` in unordered batches of 1000, no change detection |")
     A("| seed-style | `bench/contenders/seed.js`: Node.js + official `mongodb` driver, one awaited `updateOne({_id}, {$set: doc}, {upsert: true})` per record, as the migration guide's script goes row by row |")
