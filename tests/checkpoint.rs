@@ -135,8 +135,10 @@ async fn a_checkpoint_that_proves_nothing_gives_a_full_reconcile_and_says_why() 
         assert!(run.stderr.contains("Full reconcile") && run.stderr.contains(reason), "{reason}: {}", run.stderr);
         assert!(!run.stderr.contains(WARM), "{}", run.stderr);
         assert_eq!(run.count("updated"), 1, "{run:?}");
+        assert!(!run.stderr.contains("fence"), "{reason}: {}", run.stderr);
         // It stored a good checkpoint again.
-        assert!(sync(&db, &p, &[]).await.stderr.contains(WARM));
+        let again = sync(&db, &p, &[]).await;
+        assert!(again.stderr.contains(WARM) && !again.stderr.contains("fence"), "{}", again.stderr);
     }
     // Other rules for what a reconcile writes.
     let run = sync(&db, &p, &["--conflict", "file-wins"]).await;
@@ -232,4 +234,23 @@ async fn watch_restarts_from_its_checkpoint_after_kill_9_and_stores_one_on_sigte
     assert!(run.stderr.contains(WARM), "{}", run.stderr);
     assert!(run.stderr.contains("files_compared=0"), "SIGTERM stored the settled files: {}\n{log}", run.stderr);
     assert_full_finds_nothing(&db, &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_that_writes_more_than_the_servers_history_still_leaves_a_checkpoint() {
+    // The server keeps only the last 100 operations; the sync writes 300 documents.
+    let server = OwnServer::start_with(free_port(), &["--oplog-max-entries", "100"]);
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@example.com", "2025-10-01T00:00:00.000Z")]));
+    for i in 0..300 {
+        let id = format!("j{i:03}");
+        p.job(&id, &job(&id, "running", "2025-10-12T09:00:00.000Z"));
+    }
+    let uri = server.uri("ckpt_history");
+    let first = docmirror_at(&uri, &p, &["sync"], &[]).await;
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(first.count("inserted"), 301);
+    let again = docmirror_at(&uri, &p, &["sync"], &[]).await;
+    assert!(again.stderr.contains(WARM), "{}", again.stderr);
+    assert_eq!(reads_of(&again, "training_jobs"), 0, "{}", documents_read(&again));
 }

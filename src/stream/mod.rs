@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod drift;
 pub mod follow;
 pub mod memo_codec;
+pub mod tail;
 pub mod warm;
 
 use std::collections::{HashMap, HashSet};
@@ -217,17 +218,23 @@ impl Touched {
 /// position of events a filter dropped.
 pub async fn fence(sink: &Sink) -> Result<String, crate::error::Fatal> {
     let n = bson::oid::ObjectId::new().to_hex();
-    let op = crate::sink::WriteOp::Update {
-        coll: checkpoint::CHECKPOINTS.into(),
-        filter: bson::doc! { "_id": "fence" },
-        update: bson::doc! { "$set": { "n": &n } },
-        upsert: true,
-    };
-    sink.write(vec![op]).await?;
+    write_fence(sink, &n).await?;
     Ok(n)
 }
 
-fn is_fence(ev: &ChangeStreamEvent<Document>, n: &str) -> bool {
+/// Write a fence with this value (a reader told the value first cannot miss it).
+pub async fn write_fence(sink: &Sink, n: &str) -> Result<(), crate::error::Fatal> {
+    let op = crate::sink::WriteOp::Update {
+        coll: checkpoint::CHECKPOINTS.into(),
+        filter: bson::doc! { "_id": "fence" },
+        update: bson::doc! { "$set": { "n": n } },
+        upsert: true,
+    };
+    sink.write(vec![op]).await?;
+    Ok(())
+}
+
+pub fn is_fence(ev: &ChangeStreamEvent<Document>, n: &str) -> bool {
     let coll = ev.ns.as_ref().and_then(|ns| ns.coll.as_deref());
     if coll != Some(checkpoint::CHECKPOINTS) {
         return false;
@@ -238,7 +245,7 @@ fn is_fence(ev: &ChangeStreamEvent<Document>, n: &str) -> bool {
 }
 
 /// How long a drain waits for its fence before giving up.
-const FENCE_WAIT: Duration = Duration::from_secs(60);
+pub const FENCE_WAIT: Duration = Duration::from_secs(60);
 
 /// Read the stream up to the fence `n` (see [`fence`]): the ids it shows
 /// touched. More than `limit` ids, a broken stream, or no fence in time is

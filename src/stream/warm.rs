@@ -23,6 +23,7 @@ use bson::Bson;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{self, Head, Known, Proof};
+use super::tail::Tail;
 use super::{drain, open, position, Events};
 use crate::error::Fatal;
 use crate::reconcile::memo::{MemoRec, Memory, RawHash};
@@ -43,6 +44,8 @@ pub struct Warm {
     pub loaded: HashSet<String>,
     /// The stream position after the catch-up and before any read.
     pub from: Bson,
+    /// The stream read while the start reconciled.
+    pub tail: Tail,
     /// Files compared, documents rechecked because the stream showed them.
     pub files: usize,
     pub touched: usize,
@@ -90,6 +93,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
     for (c, id) in &head.pending {
         touched.ids.entry(c.clone()).or_default().insert(id.clone());
     }
+    let tail = Tail::start(sink, from.clone(), collections(engine), PENDING_LIMIT);
     let e = engine.clone();
     let now = tokio::task::spawn_blocking(move || digests(&e)).await.map_err(Fatal::task("digest"))??;
     let mut scan: BTreeMap<String, SourceFile> = BTreeMap::new();
@@ -162,7 +166,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         summary.unchanged += records;
     }
     let touched = touched.len();
-    Ok(Start::Warm(Box::new(Warm { summary, head, loaded: groups, from, files: n, touched })))
+    Ok(Start::Warm(Box::new(Warm { summary, head, loaded: groups, from, tail, files: n, touched })))
 }
 
 /// The files that hold the touched documents (by the `_mirror.source` MongoDB
@@ -254,21 +258,35 @@ pub fn file_of(engine: &Engine, rel: &str) -> Option<SourceFile> {
 /// now, past the run's own writes; what others wrote meanwhile is kept as
 /// `pending`, checked on the next start. Problems are logged, never fatal:
 /// without a checkpoint the next start is a full one.
-pub async fn save_after(engine: &Arc<Engine>, sink: &Sink, memory: &Memory, from: &Bson, known: Known<'_>) {
-    if let Err(e) = try_save(engine, sink, memory, from, known, Vec::new()).await {
+pub async fn save_after(engine: &Arc<Engine>, sink: &Sink, memory: &Memory, tail: Tail, from: &Bson, known: Known<'_>) {
+    let caught = match tail.finish(sink).await {
+        Ok(c) => Ok(c),
+        Err(why) => {
+            // Read again from the run's start (the run's own writes filtered
+            // on the server), unless that history is gone.
+            tracing::debug!(%why, "Reading the stream again from the run's start");
+            catch_up(sink, from, &collections(engine)).await
+        }
+    };
+    if let Err(e) = try_save(engine, sink, memory, (from, caught), known, Vec::new()).await {
         tracing::warn!(error = %e, "Cannot store the checkpoint; the next start reconciles in full");
     }
 }
+
+/// Where the stream stands after a run: the position a run started from,
+/// and what reading on from it gave (the position past the run and others'
+/// writes meanwhile, or why there is none).
+type Caught<'a> = (&'a Bson, Result<(Bson, Vec<(String, String)>), String>);
 
 async fn try_save(
     engine: &Arc<Engine>,
     sink: &Sink,
     memory: &Memory,
-    from: &Bson,
+    (from, caught): Caught<'_>,
     known: Known<'_>,
     carry: Vec<(String, String)>,
 ) -> Result<(), Fatal> {
-    let (token, mut pending) = match catch_up(sink, from, &collections(engine)).await {
+    let (token, mut pending) = match caught {
         Ok(t) => t,
         Err(reason) => {
             tracing::info!(%reason, "Checkpoint kept at the run's start");
@@ -337,7 +355,9 @@ pub async fn run(
                     documents_changed_in_mongodb = w.touched,
                     "Started from the checkpoint: only what changed since was compared"
                 );
-                save_after(engine, sink, memory, &w.from, Known::Groups { prev: &w.head, loaded: &w.loaded }).await;
+                let w = *w;
+                let known = Known::Groups { prev: &w.head, loaded: &w.loaded };
+                save_after(engine, sink, memory, w.tail, &w.from, known).await;
                 return Ok(w.summary);
             }
             Start::Cold(reason) => reason,
@@ -355,9 +375,10 @@ pub async fn run(
             None
         }
     };
+    let tail = from.as_ref().map(|f| Tail::start(sink, f.clone(), collections(engine), PENDING_LIMIT));
     let summary = reconcile(core, Scope::Full, opts, cancel).await?;
-    if let Some(from) = from {
-        save_after(engine, sink, memory, &from, Known::All).await;
+    if let (Some(from), Some(tail)) = (from, tail) {
+        save_after(engine, sink, memory, tail, &from, Known::All).await;
     }
     Ok(summary)
 }
@@ -401,7 +422,8 @@ pub async fn save_on_stop(engine: &Arc<Engine>, sink: &Sink, memory: &Memory) ->
     if head.fingerprint != checkpoint::fingerprint(engine) {
         return Ok(());
     }
-    try_save(engine, sink, memory, &head.token, Known::All, head.pending.clone()).await
+    let caught = catch_up(sink, &head.token, &collections(engine)).await;
+    try_save(engine, sink, memory, (&head.token, caught), Known::All, head.pending.clone()).await
 }
 
 /// watch's reconciles: a full one is a proof like the first, so it stores a
@@ -416,9 +438,10 @@ pub async fn reconcile_and_prove(
 ) -> Result<Summary, Fatal> {
     let full = matches!(scope, Scope::Full);
     let from = if full { super::position_now(sink).await.ok() } else { None };
+    let tail = from.as_ref().map(|f| Tail::start(sink, f.clone(), collections(engine), PENDING_LIMIT));
     let r = reconcile(Core { engine, target: sink, memory: Some(memory) }, scope, opts, cancel).await;
-    if let (Ok(_), Some(from)) = (&r, from) {
-        save_after(engine, sink, memory, &from, Known::All).await;
+    if let (Ok(_), Some(from), Some(tail)) = (&r, from, tail) {
+        save_after(engine, sink, memory, tail, &from, Known::All).await;
     }
     r
 }
