@@ -6,8 +6,12 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, CutoverArgs, ExportArgs, OutputFormat, StatusArgs, SyncArgs, VerifyArgs, WatchArgs};
+use crate::cli::{
+    Cli, Command, CutoverArgs, ExportArgs, OutputFormat, StatusArgs, SyncArgs, TargetKind, VerifyArgs, WatchArgs,
+};
 use crate::error::{exit, Fatal};
+use crate::postgres::Pg;
+use crate::reconcile::target::Target;
 use crate::reconcile::{reconcile, Core, RunOptions, Scope};
 use crate::sink::Sink;
 use crate::summary::Summary;
@@ -68,32 +72,76 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
     args.write.apply(&mut settings.engine)?;
     args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
-    let sink = Sink::connect(settings.sink, cancel.clone()).await?;
-    if !args.dry_run {
-        crate::cutover::refuse_after_cutover(&sink, args.write.after_cutover).await?;
-        crate::sink::indexes::apply(&engine.indexes, &sink).await?;
-    }
     let opts = RunOptions { dry_run: args.dry_run, log_all_rejects: true, defer_bad_files: false, log_changes: false };
-    let progress = show_progress.then(|| crate::progress::Bar::start(engine.metrics.clone()));
-    let core = Core { engine: &engine, target: &sink, memory: None };
-    let summary = reconcile(core, Scope::Full, opts, &cancel).await;
-    drop(progress);
-    let summary = summary?;
-    if !args.dry_run {
-        if let Err(e) = crate::state::record_full(&engine, &sink, None, "sync", &summary, started.elapsed()).await {
-            tracing::warn!(error = %e, "Cannot record the run in mirror_state");
+    let (summary, target) = match args.common.connection.target {
+        TargetKind::Mongodb => {
+            let sink = Sink::connect(settings.sink, cancel.clone()).await?;
+            if !args.dry_run {
+                crate::cutover::refuse_after_cutover(&sink, args.write.after_cutover).await?;
+                crate::sink::indexes::apply(&engine.indexes, &sink).await?;
+            }
+            let summary = reconcile_all(&engine, &sink, opts, show_progress, &cancel).await?;
+            if !args.dry_run {
+                if let Err(e) =
+                    crate::state::record_full(&engine, &sink, None, "sync", &summary, started.elapsed()).await
+                {
+                    tracing::warn!(error = %e, "Cannot record the run in mirror_state");
+                }
+            }
+            (summary, "MongoDB")
         }
-    }
-    println!("{}", summary_line(&summary, args.dry_run, started));
+        TargetKind::Postgres => {
+            let pg = connect_pg(&args.common.connection, &engine, &cancel).await?;
+            if !args.dry_run {
+                pg.apply_schema(&engine.layout).await?;
+            }
+            (reconcile_all(&engine, &pg, opts, show_progress, &cancel).await?, "PostgreSQL")
+        }
+    };
+    println!("{}", summary_line(&summary, args.dry_run, started, target));
     Ok(if summary.rejected > 0 { exit::REJECTED } else { exit::OK })
 }
 
+/// One full reconcile into any target, with the progress bar on a terminal.
+async fn reconcile_all<T: Target>(
+    engine: &Arc<crate::reconcile::Engine>,
+    target: &T,
+    opts: RunOptions,
+    show_progress: bool,
+    cancel: &CancellationToken,
+) -> Result<Summary, Fatal> {
+    let progress = show_progress.then(|| crate::progress::Bar::start(engine.metrics.clone()));
+    let core = Core { engine, target, memory: None };
+    let summary = reconcile(core, Scope::Full, opts, cancel).await;
+    drop(progress);
+    summary
+}
+
+async fn connect_pg(
+    connection: &crate::cli::ConnectionArgs,
+    engine: &crate::reconcile::Engine,
+    cancel: &CancellationToken,
+) -> Result<Pg, Fatal> {
+    Pg::connect(connection.pg_options(false, engine.metrics.clone())?, cancel.clone()).await
+}
+
+/// `--target postgres` for a command that does not support it yet: say so.
+fn mongodb_only(connection: &crate::cli::ConnectionArgs, command: &str) -> Result<(), Fatal> {
+    match connection.target {
+        TargetKind::Mongodb => Ok(()),
+        TargetKind::Postgres => Err(Fatal::Config(format!(
+            "`{command}` does not support --target postgres yet (sync and verify do); see README, \
+             \"PostgreSQL target\""
+        ))),
+    }
+}
+
 /// The one line `sync` ends with.
-pub fn summary_line(s: &Summary, dry_run: bool, started: Instant) -> String {
+pub fn summary_line(s: &Summary, dry_run: bool, started: Instant, target: &str) -> String {
     let (head, verb) = if dry_run { ("sync (dry run)", "would be ") } else { ("sync", "") };
     format!(
         "{head}: {} records read from {} files; {verb}inserted {}, {verb}updated {}, unchanged {}, \
-         skipped (newer in MongoDB) {}, rejected {} (bad files {}), {verb}archived {}, {verb}deleted {}, \
+         skipped (newer in {target}) {}, rejected {} (bad files {}), {verb}archived {}, {verb}deleted {}, \
          deletes held back {}; {:.2}s",
         s.read,
         s.files,
@@ -114,10 +162,21 @@ async fn verify_cmd(args: VerifyArgs, cancel: CancellationToken) -> Result<u8, F
     let settings = args.common.settings(false)?;
     args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
-    let sink = Sink::connect(settings.sink, cancel.clone()).await?;
-    let report = tokio::select! {
-        r = verify(&engine, &sink) => r?,
-        () = cancel.cancelled() => return Err(Fatal::Interrupted),
+    let report = match args.common.connection.target {
+        TargetKind::Mongodb => {
+            let sink = Sink::connect(settings.sink, cancel.clone()).await?;
+            tokio::select! {
+                r = verify(&engine, &sink) => r?,
+                () = cancel.cancelled() => return Err(Fatal::Interrupted),
+            }
+        }
+        TargetKind::Postgres => {
+            let pg = connect_pg(&args.common.connection, &engine, &cancel).await?;
+            tokio::select! {
+                r = verify(&engine, &pg) => r?,
+                () = cancel.cancelled() => return Err(Fatal::Interrupted),
+            }
+        }
     };
     match args.format {
         OutputFormat::Text => print!("{}", render_text(&report)),
@@ -130,6 +189,7 @@ async fn verify_cmd(args: VerifyArgs, cancel: CancellationToken) -> Result<u8, F
 }
 
 async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    mongodb_only(&args.common.connection, "watch")?;
     let mut common = args.common.clone();
     // Events carry absolute paths; so must the roots they are matched against.
     common.data_dir = Some(std::path::absolute(common.data_dir()).map_err(|e| Fatal::Source(e.to_string()))?);
@@ -148,6 +208,7 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
 }
 
 async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    mongodb_only(&args.connection, "status")?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
     let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel).await?;
     let database = sink.database().name().to_string();
@@ -168,6 +229,7 @@ async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, F
 }
 
 async fn export_cmd(args: ExportArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    mongodb_only(&args.connection, "export")?;
     let started = Instant::now();
     let out =
         args.out.clone().ok_or_else(|| Fatal::Config("export needs --out DIR: where to write the files".into()))?;
@@ -194,6 +256,7 @@ async fn export_cmd(args: ExportArgs, cancel: CancellationToken) -> Result<u8, F
 }
 
 async fn cutover_cmd(args: CutoverArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    mongodb_only(&args.common.connection, "cutover")?;
     let settings = args.common.settings(false)?;
     args.common.check_roots()?;
     let engine = Arc::new(settings.engine);

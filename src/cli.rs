@@ -132,9 +132,28 @@ pub struct CommonArgs {
     pub naive_timezone: Option<String>,
 }
 
+/// Which database docmirror mirrors into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    /// MongoDB (the default): one collection per source.
+    Mongodb,
+    /// PostgreSQL: the migration guide's tables (schema.sql), created if missing.
+    Postgres,
+}
+
 /// Where MongoDB is and how long to wait for it: all that `status` needs.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
+    /// The database to mirror into: mongodb, or postgres (the migration guide's tables;
+    /// sync and verify only, for now).
+    #[arg(long, value_enum, default_value = "mongodb", env = "DOCMIRROR_TARGET")]
+    pub target: TargetKind,
+
+    /// PostgreSQL connection URL for --target postgres
+    /// (postgresql://user:password@host:5432/ml_training_platform, as in the guide's .env).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+
     /// MongoDB connection string; the database is its path unless --database is given
     /// [default: mongodb://localhost:27017/ml_training_platform].
     #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
@@ -420,6 +439,26 @@ impl ConnectionArgs {
             concurrency: 4,
             retry_budget: (!retry_forever).then(|| Duration::from_secs(self.mongodb_timeout)),
             op_timeout: Duration::from_secs(self.operation_timeout_secs),
+            metrics,
+        })
+    }
+
+    /// Where PostgreSQL is, for `--target postgres`.
+    pub fn pg_options(
+        &self,
+        retry_forever: bool,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<crate::postgres::PgOptions, Fatal> {
+        let url = self.postgres_url.clone().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+            Fatal::Config(
+                "--target postgres needs --postgres-url URL (or DATABASE_URL), e.g. \
+                 postgresql://ml_admin:PASSWORD@localhost:5432/ml_training_platform"
+                    .into(),
+            )
+        })?;
+        Ok(crate::postgres::PgOptions {
+            url,
+            retry_budget: (!retry_forever).then(|| Duration::from_secs(self.mongodb_timeout)),
             metrics,
         })
     }

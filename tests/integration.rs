@@ -1,11 +1,13 @@
 //! Integration tests: the `docmirror` binary against a real MongoDB
 //! wire-protocol server (SecantusDB by default, any mongod via MONGODB_URI).
-//! One test binary, one server per run, one database per test.
+//! One test binary, one server per run, one database per test; the PostgreSQL
+//! target's tests likewise start one PostgreSQL cluster per run (support_pg.rs).
 
 // Test helpers panic on purpose: a failed setup step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
+mod support_pg;
 
 mod cutover;
 mod export;
@@ -13,6 +15,7 @@ mod faults;
 mod first_hour;
 mod model;
 mod poison;
+mod postgres;
 mod property;
 mod service;
 mod sync;

@@ -1,0 +1,179 @@
+//! PostgreSQL as a reconcile target (`--target postgres`): the migration
+//! guide's own tables (`schema.sql`, applied idempotently), filled from the
+//! same records the MongoDB sink writes, plus docmirror's bookkeeping in
+//! tables of its own (`docmirror_rows`, `mirror_rejects`, `mirror_archive`)
+//! so the guide's columns stay exactly the guide's.
+//!
+//! `tables.rs` maps records to rows and back; `write.rs` builds the
+//! multi-row statements; `target.rs` is the [`crate::reconcile::target::Target`].
+
+pub mod tables;
+mod target;
+mod write;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Fatal;
+use crate::layout::Layout;
+use crate::redact::{redact_uri, Scrubber};
+
+/// The guide's schema and docmirror's tables (all `IF NOT EXISTS`).
+pub const SCHEMA: &str = include_str!("schema.sql");
+
+/// Where PostgreSQL is, and how long to keep trying to reach it.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    pub url: String,
+    /// `None`: retry forever.
+    pub retry_budget: Option<Duration>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// A connected PostgreSQL target. Cheap to clone: one connection, shared;
+/// every write is a single statement, so concurrent requests pipeline on it.
+#[derive(Clone)]
+pub struct Pg {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    scrubber: Scrubber,
+    shown_url: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Pg {
+    /// Connect, retrying until the budget runs out (or `cancel` fires).
+    pub async fn connect(opts: PgOptions, cancel: CancellationToken) -> Result<Pg, Fatal> {
+        let started = Instant::now();
+        let scrubber = Scrubber::for_uri(&opts.url);
+        let shown_url = redact_uri(&opts.url);
+        let mut pause = Duration::from_millis(100);
+        loop {
+            let attempt = tokio::select! {
+                r = tokio_postgres::connect(&opts.url, NoTls) => r,
+                () = cancel.cancelled() => return Err(Fatal::Interrupted),
+            };
+            match attempt {
+                Ok((client, connection)) => {
+                    let scrub = scrubber.clone();
+                    let task = tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::error!(error = %scrub.scrub(&e.to_string()), "PostgreSQL connection lost");
+                        }
+                    });
+                    tracing::info!(url = %shown_url, "Connected to PostgreSQL");
+                    return Ok(Pg { inner: Arc::new(Inner { client, scrubber, shown_url, task }) });
+                }
+                Err(e) => {
+                    let said = scrubber.scrub(&e.to_string());
+                    let permanent = e.as_db_error().is_some() || e.to_string().contains("invalid");
+                    let out_of_time = opts.retry_budget.is_some_and(|b| started.elapsed() + pause > b);
+                    if permanent || out_of_time {
+                        return Err(Fatal::Connect {
+                            message: format!(
+                                "cannot connect to PostgreSQL at {shown_url}: {said} (check --postgres-url / \
+                                 DATABASE_URL, and that the server is running and accepts this user)"
+                            ),
+                            detail: said,
+                        });
+                    }
+                    tracing::warn!(url = %shown_url, error = %said, "PostgreSQL not reachable yet; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(pause) => {}
+                        () = cancel.cancelled() => return Err(Fatal::Interrupted),
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The URL with its password masked.
+    pub fn shown_url(&self) -> &str {
+        &self.inner.shown_url
+    }
+
+    /// A driver error as one line, credentials removed.
+    pub fn fatal(&self, doing: &str, e: &tokio_postgres::Error) -> Fatal {
+        Fatal::Postgres(format!("{doing}: {}", self.scrub(&describe(e))))
+    }
+
+    pub fn scrub(&self, text: &str) -> String {
+        self.inner.scrubber.scrub(text)
+    }
+
+    /// Apply the guide's schema and docmirror's tables (idempotent; one
+    /// docmirror at a time, under an advisory lock), then check that the
+    /// guide's tables have the guide's columns.
+    pub async fn apply_schema(&self, layout: &Layout) -> Result<(), Fatal> {
+        for spec in &layout.sources {
+            if tables::table(&spec.collection).is_none() {
+                return Err(Fatal::Config(format!(
+                    "source {} mirrors into {:?}, which is not one of the guide's tables (users, datasets, \
+                     training_jobs): the PostgreSQL target writes only those",
+                    spec.name, spec.collection
+                )));
+            }
+        }
+        let sql = format!(
+            "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7263512); {SCHEMA}\nCOMMIT;"
+        );
+        self.client().batch_execute(&sql).await.map_err(|e| self.fatal("cannot apply the schema", &e))?;
+        for t in tables::TABLES {
+            let rows = self
+                .client()
+                .query(
+                    "SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() \
+                     AND table_name = $1",
+                    &[&t.name],
+                )
+                .await
+                .map_err(|e| self.fatal("cannot read the schema", &e))?;
+            let have: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
+            let missing: Vec<&str> =
+                t.columns.iter().map(|c| c.name).filter(|c| !have.iter().any(|h| h == c)).collect();
+            if !missing.is_empty() {
+                return Err(Fatal::Config(format!(
+                    "table {} exists without the guide's column(s) {}: it was not made from the guide's schema.sql",
+                    t.name,
+                    missing.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What PostgreSQL said, with its SQLSTATE, detail, table and column.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else { return e.to_string() };
+    let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    // "Failing row contains (...)" would copy the whole row, password hash
+    // and all, into rejects and logs: only other details are kept.
+    if let Some(d) = db.detail().filter(|d| !d.starts_with("Failing row contains")) {
+        s.push_str(": ");
+        s.push_str(d);
+    }
+    if let (Some(t), Some(c)) = (db.table(), db.column()) {
+        s.push_str(&format!(" [column {t}.{c}]"));
+    } else if let Some(c) = db.constraint() {
+        s.push_str(&format!(" [constraint {c}]"));
+    }
+    s
+}
