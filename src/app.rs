@@ -92,7 +92,9 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
         }
         TargetKind::Postgres => {
             let pg = connect_pg(&args.common.connection, &engine, &cancel).await?;
-            if !args.dry_run {
+            if args.dry_run {
+                pg.check_schema().await?;
+            } else {
                 pg.apply_schema(&engine.layout).await?;
             }
             (reconcile_all(&engine, &pg, opts, show_progress, &cancel).await?, "PostgreSQL")

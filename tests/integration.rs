@@ -8,7 +8,9 @@
 
 mod support;
 mod support_pg;
+mod support_targets;
 
+mod behaviour;
 mod cutover;
 mod export;
 mod faults;
@@ -20,5 +22,6 @@ mod property;
 mod service;
 mod sync;
 mod target;
+mod target_pg;
 mod verify;
 mod watch;

@@ -42,6 +42,9 @@ pub struct Pg {
 
 struct Inner {
     client: Client,
+    /// A dry run against a database without the guide's tables: every read
+    /// answers "nothing there" instead of failing on the missing tables.
+    absent: std::sync::atomic::AtomicBool,
     scrubber: Scrubber,
     shown_url: String,
     task: tokio::task::JoinHandle<()>,
@@ -74,7 +77,9 @@ impl Pg {
                         }
                     });
                     tracing::info!(url = %shown_url, "Connected to PostgreSQL");
-                    return Ok(Pg { inner: Arc::new(Inner { client, scrubber, shown_url, task }) });
+                    return Ok(Pg {
+                        inner: Arc::new(Inner { client, absent: false.into(), scrubber, shown_url, task }),
+                    });
                 }
                 Err(e) => {
                     let said = scrubber.scrub(&e.to_string());
@@ -116,6 +121,31 @@ impl Pg {
 
     pub fn scrub(&self, text: &str) -> String {
         self.inner.scrubber.scrub(text)
+    }
+
+    /// For a dry run, which writes nothing (not even the schema): whether the
+    /// guide's tables and docmirror's are there; if not, reads answer empty.
+    pub async fn check_schema(&self) -> Result<(), Fatal> {
+        let row = self
+            .client()
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() \
+                 AND table_name = ANY($1)",
+                &[&vec!["users", "datasets", "training_jobs", "docmirror_rows", "mirror_rejects", "mirror_archive"]],
+            )
+            .await
+            .map_err(|e| self.fatal("cannot read the schema", &e))?;
+        let n: i64 = row.try_get(0).map_err(|e| self.fatal("cannot read the schema", &e))?;
+        if n < 6 {
+            tracing::info!("The guide's tables are not there yet: the dry run compares with empty tables");
+            self.inner.absent.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Whether reads answer empty (see [`Pg::check_schema`]).
+    pub fn absent(&self) -> bool {
+        self.inner.absent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Apply the guide's schema and docmirror's tables (idempotent; one

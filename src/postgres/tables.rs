@@ -274,11 +274,8 @@ pub fn to_document(
     }
     for c in table.columns.iter().filter(|c| c.name != "id" || id_field == "id") {
         let camel = camel(c.name);
-        let field = if fields.contains(&camel) && !fields.iter().any(|f| f == c.name) {
-            camel
-        } else {
-            c.name.to_string()
-        };
+        let field =
+            if fields.contains(&camel) && !fields.iter().any(|f| f == c.name) { camel } else { c.name.to_string() };
         let v = row.get(c.name).unwrap_or(&Value::Null);
         if v.is_null() && !fields.contains(&field) {
             continue;

@@ -46,6 +46,9 @@ impl Pg {
         filter: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<HashMap<String, Existing>, Fatal> {
+        if self.absent() {
+            return Ok(HashMap::new());
+        }
         let version = t.version.map_or("NULL::timestamp".to_string(), |v| format!("t.\"{v}\""));
         let sql = format!(
             "SELECT t.id::text, r.hash, r.source, r.fields, {version} FROM {0} t \
@@ -97,6 +100,9 @@ impl Target for Pg {
         field: &str,
         ids: &[String],
     ) -> Result<HashMap<String, String>, Fatal> {
+        if self.absent() {
+            return Ok(Default::default());
+        }
         let t = table_of(spec)?;
         let Some(col) = column_for(t, field) else { return Ok(HashMap::new()) };
         let sql = format!("SELECT id::text, \"{col}\"::text FROM {} WHERE id = ANY($1)", t.name);
@@ -144,6 +150,9 @@ impl Target for Pg {
         id: &str,
         unique: &[(String, String)],
     ) -> Result<Option<(String, String)>, Fatal> {
+        if self.absent() {
+            return Ok(Default::default());
+        }
         let t = table_of(spec)?;
         for (field, value) in unique {
             let Some(col) = column_for(t, field) else { continue };
@@ -196,6 +205,9 @@ impl Target for Pg {
     }
 
     async fn count(&self, spec: &SourceSpec) -> Result<u64, Fatal> {
+        if self.absent() {
+            return Ok(Default::default());
+        }
         let t = table_of(spec)?;
         let row = self
             .client()
@@ -241,6 +253,9 @@ impl Target for Pg {
     }
 
     async fn reject_keys(&self, collection: &str, files: Option<&[String]>) -> Result<HashSet<String>, Fatal> {
+        if self.absent() {
+            return Ok(Default::default());
+        }
         let rows = match files {
             None => self.client().query("SELECT key FROM mirror_rejects WHERE collection = $1", &[&collection]).await,
             Some(rels) => {
