@@ -14,6 +14,7 @@ use crate::postgres::Pg;
 use crate::reconcile::target::Target;
 use crate::reconcile::{reconcile, Core, RunOptions, Scope};
 use crate::sink::Sink;
+use crate::state::StateStore;
 use crate::summary::Summary;
 use crate::verify::{render_text, verify};
 
@@ -73,35 +74,49 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
     args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
     let opts = RunOptions { dry_run: args.dry_run, log_all_rejects: true, defer_bad_files: false, log_changes: false };
-    let (summary, target) = match args.common.connection.target {
+    let summary = match args.common.connection.target {
         TargetKind::Mongodb => {
             let sink = Sink::connect(settings.sink, cancel.clone()).await?;
-            if !args.dry_run {
-                crate::cutover::refuse_after_cutover(&sink, args.write.after_cutover).await?;
-                crate::sink::indexes::apply(&engine.indexes, &sink).await?;
-            }
-            let summary = reconcile_all(&engine, &sink, opts, show_progress, &cancel).await?;
-            if !args.dry_run {
-                if let Err(e) =
-                    crate::state::record_full(&engine, &sink, None, "sync", &summary, started.elapsed()).await
-                {
-                    tracing::warn!(error = %e, "Cannot record the run in mirror_state");
-                }
-            }
-            (summary, "MongoDB")
+            sync_into(&engine, &sink, &args, opts, show_progress, &cancel).await?
         }
         TargetKind::Postgres => {
             let pg = connect_pg(&args.common.connection, &engine, &cancel).await?;
             if args.dry_run {
                 pg.check_schema().await?;
-            } else {
-                pg.apply_schema(&engine.layout).await?;
             }
-            (reconcile_all(&engine, &pg, opts, show_progress, &cancel).await?, "PostgreSQL")
+            sync_into(&engine, &pg, &args, opts, show_progress, &cancel).await?
         }
+    };
+    let target = match args.common.connection.target {
+        TargetKind::Mongodb => "MongoDB",
+        TargetKind::Postgres => "PostgreSQL",
     };
     println!("{}", summary_line(&summary, args.dry_run, started, target));
     Ok(if summary.rejected > 0 { exit::REJECTED } else { exit::OK })
+}
+
+/// sync's work on any target: the cutover guard and the target made ready
+/// (unless a dry run), one full reconcile, the run recorded in `mirror_state`.
+async fn sync_into<T: StateStore>(
+    engine: &Arc<crate::reconcile::Engine>,
+    target: &T,
+    args: &SyncArgs,
+    opts: RunOptions,
+    show_progress: bool,
+    cancel: &CancellationToken,
+) -> Result<Summary, Fatal> {
+    let started = Instant::now();
+    if !args.dry_run {
+        crate::cutover::refuse_after_cutover(target, args.write.after_cutover).await?;
+        target.prepare(engine).await?;
+    }
+    let summary = reconcile_all(engine, target, opts, show_progress, cancel).await?;
+    if !args.dry_run {
+        if let Err(e) = crate::state::record_full(engine, target, None, "sync", &summary, started.elapsed()).await {
+            tracing::warn!(error = %e, "Cannot record the run in mirror_state");
+        }
+    }
+    Ok(summary)
 }
 
 /// One full reconcile into any target, with the progress bar on a terminal.
@@ -125,17 +140,6 @@ async fn connect_pg(
     cancel: &CancellationToken,
 ) -> Result<Pg, Fatal> {
     Pg::connect(connection.pg_options(false, engine.metrics.clone())?, cancel.clone()).await
-}
-
-/// `--target postgres` for a command that does not support it yet: say so.
-fn mongodb_only(connection: &crate::cli::ConnectionArgs, command: &str) -> Result<(), Fatal> {
-    match connection.target {
-        TargetKind::Mongodb => Ok(()),
-        TargetKind::Postgres => Err(Fatal::Config(format!(
-            "`{command}` does not support --target postgres yet (sync and verify do); see README, \
-             \"PostgreSQL target\""
-        ))),
-    }
 }
 
 /// The one line `sync` ends with.
@@ -191,7 +195,6 @@ async fn verify_cmd(args: VerifyArgs, cancel: CancellationToken) -> Result<u8, F
 }
 
 async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
-    mongodb_only(&args.common.connection, "watch")?;
     let mut common = args.common.clone();
     // Events carry absolute paths; so must the roots they are matched against.
     common.data_dir = Some(std::path::absolute(common.data_dir()).map_err(|e| Fatal::Source(e.to_string()))?);
@@ -203,23 +206,45 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
         crate::http::start(addr, engine.metrics.clone(), cancel.clone()).await?;
     }
     let mut lifecycle = crate::watch::systemd::Systemd::new(2);
-    match crate::watch::run(engine, settings.sink, args.options(), cancel, &mut lifecycle).await {
+    let ran = match common.connection.target {
+        TargetKind::Mongodb => {
+            let connect = |stop| Sink::connect(settings.sink, stop);
+            crate::watch::run(engine, connect, args.options(), cancel, &mut lifecycle).await
+        }
+        TargetKind::Postgres => {
+            let pg_opts = common.connection.pg_options(true, engine.metrics.clone())?;
+            let connect = |stop| Pg::connect(pg_opts, stop);
+            crate::watch::run(engine, connect, args.options(), cancel, &mut lifecycle).await
+        }
+    };
+    match ran {
         Ok(_) | Err(Fatal::Interrupted) => Ok(exit::OK),
         Err(e) => Err(e),
     }
 }
 
 async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
-    mongodb_only(&args.connection, "status")?;
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel).await?;
-    let database = sink.database().name().to_string();
-    let Some(mut state) = crate::state::read(&sink).await? else {
+    match args.connection.target {
+        TargetKind::Mongodb => {
+            let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel).await?;
+            status_of(&sink, args.format).await
+        }
+        TargetKind::Postgres => {
+            let pg = Pg::connect(args.connection.pg_options(false, metrics)?, cancel).await?;
+            status_of(&pg, args.format).await
+        }
+    }
+}
+
+async fn status_of<T: StateStore>(target: &T, format: OutputFormat) -> Result<u8, Fatal> {
+    let database = target.place();
+    let Some(mut state) = crate::state::read(target).await? else {
         eprintln!("docmirror: no mirror_state in database {database}: docmirror has not run against it yet");
         return Ok(exit::DIFFERENCES);
     };
-    crate::state::add_live(&sink, &mut state).await?;
-    match args.format {
+    crate::state::add_live(target, &mut state).await?;
+    match format {
         OutputFormat::Text => print!("{}", crate::state::render_text(&state, &database)),
         OutputFormat::Json => {
             let v = bson::Bson::Document(state).into_relaxed_extjson();
@@ -231,7 +256,6 @@ async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, F
 }
 
 async fn export_cmd(args: ExportArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
-    mongodb_only(&args.connection, "export")?;
     let started = Instant::now();
     let out =
         args.out.clone().ok_or_else(|| Fatal::Config("export needs --out DIR: where to write the files".into()))?;
@@ -240,10 +264,21 @@ async fn export_cmd(args: ExportArgs, cancel: CancellationToken) -> Result<u8, F
         None => crate::layout::Layout::builtin(),
     };
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel.clone()).await?;
-    let done = tokio::select! {
-        r = crate::export::export(&layout, &sink, &out, args.overwrite) => r?,
-        () = cancel.cancelled() => return Err(Fatal::Interrupted),
+    let done = match args.connection.target {
+        TargetKind::Mongodb => {
+            let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel.clone()).await?;
+            tokio::select! {
+                r = crate::export::export(&layout, &sink, &out, args.overwrite) => r?,
+                () = cancel.cancelled() => return Err(Fatal::Interrupted),
+            }
+        }
+        TargetKind::Postgres => {
+            let pg = Pg::connect(args.connection.pg_options(false, metrics)?, cancel.clone()).await?;
+            tokio::select! {
+                r = crate::export::export(&layout, &pg, &out, args.overwrite) => r?,
+                () = cancel.cancelled() => return Err(Fatal::Interrupted),
+            }
+        }
     };
     println!(
         "export: {} records into {} files in {} (written {}, unchanged {}); {:.2}s",
@@ -258,11 +293,27 @@ async fn export_cmd(args: ExportArgs, cancel: CancellationToken) -> Result<u8, F
 }
 
 async fn cutover_cmd(args: CutoverArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
-    mongodb_only(&args.common.connection, "cutover")?;
     let settings = args.common.settings(false)?;
     args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
-    let sink = Sink::connect(settings.sink, cancel.clone()).await?;
+    match args.common.connection.target {
+        TargetKind::Mongodb => {
+            let sink = Sink::connect(settings.sink, cancel.clone()).await?;
+            cutover_on(&engine, &sink, &args, &cancel).await
+        }
+        TargetKind::Postgres => {
+            let pg = connect_pg(&args.common.connection, &engine, &cancel).await?;
+            cutover_on(&engine, &pg, &args, &cancel).await
+        }
+    }
+}
+
+async fn cutover_on<T: StateStore>(
+    engine: &Arc<crate::reconcile::Engine>,
+    target: &T,
+    args: &CutoverArgs,
+    cancel: &CancellationToken,
+) -> Result<u8, Fatal> {
     let opts = crate::cutover::Options {
         quiet: std::time::Duration::from_secs(args.quiet_secs),
         wait: std::time::Duration::from_secs(args.wait_secs),
@@ -277,14 +328,15 @@ async fn cutover_cmd(args: CutoverArgs, cancel: CancellationToken) -> Result<u8,
         }
         Ok(())
     };
-    match crate::cutover::cutover(&engine, &sink, opts, &cancel).await? {
+    match crate::cutover::cutover(engine, target, opts, cancel).await? {
         Ok((report, at)) => {
             print(&report)?;
             println!(
-                "cutover: recorded at {} (verify digest {}); MongoDB is the truth from now on: sync and watch refuse \
+                "cutover: recorded at {} (verify digest {}); {} is the truth from now on: sync and watch refuse \
                  to run without --after-cutover, and `docmirror export` writes the files back",
                 at.try_to_rfc3339_string().unwrap_or_default(),
-                crate::cutover::digest(&report)
+                crate::cutover::digest(&report),
+                target.name()
             );
             Ok(exit::OK)
         }

@@ -11,6 +11,7 @@ mod support_pg;
 mod support_targets;
 
 mod behaviour;
+mod behaviour_ops;
 mod cutover;
 mod export;
 mod faults;

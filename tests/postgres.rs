@@ -287,14 +287,3 @@ async fn pg_the_url_password_never_reaches_the_output() {
         run.stderr
     );
 }
-
-#[tokio::test]
-async fn pg_commands_without_postgres_support_say_so() {
-    let db = TestPg::new("pg_unsupported").await;
-    let p = Platform::new();
-    for cmd in [&["status"][..], &["watch"][..], &["export", "--out", "/tmp/never-written"][..]] {
-        let run = docmirror_pg(&db, &p, cmd).await;
-        assert_eq!(run.code, 2, "{cmd:?}: {run:?}");
-        assert!(run.stderr.contains("does not support --target postgres yet"), "{cmd:?}: {}", run.stderr);
-    }
-}

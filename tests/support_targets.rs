@@ -8,7 +8,7 @@
 use bson::{doc, Bson, Document};
 use futures_util::TryStreamExt;
 
-use super::support::{docmirror, Platform, Run, TestDb};
+use super::support::{docmirror, Platform, Run, TestDb, WatchProc};
 use super::support_pg::{docmirror_pg, TestPg};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,6 +261,53 @@ impl Db {
             Db::Pg(db) => {
                 db.text("SELECT count(*)::text FROM information_schema.tables WHERE table_schema = 'public'").await
                     == "0"
+            }
+        }
+    }
+
+    /// Start `docmirror watch` against this database (not waiting for it).
+    pub fn spawn_watch(&self, p: &Platform, args: &[&str]) -> WatchProc {
+        match self {
+            Db::Mongo(db) => WatchProc::spawn(&db.uri(), p, args),
+            Db::Pg(db) => WatchProc::spawn_env(
+                "mongodb://127.0.0.1:9/none",
+                p,
+                args,
+                &[("DOCMIRROR_TARGET", "postgres"), ("DATABASE_URL", &db.url)],
+            ),
+        }
+    }
+
+    /// Start `docmirror watch` and wait for its initial reconcile.
+    pub async fn watch(&self, p: &Platform, args: &[&str]) -> WatchProc {
+        let w = self.spawn_watch(p, args);
+        w.wait_ready().await;
+        w
+    }
+
+    /// When the mirror last wrote a record (`_mirror.at`; `docmirror_rows.written_at`).
+    pub async fn written_at(&self, coll: &str, id: &str) -> bson::DateTime {
+        match self {
+            Db::Mongo(db) => {
+                *db.doc(coll, id).await.unwrap().get_document("_mirror").unwrap().get_datetime("at").unwrap()
+            }
+            Db::Pg(db) => {
+                let sql = "SELECT (extract(epoch FROM written_at) * 1000)::bigint FROM docmirror_rows WHERE tbl = $1 AND id = $2";
+                bson::DateTime::from_millis(db.client.query_one(sql, &[&coll, &id]).await.unwrap().get(0))
+            }
+        }
+    }
+
+    /// The `mirror_state` record.
+    pub async fn state(&self) -> Option<Document> {
+        match self {
+            Db::Mongo(db) => db.doc("mirror_state", "docmirror").await,
+            Db::Pg(db) => {
+                let rows = db.client.query("SELECT state FROM mirror_state", &[]).await.unwrap();
+                rows.first().map(|r| match Bson::try_from(r.get::<_, serde_json::Value>(0)).unwrap() {
+                    Bson::Document(d) => d,
+                    other => panic!("{other:?}"),
+                })
             }
         }
     }

@@ -7,6 +7,7 @@
 //! `tables.rs` maps records to rows and back; `write.rs` builds the
 //! multi-row statements; `target.rs` is the [`crate::reconcile::target::Target`].
 
+mod state;
 pub mod tables;
 mod target;
 mod write;
@@ -47,6 +48,9 @@ struct Inner {
     absent: std::sync::atomic::AtomicBool,
     scrubber: Scrubber,
     shown_url: String,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// `mirror_state` is read, changed and written back: one writer at a time.
+    state_lock: tokio::sync::Mutex<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -78,7 +82,15 @@ impl Pg {
                     });
                     tracing::info!(url = %shown_url, "Connected to PostgreSQL");
                     return Ok(Pg {
-                        inner: Arc::new(Inner { client, absent: false.into(), scrubber, shown_url, task }),
+                        inner: Arc::new(Inner {
+                            client,
+                            absent: false.into(),
+                            scrubber,
+                            shown_url,
+                            metrics: opts.metrics.clone(),
+                            state_lock: tokio::sync::Mutex::new(()),
+                            task,
+                        }),
                     });
                 }
                 Err(e) => {
@@ -107,6 +119,14 @@ impl Pg {
 
     pub fn client(&self) -> &Client {
         &self.inner.client
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    fn state_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.state_lock
     }
 
     /// The URL with its password masked.

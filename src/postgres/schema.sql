@@ -71,14 +71,15 @@ CREATE INDEX IF NOT EXISTS idx_audit_created_at ON audit_log(created_at);
 
 -- docmirror's own tables, beside the guide's (whose columns it never adds to).
 
--- One row per row docmirror wrote into a guide table: the file it came from,
--- the content hash, the record's own field names, the record's fields that
+-- One row per row docmirror wrote into a guide table: the file it came from
+-- (and the record's position in it, for export's order), the content hash, the record's own field names, the record's fields that
 -- have no column in the guide's table (so nothing in the files is lost), and
 -- when it was written.
 CREATE TABLE IF NOT EXISTS docmirror_rows (
   tbl TEXT NOT NULL,
   id VARCHAR(255) NOT NULL,
   source TEXT NOT NULL,
+  position BIGINT,
   hash TEXT NOT NULL,
   fields JSONB NOT NULL,
   extras JSONB NOT NULL DEFAULT '{}',
@@ -113,4 +114,10 @@ CREATE TABLE IF NOT EXISTS mirror_archive (
   row_data JSONB NOT NULL,
   extras JSONB,
   PRIMARY KEY (tbl, id, hash)
+);
+
+-- What the mirror records about itself (docmirror status): one document.
+CREATE TABLE IF NOT EXISTS mirror_state (
+  id TEXT PRIMARY KEY,
+  state JSONB NOT NULL
 );

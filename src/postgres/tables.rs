@@ -162,6 +162,7 @@ pub fn to_row(table: &Table, id_field: &str, doc: &Document) -> Result<Row, Stri
     let mut values = Vec::with_capacity(table.columns.len());
     let mut used: Vec<&str> = vec!["_id", id_field];
     let mut extras = Map::new();
+    let mut json_texts = Map::new();
     for c in table.columns {
         if c.name == "id" {
             values.push(doc.get_str("_id").ok().map(str::to_string));
@@ -181,6 +182,12 @@ pub fn to_row(table: &Table, id_field: &str, doc: &Document) -> Result<Row, Stri
                 extras.insert(field.to_string(), json_of(v));
             }
         }
+        if let (Kind::Jsonb, Some(t)) = (c.kind, &text) {
+            // jsonb keeps no key order: the text is kept too, so the record reads back as written.
+            if t.contains('{') {
+                json_texts.insert(field.to_string(), Value::String(t.clone()));
+            }
+        }
         values.push(text);
     }
     for (k, v) in doc {
@@ -188,8 +195,17 @@ pub fn to_row(table: &Table, id_field: &str, doc: &Document) -> Result<Row, Stri
             extras.insert(k.clone(), json_of(v));
         }
     }
+    if !json_texts.is_empty() {
+        // Under `_mirror`, a name no record may use.
+        let mut own = Map::new();
+        own.insert(JSON_TEXT.into(), Value::Object(json_texts));
+        extras.insert(crate::layout::MIRROR_FIELD.into(), Value::Object(own));
+    }
     Ok(Row { values, extras })
 }
+
+/// Where the extras keep the text of `jsonb` values (with its key order).
+const JSON_TEXT: &str = "json_text";
 
 /// Digits after the decimal point of a number written by [`column_text`].
 fn decimals(t: &str) -> u32 {
@@ -265,6 +281,7 @@ pub fn to_document(
     row: &Map<String, Value>,
     fields: &[String],
     extras: &Map<String, Value>,
+    source: Option<&str>,
 ) -> Document {
     let mut d = Document::new();
     let id = row.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
@@ -281,6 +298,16 @@ pub fn to_document(
             continue;
         }
         let mut b = column_bson(c.kind, v);
+        if c.kind == Kind::Jsonb {
+            // The value as the file wrote it (key order), while the column still holds it.
+            let text =
+                extras.get(crate::layout::MIRROR_FIELD).and_then(|m| m.get(JSON_TEXT)).and_then(|t| t.get(&field));
+            if let Some(kept) = text.and_then(Value::as_str).and_then(|t| serde_json::from_str::<Value>(t).ok()) {
+                if &kept == v {
+                    b = Bson::try_from(kept).unwrap_or(b);
+                }
+            }
+        }
         if let (Kind::Numeric(scale), Some(exact)) = (c.kind, extras.get(&field).and_then(Value::as_f64)) {
             // The exact number, while the column still holds it rounded.
             let factor = 10f64.powi(i32::try_from(scale).unwrap_or(0));
@@ -291,11 +318,15 @@ pub fn to_document(
         d.insert(field, b);
     }
     for (k, v) in extras {
-        if !d.contains_key(k) {
+        if !d.contains_key(k) && k != crate::layout::MIRROR_FIELD {
             d.insert(k.clone(), Bson::try_from(v.clone()).unwrap_or(Bson::Null));
         }
     }
-    d.insert(crate::layout::MIRROR_FIELD, bson::doc! { "fields": fields.to_vec() });
+    let mut mirror = bson::doc! { "fields": fields.to_vec() };
+    if let Some(source) = source {
+        mirror.insert("source", source);
+    }
+    d.insert(crate::layout::MIRROR_FIELD, mirror);
     d
 }
 
@@ -354,7 +385,7 @@ mod tests {
             serde_json::from_str(r#"{"id":"j","job_id":"j","status":"running","loss":0.123457,"progress":42.50}"#)
                 .unwrap();
         let fields: Vec<String> = ["job_id", "status", "loss", "progress"].iter().map(|s| s.to_string()).collect();
-        let back = to_document(&TRAINING_JOBS, "job_id", &stored, &fields, &row.extras);
+        let back = to_document(&TRAINING_JOBS, "job_id", &stored, &fields, &row.extras, None);
         assert_eq!(back.get("loss"), Some(&Bson::Double(0.123_456_789)));
         assert_eq!(back.get("progress"), Some(&Bson::Double(42.5)));
     }

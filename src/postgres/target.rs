@@ -131,7 +131,8 @@ impl Target for Pg {
                 _ => None,
             };
             let fields = Value::Array(c.mapped.fields().into_iter().map(Value::String).collect()).to_string();
-            let p = Pending { row, source: c.rel.clone(), hash: c.mapped.hash.clone(), fields, check };
+            let position = c.position.map(|p| p.to_string());
+            let p = Pending { row, source: c.rel.clone(), position, hash: c.mapped.hash.clone(), fields, check };
             let group = if matches!(w, Write::Insert(_)) { &mut inserts } else { &mut updates };
             group.0.push(i);
             group.1.push(p);
@@ -320,7 +321,8 @@ impl Inspect for Pg {
     async fn documents(&self, spec: &SourceSpec) -> Result<Vec<Document>, Fatal> {
         let t = table_of(spec)?;
         let sql = format!(
-            "SELECT to_jsonb(t), r.fields, r.extras FROM {0} t LEFT JOIN docmirror_rows r ON r.tbl = '{0}' AND r.id = t.id",
+            "SELECT to_jsonb(t), r.fields, r.extras, r.source FROM {0} t \
+             LEFT JOIN docmirror_rows r ON r.tbl = '{0}' AND r.id = t.id ORDER BY r.source, r.position, t.id",
             t.name
         );
         let rows =
@@ -336,7 +338,8 @@ impl Inspect for Pg {
                 Some(Value::Object(m)) => m,
                 _ => Map::new(),
             };
-            out.push(to_document(t, &spec.id_field, &row, &fields, &extras));
+            let source: Option<String> = r.try_get(3).ok().flatten();
+            out.push(to_document(t, &spec.id_field, &row, &fields, &extras, source.as_deref()));
         }
         Ok(out)
     }

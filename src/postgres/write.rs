@@ -22,6 +22,8 @@ pub const BATCH: usize = 1000;
 pub struct Pending {
     pub row: Row,
     pub source: String,
+    /// The record's position in an array file.
+    pub position: Option<String>,
     pub hash: String,
     /// The record's own field names (JSON array text).
     pub fields: String,
@@ -37,10 +39,10 @@ fn q(name: &str) -> String {
 /// The `v` CTE: the batch's arrays as rows, with the bookkeeping columns.
 fn values_cte(t: &Table, with_check: bool) -> String {
     let n = t.columns.len();
-    let extra = if with_check { 5 } else { 4 };
+    let extra = if with_check { 6 } else { 5 };
     let params: Vec<String> = (1..=n + extra).map(|i| format!("${i}::text[]")).collect();
     let mut names: Vec<String> = t.columns.iter().map(|c| q(c.name)).collect();
-    names.extend(["m_source", "m_hash", "m_fields", "m_extras"].map(String::from));
+    names.extend(["m_source", "m_position", "m_hash", "m_fields", "m_extras"].map(String::from));
     if with_check {
         names.push("m_check".into());
     }
@@ -50,10 +52,10 @@ fn values_cte(t: &Table, with_check: bool) -> String {
 /// The bookkeeping upsert for the rows `w` returned.
 fn bookkeeping(t: &Table) -> String {
     format!(
-        "INSERT INTO docmirror_rows (tbl, id, source, hash, fields, extras, written_at) \
-         SELECT '{}', v.\"id\", v.m_source, v.m_hash, v.m_fields::jsonb, v.m_extras::jsonb, now() \
+        "INSERT INTO docmirror_rows (tbl, id, source, position, hash, fields, extras, written_at) \
+         SELECT '{}', v.\"id\", v.m_source, v.m_position::bigint, v.m_hash, v.m_fields::jsonb, v.m_extras::jsonb, now() \
          FROM v JOIN w ON w.id = v.\"id\" \
-         ON CONFLICT (tbl, id) DO UPDATE SET source = EXCLUDED.source, hash = EXCLUDED.hash, \
+         ON CONFLICT (tbl, id) DO UPDATE SET source = EXCLUDED.source, position = EXCLUDED.position, hash = EXCLUDED.hash, \
          fields = EXCLUDED.fields, extras = EXCLUDED.extras, written_at = EXCLUDED.written_at RETURNING id",
         t.name
     )
@@ -98,6 +100,7 @@ fn params(t: &Table, rows: &[&Pending], with_check: bool) -> Vec<Vec<Option<Stri
     let mut out: Vec<Vec<Option<String>>> =
         (0..t.columns.len()).map(|i| rows.iter().map(|p| p.row.values.get(i).cloned().flatten()).collect()).collect();
     out.push(rows.iter().map(|p| Some(p.source.clone())).collect());
+    out.push(rows.iter().map(|p| p.position.clone()).collect());
     out.push(rows.iter().map(|p| Some(p.hash.clone())).collect());
     out.push(rows.iter().map(|p| Some(p.fields.clone())).collect());
     out.push(rows.iter().map(|p| Some(no_nul(&serde_json::Value::Object(p.row.extras.clone()).to_string()))).collect());

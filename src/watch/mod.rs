@@ -28,8 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Fatal;
 use crate::reconcile::memo::Memory;
 use crate::reconcile::{reconcile, Core, Engine, RunOptions, Scope};
-use crate::sink::{Sink, SinkOptions};
 use crate::source::{SourceFile, Tree};
+use crate::state::StateStore;
 use crate::summary::Summary;
 use schedule::{Batch, Schedule, Timing};
 
@@ -98,13 +98,20 @@ impl Lifecycle for NoLifecycle {}
 type Outcome = Result<Summary, Fatal>;
 
 /// Run the daemon until `cancel` fires. Returns the totals of all changes.
-pub async fn run(
+/// `connect` reaches the target (MongoDB or PostgreSQL), given the token that
+/// stops its retries.
+pub async fn run<T, C, F>(
     engine: Arc<Engine>,
-    sink_opts: SinkOptions,
+    connect: C,
     opts: WatchOptions,
     cancel: CancellationToken,
     lifecycle: &mut dyn Lifecycle,
-) -> Result<Summary, Fatal> {
+) -> Result<Summary, Fatal>
+where
+    T: StateStore,
+    C: FnOnce(CancellationToken) -> F,
+    F: std::future::Future<Output = Result<T, Fatal>>,
+{
     // SIGUSR1 releases deletes held by the mass-delete guard (installed first:
     // its default action would end the process).
     let mut release = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
@@ -116,12 +123,12 @@ pub async fn run(
     // Writes stop only after the in-flight batch had its chance to finish.
     let hard_cancel = CancellationToken::new();
     let sink = tokio::select! {
-        s = Sink::connect(sink_opts, hard_cancel.clone()) => s?,
+        s = connect(hard_cancel.clone()) => s?,
         () = cancel.cancelled() => return Ok(stopped(Summary::default())),
     };
     crate::cutover::refuse_after_cutover(&sink, opts.after_cutover).await?;
     tokio::select! {
-        r = crate::sink::indexes::apply(&engine.indexes, &sink) => r?,
+        r = sink.prepare(&engine) => r?,
         () = cancel.cancelled() => return Ok(stopped(Summary::default())),
     }
     let timing = Timing { debounce: opts.debounce, max_delay: opts.max_delay, parse_retries: opts.parse_retries };
@@ -154,9 +161,9 @@ pub async fn run(
 }
 
 /// The running daemon: everything the main loop owns.
-struct Daemon {
+struct Daemon<T: StateStore> {
     engine: Arc<Engine>,
-    sink: Sink,
+    sink: T,
     /// What watch remembers between reconciles (see `reconcile::memo`).
     memory: Arc<Memory>,
     opts: WatchOptions,
@@ -196,8 +203,8 @@ enum Flow {
     Stop,
 }
 
-impl Daemon {
-    fn core(&self) -> Core<'_, Sink> {
+impl<T: StateStore> Daemon<T> {
+    fn core(&self) -> Core<'_, T> {
         Core { engine: &self.engine, target: &self.sink, memory: Some(&self.memory) }
     }
 
