@@ -287,3 +287,30 @@ async fn pg_the_url_password_never_reaches_the_output() {
         run.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_watch_connects_again_when_the_server_drops_its_session() {
+    use crate::support_targets::{Db, Kind};
+    let db = Db::new(Kind::Pg, "pg_reconnect").await;
+    let Db::Pg(pg) = &db else { unreachable!() };
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
+    let w = db.watch(&p, &[]).await;
+    // What a server restart or an administrator's pg_terminate_backend does to docmirror's session.
+    let killed = pg
+        .text(
+            "SELECT count(pg_terminate_backend(pid))::text FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await;
+    assert_ne!(killed, "0", "docmirror's session was there to drop");
+    let mut u1 = user("u1", "a@x.io", "2025-10-02T00:00:00Z");
+    u1["name"] = json!("After the drop");
+    p.users(&json!([u1]));
+    crate::support::eventually(30, "the change arrives over a new connection", || async {
+        db.get("users", "u1", "name").await.as_deref() == Some("After the drop")
+    })
+    .await;
+    let log = w.stop().await;
+    assert!(log.contains("Connecting to PostgreSQL again"), "{log}");
+}

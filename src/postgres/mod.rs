@@ -36,93 +36,138 @@ pub struct PgOptions {
 
 /// A connected PostgreSQL target. Cheap to clone: one connection, shared;
 /// every write is a single statement, so concurrent requests pipeline on it.
+/// A lost connection (a server restart, a dropped session) is made again on
+/// the next request, within the same retry budget as the first.
 #[derive(Clone)]
 pub struct Pg {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    client: Client,
+    conn: std::sync::Mutex<Conn>,
+    /// One reconnect at a time.
+    reconnecting: tokio::sync::Mutex<()>,
+    opts: PgOptions,
+    cancel: CancellationToken,
     /// A dry run against a database without the guide's tables: every read
     /// answers "nothing there" instead of failing on the missing tables.
     absent: std::sync::atomic::AtomicBool,
     scrubber: Scrubber,
     shown_url: String,
-    metrics: Arc<crate::metrics::Metrics>,
     /// `mirror_state` is read, changed and written back: one writer at a time.
     state_lock: tokio::sync::Mutex<()>,
+}
+
+/// A client and the task that drives its connection.
+struct Conn {
+    client: Arc<Client>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Inner {
+impl Drop for Conn {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Whether a failed connection attempt is worth another try: the server is
+/// not there (yet), starting up, or out of connections.
+fn transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => !e.to_string().contains("invalid"),
+        Some(c) => ["57P03", "53300", "08006", "08001", "08004"].contains(&c.code()),
+    }
+}
+
+/// Open a connection, retrying transient failures until the budget runs out.
+async fn open(opts: &PgOptions, cancel: &CancellationToken, scrubber: &Scrubber) -> Result<Conn, Fatal> {
+    let started = Instant::now();
+    let shown_url = redact_uri(&opts.url);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let attempt = tokio::select! {
+            r = tokio_postgres::connect(&opts.url, NoTls) => r,
+            () = cancel.cancelled() => return Err(Fatal::Interrupted),
+        };
+        let e = match attempt {
+            Ok((client, connection)) => {
+                let scrub = scrubber.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(error = %scrub.scrub(&e.to_string()), "PostgreSQL connection lost");
+                    }
+                });
+                tracing::info!(url = %shown_url, "Connected to PostgreSQL");
+                opts.metrics.set_mongodb_up(true);
+                return Ok(Conn { client: Arc::new(client), task });
+            }
+            Err(e) => e,
+        };
+        opts.metrics.set_mongodb_up(false);
+        let said = scrubber.scrub(&describe(&e));
+        let out_of_time = opts.retry_budget.is_some_and(|b| started.elapsed() + pause > b);
+        if !transient(&e) || out_of_time {
+            return Err(Fatal::Connect {
+                message: format!(
+                    "cannot connect to PostgreSQL at {shown_url}: {said} (check --postgres-url / DATABASE_URL, \
+                     and that the server is running and accepts this user)"
+                ),
+                detail: said,
+            });
+        }
+        tracing::warn!(url = %shown_url, error = %said, "PostgreSQL not reachable yet; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = cancel.cancelled() => return Err(Fatal::Interrupted),
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
     }
 }
 
 impl Pg {
     /// Connect, retrying until the budget runs out (or `cancel` fires).
     pub async fn connect(opts: PgOptions, cancel: CancellationToken) -> Result<Pg, Fatal> {
-        let started = Instant::now();
         let scrubber = Scrubber::for_uri(&opts.url);
         let shown_url = redact_uri(&opts.url);
-        let mut pause = Duration::from_millis(100);
-        loop {
-            let attempt = tokio::select! {
-                r = tokio_postgres::connect(&opts.url, NoTls) => r,
-                () = cancel.cancelled() => return Err(Fatal::Interrupted),
-            };
-            match attempt {
-                Ok((client, connection)) => {
-                    let scrub = scrubber.clone();
-                    let task = tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::error!(error = %scrub.scrub(&e.to_string()), "PostgreSQL connection lost");
-                        }
-                    });
-                    tracing::info!(url = %shown_url, "Connected to PostgreSQL");
-                    return Ok(Pg {
-                        inner: Arc::new(Inner {
-                            client,
-                            absent: false.into(),
-                            scrubber,
-                            shown_url,
-                            metrics: opts.metrics.clone(),
-                            state_lock: tokio::sync::Mutex::new(()),
-                            task,
-                        }),
-                    });
-                }
-                Err(e) => {
-                    let said = scrubber.scrub(&e.to_string());
-                    let permanent = e.as_db_error().is_some() || e.to_string().contains("invalid");
-                    let out_of_time = opts.retry_budget.is_some_and(|b| started.elapsed() + pause > b);
-                    if permanent || out_of_time {
-                        return Err(Fatal::Connect {
-                            message: format!(
-                                "cannot connect to PostgreSQL at {shown_url}: {said} (check --postgres-url / \
-                                 DATABASE_URL, and that the server is running and accepts this user)"
-                            ),
-                            detail: said,
-                        });
-                    }
-                    tracing::warn!(url = %shown_url, error = %said, "PostgreSQL not reachable yet; retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(pause) => {}
-                        () = cancel.cancelled() => return Err(Fatal::Interrupted),
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let conn = open(&opts, &cancel, &scrubber).await?;
+        Ok(Pg {
+            inner: Arc::new(Inner {
+                conn: std::sync::Mutex::new(conn),
+                reconnecting: tokio::sync::Mutex::new(()),
+                opts,
+                cancel,
+                absent: false.into(),
+                scrubber,
+                shown_url,
+                state_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
     }
 
-    pub fn client(&self) -> &Client {
-        &self.inner.client
+    fn current(&self) -> Arc<Client> {
+        self.inner.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).client.clone()
+    }
+
+    /// The connection, made again first if it was lost.
+    pub async fn client(&self) -> Result<Arc<Client>, Fatal> {
+        let c = self.current();
+        if !c.is_closed() {
+            return Ok(c);
+        }
+        let _one = self.inner.reconnecting.lock().await;
+        let c = self.current();
+        if !c.is_closed() {
+            return Ok(c);
+        }
+        tracing::info!(url = %self.inner.shown_url, "Connecting to PostgreSQL again");
+        let conn = open(&self.inner.opts, &self.inner.cancel, &self.inner.scrubber).await?;
+        let client = conn.client.clone();
+        *self.inner.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
+        Ok(client)
     }
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
-        &self.inner.metrics
+        &self.inner.opts.metrics
     }
 
     fn state_lock(&self) -> &tokio::sync::Mutex<()> {
@@ -148,6 +193,7 @@ impl Pg {
     pub async fn check_schema(&self) -> Result<(), Fatal> {
         let row = self
             .client()
+            .await?
             .query_one(
                 "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() \
                  AND table_name = ANY($1)",
@@ -184,10 +230,11 @@ impl Pg {
         let sql = format!(
             "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7263512); {SCHEMA}\nCOMMIT;"
         );
-        self.client().batch_execute(&sql).await.map_err(|e| self.fatal("cannot apply the schema", &e))?;
+        self.client().await?.batch_execute(&sql).await.map_err(|e| self.fatal("cannot apply the schema", &e))?;
         for t in tables::TABLES {
             let rows = self
                 .client()
+                .await?
                 .query(
                     "SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() \
                      AND table_name = $1",

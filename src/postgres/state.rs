@@ -45,7 +45,7 @@ impl StateStore for Pg {
             set_path(&mut state, &k, v);
         }
         let json = Bson::Document(state).into_relaxed_extjson();
-        self.client()
+        self.client().await?
             .execute(
                 "INSERT INTO mirror_state (id, state) VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state",
                 &[&ID, &json],
@@ -56,7 +56,7 @@ impl StateStore for Pg {
     }
 
     async fn read_state(&self) -> Result<Option<Document>, Fatal> {
-        match self.client().query_opt("SELECT state FROM mirror_state WHERE id = $1", &[&ID]).await {
+        match self.client().await?.query_opt("SELECT state FROM mirror_state WHERE id = $1", &[&ID]).await {
             Ok(row) => Ok(row.and_then(|r| r.try_get::<_, Value>(0).ok()).and_then(from_json)),
             // No docmirror table here yet: docmirror never ran against this database.
             Err(e) if e.code().is_some_and(|c| c.code() == "42P01") => Ok(None),
@@ -67,6 +67,7 @@ impl StateStore for Pg {
     async fn count_rejects(&self) -> Result<u64, Fatal> {
         let row = self
             .client()
+            .await?
             .query_one("SELECT count(*) FROM mirror_rejects", &[])
             .await
             .map_err(|e| self.fatal("cannot count mirror_rejects", &e))?;
@@ -75,9 +76,8 @@ impl StateStore for Pg {
     }
 
     async fn ping(&self) -> bool {
-        let ok = tokio::time::timeout(std::time::Duration::from_secs(5), self.client().simple_query("SELECT 1"))
-            .await
-            .is_ok_and(|r| r.is_ok());
+        let ask = async { self.client().await.ok()?.simple_query("SELECT 1").await.ok() };
+        let ok = tokio::time::timeout(std::time::Duration::from_secs(5), ask).await.is_ok_and(|r| r.is_some());
         self.metrics().set_mongodb_up(ok);
         ok
     }

@@ -55,8 +55,12 @@ impl Pg {
              LEFT JOIN docmirror_rows r ON r.tbl = '{0}' AND r.id = t.id {filter}",
             t.name
         );
-        let rows =
-            self.client().query(&sql, params).await.map_err(|e| self.fatal(&format!("cannot read {}", t.name), &e))?;
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, params)
+            .await
+            .map_err(|e| self.fatal(&format!("cannot read {}", t.name), &e))?;
         let mut out = HashMap::with_capacity(rows.len());
         for r in rows {
             let id: String = r.try_get(0).map_err(|e| self.fatal("cannot read an id", &e))?;
@@ -106,7 +110,8 @@ impl Target for Pg {
         let t = table_of(spec)?;
         let Some(col) = column_for(t, field) else { return Ok(HashMap::new()) };
         let sql = format!("SELECT id::text, \"{col}\"::text FROM {} WHERE id = ANY($1)", t.name);
-        let rows = self.client().query(&sql, &[&ids]).await.map_err(|e| self.fatal("cannot read passwords", &e))?;
+        let rows =
+            self.client().await?.query(&sql, &[&ids]).await.map_err(|e| self.fatal("cannot read passwords", &e))?;
         Ok(rows
             .iter()
             .filter_map(|r| Some((r.try_get::<_, String>(0).ok()?, r.try_get::<_, Option<String>>(1).ok()??)))
@@ -160,6 +165,7 @@ impl Target for Pg {
             let sql = format!("SELECT id::text FROM {} WHERE \"{col}\" = $1 AND id <> $2 LIMIT 1", t.name);
             let rows = self
                 .client()
+                .await?
                 .query(&sql, &[value, &id])
                 .await
                 .map_err(|e| self.fatal("cannot look up a unique value", &e))?;
@@ -199,6 +205,7 @@ impl Target for Pg {
             .map(|w| if newer_wins { w.candidate().mapped.version.and_then(utc_wall_time) } else { None })
             .collect();
         self.client()
+            .await?
             .execute(&sql, &[&ids, &checks])
             .await
             .map_err(|e| self.fatal(&format!("cannot release unique values in {}", t.name), &e))?;
@@ -212,6 +219,7 @@ impl Target for Pg {
         let t = table_of(spec)?;
         let row = self
             .client()
+            .await?
             .query_one(&format!("SELECT count(*) FROM {}", t.name), &[])
             .await
             .map_err(|e| self.fatal(&format!("cannot count {}", t.name), &e))?;
@@ -222,12 +230,13 @@ impl Target for Pg {
     async fn delete(&self, spec: &SourceSpec, gone: &[(String, Existing)], archive: bool) -> Result<Vec<bool>, Fatal> {
         let t = table_of(spec)?;
         let sql = delete_sql(t, archive);
+        let client = self.client().await?;
         let run = |items: &[(String, Existing)]| {
             let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
             let hashes: Vec<Option<String>> = items.iter().map(|(_, ex)| ex.hash.clone()).collect();
-            let sql = sql.clone();
+            let (sql, client) = (sql.clone(), client.clone());
             async move {
-                let rows = self.client().query(&sql, &[&ids, &hashes]).await?;
+                let rows = client.query(&sql, &[&ids, &hashes]).await?;
                 Ok::<HashSet<String>, tokio_postgres::Error>(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
             }
         };
@@ -258,9 +267,12 @@ impl Target for Pg {
             return Ok(Default::default());
         }
         let rows = match files {
-            None => self.client().query("SELECT key FROM mirror_rejects WHERE collection = $1", &[&collection]).await,
+            None => {
+                self.client().await?.query("SELECT key FROM mirror_rejects WHERE collection = $1", &[&collection]).await
+            }
             Some(rels) => {
                 self.client()
+                    .await?
                     .query(
                         "SELECT key FROM mirror_rejects WHERE collection = $1 AND source = ANY($2)",
                         &[&collection, &rels],
@@ -292,6 +304,7 @@ impl Target for Pg {
         ];
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         self.client()
+            .await?
             .execute(
                 "INSERT INTO mirror_rejects (key, collection, source, position, record_id, reason_code, reason, \
                  clashes_with_id, record) SELECT k, c, s, p::bigint, i, rc, r, cw, rec::jsonb FROM \
@@ -306,6 +319,7 @@ impl Target for Pg {
 
     async fn drop_rejects(&self, keys: &[String]) -> Result<(), Fatal> {
         self.client()
+            .await?
             .execute("DELETE FROM mirror_rejects WHERE key = ANY($1)", &[&keys])
             .await
             .map_err(|e| self.fatal(&format!("cannot remove rejects from {REJECTS}"), &e))?;
@@ -325,8 +339,12 @@ impl Inspect for Pg {
              LEFT JOIN docmirror_rows r ON r.tbl = '{0}' AND r.id = t.id ORDER BY r.source, r.position, t.id",
             t.name
         );
-        let rows =
-            self.client().query(&sql, &[]).await.map_err(|e| self.fatal(&format!("cannot read {}", t.name), &e))?;
+        let rows = self
+            .client()
+            .await?
+            .query(&sql, &[])
+            .await
+            .map_err(|e| self.fatal(&format!("cannot read {}", t.name), &e))?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let Ok(Value::Object(row)) = r.try_get::<_, Value>(0) else { continue };
@@ -347,6 +365,7 @@ impl Inspect for Pg {
     async fn stored_rejects(&self, collection: &str) -> Result<Vec<Document>, Fatal> {
         let rows = self
             .client()
+            .await?
             .query(
                 "SELECT key, source, position, record_id, reason_code, reason FROM mirror_rejects WHERE collection = $1",
                 &[&collection],

@@ -131,19 +131,17 @@ impl Pg {
     /// check held it back. Refused batches are written again row by row.
     pub async fn write_rows(&self, t: &Table, rows: &[Pending], update: bool) -> Result<Vec<Outcome>, Fatal> {
         let sql = if update { update_sql(t) } else { insert_sql(t) };
-        let stmt = self
-            .client()
-            .prepare(&sql)
-            .await
-            .map_err(|e| self.fatal(&format!("cannot prepare a write to {}", t.name), &e))?;
+        let client = self.client().await?;
+        let stmt =
+            client.prepare(&sql).await.map_err(|e| self.fatal(&format!("cannot prepare a write to {}", t.name), &e))?;
         let mut out = Vec::with_capacity(rows.len());
         for batch in rows.chunks(BATCH) {
             let refs: Vec<&Pending> = batch.iter().collect();
-            match self.run(&stmt, t, &refs, update).await {
+            match Self::run(&client, &stmt, t, &refs, update).await {
                 Ok(written) => out.extend(refs.iter().map(|p| applied(&written, p))),
                 Err(e) if e.as_db_error().is_some() => {
                     for p in &refs {
-                        match self.run(&stmt, t, std::slice::from_ref(p), update).await {
+                        match Self::run(&client, &stmt, t, std::slice::from_ref(p), update).await {
                             Ok(written) => out.push(applied(&written, p)),
                             Err(e) => match refusal(&e, self) {
                                 Some(o) => out.push(o),
@@ -159,7 +157,7 @@ impl Pg {
     }
 
     async fn run(
-        &self,
+        client: &tokio_postgres::Client,
         stmt: &tokio_postgres::Statement,
         t: &Table,
         rows: &[&Pending],
@@ -167,7 +165,7 @@ impl Pg {
     ) -> Result<HashSet<String>, tokio_postgres::Error> {
         let params = params(t, rows, update);
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let got = self.client().query(stmt, &refs).await?;
+        let got = client.query(stmt, &refs).await?;
         Ok(got.iter().filter_map(|r| r.try_get::<_, String>(0).ok()).collect())
     }
 }
