@@ -110,7 +110,20 @@ async fn sync_into<T: StateStore>(
         crate::cutover::refuse_after_cutover(target, args.write.after_cutover).await?;
         target.prepare(engine).await?;
     }
-    let summary = reconcile_all(engine, target, opts, show_progress, cancel).await?;
+    let mut summary = reconcile_all(engine, target, opts, show_progress, cancel).await?;
+    // Rows whose referring rows (a user's jobs) went later in the same run:
+    // another pass deletes them, one level of references per pass.
+    let mut removed = summary.archived + summary.deleted;
+    for _ in 0..2 {
+        if args.dry_run || removed == 0 || target.take_blocked_deletes() == 0 {
+            break;
+        }
+        tracing::info!("Deleting again the rows that were still referred to by rows deleted since");
+        let again = reconcile_all(engine, target, opts, false, cancel).await?;
+        removed = again.archived + again.deleted;
+        summary.archived += again.archived;
+        summary.deleted += again.deleted;
+    }
     if !args.dry_run {
         if let Err(e) = crate::state::record_full(engine, target, None, "sync", &summary, started.elapsed()).await {
             tracing::warn!(error = %e, "Cannot record the run in mirror_state");

@@ -34,6 +34,13 @@ pub trait StateStore: Inspect {
 
     /// Which database, for people.
     fn place(&self) -> String;
+
+    /// Deletes refused since the last call because other rows still refer to
+    /// the row (PostgreSQL's foreign keys; never on MongoDB). Another pass
+    /// deletes them once the rows referring to them are gone.
+    fn take_blocked_deletes(&self) -> u64 {
+        0
+    }
 }
 
 impl StateStore for Sink {

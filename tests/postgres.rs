@@ -314,3 +314,50 @@ async fn pg_watch_connects_again_when_the_server_drops_its_session() {
     let log = w.stop().await;
     assert!(log.contains("Connecting to PostgreSQL again"), "{log}");
 }
+
+#[tokio::test]
+async fn pg_a_user_still_referenced_stays_until_its_jobs_are_gone() {
+    let db = TestPg::new("pg_fk_delete").await;
+    let p = Platform::new();
+    let users = json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z"), user("u2", "b@x.io", "2025-10-01T00:00:00Z")]);
+    p.users(&users);
+    p.datasets(&json!([crate::support::dataset("d1", 1)]));
+    p.job("j1", &crate::support::job("j1", "running", "2025-10-12T09:00:00.000Z"));
+    assert_eq!(docmirror_pg(&db, &p, &["sync"]).await.code, 0);
+    // u1 leaves users.json while its job (and the dataset it uploaded) are still there.
+    p.users(&json!([user("u2", "b@x.io", "2025-10-01T00:00:00Z")]));
+    let run = docmirror_pg(&db, &p, &["sync"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.count("archived"), 0, "{}", run.summary());
+    assert!(
+        run.stderr.contains("Cannot delete a row whose record is gone") && run.stderr.contains("SQLSTATE 23503"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(db.texts("SELECT id FROM users ORDER BY id").await, ["u1", "u2"]);
+    assert_eq!(db.count("mirror_archive").await, 0, "nothing archived for a row that stayed");
+    // Once the job and the dataset are gone too, the next run deletes it.
+    p.remove("artifacts/jobs/j1.json");
+    p.datasets(&json!([]));
+    // One sync: j1 goes, then (in further passes) d1, which referred to u1, then u1.
+    let run = docmirror_pg(&db, &p, &["sync", "--allow-mass-delete"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.count("archived"), 3, "j1, d1 and u1: {}", run.summary());
+    assert_eq!(db.texts("SELECT id FROM users").await, ["u2"]);
+    assert_eq!(db.count("datasets").await + db.count("training_jobs").await, 0);
+    assert_eq!(docmirror_pg(&db, &p, &["sync"]).await.count("unchanged"), 1);
+}
+
+#[tokio::test]
+async fn pg_a_layout_with_a_table_the_guide_lacks_is_refused() {
+    let db = TestPg::new("pg_layout").await;
+    let p = Platform::new();
+    p.users(&json!([]));
+    let mut layout: serde_json::Value = serde_json::from_str(include_str!("../layouts/default.json")).unwrap();
+    layout["sources"][0]["collection"] = json!("people");
+    p.write("layout.json", serde_json::to_vec(&layout).unwrap());
+    let path = p.path("layout.json");
+    let run = docmirror_pg(&db, &p, &["sync", "--layout", path.to_str().unwrap()]).await;
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(run.stderr.contains("\"people\", which is not one of the guide's tables"), "{}", run.stderr);
+}

@@ -219,7 +219,7 @@ impl fmt::Display for Reject {
             Reject::EmailTaken { email, other_id } => {
                 write!(
                     f,
-                    "email {} is already held in MongoDB by another document (_id {})",
+                    "email {} is already held in the database by another record (id {})",
                     shown(email),
                     shown(other_id)
                 )
@@ -312,6 +312,7 @@ pub(super) fn refused_code(code: i32) -> &'static str {
             "22001" => "value_too_long",
             "22003" => "number_out_of_range",
             "22P02" | "22007" | "22008" => "bad_value",
+            "42804" => "bad_type",
             "22021" => "bad_text",
             _ => "write_refused",
         };

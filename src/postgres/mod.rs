@@ -56,6 +56,8 @@ struct Inner {
     shown_url: String,
     /// `mirror_state` is read, changed and written back: one writer at a time.
     state_lock: tokio::sync::Mutex<()>,
+    /// Deletes a foreign key refused (see `StateStore::take_blocked_deletes`).
+    blocked: std::sync::atomic::AtomicU64,
 }
 
 /// A client and the task that drives its connection.
@@ -140,6 +142,7 @@ impl Pg {
                 scrubber,
                 shown_url,
                 state_lock: tokio::sync::Mutex::new(()),
+                blocked: 0.into(),
             }),
         })
     }
@@ -168,6 +171,10 @@ impl Pg {
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.opts.metrics
+    }
+
+    fn blocked(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.inner.blocked
     }
 
     fn state_lock(&self) -> &tokio::sync::Mutex<()> {

@@ -89,6 +89,10 @@ impl StateStore for Pg {
     fn place(&self) -> String {
         self.shown_url().to_string()
     }
+
+    fn take_blocked_deletes(&self) -> u64 {
+        self.blocked().swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]

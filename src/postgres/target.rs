@@ -250,6 +250,9 @@ impl Target for Pg {
                     match run(std::slice::from_ref(item)).await {
                         Ok(one) => d.extend(one),
                         Err(e) if e.as_db_error().is_some() => {
+                            if e.code().is_some_and(|c| c.code() == "23503") {
+                                self.blocked().fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
                             tracing::warn!(table = t.name, id = %item.0, reason = %self.scrub(&super::describe(&e)), "Cannot delete a row whose record is gone; it stays until a later run");
                         }
                         Err(e) => return Err(self.fatal(&format!("cannot delete from {}", t.name), &e)),
