@@ -234,10 +234,8 @@ impl Pg {
                 )));
             }
         }
-        let sql = format!(
-            "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7263512); {SCHEMA}\nCOMMIT;"
-        );
-        self.client().await?.batch_execute(&sql).await.map_err(|e| self.fatal("cannot apply the schema", &e))?;
+        // A table of the guide's name made otherwise is not written into (checked first:
+        // the guide's indexes could not even be made on it).
         for t in tables::TABLES {
             let rows = self
                 .client()
@@ -252,7 +250,7 @@ impl Pg {
             let have: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
             let missing: Vec<&str> =
                 t.columns.iter().map(|c| c.name).filter(|c| !have.iter().any(|h| h == c)).collect();
-            if !missing.is_empty() {
+            if !have.is_empty() && !missing.is_empty() {
                 return Err(Fatal::Config(format!(
                     "table {} exists without the guide's column(s) {}: it was not made from the guide's schema.sql",
                     t.name,
@@ -260,6 +258,10 @@ impl Pg {
                 )));
             }
         }
+        let sql = format!(
+            "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7263512); {SCHEMA}\nCOMMIT;"
+        );
+        self.client().await?.batch_execute(&sql).await.map_err(|e| self.fatal("cannot apply the schema", &e))?;
         Ok(())
     }
 }
