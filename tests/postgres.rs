@@ -382,3 +382,19 @@ async fn pg_a_users_table_without_the_guides_columns_stops_the_run() {
     );
     assert_eq!(db.count("users").await, 0);
 }
+
+#[tokio::test]
+async fn pg_a_database_not_on_utc_is_pointed_out() {
+    let db = TestPg::new("pg_zone").await;
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
+    db.exec(&format!("ALTER DATABASE \"{}\" SET timezone = 'UTC'", db.name)).await;
+    let run = docmirror_pg(&db, &p, &["sync"]).await;
+    assert!(!run.stderr.contains("TimeZone is not UTC"), "{}", run.stderr);
+    db.exec(&format!("ALTER DATABASE \"{}\" SET timezone = 'Europe/Berlin'", db.name)).await;
+    let run = docmirror_pg(&db, &p, &["sync"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("TimeZone is not UTC") && run.stderr.contains("Europe/Berlin"), "{}", run.stderr);
+    // docmirror's own writes stay UTC whatever the session's zone.
+    assert_eq!(db.text("SELECT updated_at::text FROM users").await, "2025-10-01 00:00:00");
+}

@@ -114,7 +114,7 @@ fn start_cluster() -> Result<String, String> {
         .arg("-c")
         .arg(
             "\"$0\" -D \"$1\" -p \"$2\" -k \"$3\" -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off & pid=$!; cat >/dev/null; kill -INT $pid; \
+             -c synchronous_commit=off -c full_page_writes=off -c timezone=UTC & pid=$!; cat >/dev/null; kill -INT $pid; \
              wait $pid; rm -rf \"$3\"",
         )
         .arg(bin.join("postgres"))

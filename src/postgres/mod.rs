@@ -262,7 +262,26 @@ impl Pg {
             "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7263512); {SCHEMA}\nCOMMIT;"
         );
         self.client().await?.batch_execute(&sql).await.map_err(|e| self.fatal("cannot apply the schema", &e))?;
+        self.warn_unless_utc().await;
         Ok(())
+    }
+}
+
+impl Pg {
+    /// The guide's `NOW()` writes the session's local time into its
+    /// `TIMESTAMP` columns; docmirror writes UTC. Say so when they differ.
+    async fn warn_unless_utc(&self) {
+        let Ok(client) = self.client().await else { return };
+        let Ok(row) = client.query_one("SELECT current_setting('TimeZone')", &[]).await else { return };
+        let zone: String = row.try_get(0).unwrap_or_default();
+        if !["UTC", "Etc/UTC", "GMT", "Etc/GMT", "Zulu", "UCT", "Etc/UCT"].contains(&zone.as_str()) {
+            tracing::warn!(
+                timezone = %zone,
+                "PostgreSQL's TimeZone is not UTC: the app's NOW() writes local times into the guide's TIMESTAMP \
+                 columns, while docmirror writes UTC, so newer-wins would compare different clocks; set \
+                 timezone = 'UTC' for the database (ALTER DATABASE ... SET timezone = 'UTC') or the app's role"
+            );
+        }
     }
 }
 
