@@ -83,7 +83,23 @@ impl Pg {
 
 impl Target for Pg {
     async fn hashes(&self, spec: &SourceSpec) -> Result<HashMap<String, Existing>, Fatal> {
-        self.read_existing(table_of(spec)?, "", &[]).await
+        // Only the hash, as on MongoDB: the core asks for the rest where it needs it.
+        let t = table_of(spec)?;
+        if self.absent() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT t.id::text, r.hash FROM {0} t LEFT JOIN docmirror_rows r ON r.tbl = '{0}' AND r.id = t.id",
+            t.name
+        );
+        let client = self.client().await?;
+        let rows = client.query(&sql, &[]).await.map_err(|e| self.fatal(&format!("cannot read {}", t.name), &e))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.try_get(0).map_err(|e| self.fatal("cannot read an id", &e))?;
+            out.insert(id, Existing { hash: r.try_get(1).ok().flatten(), ..Default::default() });
+        }
+        Ok(out)
     }
 
     async fn existing(&self, spec: &SourceSpec, ids: &[String]) -> Result<HashMap<String, Existing>, Fatal> {
