@@ -398,3 +398,32 @@ async fn pg_a_database_not_on_utc_is_pointed_out() {
     // docmirror's own writes stay UTC whatever the session's zone.
     assert_eq!(db.text("SELECT updated_at::text FROM users").await, "2025-10-01 00:00:00");
 }
+
+#[tokio::test]
+async fn pg_export_writes_the_apps_own_rows_with_the_files_field_names() {
+    let db = TestPg::new("pg_export_app").await;
+    let p = Platform::new();
+    let mut u = user("u1", "a@x.io", "2025-10-01T00:00:00.000Z");
+    u["password"] = json!("correct-horse-plain");
+    p.users(&json!([u]));
+    assert_eq!(docmirror_pg(&db, &p, &["sync"]).await.code, 0);
+    // After the cutover the app registers a user itself, as the guide's UserModel.create does.
+    db.exec(&format!(
+        "INSERT INTO users (id, email, name, password, role, created_at, updated_at) \
+         VALUES ('a1b2', 'new@x.io', 'New', '{HASH_A}', 'user', '2025-11-02 10:00:00.5', '2025-11-02 10:00:00.5')"
+    ))
+    .await;
+    let out = tempfile::tempdir().unwrap();
+    let run = docmirror_pg(&db, &p, &["export", "--out", out.path().to_str().unwrap(), "--overwrite"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let exported: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.path().join("data/users.json")).unwrap()).unwrap();
+    assert_eq!(exported[0]["id"], "u1");
+    let pw = exported[0]["password"].as_str().unwrap();
+    assert!(bcrypt::verify("correct-horse-plain", pw).unwrap(), "the bcrypt hash, never the plaintext");
+    assert_eq!(
+        exported[1],
+        json!({"id": "a1b2", "email": "new@x.io", "name": "New", "password": HASH_A, "role": "user",
+               "createdAt": "2025-11-02T10:00:00.500Z", "updatedAt": "2025-11-02T10:00:00.500Z"})
+    );
+}

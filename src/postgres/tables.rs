@@ -274,7 +274,11 @@ pub fn json_of(b: &Bson) -> Value {
 }
 
 /// A row read back (as `to_jsonb(row)`), with its bookkeeping, as the
-/// document the record mapped to: what verify compares.
+/// document the record mapped to: what verify compares and export writes.
+/// `known` are the field names the layout gives the source (its dates,
+/// version, email and password fields): a row the app wrote itself has no
+/// bookkeeping, and takes the camelCase name of a column where the layout
+/// knows it (`created_at` → `createdAt` for users).
 pub fn to_document(
     table: &Table,
     id_field: &str,
@@ -282,7 +286,9 @@ pub fn to_document(
     fields: &[String],
     extras: &Map<String, Value>,
     source: Option<&str>,
+    known: &[String],
 ) -> Document {
+    let names = if fields.is_empty() { known } else { fields };
     let mut d = Document::new();
     let id = row.get("id").and_then(Value::as_str).unwrap_or_default().to_string();
     d.insert("_id", id.clone());
@@ -292,7 +298,7 @@ pub fn to_document(
     for c in table.columns.iter().filter(|c| c.name != "id" || id_field == "id") {
         let camel = camel(c.name);
         let field =
-            if fields.contains(&camel) && !fields.iter().any(|f| f == c.name) { camel } else { c.name.to_string() };
+            if names.contains(&camel) && !names.iter().any(|f| f == c.name) { camel } else { c.name.to_string() };
         let v = row.get(c.name).unwrap_or(&Value::Null);
         if v.is_null() && !fields.contains(&field) {
             continue;
@@ -385,7 +391,7 @@ mod tests {
             serde_json::from_str(r#"{"id":"j","job_id":"j","status":"running","loss":0.123457,"progress":42.50}"#)
                 .unwrap();
         let fields: Vec<String> = ["job_id", "status", "loss", "progress"].iter().map(|s| s.to_string()).collect();
-        let back = to_document(&TRAINING_JOBS, "job_id", &stored, &fields, &row.extras, None);
+        let back = to_document(&TRAINING_JOBS, "job_id", &stored, &fields, &row.extras, None, &[]);
         assert_eq!(back.get("loss"), Some(&Bson::Double(0.123_456_789)));
         assert_eq!(back.get("progress"), Some(&Bson::Double(42.5)));
     }

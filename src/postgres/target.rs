@@ -364,6 +364,8 @@ impl Inspect for Pg {
             .query(&sql, &[])
             .await
             .map_err(|e| self.fatal(&format!("cannot read {}", t.name), &e))?;
+        let mut known: Vec<String> = spec.dates.iter().chain(&spec.normalize_email).cloned().collect();
+        known.extend(spec.version_field.iter().chain(&spec.password_field).cloned());
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let Ok(Value::Object(row)) = r.try_get::<_, Value>(0) else { continue };
@@ -376,7 +378,7 @@ impl Inspect for Pg {
                 _ => Map::new(),
             };
             let source: Option<String> = r.try_get(3).ok().flatten();
-            out.push(to_document(t, &spec.id_field, &row, &fields, &extras, source.as_deref()));
+            out.push(to_document(t, &spec.id_field, &row, &fields, &extras, source.as_deref(), &known));
         }
         Ok(out)
     }
