@@ -77,7 +77,10 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
     let summary = match args.common.connection.target {
         TargetKind::Mongodb => {
             let sink = Sink::connect(settings.sink, cancel.clone()).await?;
-            sync_into(&engine, &sink, &args, opts, show_progress, &cancel).await?
+            let summary = sync_into(&engine, &sink, &args, opts, show_progress, &cancel).await?;
+            let read: Vec<String> = engine.metrics.documents_read().iter().map(|(c, n)| format!("{c}={n}")).collect();
+            tracing::info!(documents_read = %read.join(" "), "Documents read from MongoDB");
+            summary
         }
         TargetKind::Postgres => {
             let pg = connect_pg(&args.common.connection, &engine, &cancel).await?;
@@ -97,7 +100,7 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
 
 /// sync's work on any target: the cutover guard and the target made ready
 /// (unless a dry run), one full reconcile, the run recorded in `mirror_state`.
-async fn sync_into<T: StateStore>(
+async fn sync_into<T: crate::watch::Mirror>(
     engine: &Arc<crate::reconcile::Engine>,
     target: &T,
     args: &SyncArgs,
@@ -110,7 +113,11 @@ async fn sync_into<T: StateStore>(
         crate::cutover::refuse_after_cutover(target, args.write.after_cutover).await?;
         target.prepare(engine).await?;
     }
-    let mut summary = reconcile_all(engine, target, opts, show_progress, cancel).await?;
+    // From the checkpoint where the target proves enough (MongoDB), else in full.
+    let progress = show_progress.then(|| crate::progress::Bar::start(engine.metrics.clone()));
+    let first = target.start(engine, None, args.write.full || args.dry_run, opts, cancel).await;
+    drop(progress);
+    let mut summary = first?;
     // Rows whose referring rows (a user's jobs) went later in the same run:
     // another pass deletes them, one level of references per pass.
     let mut removed = summary.archived + summary.deleted;

@@ -12,7 +12,9 @@ mod support_targets;
 
 mod behaviour;
 mod behaviour_ops;
+mod checkpoint;
 mod cutover;
+mod drift;
 mod export;
 mod faults;
 mod first_hour;

@@ -9,13 +9,15 @@
 //! events over without blocking, and the writes run in a task of their own so
 //! events keep being coalesced while MongoDB is slow or away.
 
+mod changes;
 pub mod events;
 pub mod fstype;
+mod mirror;
+mod mongo;
 pub mod poll;
 pub mod schedule;
 pub mod systemd;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Fatal;
 use crate::reconcile::memo::Memory;
-use crate::reconcile::{reconcile, Core, Engine, RunOptions, Scope};
+use crate::reconcile::{Engine, RunOptions, Scope};
 use crate::source::{SourceFile, Tree};
-use crate::state::StateStore;
 use crate::summary::Summary;
+use changes::ChangeSource;
+pub use mirror::Mirror;
 use schedule::{Batch, Schedule, Timing};
 
 /// Something that may have changed.
@@ -64,6 +67,10 @@ pub struct WatchOptions {
     pub queue_capacity: usize,
     /// Run even after a recorded cutover (`--after-cutover`).
     pub after_cutover: bool,
+    /// Reconcile everything at start, whatever the checkpoint proves (`--full`).
+    pub full: bool,
+    /// How long a document may differ from its file record before it is drift.
+    pub drift_grace: Duration,
 }
 
 impl Default for WatchOptions {
@@ -77,6 +84,8 @@ impl Default for WatchOptions {
             parse_retries: 3,
             queue_capacity: events::CHANNEL_CAPACITY,
             after_cutover: false,
+            full: false,
+            drift_grace: Duration::from_secs(30),
         }
     }
 }
@@ -108,7 +117,7 @@ pub async fn run<T, C, F>(
     lifecycle: &mut dyn Lifecycle,
 ) -> Result<Summary, Fatal>
 where
-    T: StateStore,
+    T: Mirror,
     C: FnOnce(CancellationToken) -> F,
     F: std::future::Future<Output = Result<T, Fatal>>,
 {
@@ -151,6 +160,8 @@ where
         ticks: 0,
     };
     if daemon.initial(&cancel, lifecycle).await? {
+        let (e, m, grace) = (&daemon.engine, &daemon.memory, daemon.opts.drift_grace);
+        let _follower = daemon.sink.follow(e, m, grace, tx.clone(), &cancel).await;
         let inputs = Inputs { hints: &mut rx, overflow: &overflow, release: release.as_mut() };
         daemon.follow(inputs, &mut source, &tree, &cancel, lifecycle).await;
     }
@@ -161,7 +172,7 @@ where
 }
 
 /// The running daemon: everything the main loop owns.
-struct Daemon<T: StateStore> {
+struct Daemon<T: Mirror> {
     engine: Arc<Engine>,
     sink: T,
     /// What watch remembers between reconciles (see `reconcile::memo`).
@@ -203,11 +214,7 @@ enum Flow {
     Stop,
 }
 
-impl<T: StateStore> Daemon<T> {
-    fn core(&self) -> Core<'_, T> {
-        Core { engine: &self.engine, target: &self.sink, memory: Some(&self.memory) }
-    }
-
+impl<T: Mirror> Daemon<T> {
     /// The first full reconcile; `false` if stopped before it finished.
     async fn initial(&mut self, cancel: &CancellationToken, lifecycle: &mut dyn Lifecycle) -> Result<bool, Fatal> {
         let started = std::time::Instant::now();
@@ -215,7 +222,7 @@ impl<T: StateStore> Daemon<T> {
         // `cancel` also tells the reconcile to stop at its next chunk (or
         // bcrypt item); the writes in flight get --shutdown-timeout-secs.
         let first = {
-            let run = reconcile(self.core(), Scope::Full, opts, cancel);
+            let run = self.sink.start(&self.engine, Some(&self.memory), self.opts.full, opts, cancel);
             tokio::pin!(run);
             tokio::select! {
                 r = &mut run => r?,
@@ -228,6 +235,7 @@ impl<T: StateStore> Daemon<T> {
                 }
             }
         };
+        self.sink.started(&self.memory).await;
         self.engine.metrics.set_ready();
         self.record_state(StateUpdate::Full(first.clone(), started.elapsed()));
         log_summary("Initial reconcile done; watching for changes", &first);
@@ -331,9 +339,8 @@ impl<T: StateStore> Daemon<T> {
         let (engine, sink, memory) = (self.engine.clone(), self.sink.clone(), self.memory.clone());
         // The run stops at its next chunk on SIGTERM; `stop` gives its writes in flight their time.
         let cancel = self.stop.clone();
-        self.in_flight = Some(tokio::spawn(async move {
-            reconcile(Core { engine: &engine, target: &sink, memory: Some(&memory) }, scope, opts, &cancel).await
-        }));
+        self.in_flight =
+            Some(tokio::spawn(async move { sink.reconcile_scope(&engine, &memory, scope, opts, &cancel).await }));
         self.batch = Some(batch);
         self.batch_started = Some(Instant::now());
     }
@@ -443,6 +450,9 @@ impl<T: StateStore> Daemon<T> {
                 }
             }
         }
+        if !self.hard_cancel.is_cancelled() {
+            self.sink.stopping(&self.engine, &self.memory).await;
+        }
         let (engine, sink, memory) = (&self.engine, &self.sink, Some(self.memory.as_ref()));
         let progress = self.progress();
         let record = async {
@@ -546,51 +556,5 @@ async fn join_opt(h: &mut Option<JoinHandle<Outcome>>) -> Result<Outcome, tokio:
     match h {
         Some(h) => h.await,
         None => std::future::pending().await,
-    }
-}
-
-/// Where change hints come from: file events, or a poller.
-enum ChangeSource {
-    Events(events::FsWatch),
-    /// Held only to keep the poller alive: dropping it stops polling.
-    Poll(#[allow(dead_code)] poll::PollTask),
-}
-
-impl ChangeSource {
-    fn start(
-        tree: &Tree,
-        opts: &WatchOptions,
-        tx: mpsc::Sender<Hint>,
-        overflow: Arc<AtomicBool>,
-    ) -> Result<ChangeSource, Fatal> {
-        let roots: Vec<PathBuf> = vec![tree.roots.data.clone(), tree.roots.artifacts.clone()];
-        for root in &roots {
-            if let Some(kind) = fstype::network_fs(root) {
-                if opts.poll_interval.is_none() {
-                    tracing::warn!(folder = %root.display(), filesystem = %kind,
-                        "This folder is on a network filesystem, which may not deliver change events; use --poll-interval-ms");
-                }
-            }
-        }
-        match opts.poll_interval {
-            Some(every) => {
-                tracing::info!(interval_ms = every.as_millis(), "Polling the folders for changes");
-                Ok(ChangeSource::Poll(poll::PollTask::start(tree.clone(), every, tx, overflow)))
-            }
-            None => Ok(ChangeSource::Events(events::FsWatch::start(tree.clone(), tx, overflow)?)),
-        }
-    }
-
-    /// Re-establish watches (a watched folder may have been removed and
-    /// recreated, or replaced under its name).
-    fn refresh(&mut self, tree: &Tree) {
-        if let ChangeSource::Events(w) = self {
-            w.ensure_watches(tree);
-        }
-    }
-
-    /// Whether a watched folder was replaced under its name since its watch went in.
-    fn replaced(&self) -> bool {
-        matches!(self, ChangeSource::Events(w) if w.replaced())
     }
 }
