@@ -106,6 +106,15 @@ impl Tracker {
         }
     }
 
+    /// When the next comparison is due: the first write to reach the end
+    /// of its grace, or the next recheck of drifting records.
+    pub fn next_due(&self) -> tokio::time::Instant {
+        let pending = self.pending.values().map(|(at, _)| *at + self.grace).min();
+        let recheck = (!self.drifting.is_empty()).then_some(self.last_recheck + RECHECK);
+        let next = pending.into_iter().chain(recheck).min().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::time::Instant::from_std(next)
+    }
+
     /// Records drifting now, by (collection, kind).
     pub fn counts(&self) -> BTreeMap<(String, String), u64> {
         let mut out = BTreeMap::new();

@@ -30,7 +30,6 @@ pub async fn run(mut tracker: Tracker, from: Bson, requests: Arc<dyn Requests>, 
     let collections = super::warm::collections(&tracker.engine);
     let mut at = Some(from);
     let mut backoff = Duration::from_millis(500);
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
     'outer: loop {
         let mut stream: Stream = match open(&tracker.sink, at.as_ref(), Events::Others, true).await {
             Ok(s) => s,
@@ -59,7 +58,7 @@ pub async fn run(mut tracker: Tracker, from: Bson, requests: Arc<dyn Requests>, 
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break 'outer,
-                _ = tick.tick() => {
+                () = tokio::time::sleep_until(tracker.next_due().min(tokio::time::Instant::now() + Duration::from_secs(1))) => {
                     if let Err(e) = tracker.tick(requests.as_ref()).await {
                         tracing::warn!(error = %e, "Drift check failed; trying again");
                     }
