@@ -14,7 +14,8 @@ Contenders, each into a fresh database of one throwaway PostgreSQL cluster
   tenth of the tree, compared in records/s.
 
 Scenario 1 is the initial sync into an empty database, scenario 2 the same
-command again with nothing changed. Each run's rows are counted against the
+command again with nothing changed, scenario 3 the latency of `docmirror
+watch` for one user changed in the full tree's users.json. Each run's rows are counted against the
 tree (and docmirror's checked with `docmirror verify`); a run whose counts are
 wrong is not counted. Writes a Markdown report (stdout, or --report FILE).
 Run it through scripts/bench-postgres.sh, which installs what it needs.
@@ -131,6 +132,59 @@ def timed(cmd: list[str]) -> tuple[float, int, str]:
     return time.monotonic() - started, p.returncode, (p.stdout + p.stderr)[-2000:]
 
 
+def iso_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+
+
+def scenario_watch(cfg, cluster: Cluster, tree: dict) -> dict:
+    """Scenario 3: docmirror watch on the synced database; users.json rewritten
+    (temp file + rename) with one user's name and updatedAt changed; the time
+    until the row holds the new name (polled every 2 ms)."""
+    import psycopg
+
+    db = cluster.fresh("bench_watch")
+    data, arts = os.path.join(tree["dir"], "data"), os.path.join(tree["dir"], "artifacts")
+    url = cluster.url(db)
+    took, code, said = timed(command("docmirror", tree, url))
+    if code != 0:
+        return {"error": f"initial sync exit {code}: {said}"}
+    log_path = os.path.join(cluster.dir, "watch.log")
+    with open(log_path, "w", encoding="utf-8") as log_file:
+        watch = subprocess.Popen([docmirror_bin(), "--log-format", "text", "watch", "--target", "postgres",
+                                  "--postgres-url", url, "--data-dir", data, "--artifacts-dir", arts],
+                                 stdout=subprocess.DEVNULL, stderr=log_file)
+    try:
+        deadline = time.monotonic() + 300
+        while "Initial reconcile done" not in open(log_path, encoding="utf-8").read():
+            if time.monotonic() > deadline or watch.poll() is not None:
+                return {"error": "watch did not finish its initial reconcile"}
+            time.sleep(0.2)
+        path = os.path.join(data, "users.json")
+        with open(path, encoding="utf-8") as f:
+            users = json.load(f)
+        lat: list[float] = []
+        with psycopg.connect(url, autocommit=True) as conn:
+            for k in range(cfg.changes):
+                i = (k * max(1, len(users) // cfg.changes) + 7) % len(users)
+                uid, name = users[i]["id"], f"Renamed {k} {users[i]['name']}"
+                users[i]["name"], users[i]["updatedAt"] = name, iso_now()
+                with open(path + ".bench-tmp", "w", encoding="utf-8") as f:
+                    json.dump(users, f, indent=2)
+                t0 = time.perf_counter()
+                os.replace(path + ".bench-tmp", path)
+                while time.perf_counter() - t0 < 30:
+                    row = conn.execute("SELECT name FROM users WHERE id = %s", (uid,)).fetchone()
+                    if row and row[0] == name:
+                        lat.append(time.perf_counter() - t0)
+                        break
+                    time.sleep(0.002)
+                time.sleep(0.05)
+        return {"users": len(users), "changes": cfg.changes, "latencies": lat}
+    finally:
+        watch.terminate()
+        watch.wait(timeout=30)
+
+
 def run(cfg) -> str:
     work = tempfile.mkdtemp(prefix="docmirror-pg-bench-trees-")
     cluster = Cluster()
@@ -159,13 +213,16 @@ def run(cfg) -> str:
                         continue
                     times.setdefault((name, scenario), []).append(took)
                     log(f"run {r + 1}: {name} scenario {scenario}: {took:.2f} s")
-        return render(cfg, cluster, full, tenth, times, problems)
+        watch = scenario_watch(cfg, cluster, full) if cfg.changes > 0 else None
+        if watch and watch.get("error"):
+            problems.append(f"watch: {watch['error']}")
+        return render(cfg, cluster, full, tenth, times, problems, watch)
     finally:
         cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
-def render(cfg, cluster: Cluster, full: dict, tenth: dict, times: dict, problems: list[str]) -> str:
+def render(cfg, cluster: Cluster, full: dict, tenth: dict, times: dict, problems: list[str], watch) -> str:
     def rate(name: str, scenario: int) -> float | None:
         xs = times.get((name, scenario))
         tree = tenth if name == "guide" else full
@@ -199,6 +256,18 @@ def render(cfg, cluster: Cluster, full: dict, tenth: dict, times: dict, problems
             lines.append(f"| {name} | {tree['records']:,} | {statistics.median(xs):.2f} s | "
                          f"{min(xs):.2f}–{max(xs):.2f} s | {r:,.0f} | {ratio} |")
         lines.append("")
+    if watch and not watch.get("error"):
+        lat = sorted(watch["latencies"])
+        missed = watch["changes"] - len(lat)
+        if lat:
+            p50 = lat[len(lat) // 2] * 1000
+            p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+            lines += ["**Scenario 3: `docmirror watch`, one user changed in a "
+                      f"{watch['users']:,}-user `users.json`** (rewritten and renamed into place; time until the "
+                      f"row holds the new name): {len(lat)} changes, p50 {p50:.0f} ms, p99 {p99:.0f} ms, "
+                      f"max {lat[-1] * 1000:.0f} ms" + (f"; {missed} not seen within 30 s" if missed else "") + ".", ""]
+        if missed:
+            problems.append(f"watch: {missed} change(s) not seen within 30 s")
     if problems:
         lines += ["**Runs not counted:**", ""] + [f"- {p}" for p in problems] + [""]
     return "\n".join(lines)
@@ -211,10 +280,11 @@ def main() -> int:
     ap.add_argument("--datasets", type=int, default=10_000)
     ap.add_argument("--jobs", type=int, default=20_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--changes", type=int, default=50, help="scenario 3's user changes under watch (0: skip)")
     ap.add_argument("--report", help="write the Markdown report here (default: stdout)")
     cfg = ap.parse_args()
     if cfg.quick:
-        cfg.users, cfg.datasets, cfg.jobs, cfg.runs = 2_000, 200, 400, 1
+        cfg.users, cfg.datasets, cfg.jobs, cfg.runs, cfg.changes = 2_000, 200, 400, 1, 5
     text = run(cfg)
     if cfg.report:
         with open(cfg.report, "w", encoding="utf-8") as f:
