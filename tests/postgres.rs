@@ -427,3 +427,30 @@ async fn pg_export_writes_the_apps_own_rows_with_the_files_field_names() {
                "createdAt": "2025-11-02T10:00:00.500Z", "updatedAt": "2025-11-02T10:00:00.500Z"})
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pg_under_watch_a_job_whose_user_arrives_later_goes_in_then() {
+    use crate::support_targets::{Db, Kind};
+    let db = Db::new(Kind::Pg, "pg_late_parent").await;
+    let Db::Pg(pg) = &db else { unreachable!() };
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
+    p.datasets(&json!([crate::support::dataset("d1", 1)]));
+    // No periodic rescan: only the retry after a parent was written can bring the job in.
+    let w = db.watch(&p, &["--rescan-interval-secs", "0"]).await;
+    let mut orphan = crate::support::job("j2", "running", "2025-10-12T09:00:00.000Z");
+    orphan["user_id"] = json!("u9");
+    p.job("j2", &orphan);
+    crate::support::eventually(20, "the job refused for its missing user", || async {
+        pg.texts("SELECT reason_code FROM mirror_rejects").await == ["missing_parent"]
+    })
+    .await;
+    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z"), user("u9", "nine@x.io", "2025-10-01T00:00:00Z")]));
+    crate::support::eventually(20, "the job, once its user is there", || async {
+        db.get("training_jobs", "j2", "user_id").await.as_deref() == Some("u9")
+    })
+    .await;
+    crate::support::eventually(20, "its reject cleared", || async { pg.count("mirror_rejects").await == 0 }).await;
+    let log = w.stop().await;
+    assert!(log.contains("Trying again the records that waited for a parent"), "{log}");
+}

@@ -81,6 +81,20 @@ impl Pg {
     }
 }
 
+impl Pg {
+    /// The files of records refused because a row they refer to was not
+    /// there (`missing_parent`): worth another try once parents were written.
+    pub async fn waiting_for_parents(&self) -> Result<Vec<String>, Fatal> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT DISTINCT source FROM mirror_rejects WHERE reason_code = 'missing_parent'", &[])
+            .await
+            .map_err(|e| self.fatal(&format!("cannot read {REJECTS}"), &e))?;
+        Ok(rows.iter().filter_map(|r| r.try_get(0).ok()).collect())
+    }
+}
+
 impl Target for Pg {
     async fn hashes(&self, spec: &SourceSpec) -> Result<HashMap<String, Existing>, Fatal> {
         // Only the hash, as on MongoDB: the core asks for the rest where it needs it.

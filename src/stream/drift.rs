@@ -111,7 +111,8 @@ impl Tracker {
     pub fn next_due(&self) -> tokio::time::Instant {
         let pending = self.pending.values().map(|(at, _)| *at + self.grace).min();
         let recheck = (!self.drifting.is_empty()).then_some(self.last_recheck + RECHECK);
-        let next = pending.into_iter().chain(recheck).min().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let next =
+            pending.into_iter().chain(recheck).min().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::time::Instant::from_std(next)
     }
 

@@ -82,7 +82,25 @@ impl Mirror for crate::postgres::Pg {
         opts: RunOptions,
         cancel: &CancellationToken,
     ) -> Result<Summary, Fatal> {
-        reconcile(Core { engine, target: self, memory: Some(memory) }, scope, opts, cancel).await
+        let full = matches!(scope, Scope::Full);
+        let mut total = reconcile(Core { engine, target: self, memory: Some(memory) }, scope, opts, cancel).await?;
+        // A record refused because its parent was not there yet (a job before
+        // its user) is tried again as soon as something was written, not only
+        // at the next full rescan. (A full reconcile loads parents first.)
+        if !full && total.inserted + total.updated > 0 {
+            let files: Vec<_> = self
+                .waiting_for_parents()
+                .await?
+                .iter()
+                .filter_map(|rel| crate::stream::warm::file_of(engine, rel))
+                .collect();
+            if !files.is_empty() {
+                tracing::info!(files = files.len(), "Trying again the records that waited for a parent");
+                let again = Core { engine, target: self, memory: Some(memory) };
+                total.add(&reconcile(again, Scope::Files(files), opts, cancel).await?);
+            }
+        }
+        Ok(total)
     }
 
     async fn stopping(&self, _engine: &Arc<Engine>, _memory: &Memory) {}
