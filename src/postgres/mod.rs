@@ -126,9 +126,29 @@ async fn open(opts: &PgOptions, cancel: &CancellationToken, scrubber: &Scrubber)
     }
 }
 
+/// Refuse at once what no retry can fix: a URL the driver cannot read, or
+/// one that requires TLS, which this target does not speak yet.
+pub fn check_url(url: &str) -> Result<(), Fatal> {
+    let shown = redact_uri(url);
+    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        Fatal::Config(format!(
+            "--postgres-url {shown} is not a PostgreSQL URL: {}",
+            Scrubber::for_uri(url).scrub(&e.to_string())
+        ))
+    })?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(Fatal::Config(format!(
+            "--postgres-url {shown} requires TLS (sslmode=require), which the PostgreSQL target does not support \
+             yet: connect without it (sslmode=disable or prefer), e.g. over a local network or an SSH tunnel"
+        )));
+    }
+    Ok(())
+}
+
 impl Pg {
     /// Connect, retrying until the budget runs out (or `cancel` fires).
     pub async fn connect(opts: PgOptions, cancel: CancellationToken) -> Result<Pg, Fatal> {
+        check_url(&opts.url)?;
         let scrubber = Scrubber::for_uri(&opts.url);
         let shown_url = redact_uri(&opts.url);
         let conn = open(&opts, &cancel, &scrubber).await?;
@@ -301,4 +321,20 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         s.push_str(&format!(" [constraint {c}]"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_that_no_retry_can_fix_are_refused_at_once() {
+        assert!(check_url("postgresql://u:pw@localhost:5432/db").is_ok());
+        assert!(check_url("postgresql://u:pw@localhost/db?sslmode=prefer").is_ok());
+        let tls = check_url("postgresql://u:s3cret@localhost/db?sslmode=require").unwrap_err().to_string();
+        assert!(tls.contains("requires TLS") && !tls.contains("s3cret"), "{tls}");
+        let bad = check_url("postgresql://u:s3cret@localhost:notaport/db").unwrap_err();
+        assert_eq!(bad.exit_code(), crate::error::exit::USAGE);
+        assert!(!bad.to_string().contains("s3cret"), "{bad}");
+    }
 }
