@@ -454,3 +454,29 @@ async fn pg_under_watch_a_job_whose_user_arrives_later_goes_in_then() {
     let log = w.stop().await;
     assert!(log.contains("Trying again the records that waited for a parent"), "{log}");
 }
+
+#[tokio::test]
+async fn pg_an_update_keeps_what_the_app_wrote_in_columns_the_record_lacks() {
+    let db = TestPg::new("pg_app_columns").await;
+    let p = Platform::new();
+    let mut u1 = user("u1", "a@x.io", "2025-10-01T00:00:00Z");
+    u1.as_object_mut().unwrap().remove("role");
+    let mut u2 = user("u2", "b@x.io", "2025-10-01T00:00:00Z");
+    u2["role"] = json!("admin");
+    p.users(&json!([u1, u2]));
+    assert_eq!(docmirror_pg(&db, &p, &["sync"]).await.code, 0);
+    // The app gives u1 a role the file does not know.
+    db.exec("UPDATE users SET role = 'reviewer' WHERE id = 'u1'").await;
+    // Both records change; u2 loses the role field it had.
+    let mut u1 = user("u1", "a@x.io", "2025-10-02T00:00:00Z");
+    u1.as_object_mut().unwrap().remove("role");
+    u1["name"] = json!("Renamed");
+    let mut u2 = user("u2", "b@x.io", "2025-10-02T00:00:00Z");
+    u2.as_object_mut().unwrap().remove("role");
+    p.users(&json!([u1, u2]));
+    let run = docmirror_pg(&db, &p, &["sync"]).await;
+    assert_eq!(run.count("updated"), 2, "{}", run.summary());
+    // The app's column stays; the column the mirror wrote and the record lost is emptied.
+    assert_eq!(db.text("SELECT name || ' ' || role FROM users WHERE id = 'u1'").await, "Renamed reviewer");
+    assert_eq!(db.text("SELECT COALESCE(role, 'NULL') FROM users WHERE id = 'u2'").await, "NULL");
+}

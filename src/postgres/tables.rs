@@ -156,6 +156,26 @@ fn field_for<'d>(doc: &'d Document, column: &str) -> Option<(&'d str, &'d Bson)>
         .map(|(k, v)| (k.as_str(), v))
 }
 
+/// Which columns an update sets: those whose field the record has, and
+/// those whose field the mirror wrote before (`owned`) and the record lost;
+/// one `1` or `0` per column.
+pub fn set_mask(table: &Table, doc: &Document, owned: &[String]) -> String {
+    table
+        .columns
+        .iter()
+        .map(|c| {
+            let mine = c.name == "id"
+                || field_for(doc, c.name).is_some()
+                || owned.iter().any(|f| *f == c.name || *f == camel(c.name));
+            if mine {
+                '1'
+            } else {
+                '0'
+            }
+        })
+        .collect()
+}
+
 /// A mapped record (with its password already hashed) as a row of `table`;
 /// `Err` says why it cannot be one (a value of the wrong kind for its column).
 pub fn to_row(table: &Table, id_field: &str, doc: &Document) -> Result<Row, String> {

@@ -7,7 +7,7 @@ use bson::{doc, Document};
 use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
 
-use super::tables::{self, camel, to_document, to_row, utc_wall_time, Table};
+use super::tables::{self, camel, set_mask, to_document, to_row, utc_wall_time, Table};
 use super::write::{delete_sql, no_nul, version_condition, Pending};
 use super::Pg;
 use crate::error::Fatal;
@@ -167,7 +167,11 @@ impl Target for Pg {
             };
             let fields = Value::Array(c.mapped.fields().into_iter().map(Value::String).collect()).to_string();
             let position = c.position.map(|p| p.to_string());
-            let p = Pending { row, source: c.rel.clone(), position, hash: c.mapped.hash.clone(), fields, check };
+            let set = match w {
+                Write::Update { was, .. } => Some(set_mask(t, &c.mapped.doc, &was.fields)),
+                Write::Insert(_) => None,
+            };
+            let p = Pending { row, source: c.rel.clone(), position, hash: c.mapped.hash.clone(), fields, check, set };
             let group = if matches!(w, Write::Insert(_)) { &mut inserts } else { &mut updates };
             group.0.push(i);
             group.1.push(p);

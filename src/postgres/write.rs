@@ -30,6 +30,8 @@ pub struct Pending {
     /// Under newer-wins, the file's version time: the update applies only if
     /// the table's version column is NULL or not later.
     pub check: Option<String>,
+    /// Updates: which columns to set, one `1` or `0` per column (see [`update_sql`]).
+    pub set: Option<String>,
 }
 
 fn q(name: &str) -> String {
@@ -39,12 +41,12 @@ fn q(name: &str) -> String {
 /// The `v` CTE: the batch's arrays as rows, with the bookkeeping columns.
 fn values_cte(t: &Table, with_check: bool) -> String {
     let n = t.columns.len();
-    let extra = if with_check { 6 } else { 5 };
+    let extra = if with_check { 7 } else { 5 };
     let params: Vec<String> = (1..=n + extra).map(|i| format!("${i}::text[]")).collect();
     let mut names: Vec<String> = t.columns.iter().map(|c| q(c.name)).collect();
     names.extend(["m_source", "m_position", "m_hash", "m_fields", "m_extras"].map(String::from));
     if with_check {
-        names.push("m_check".into());
+        names.extend(["m_check", "m_set"].map(String::from));
     }
     format!("v AS (SELECT * FROM unnest({}) AS v({}))", params.join(", "), names.join(", "))
 }
@@ -82,9 +84,20 @@ pub fn version_condition(t: &Table) -> String {
     }
 }
 
+/// An update sets the columns whose field the record has, and empties those
+/// whose field the mirror wrote before and the record lost (`m_set`, one
+/// `1` or `0` per column); the others keep what the app wrote there.
 pub fn update_sql(t: &Table) -> String {
-    let sets: Vec<String> =
-        t.columns[1..].iter().map(|c| format!("{} = v.{}::{}", q(c.name), q(c.name), c.kind.cast())).collect();
+    let sets: Vec<String> = t
+        .columns
+        .iter()
+        .enumerate()
+        .skip(1)
+        .map(|(i, c)| {
+            let n = q(c.name);
+            format!("{n} = CASE WHEN substr(v.m_set, {}, 1) = '1' THEN v.{n}::{} ELSE t.{n} END", i + 1, c.kind.cast())
+        })
+        .collect();
     format!(
         "WITH {}, w AS (UPDATE {} AS t SET {} FROM v WHERE t.id = v.\"id\"{} RETURNING t.id) {}",
         values_cte(t, true),
@@ -106,6 +119,7 @@ fn params(t: &Table, rows: &[&Pending], with_check: bool) -> Vec<Vec<Option<Stri
     out.push(rows.iter().map(|p| Some(no_nul(&serde_json::Value::Object(p.row.extras.clone()).to_string()))).collect());
     if with_check {
         out.push(rows.iter().map(|p| p.check.clone()).collect());
+        out.push(rows.iter().map(|p| p.set.clone()).collect());
     }
     out
 }
@@ -212,7 +226,11 @@ mod tests {
         }
         let sql = update_sql(&USERS);
         assert!(sql.contains("t.\"updated_at\" <= v.m_check::timestamp"), "{sql}");
-        assert!(!sql.contains("\"id\" = v.\"id\"::"), "the key is never set: {sql}");
+        assert!(!sql.contains("\"id\" = CASE"), "the key is never set: {sql}");
+        assert!(
+            sql.contains("\"role\" = CASE WHEN substr(v.m_set, 5, 1) = '1' THEN v.\"role\"::text ELSE t.\"role\" END"),
+            "{sql}"
+        );
         assert!(delete_sql(&USERS, true).contains("mirror_archive"));
         assert!(!delete_sql(&USERS, false).contains("mirror_archive"));
     }
