@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Install the MongoDB wire-protocol test server (SecantusDB, a Python
-# implementation) into ./.venv. Idempotent: a second run only checks.
-# Tests and the quick start use .venv/bin/secantusd-py unless MONGODB_URI is set.
+# Install the test servers. Idempotent: a second run only checks.
+# - MongoDB wire protocol: SecantusDB (a Python implementation) into ./.venv.
+#   Tests and the quick start use .venv/bin/secantusd-py unless MONGODB_URI is set.
+# - PostgreSQL (for --target postgres): Debian's `postgresql` package where no
+#   initdb is found under /usr/lib/postgresql/*/bin (needs root, as in CI).
+#   The tests start their own cluster from those binaries unless
+#   DOCMIRROR_TEST_POSTGRES_URL is set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/install-test-postgres.sh
 VERSION="0.7.0b3"
 PY="${PYTHON:-python3}"
 if [ -x .venv/bin/secantusd-py ] && .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('SecantusDB') != '$VERSION')" 2>/dev/null; then

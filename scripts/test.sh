@@ -5,6 +5,9 @@
 # SecantusDB server on a free port. Either way SecantusDB is installed into
 # .venv: the tests that kill, freeze and restart a server start their own,
 # whatever MONGODB_URI says, so as not to stop a server the suite shares.
+# The --target postgres tests start one PostgreSQL cluster of their own
+# (Debian's postgresql package, installed by the same script) unless
+# DOCMIRROR_TEST_POSTGRES_URL names a server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-test-server.sh

@@ -6,11 +6,15 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, CutoverArgs, ExportArgs, OutputFormat, StatusArgs, SyncArgs, VerifyArgs, WatchArgs};
+use crate::cli::{
+    Cli, Command, CutoverArgs, ExportArgs, OutputFormat, StatusArgs, SyncArgs, TargetKind, VerifyArgs, WatchArgs,
+};
 use crate::error::{exit, Fatal};
-use crate::reconcile::memo::Memory;
-use crate::reconcile::RunOptions;
+use crate::postgres::Pg;
+use crate::reconcile::target::Target;
+use crate::reconcile::{reconcile, Core, RunOptions, Scope};
 use crate::sink::Sink;
+use crate::state::StateStore;
 use crate::summary::Summary;
 use crate::verify::{render_text, verify};
 
@@ -69,35 +73,101 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
     args.write.apply(&mut settings.engine)?;
     args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
-    let sink = Sink::connect(settings.sink, cancel.clone()).await?;
-    if !args.dry_run {
-        crate::cutover::refuse_after_cutover(&sink, args.write.after_cutover).await?;
-        crate::sink::indexes::apply(&engine.indexes, &sink).await?;
-    }
     let opts = RunOptions { dry_run: args.dry_run, log_all_rejects: true, defer_bad_files: false, log_changes: false };
-    let progress = show_progress.then(|| crate::progress::Bar::start(engine.metrics.clone()));
-    let memory = Arc::new(Memory::default());
-    let full = args.write.full || args.dry_run;
-    let summary = crate::stream::warm::run(&engine, &sink, &memory, full, opts, &cancel).await;
-    drop(progress);
-    let summary = summary?;
-    if !args.dry_run {
-        if let Err(e) = crate::state::record_full(&engine, &sink, None, "sync", &summary, started.elapsed()).await {
-            tracing::warn!(error = %e, "Cannot record the run in mirror_state");
+    let summary = match args.common.connection.target {
+        TargetKind::Mongodb => {
+            let sink = Sink::connect(settings.sink, cancel.clone()).await?;
+            let summary = sync_into(&engine, &sink, &args, opts, show_progress, &cancel).await?;
+            let read: Vec<String> = engine.metrics.documents_read().iter().map(|(c, n)| format!("{c}={n}")).collect();
+            tracing::info!(documents_read = %read.join(" "), "Documents read from MongoDB");
+            summary
         }
-    }
-    let read: Vec<String> = engine.metrics.documents_read().iter().map(|(c, n)| format!("{c}={n}")).collect();
-    tracing::info!(documents_read = %read.join(" "), "Documents read from MongoDB");
-    println!("{}", summary_line(&summary, args.dry_run, started));
+        TargetKind::Postgres => {
+            let pg = connect_pg(&args.common.connection, &engine, &cancel).await?;
+            if args.dry_run {
+                pg.check_schema().await?;
+            }
+            sync_into(&engine, &pg, &args, opts, show_progress, &cancel).await?
+        }
+    };
+    let target = match args.common.connection.target {
+        TargetKind::Mongodb => "MongoDB",
+        TargetKind::Postgres => "PostgreSQL",
+    };
+    println!("{}", summary_line(&summary, args.dry_run, started, target));
     Ok(if summary.rejected > 0 { exit::REJECTED } else { exit::OK })
 }
 
+/// sync's work on any target: the cutover guard and the target made ready
+/// (unless a dry run), one full reconcile, the run recorded in `mirror_state`.
+async fn sync_into<T: crate::watch::Mirror>(
+    engine: &Arc<crate::reconcile::Engine>,
+    target: &T,
+    args: &SyncArgs,
+    opts: RunOptions,
+    show_progress: bool,
+    cancel: &CancellationToken,
+) -> Result<Summary, Fatal> {
+    let started = Instant::now();
+    if !args.dry_run {
+        crate::cutover::refuse_after_cutover(target, args.write.after_cutover).await?;
+        target.prepare(engine).await?;
+    }
+    // From the checkpoint where the target proves enough (MongoDB), else in full.
+    let progress = show_progress.then(|| crate::progress::Bar::start(engine.metrics.clone()));
+    let first = target.start(engine, None, args.write.full || args.dry_run, opts, cancel).await;
+    drop(progress);
+    let mut summary = first?;
+    // Rows whose referring rows (a user's jobs) went later in the same run:
+    // another pass deletes them, one level of references per pass.
+    let mut removed = summary.archived + summary.deleted;
+    for _ in 0..2 {
+        if args.dry_run || removed == 0 || target.take_blocked_deletes() == 0 {
+            break;
+        }
+        tracing::info!("Deleting again the rows that were still referred to by rows deleted since");
+        let again = reconcile_all(engine, target, opts, false, cancel).await?;
+        removed = again.archived + again.deleted;
+        summary.archived += again.archived;
+        summary.deleted += again.deleted;
+    }
+    if !args.dry_run {
+        if let Err(e) = crate::state::record_full(engine, target, None, "sync", &summary, started.elapsed()).await {
+            tracing::warn!(error = %e, "Cannot record the run in mirror_state");
+        }
+    }
+    Ok(summary)
+}
+
+/// One full reconcile into any target, with the progress bar on a terminal.
+async fn reconcile_all<T: Target>(
+    engine: &Arc<crate::reconcile::Engine>,
+    target: &T,
+    opts: RunOptions,
+    show_progress: bool,
+    cancel: &CancellationToken,
+) -> Result<Summary, Fatal> {
+    let progress = show_progress.then(|| crate::progress::Bar::start(engine.metrics.clone()));
+    let core = Core { engine, target, memory: None };
+    let summary = reconcile(core, Scope::Full, opts, cancel).await;
+    drop(progress);
+    summary
+}
+
+async fn connect_pg(
+    connection: &crate::cli::ConnectionArgs,
+    engine: &crate::reconcile::Engine,
+    cancel: &CancellationToken,
+) -> Result<Pg, Fatal> {
+    Pg::connect(connection.pg_options(false, engine.metrics.clone())?, cancel.clone()).await
+}
+
 /// The one line `sync` ends with.
-pub fn summary_line(s: &Summary, dry_run: bool, started: Instant) -> String {
+pub fn summary_line(s: &Summary, dry_run: bool, started: Instant, target: &str) -> String {
     let (head, verb) = if dry_run { ("sync (dry run)", "would be ") } else { ("sync", "") };
     format!(
         "{head}: {} records read from {} files; {verb}inserted {}, {verb}updated {}, unchanged {}, \
-         skipped (newer in MongoDB) {}, rejected {} (bad files {}), {verb}archived {}, {verb}deleted {}, \
+         skipped (newer in {target}) {}, rejected {} (bad files {}), {verb}archived {}, {verb}deleted {}, \
          deletes held back {}; {:.2}s",
         s.read,
         s.files,
@@ -118,10 +188,21 @@ async fn verify_cmd(args: VerifyArgs, cancel: CancellationToken) -> Result<u8, F
     let settings = args.common.settings(false)?;
     args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
-    let sink = Sink::connect(settings.sink, cancel.clone()).await?;
-    let report = tokio::select! {
-        r = verify(&engine, &sink) => r?,
-        () = cancel.cancelled() => return Err(Fatal::Interrupted),
+    let report = match args.common.connection.target {
+        TargetKind::Mongodb => {
+            let sink = Sink::connect(settings.sink, cancel.clone()).await?;
+            tokio::select! {
+                r = verify(&engine, &sink) => r?,
+                () = cancel.cancelled() => return Err(Fatal::Interrupted),
+            }
+        }
+        TargetKind::Postgres => {
+            let pg = connect_pg(&args.common.connection, &engine, &cancel).await?;
+            tokio::select! {
+                r = verify(&engine, &pg) => r?,
+                () = cancel.cancelled() => return Err(Fatal::Interrupted),
+            }
+        }
     };
     match args.format {
         OutputFormat::Text => print!("{}", render_text(&report)),
@@ -145,7 +226,18 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
         crate::http::start(addr, engine.metrics.clone(), cancel.clone()).await?;
     }
     let mut lifecycle = crate::watch::systemd::Systemd::new(2);
-    match crate::watch::run(engine, settings.sink, args.options(), cancel, &mut lifecycle).await {
+    let ran = match common.connection.target {
+        TargetKind::Mongodb => {
+            let connect = |stop| Sink::connect(settings.sink, stop);
+            crate::watch::run(engine, connect, args.options(), cancel, &mut lifecycle).await
+        }
+        TargetKind::Postgres => {
+            let pg_opts = common.connection.pg_options(true, engine.metrics.clone())?;
+            let connect = |stop| Pg::connect(pg_opts, stop);
+            crate::watch::run(engine, connect, args.options(), cancel, &mut lifecycle).await
+        }
+    };
+    match ran {
         Ok(_) | Err(Fatal::Interrupted) => Ok(exit::OK),
         Err(e) => Err(e),
     }
@@ -153,14 +245,26 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
 
 async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel).await?;
-    let database = sink.database().name().to_string();
-    let Some(mut state) = crate::state::read(&sink).await? else {
+    match args.connection.target {
+        TargetKind::Mongodb => {
+            let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel).await?;
+            status_of(&sink, args.format).await
+        }
+        TargetKind::Postgres => {
+            let pg = Pg::connect(args.connection.pg_options(false, metrics)?, cancel).await?;
+            status_of(&pg, args.format).await
+        }
+    }
+}
+
+async fn status_of<T: StateStore>(target: &T, format: OutputFormat) -> Result<u8, Fatal> {
+    let database = target.place();
+    let Some(mut state) = crate::state::read(target).await? else {
         eprintln!("docmirror: no mirror_state in database {database}: docmirror has not run against it yet");
         return Ok(exit::DIFFERENCES);
     };
-    crate::state::add_live(&sink, &mut state).await?;
-    match args.format {
+    crate::state::add_live(target, &mut state).await?;
+    match format {
         OutputFormat::Text => print!("{}", crate::state::render_text(&state, &database)),
         OutputFormat::Json => {
             let v = bson::Bson::Document(state).into_relaxed_extjson();
@@ -180,10 +284,21 @@ async fn export_cmd(args: ExportArgs, cancel: CancellationToken) -> Result<u8, F
         None => crate::layout::Layout::builtin(),
     };
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel.clone()).await?;
-    let done = tokio::select! {
-        r = crate::export::export(&layout, &sink, &out, args.overwrite) => r?,
-        () = cancel.cancelled() => return Err(Fatal::Interrupted),
+    let done = match args.connection.target {
+        TargetKind::Mongodb => {
+            let sink = Sink::connect(args.connection.sink_options(false, metrics)?, cancel.clone()).await?;
+            tokio::select! {
+                r = crate::export::export(&layout, &sink, &out, args.overwrite) => r?,
+                () = cancel.cancelled() => return Err(Fatal::Interrupted),
+            }
+        }
+        TargetKind::Postgres => {
+            let pg = Pg::connect(args.connection.pg_options(false, metrics)?, cancel.clone()).await?;
+            tokio::select! {
+                r = crate::export::export(&layout, &pg, &out, args.overwrite) => r?,
+                () = cancel.cancelled() => return Err(Fatal::Interrupted),
+            }
+        }
     };
     println!(
         "export: {} records into {} files in {} (written {}, unchanged {}); {:.2}s",
@@ -201,7 +316,24 @@ async fn cutover_cmd(args: CutoverArgs, cancel: CancellationToken) -> Result<u8,
     let settings = args.common.settings(false)?;
     args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
-    let sink = Sink::connect(settings.sink, cancel.clone()).await?;
+    match args.common.connection.target {
+        TargetKind::Mongodb => {
+            let sink = Sink::connect(settings.sink, cancel.clone()).await?;
+            cutover_on(&engine, &sink, &args, &cancel).await
+        }
+        TargetKind::Postgres => {
+            let pg = connect_pg(&args.common.connection, &engine, &cancel).await?;
+            cutover_on(&engine, &pg, &args, &cancel).await
+        }
+    }
+}
+
+async fn cutover_on<T: StateStore>(
+    engine: &Arc<crate::reconcile::Engine>,
+    target: &T,
+    args: &CutoverArgs,
+    cancel: &CancellationToken,
+) -> Result<u8, Fatal> {
     let opts = crate::cutover::Options {
         quiet: std::time::Duration::from_secs(args.quiet_secs),
         wait: std::time::Duration::from_secs(args.wait_secs),
@@ -216,14 +348,15 @@ async fn cutover_cmd(args: CutoverArgs, cancel: CancellationToken) -> Result<u8,
         }
         Ok(())
     };
-    match crate::cutover::cutover(&engine, &sink, opts, &cancel).await? {
+    match crate::cutover::cutover(engine, target, opts, cancel).await? {
         Ok((report, at)) => {
             print(&report)?;
             println!(
-                "cutover: recorded at {} (verify digest {}); MongoDB is the truth from now on: sync and watch refuse \
+                "cutover: recorded at {} (verify digest {}); {} is the truth from now on: sync and watch refuse \
                  to run without --after-cutover, and `docmirror export` writes the files back",
                 at.try_to_rfc3339_string().unwrap_or_default(),
-                crate::cutover::digest(&report)
+                crate::cutover::digest(&report),
+                target.name()
             );
             Ok(exit::OK)
         }

@@ -132,9 +132,28 @@ pub struct CommonArgs {
     pub naive_timezone: Option<String>,
 }
 
+/// Which database docmirror mirrors into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TargetKind {
+    /// MongoDB (the default): one collection per source.
+    Mongodb,
+    /// PostgreSQL: the migration guide's tables (schema.sql), created if missing.
+    Postgres,
+}
+
 /// Where MongoDB is and how long to wait for it: all that `status` needs.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
+    /// The database to mirror into: mongodb, or postgres (the migration guide's tables;
+    /// sync and verify only, for now).
+    #[arg(long, value_enum, default_value = "mongodb", env = "DOCMIRROR_TARGET")]
+    pub target: TargetKind,
+
+    /// PostgreSQL connection URL for --target postgres
+    /// (postgresql://user:password@host:5432/ml_training_platform, as in the guide's .env).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+
     /// MongoDB connection string; the database is its path unless --database is given
     /// [default: mongodb://localhost:27017/ml_training_platform].
     #[arg(long, env = "MONGODB_URI", hide_env_values = true)]
@@ -442,6 +461,26 @@ impl ConnectionArgs {
         })
     }
 
+    /// Where PostgreSQL is, for `--target postgres`.
+    pub fn pg_options(
+        &self,
+        retry_forever: bool,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<crate::postgres::PgOptions, Fatal> {
+        let url = self.postgres_url.clone().filter(|u| !u.trim().is_empty()).ok_or_else(|| {
+            Fatal::Config(
+                "--target postgres needs --postgres-url URL (or DATABASE_URL), e.g. \
+                 postgresql://ml_admin:PASSWORD@localhost:5432/ml_training_platform"
+                    .into(),
+            )
+        })?;
+        Ok(crate::postgres::PgOptions {
+            url,
+            retry_budget: (!retry_forever).then(|| Duration::from_secs(self.mongodb_timeout)),
+            metrics,
+        })
+    }
+
     /// The URI from, in order: --mongodb-uri / MONGODB_URI, --mongodb-uri-file,
     /// the systemd credential `mongodb-uri`, the guide's default.
     fn resolve_uri(&self) -> Result<String, Fatal> {
@@ -492,6 +531,25 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_postgres_target_is_chosen_by_flag_or_environment_and_needs_a_url() {
+        let cli =
+            Cli::try_parse_from(["docmirror", "sync", "--target", "postgres", "--postgres-url", "postgresql://h/db"])
+                .unwrap();
+        let Command::Sync(s) = cli.command else { panic!() };
+        assert_eq!(s.common.connection.target, TargetKind::Postgres);
+        assert_eq!(s.common.connection.postgres_url.as_deref(), Some("postgresql://h/db"));
+        let metrics = std::sync::Arc::default();
+        assert_eq!(s.common.connection.pg_options(false, metrics).unwrap().url, "postgresql://h/db");
+        let cli = Cli::try_parse_from(["docmirror", "status", "--target", "postgres"]).unwrap();
+        let Command::Status(st) = cli.command else { panic!() };
+        let err = st.connection.pg_options(false, std::sync::Arc::default()).unwrap_err().to_string();
+        assert!(err.contains("--postgres-url") && err.contains("DATABASE_URL"), "{err}");
+        let cli = Cli::try_parse_from(["docmirror", "verify"]).unwrap();
+        let Command::Verify(v) = cli.command else { panic!() };
+        assert_eq!(v.common.connection.target, TargetKind::Mongodb, "MongoDB stays the default");
     }
 
     #[test]

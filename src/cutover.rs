@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Fatal;
 use crate::reconcile::Engine;
-use crate::sink::Sink;
+use crate::state::StateStore;
 use crate::verify::{verify, Report};
 
 /// How long to wait for what.
@@ -48,16 +48,17 @@ impl std::fmt::Display for NotReady {
             ),
             NotReady::Differences(r) => {
                 let n: usize = r.collections.iter().map(crate::verify::CollectionReport::problems).sum();
-                write!(f, "MongoDB differs from the files in {n} place(s) (see the report): fix them, let watch or sync apply them, then run cutover again")
+                let target = if r.target.is_empty() { "MongoDB" } else { r.target };
+                write!(f, "{target} differs from the files in {n} place(s) (see the report): fix them, let watch or sync apply them, then run cutover again")
             }
         }
     }
 }
 
 /// Check, verify and record; `Ok(Err(..))` when it is not the time yet.
-pub async fn cutover(
+pub async fn cutover<T: StateStore>(
     engine: &std::sync::Arc<Engine>,
-    sink: &Sink,
+    sink: &T,
     opts: Options,
     cancel: &CancellationToken,
 ) -> Result<Result<(Report, bson::DateTime), NotReady>, Fatal> {
@@ -118,7 +119,7 @@ fn newest_change(engine: &Engine) -> SystemTime {
 
 /// What a running watch still has to apply: `None` when no watch runs, or
 /// when its last heartbeat came after `newest` with nothing pending.
-async fn watch_behind(sink: &Sink, newest: SystemTime) -> Result<Option<NotReady>, Fatal> {
+async fn watch_behind<T: StateStore>(sink: &T, newest: SystemTime) -> Result<Option<NotReady>, Fatal> {
     let Some(mut state) = crate::state::read(sink).await? else { return Ok(None) };
     crate::state::add_live(sink, &mut state).await?;
     let Ok(w) = state.get_document("watch") else { return Ok(None) };
@@ -142,16 +143,17 @@ async fn pause(d: Duration, cancel: &CancellationToken) -> Result<(), Fatal> {
 }
 
 /// The refusal of `sync` and `watch` after a recorded cutover.
-pub async fn refuse_after_cutover(sink: &Sink, allowed: bool) -> Result<(), Fatal> {
+pub async fn refuse_after_cutover<T: StateStore>(sink: &T, allowed: bool) -> Result<(), Fatal> {
     if allowed {
         return Ok(());
     }
     let Some(state) = crate::state::read(sink).await? else { return Ok(()) };
     match crate::state::cutover_at(&state) {
         Some(at) => Err(Fatal::Config(format!(
-            "this migration was cut over at {}: MongoDB is the truth now, not the files, so they are not mirrored \
+            "this migration was cut over at {}: {} is the truth now, not the files, so they are not mirrored \
              into it again. Use `docmirror export` to go back to files, or pass --after-cutover if you really mean it",
-            at.try_to_rfc3339_string().unwrap_or_default()
+            at.try_to_rfc3339_string().unwrap_or_default(),
+            sink.name()
         ))),
         None => Ok(()),
     }

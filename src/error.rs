@@ -11,7 +11,8 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// `sync` finished, but some records or files were rejected (see `mirror_rejects`).
     pub const REJECTED: u8 = 3;
-    /// MongoDB could not be reached in time, refused the credentials, or a write failed.
+    /// The database (MongoDB, or PostgreSQL with `--target postgres`) could not be reached in time,
+    /// refused the credentials, or a write failed.
     pub const MONGODB: u8 = 4;
     /// An index could not be built (for example two documents already share an email).
     pub const INDEX: u8 = 5;
@@ -31,6 +32,8 @@ pub enum Fatal {
     Source(String),
     #[error("MongoDB: {0}")]
     Mongo(String),
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
     /// MongoDB could not be reached or refused to log in: one line a person
     /// can act on, and what the driver said (shown at `-v`).
     #[error("{message}")]
@@ -49,7 +52,7 @@ impl Fatal {
         match self {
             Fatal::Config(_) => exit::USAGE,
             Fatal::Source(_) => exit::SOURCE,
-            Fatal::Mongo(_) | Fatal::Connect { .. } => exit::MONGODB,
+            Fatal::Mongo(_) | Fatal::Postgres(_) | Fatal::Connect { .. } => exit::MONGODB,
             Fatal::Index(_) => exit::INDEX,
             Fatal::Interrupted => exit::INTERRUPTED,
             Fatal::Internal(_) => exit::INTERNAL,

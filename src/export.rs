@@ -11,12 +11,12 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use bson::{doc, Bson, Document};
+use bson::{Bson, Document};
 use serde_json::{Map, Value};
 
 use crate::error::Fatal;
 use crate::layout::{Layout, Shape, SourceSpec, MIRROR_FIELD};
-use crate::sink::Sink;
+use crate::reconcile::target::Inspect;
 
 /// What an export did.
 #[derive(Debug, Default)]
@@ -30,11 +30,11 @@ pub struct Exported {
 }
 
 /// Export every source's collection into `out`.
-pub async fn export(layout: &Layout, sink: &Sink, out: &Path, overwrite: bool) -> Result<Exported, Fatal> {
+pub async fn export<T: Inspect>(layout: &Layout, sink: &T, out: &Path, overwrite: bool) -> Result<Exported, Fatal> {
     check_out(out, overwrite)?;
     let mut done = Exported::default();
     for spec in &layout.sources {
-        let docs = sink.find_all(&spec.collection, doc! {}, None).await?;
+        let docs = sink.documents(spec).await?;
         done.records += crate::summary::count(docs.len());
         let files = files_of(spec, docs)?;
         let root = out.join(spec.root.label());
@@ -178,6 +178,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bson::doc;
 
     #[test]
     fn a_document_becomes_the_record_the_app_wrote() {

@@ -24,6 +24,7 @@ pub mod indexes;
 pub mod layout;
 pub mod mapping;
 pub mod metrics;
+pub mod postgres;
 pub mod progress;
 pub mod reconcile;
 pub mod redact;

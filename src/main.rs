@@ -50,6 +50,12 @@ fn init_logging(cli: &Cli) {
         (false, _) => "debug,docmirror=trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // The PostgreSQL driver logs each statement with its parameters at debug
+    // level: password hashes, whatever RUST_LOG says. Its warnings stay.
+    let filter = match "tokio_postgres=info".parse() {
+        Ok(quiet_driver) => filter.add_directive(quiet_driver),
+        Err(_) => filter,
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cli.log_format.is_json() {
         builder.json().flatten_event(true).with_current_span(false).init();

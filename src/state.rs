@@ -6,10 +6,77 @@ use std::time::Duration;
 
 use bson::{doc, Bson, Document};
 
+use crate::error::Fatal;
 use crate::reconcile::memo::Memory;
+use crate::reconcile::target::Inspect;
 use crate::reconcile::Engine;
-use crate::sink::{Sink, SinkError, WriteOp};
+use crate::sink::{Sink, WriteOp};
 use crate::summary::Summary;
+
+/// Where a target keeps `mirror_state` (one record, as a document), and the
+/// little else that `status`, `cutover` and `watch` need of it.
+pub trait StateStore: Inspect {
+    /// `$set` these fields (a dotted name reaches into a sub-document) in
+    /// the state record, making it if needed.
+    fn set_state(&self, fields: Document) -> impl std::future::Future<Output = Result<(), Fatal>> + Send;
+
+    /// The state record, if docmirror ever wrote one here.
+    fn read_state(&self) -> impl std::future::Future<Output = Result<Option<Document>, Fatal>> + Send;
+
+    /// How many rejects are stored now.
+    fn count_rejects(&self) -> impl std::future::Future<Output = Result<u64, Fatal>> + Send;
+
+    /// Whether the database answers (the metrics and `/readyz` are told).
+    fn ping(&self) -> impl std::future::Future<Output = bool> + Send;
+
+    /// Make the target ready for writes: MongoDB's indexes, PostgreSQL's schema.
+    fn prepare(&self, engine: &Engine) -> impl std::future::Future<Output = Result<(), Fatal>> + Send;
+
+    /// Which database, for people.
+    fn place(&self) -> String;
+
+    /// Deletes refused since the last call because other rows still refer to
+    /// the row (PostgreSQL's foreign keys; never on MongoDB). Another pass
+    /// deletes them once the rows referring to them are gone.
+    fn take_blocked_deletes(&self) -> u64 {
+        0
+    }
+}
+
+impl StateStore for Sink {
+    async fn set_state(&self, fields: Document) -> Result<(), Fatal> {
+        let op = WriteOp::Update {
+            coll: STATE.to_string(),
+            filter: doc! { "_id": ID },
+            update: doc! { "$set": fields },
+            upsert: true,
+        };
+        Ok(self.write(vec![op]).await.map(|_| ())?)
+    }
+
+    async fn read_state(&self) -> Result<Option<Document>, Fatal> {
+        Ok(self.find_all(STATE, doc! { "_id": ID }, None).await?.into_iter().next())
+    }
+
+    async fn count_rejects(&self) -> Result<u64, Fatal> {
+        self.collection(crate::reconcile::REJECTS)
+            .count_documents(doc! {})
+            .await
+            .map_err(|e| Fatal::Mongo(self.scrub(&e.to_string())))
+    }
+
+    async fn ping(&self) -> bool {
+        Sink::ping(self).await
+    }
+
+    async fn prepare(&self, engine: &Engine) -> Result<(), Fatal> {
+        crate::sink::indexes::apply(&engine.indexes, self).await
+    }
+
+    fn place(&self) -> String {
+        self.database().name().to_string()
+    }
+}
 
 pub const STATE: &str = "mirror_state";
 const ID: &str = "docmirror";
@@ -30,39 +97,33 @@ fn hostname() -> String {
 /// Documents per collection: from watch's picture when it has one (a count
 /// is a full scan on some servers, and this runs every few seconds while
 /// changes flow), else from the server's estimate.
-async fn counts(engine: &Engine, sink: &Sink, memory: Option<&Memory>) -> Document {
+async fn counts<T: StateStore>(engine: &Engine, sink: &T, memory: Option<&Memory>) -> Document {
     let mut d = Document::new();
     for spec in engine.layout.sources.iter() {
         let n = match memory.and_then(|m| m.documents(&spec.collection)) {
             Some(n) => u64::try_from(n).unwrap_or(u64::MAX),
-            None => sink.collection(&spec.collection).estimated_document_count().await.unwrap_or(0),
+            None => sink.count(spec).await.unwrap_or(0),
         };
         d.insert(spec.collection.clone(), i64::try_from(n).unwrap_or(i64::MAX));
     }
     d
 }
 
-async fn set(sink: &Sink, fields: Document) -> Result<(), SinkError> {
-    let op = WriteOp::Update {
-        coll: STATE.to_string(),
-        filter: doc! { "_id": ID },
-        update: doc! { "$set": fields },
-        upsert: true,
-    };
-    sink.write(vec![op]).await.map(|_| ())
+async fn set<T: StateStore>(sink: &T, fields: Document) -> Result<(), Fatal> {
+    sink.set_state(fields).await
 }
 
 /// After a full reconcile (sync, or watch's first and periodic ones).
-pub async fn record_full(
+pub async fn record_full<T: StateStore>(
     engine: &Engine,
-    sink: &Sink,
+    sink: &T,
     memory: Option<&Memory>,
     mode: &str,
     s: &Summary,
     took: Duration,
-) -> Result<(), SinkError> {
+) -> Result<(), Fatal> {
     let now = bson::DateTime::now();
-    let rejects = sink.collection(crate::reconcile::REJECTS).count_documents(doc! {}).await.unwrap_or(0);
+    let rejects = sink.count_rejects().await.unwrap_or(0);
     let mut last = summary_doc(s);
     last.insert("at", now);
     last.insert("mode", mode);
@@ -89,14 +150,14 @@ pub struct Progress {
 
 /// watch's heartbeat (every few seconds) and the changes it applied since the
 /// last one, each with the time it was applied.
-pub async fn record_change(
+pub async fn record_change<T: StateStore>(
     engine: &Engine,
-    sink: &Sink,
+    sink: &T,
     memory: Option<&Memory>,
     changes: &[(String, bson::DateTime)],
     totals: &Summary,
     progress: Progress,
-) -> Result<(), SinkError> {
+) -> Result<(), Fatal> {
     let now = bson::DateTime::now();
     let mut fields = doc! {
         "mode": "watch", "updated_at": now, "pid": i64::from(std::process::id()), "host": hostname(),
@@ -115,11 +176,11 @@ pub async fn record_change(
 
 /// The end of the migration: when, with what, and the digest of the verify
 /// report that showed MongoDB held what the files held.
-pub async fn record_cutover(
-    sink: &Sink,
+pub async fn record_cutover<T: StateStore>(
+    sink: &T,
     report: &crate::verify::Report,
     digest: &str,
-) -> Result<bson::DateTime, SinkError> {
+) -> Result<bson::DateTime, Fatal> {
     let now = bson::DateTime::now();
     let cut = doc! {
         "at": now, "host": hostname(), "version": env!("CARGO_PKG_VERSION"),
@@ -143,7 +204,7 @@ fn documents_of(report: &crate::verify::Report) -> Document {
 }
 
 /// watch stopped cleanly.
-pub async fn record_stop(sink: &Sink) -> Result<(), SinkError> {
+pub async fn record_stop<T: StateStore>(sink: &T) -> Result<(), Fatal> {
     let now = bson::DateTime::now();
     set(sink, doc! { "watch.running": false, "watch.stopped_at": now, "watch.pending_files": 0_i64 }).await
 }
@@ -154,12 +215,8 @@ pub const SILENT_AFTER_SECS: i64 = 30;
 
 /// What `status` shows that is computed when it is asked: the rejects now in
 /// `mirror_rejects`, and whether watch is running (from its heartbeat).
-pub async fn add_live(sink: &Sink, state: &mut Document) -> Result<(), SinkError> {
-    let rejects = sink
-        .collection(crate::reconcile::REJECTS)
-        .count_documents(doc! {})
-        .await
-        .map_err(|e| SinkError::Permanent(sink.scrub(&e.to_string())))?;
+pub async fn add_live<T: StateStore>(sink: &T, state: &mut Document) -> Result<(), Fatal> {
+    let rejects = sink.count_rejects().await?;
     state.insert("rejects", i64::try_from(rejects).unwrap_or(i64::MAX));
     if let Ok(w) = state.get_document_mut("watch") {
         let beat = w.get_datetime("heartbeat_at").ok().map(|t| age_secs(*t));
@@ -225,8 +282,8 @@ fn age_secs(t: bson::DateTime) -> i64 {
     (bson::DateTime::now().timestamp_millis() - t.timestamp_millis()) / 1000
 }
 
-pub async fn read(sink: &Sink) -> Result<Option<Document>, SinkError> {
-    Ok(sink.find_all(STATE, doc! { "_id": ID }, None).await?.into_iter().next())
+pub async fn read<T: StateStore>(sink: &T) -> Result<Option<Document>, Fatal> {
+    sink.read_state().await
 }
 
 /// A time and how long ago it was, or "never".
@@ -318,7 +375,7 @@ pub fn render_text(d: &Document, database: &str) -> String {
 /// This database's mirror id: a random value stored once in `mirror_state`,
 /// which a checkpoint must carry to be used here (a checkpoint copied from
 /// another database is not a proof about this one).
-pub async fn database_id(sink: &Sink) -> Result<String, SinkError> {
+pub async fn database_id(sink: &Sink) -> Result<String, Fatal> {
     for _ in 0..2 {
         if let Some(id) = read(sink).await?.as_ref().and_then(|d| d.get_str("database_id").ok()) {
             return Ok(id.to_string());
@@ -336,5 +393,5 @@ pub async fn database_id(sink: &Sink) -> Result<String, SinkError> {
             return Ok(fresh);
         }
     }
-    Err(SinkError::Permanent("mirror_state: cannot set the database id".into()))
+    Err(Fatal::Mongo("mirror_state: cannot set the database id".into()))
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use bson::{doc, Bson, Document};
+use bson::{Bson, Document};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -13,8 +13,8 @@ use crate::error::Fatal;
 use crate::layout::SourceSpec;
 use crate::reconcile::cores::on_all_cores;
 use crate::reconcile::scan::{scan_source, Candidate, Scanned};
-use crate::reconcile::{Engine, REJECTS};
-use crate::sink::Sink;
+use crate::reconcile::target::Inspect;
+use crate::reconcile::Engine;
 use crate::summary::count;
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -54,13 +54,16 @@ impl CollectionReport {
 
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
+    /// Which database was compared ("MongoDB", "PostgreSQL"): for the text report.
+    #[serde(skip)]
+    pub target: &'static str,
     pub in_sync: bool,
     pub collections: Vec<CollectionReport>,
 }
 
 /// Compare every source with its collection.
-pub async fn verify(engine: &Arc<Engine>, sink: &Sink) -> Result<Report, Fatal> {
-    let mut report = Report { in_sync: true, collections: Vec::new() };
+pub async fn verify<T: Inspect>(engine: &Arc<Engine>, sink: &T) -> Result<Report, Fatal> {
+    let mut report = Report { target: sink.name(), in_sync: true, collections: Vec::new() };
     for spec_idx in 0..engine.layout.sources.len() {
         let rep = verify_source(engine, sink, spec_idx).await?;
         if rep.problems() > 0 {
@@ -72,13 +75,13 @@ pub async fn verify(engine: &Arc<Engine>, sink: &Sink) -> Result<Report, Fatal> 
 }
 
 /// One source against its collection.
-async fn verify_source(engine: &Arc<Engine>, sink: &Sink, spec_idx: usize) -> Result<CollectionReport, Fatal> {
+async fn verify_source<T: Inspect>(engine: &Arc<Engine>, sink: &T, spec_idx: usize) -> Result<CollectionReport, Fatal> {
     let e = engine.clone();
     let scanned = tokio::task::spawn_blocking(move || scan_source(&e, None, spec_idx, None, None))
         .await
         .map_err(Fatal::task("scan"))??;
     let spec = engine.layout.sources[spec_idx].clone();
-    let docs = sink.find_all(&spec.collection, doc! {}, None).await?;
+    let docs = sink.documents(&spec).await?;
     let mut rep = CollectionReport {
         collection: spec.collection.clone(),
         in_files: scanned.records,
@@ -124,13 +127,13 @@ async fn verify_source(engine: &Arc<Engine>, sink: &Sink, spec_idx: usize) -> Re
 /// The rejects of a source: those the scan finds, and those found only when
 /// writing (an email held by another document), from `mirror_rejects`.
 /// Returns the ids of records rejected when written (not compared field by field).
-async fn rejected(
-    sink: &Sink,
+async fn rejected<T: Inspect>(
+    sink: &T,
     spec: &SourceSpec,
     scanned: &Scanned,
     rep: &mut CollectionReport,
 ) -> Result<HashSet<String>, Fatal> {
-    let stored_rejects = sink.find_all(REJECTS, doc! { "collection": &spec.collection }, None).await?;
+    let stored_rejects = sink.stored_rejects(&spec.collection).await?;
     let mut seen_keys = HashSet::new();
     // Ids of records that were mapped but not written (not compared field by
     // field). A record rejected by the scan (say a second record with an id
@@ -270,10 +273,12 @@ fn as_f64(b: &Bson) -> Option<f64> {
 pub fn render_text(report: &Report) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    let target = if report.target.is_empty() { "MongoDB" } else { report.target };
+    let short = if target == "MongoDB" { "in mongo" } else { "in target" };
     let _ = writeln!(
         out,
         "{:<16} {:>9} {:>9} {:>8} {:>6} {:>10} {:>6} {:>9}",
-        "collection", "in files", "in mongo", "missing", "extra", "different", "newer", "rejected"
+        "collection", "in files", short, "missing", "extra", "different", "newer", "rejected"
     );
     for c in &report.collections {
         let _ = writeln!(
@@ -295,7 +300,10 @@ pub fn render_text(report: &Report) -> String {
             details.entry("missing").or_default().push(format!("{}/{} (from {})", c.collection, d.id, d.source));
         }
         for id in &c.extra {
-            details.entry("extra").or_default().push(format!("{}/{} (in MongoDB, not in the files)", c.collection, id));
+            details
+                .entry("extra")
+                .or_default()
+                .push(format!("{}/{} (in {target}, not in the files)", c.collection, id));
         }
         for d in &c.different {
             details.entry("different").or_default().push(format!(
@@ -326,9 +334,9 @@ pub fn render_text(report: &Report) -> String {
     }
     let problems: usize = report.collections.iter().map(CollectionReport::problems).sum();
     if report.in_sync {
-        let _ = writeln!(out, "verify: MongoDB holds exactly what the files hold");
+        let _ = writeln!(out, "verify: {target} holds exactly what the files hold");
     } else {
-        let _ = writeln!(out, "verify: {problems} difference(s) between the files and MongoDB");
+        let _ = writeln!(out, "verify: {problems} difference(s) between the files and {target}");
     }
     out
 }
@@ -336,6 +344,7 @@ pub fn render_text(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bson::doc;
 
     #[test]
     fn numbers_compare_by_value() {

@@ -75,32 +75,3 @@ async fn cutover_refuses_while_watch_is_behind_or_mongodb_differs() {
     assert_eq!((r["can_cut_over"].clone(), r["rejects"].clone()), (json!(false), json!(1)), "{r}");
     assert!(r["reasons"].to_string().contains("mirror_rejects"), "{r}");
 }
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_clean_cutover_is_recorded_and_then_sync_and_watch_refuse() {
-    let db = TestDb::new("cutover_done").await;
-    let p = clean_tree();
-    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
-    let r = readiness(&db, &p).await;
-    assert_eq!((r["phase"].clone(), r["can_cut_over"].clone()), (json!("mirroring"), json!(true)), "{r}");
-    let run = docmirror(&db, &p, &["cutover", "--quiet-secs", "0", "--format", "json"]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("\"in_sync\": true") && run.stdout.contains("cutover: recorded at"), "{}", run.stdout);
-    let state = db.doc("mirror_state", "docmirror").await.unwrap();
-    let cut = state.get_document("cutover").unwrap();
-    assert_eq!(cut.get_document("documents").unwrap().get_i64("users").unwrap(), 2);
-    assert_eq!(cut.get_str("verify_digest").unwrap().len(), 64);
-    assert!(docmirror(&db, &p, &["status"]).await.stdout.contains("cutover:"), "status shows it");
-    let r = readiness(&db, &p).await;
-    assert_eq!((r["phase"].clone(), r["can_cut_over"].clone()), (json!("cut-over"), json!(false)), "{r}");
-    // The files are no longer the truth.
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.stderr.contains("--after-cutover") && run.stderr.contains("export"), "{}", run.stderr);
-    let mut w = WatchProc::spawn(&db.uri(), &p, &[]);
-    let exit = tokio::time::timeout(std::time::Duration::from_secs(30), w.child.wait()).await.unwrap().unwrap();
-    assert_eq!(exit.code(), Some(2), "{}", w.log_text());
-    // Unless told explicitly.
-    assert_eq!(docmirror(&db, &p, &["sync", "--after-cutover"]).await.code, 0);
-    assert_eq!(docmirror(&db, &p, &["sync", "--dry-run"]).await.code, 0, "a dry run writes nothing");
-}

@@ -12,60 +12,6 @@ fn read(path: &std::path::Path) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_export_gives_back_the_records_and_a_sync_of_it_writes_nothing() {
-    let db = TestDb::new("export_round_trip").await;
-    let p = Platform::new();
-    let users = json!([user("u1", "a@x.io", T), user("u2", "b@x.io", T)]);
-    let datasets = json!([dataset("d1", 5_000_000_000), dataset("d2", 7)]);
-    let mut j1 = job("j1", "running", T);
-    j1["params"]["schedule"] = json!([0.1, 2, {"warmup": null}]);
-    p.users(&users);
-    p.datasets(&datasets);
-    p.job("job_2025_j1", &j1);
-    p.job("j2", &job("j2", "completed", T));
-    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
-
-    let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("export");
-    let run = docmirror(&db, &p, &["export", "--out", dir.to_str().unwrap()]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("export: 6 records into 4 files"), "{}", run.stdout);
-    // Field by field what the files held (the app's own format: dates as toISOString()).
-    assert_eq!(read(&dir.join("data/users.json")), users);
-    assert_eq!(read(&dir.join("data/datasets/metadata.json")), datasets);
-    assert_eq!(read(&dir.join("artifacts/jobs/job_2025_j1.json")), j1, "a job file keeps its name");
-    assert_eq!(read(&dir.join("artifacts/jobs/j2.json")), job("j2", "completed", T));
-    let text = std::fs::read_to_string(dir.join("data/users.json")).unwrap();
-    assert!(
-        text.starts_with("[\n  {\n    \"id\": \"u1\""),
-        "two-space indentation as JSON.stringify(x, null, 2): {text}"
-    );
-
-    // The round trip: the export, synced into the same database, writes nothing; verify passes.
-    let from_export = |args: &[&str]| {
-        let mut all = vec!["--data-dir".to_string(), dir.join("data").display().to_string()];
-        all.extend(["--artifacts-dir".to_string(), dir.join("artifacts").display().to_string()]);
-        all.extend(args.iter().map(|a| a.to_string()));
-        all
-    };
-    let args = from_export(&["sync"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let run = docmirror(&db, &p, &args).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!((run.count("inserted"), run.count("updated"), run.count("archived")), (0, 0, 0), "{}", run.summary());
-    let args = from_export(&["verify"]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    assert_eq!(docmirror(&db, &p, &args).await.code, 0);
-
-    // Exporting again over it changes nothing; a non-empty folder needs --overwrite.
-    let run = docmirror(&db, &p, &["export", "--out", dir.to_str().unwrap()]).await;
-    assert_eq!(run.code, 2, "{run:?}");
-    assert!(run.stderr.contains("--overwrite"), "{}", run.stderr);
-    let run = docmirror(&db, &p, &["export", "--out", dir.to_str().unwrap(), "--overwrite"]).await;
-    assert!(run.stdout.contains("(written 0, unchanged 4)"), "{}", run.stdout);
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn an_export_holds_what_the_app_wrote_and_never_a_plaintext_password() {
     let db = TestDb::new("export_app_fields").await;
     let p = Platform::new();

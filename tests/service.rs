@@ -127,55 +127,6 @@ async fn metrics_readiness_and_status_tell_the_truth() {
     w.stop().await;
 }
 
-async fn status_json(db: &TestDb, p: &Platform) -> serde_json::Value {
-    let run = docmirror(db, p, &["status", "--format", "json"]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    serde_json::from_str(&run.stdout).unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn status_tells_the_truth_while_watch_runs() {
-    let db = TestDb::new("state_live").await;
-    let p = Platform::new();
-    let good = json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]);
-    p.users(&good);
-    let w = WatchProc::start(&db.uri(), &p, &[]).await;
-    eventually(20, "status: watch running, no rejects", || async {
-        let v = status_json(&db, &p).await;
-        v["watch"]["state"] == "running" && v["rejects"] == 0 && v["watch"]["pending_files"] == 0
-    })
-    .await;
-    // Two rejects found by watch (a duplicate email, a record without id) show at once,
-    // not at the next full reconcile.
-    p.users(&json!([
-        user("u1", "a@x.io", "2025-10-01T00:00:00Z"),
-        user("u2", "a@x.io", "2025-10-02T00:00:00Z"),
-        {"email": "c@x.io"}
-    ]));
-    eventually(20, "status: 2 rejects", || async { status_json(&db, &p).await["rejects"] == 2 }).await;
-    let before_fix = bson::DateTime::now();
-    p.users(&good);
-    eventually(20, "status: rejects cleared", || async { status_json(&db, &p).await["rejects"] == 0 }).await;
-    // The last change is when it was applied (not when the state was saved next).
-    let v = status_json(&db, &p).await;
-    assert!(v["last_change"]["users"].is_null(), "nothing was written to users in the fix: {v}");
-    p.users(&json!([user("u1", "new@x.io", "2025-10-03T00:00:00Z")]));
-    eventually(20, "status: the email change", || async {
-        status_json(&db, &p).await["last_change"]["users"]["$date"].as_str().is_some()
-    })
-    .await;
-    let at = status_json(&db, &p).await["last_change"]["users"]["$date"].as_str().unwrap().to_string();
-    let at = bson::DateTime::parse_rfc3339_str(&at).unwrap();
-    let doc = db.doc("users", "u1").await.unwrap();
-    let written = *doc.get_document("_mirror").unwrap().get_datetime("at").unwrap();
-    assert!(at >= before_fix && at.timestamp_millis() - written.timestamp_millis() < 1000, "{at} vs {written}");
-    w.stop().await;
-    let v = status_json(&db, &p).await;
-    assert_eq!(v["watch"]["state"], "stopped", "{v}");
-    let run = docmirror(&db, &p, &["status"]).await;
-    assert!(run.stdout.contains("watch:         stopped"), "{}", run.stdout);
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn readyz_stays_503_until_mongodb_answers() {
     let p = Platform::new();
@@ -197,19 +148,6 @@ async fn readyz_stays_503_until_mongodb_answers() {
     assert_eq!(http_get(port, "/readyz").await.0, 503);
     assert!(http_get(port, "/metrics").await.1.lines().any(|l| l == "docmirror_ready 0"));
     child.kill().await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn sync_records_its_run_in_mirror_state() {
-    let db = TestDb::new("state_sync").await;
-    let p = Platform::new();
-    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
-    let run = docmirror(&db, &p, &["status"]).await;
-    assert_eq!(run.code, 1, "no state yet: {run:?}");
-    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
-    let run = docmirror(&db, &p, &["status"]).await;
-    assert_eq!(run.code, 0);
-    assert!(run.stdout.contains("by sync") && run.stdout.contains("inserted 1"), "{}", run.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread")]

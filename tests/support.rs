@@ -429,12 +429,18 @@ impl WatchProc {
 
     /// Start watching without waiting for anything.
     pub fn spawn(uri: &str, p: &Platform, args: &[&str]) -> WatchProc {
+        WatchProc::spawn_env(uri, p, args, &[])
+    }
+
+    /// [`WatchProc::spawn`] with extra environment (e.g. `--target postgres`'s).
+    pub fn spawn_env(uri: &str, p: &Platform, args: &[&str], env: &[(&str, &str)]) -> WatchProc {
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("watch.log");
         let file = std::fs::File::create(&log).unwrap();
         let child = command(uri, p)
             .args(["watch", "--debounce-ms", "50"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()

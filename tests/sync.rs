@@ -1,13 +1,10 @@
-//! `docmirror sync` against a real server.
+//! `docmirror sync` against a real MongoDB server: what is MongoDB's own.
+//! The behaviour both targets share is in `behaviour.rs`, run for each.
 
 use bson::{doc, Bson, Document};
 use serde_json::json;
 
 use crate::support::*;
-
-fn mirror_at(d: &Document) -> bson::DateTime {
-    *d.get_document("_mirror").unwrap().get_datetime("at").unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn maps_every_source_as_the_table_says() {
@@ -100,120 +97,6 @@ async fn applies_the_guides_indexes() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_second_sync_writes_nothing() {
-    let db = TestDb::new("idempotent").await;
-    let p = Platform::new();
-    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z"), user("u2", "b@x.io", "2025-10-01T00:00:00Z")]));
-    p.datasets(&json!([dataset("d1", 1)]));
-    p.job("j1", &job("j1", "running", "2025-10-12T09:41:13.002Z"));
-    assert_eq!(docmirror(&db, &p, &["sync"]).await.count("inserted"), 4);
-    let before: Vec<_> = [db.docs("users").await, db.docs("datasets").await, db.docs("training_jobs").await].concat();
-
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.code, 0);
-    assert_eq!((run.count("inserted"), run.count("updated"), run.count("unchanged")), (0, 0, 4), "{}", run.summary());
-    let after: Vec<_> = [db.docs("users").await, db.docs("datasets").await, db.docs("training_jobs").await].concat();
-    assert_eq!(before, after, "documents (and their _mirror.at) must be untouched");
-    assert!(before.iter().zip(&after).all(|(a, b)| mirror_at(a) == mirror_at(b)));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn plaintext_passwords_are_hashed_with_bcrypt() {
-    let db = TestDb::new("plaintext").await;
-    let p = Platform::new();
-    let mut u = user("u1", "a@x.io", "2025-10-01T00:00:00Z");
-    u["password"] = json!("hunter22-plain");
-    p.users(&json!([u, user("u2", "b@x.io", "2025-10-01T00:00:00Z")]));
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    let stored = db.doc("users", "u1").await.unwrap();
-    let hash = stored.get_str("password").unwrap().to_string();
-    assert!(hash.starts_with("$2b$10$") && hash.len() == 60, "{hash}");
-    assert!(bcrypt::verify("hunter22-plain", &hash).unwrap());
-    assert!(!format!("{stored:?}").contains("hunter22-plain"));
-    // The hash of a plaintext password is not redone when nothing changed...
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.count("unchanged"), 2, "{}", run.summary());
-    assert_eq!(db.doc("users", "u1").await.unwrap().get_str("password").unwrap(), hash);
-    // ...but a new plaintext password is hashed again.
-    let mut u = user("u1", "a@x.io", "2025-10-01T00:00:00Z");
-    u["password"] = json!("correct-horse-plain");
-    p.users(&json!([u, user("u2", "b@x.io", "2025-10-01T00:00:00Z")]));
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.count("updated"), 1, "{}", run.summary());
-    let new_hash = db.doc("users", "u1").await.unwrap().get_str("password").unwrap().to_string();
-    assert!(bcrypt::verify("correct-horse-plain", &new_hash).unwrap());
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn each_bad_record_is_rejected_with_its_reason_and_the_rest_arrive() {
-    let db = TestDb::new("rejects").await;
-    // A user the app created in MongoDB under another _id holds an email.
-    db.db.collection::<Document>("users").insert_one(doc! {"_id": "app-made", "email": "taken@x.io"}).await.unwrap();
-    let p = Platform::new();
-    let mut plain_bad_id = json!({"id": 42, "email": "n@x.io", "password": "hunter22-plain"});
-    plain_bad_id["name"] = json!("numeric id");
-    p.users(&json!([
-        user("u1", "a@x.io", "2025-10-01T00:00:00Z"),
-        {"email": "noid@x.io"},
-        plain_bad_id,
-        {"id": "u3", "email": "c@x.io", "createdAt": "last tuesday"},
-        user("u1", "dup-id@x.io", "2025-10-01T00:00:00Z"),
-        user("u4", "A@X.IO", "2025-10-01T00:00:00Z"),
-        user("u5", "taken@x.io", "2025-10-01T00:00:00Z"),
-        user("u6", "ok@x.io", "2025-10-01T00:00:00Z"),
-    ]));
-    let before = p.snapshot();
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.code, 3, "rejects give exit code 3: {run:?}");
-    assert_eq!(run.count("inserted"), 2, "{}", run.summary());
-    assert_eq!(run.count("rejected"), 6, "{}", run.summary());
-    assert!(db.doc("users", "u1").await.is_some() && db.doc("users", "u6").await.is_some());
-
-    let rejects = db.rejects().await;
-    let mut codes: Vec<(String, String)> = rejects
-        .iter()
-        .map(|r| {
-            (
-                r.get_str("source").unwrap().to_string() + &format!("[{}]", r.get("position").unwrap()),
-                r.get_str("reason_code").unwrap().to_string(),
-            )
-        })
-        .collect();
-    codes.sort();
-    assert_eq!(
-        codes,
-        [
-            ("data/users.json[1]", "missing_id"),
-            ("data/users.json[2]", "id_not_string"),
-            ("data/users.json[3]", "bad_date"),
-            ("data/users.json[4]", "duplicate_id"),
-            ("data/users.json[5]", "duplicate_email"),
-            ("data/users.json[6]", "email_taken"),
-        ]
-        .map(|(a, b)| (a.to_string(), b.to_string()))
-    );
-    let taken = rejects.iter().find(|r| r.get_str("reason_code").unwrap() == "email_taken").unwrap();
-    assert!(taken.get_str("reason").unwrap().contains("app-made"), "{taken:?}");
-    // Plaintext passwords are hashed in mirror_rejects too.
-    let numeric = rejects.iter().find(|r| r.get_str("reason_code").unwrap() == "id_not_string").unwrap();
-    let pw = numeric.get_document("record").unwrap().get_str("password").unwrap();
-    assert!(bcrypt::verify("hunter22-plain", pw).unwrap());
-    // Each reject is one log line naming the file, position and reason.
-    assert!(run.stderr.lines().any(|l| l.contains("data/users.json[3]") && l.contains("createdAt")), "{}", run.stderr);
-
-    // Rejects are not duplicated by a second run, and disappear once fixed.
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.code, 3);
-    assert_eq!(db.rejects().await.len(), 6);
-    assert_eq!(p.snapshot(), before);
-    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z"), user("u6", "ok@x.io", "2025-10-01T00:00:00Z")]));
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(db.rejects().await.len(), 0);
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn broken_json_is_reported_and_changes_nothing() {
     let db = TestDb::new("broken_json").await;
     let p = Platform::new();
@@ -271,33 +154,6 @@ async fn changes_update_only_what_changed_and_keep_app_fields() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_older_file_never_overwrites_a_newer_document() {
-    let db = TestDb::new("newer_wins").await;
-    let p = Platform::new();
-    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
-    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
-    // The app (dual-write) updates MongoDB with a newer version.
-    let newer = bson::DateTime::parse_rfc3339_str("2025-11-01T00:00:00Z").unwrap();
-    db.db
-        .collection::<Document>("users")
-        .update_one(doc! {"_id": "u1"}, doc! {"$set": {"name": "From the app", "updatedAt": newer}})
-        .await
-        .unwrap();
-    // The file changes, but carries an older version.
-    let mut u = user("u1", "a@x.io", "2025-10-15T00:00:00Z");
-    u["name"] = json!("Stale file");
-    p.users(&json!([u]));
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(run.count("skipped (newer in MongoDB)"), 1, "{}", run.summary());
-    assert_eq!(db.doc("users", "u1").await.unwrap().get_str("name").unwrap(), "From the app");
-    // With --conflict file-wins the file wins.
-    let run = docmirror(&db, &p, &["sync", "--conflict", "file-wins"]).await;
-    assert_eq!(run.count("updated"), 1, "{}", run.summary());
-    assert_eq!(db.doc("users", "u1").await.unwrap().get_str("name").unwrap(), "Stale file");
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn both_write_paths_give_the_same_documents() {
     // bulk-write is MongoDB 8.0+'s Client::bulk_write (wire version 25); commands
     // is the 6.0/7.0 path. Below 8.0, bulk-write must be refused, not tried.
@@ -352,66 +208,6 @@ async fn both_write_paths_give_the_same_documents() {
         assert_eq!(db.count("mirror_archive").await, 1);
     }
     assert!(results.windows(2).all(|w| w[0] == w[1]));
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn deletes_are_archived_and_mass_deletes_held_back() {
-    let db = TestDb::new("deletes").await;
-    let p = Platform::new();
-    let users: Vec<_> = (0..4).map(|i| user(&format!("u{i}"), &format!("{i}@x.io"), "2025-10-01T00:00:00Z")).collect();
-    p.users(&json!(users));
-    p.job("j1", &job("j1", "running", "2025-10-12T09:41:13.002Z"));
-    p.job("j2", &job("j2", "running", "2025-10-12T09:41:13.002Z"));
-    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
-
-    // One user removed from users.json, one job file deleted: archived.
-    p.users(&json!(users[1..].to_vec()));
-    p.remove("artifacts/jobs/j1.json");
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.count("archived"), 2, "{}", run.summary());
-    assert!(db.doc("users", "u0").await.is_none());
-    let archived = db.docs("mirror_archive").await;
-    assert_eq!(archived.len(), 2);
-    let a = archived.iter().find(|a| a.get_str("collection").unwrap() == "users").unwrap();
-    assert_eq!(a.get_document("document").unwrap().get_str("email").unwrap(), "0@x.io");
-    assert!(matches!(a.get("deleted_at"), Some(Bson::DateTime(_))));
-    // The freed email can be taken by a new user.
-    p.users(&json!([users[1], users[2], users[3], user("u9", "0@x.io", "2025-10-01T00:00:00Z")]));
-    assert_eq!(docmirror(&db, &p, &["sync"]).await.count("inserted"), 1);
-
-    // users.json suddenly empty: not read as "delete everything". A dry run says so too,
-    // and a dry run of what would go says archive or delete as the real run would.
-    p.users(&json!([]));
-    let run = docmirror(&db, &p, &["sync", "--dry-run"]).await;
-    assert_eq!(run.count("deletes held back"), 4, "{}", run.summary());
-    assert_eq!(run.count("would be deleted"), 0, "{}", run.summary());
-    assert!(run.stdout.contains("would hold back 4 deletes of users"), "{}", run.stdout);
-    let run = docmirror(&db, &p, &["sync", "--dry-run", "--allow-mass-delete"]).await;
-    assert_eq!(run.count("would be archived"), 4, "{}", run.summary());
-    assert_eq!(run.count("would be deleted"), 0, "{}", run.summary());
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(run.count("deletes held back"), 4, "{}", run.summary());
-    assert_eq!(db.count("users").await, 4);
-    assert!(run.stderr.contains("--allow-mass-delete"), "{}", run.stderr);
-    let run = docmirror(&db, &p, &["sync", "--allow-mass-delete", "--on-delete", "delete"]).await;
-    assert_eq!(run.count("deleted"), 4, "{}", run.summary());
-    assert_eq!(db.count("users").await, 0);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn dry_run_prints_the_plan_and_writes_nothing() {
-    let db = TestDb::new("dry_run").await;
-    let p = Platform::new();
-    p.users(&json!([user("u1", "a@x.io", "2025-10-01T00:00:00Z")]));
-    p.job("j1", &job("j1", "running", "2025-10-12T09:41:13.002Z"));
-    let run = docmirror(&db, &p, &["sync", "--dry-run"]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("would insert users/u1 from data/users.json[0]"), "{}", run.stdout);
-    assert!(run.stdout.contains("would insert training_jobs/j1 from artifacts/jobs/j1.json"), "{}", run.stdout);
-    assert_eq!(run.count("would be inserted"), 2, "{}", run.summary());
-    let names = db.db.list_collection_names().await.unwrap();
-    assert!(names.is_empty(), "dry run created {names:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -523,33 +319,6 @@ async fn racing_writers_never_leave_the_older_version() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_identity_clash_is_recorded_with_both_ids_and_verified() {
-    let db = TestDb::new("identity_clash").await;
-    let p = Platform::new();
-    // The app registered this user in MongoDB itself, under its own ObjectId-style _id.
-    db.db
-        .collection::<Document>("users")
-        .insert_one(doc! {"_id": "65f0c0ffee", "email": "dup@x.io", "name": "app"})
-        .await
-        .unwrap();
-    p.users(&json!([user("u1", "dup@x.io", "2025-10-01T00:00:00Z")]));
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.code, 3, "{run:?}");
-    let r = &db.rejects().await[0];
-    assert_eq!(r.get_str("reason_code").unwrap(), "email_taken");
-    assert_eq!(r.get_str("record_id").unwrap(), "u1");
-    assert_eq!(r.get_str("clashes_with_id").unwrap(), "65f0c0ffee");
-    assert_eq!(db.doc("users", "65f0c0ffee").await.unwrap().get_str("name").unwrap(), "app", "not overwritten");
-    let run = docmirror(&db, &p, &["verify"]).await;
-    assert_eq!(run.code, 1);
-    assert!(
-        run.stdout.contains("rejected  users data/users.json[0]") && run.stdout.contains("65f0c0ffee"),
-        "{}",
-        run.stdout
-    );
-}
-
 /// A whole source is compared and written in chunks (`--chunk-records`); where
 /// the chunk boundaries fall must not change any outcome: duplicates found
 /// chunks apart, changes, deletes and rejects come out as with one chunk.
@@ -611,36 +380,6 @@ async fn chunk_boundaries_change_nothing() {
     }
     assert_eq!(results[0], results[2], "chunks of 1 and of 2000 must give the same collections");
     assert_eq!(results[1], results[2], "chunks of 3 and of 2000 must give the same collections");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn users_who_swap_emails_converge() {
-    let db = TestDb::new("email_swap").await;
-    let p = Platform::new();
-    p.users(&json!([
-        user("u1", "a@x.io", "2025-10-01T00:00:00Z"),
-        user("u2", "b@x.io", "2025-10-01T00:00:00Z"),
-        user("u3", "c@x.io", "2025-10-01T00:00:00Z"),
-        user("u4", "d@x.io", "2025-10-01T00:00:00Z")
-    ]));
-    assert_eq!(docmirror(&db, &p, &["sync"]).await.code, 0);
-    // u1 and u2 swap; u3 and u4 pass theirs round with a third, new address.
-    p.users(&json!([
-        user("u1", "b@x.io", "2025-10-02T00:00:00Z"),
-        user("u2", "a@x.io", "2025-10-02T00:00:00Z"),
-        user("u3", "d@x.io", "2025-10-02T00:00:00Z"),
-        user("u4", "e@x.io", "2025-10-02T00:00:00Z")
-    ]));
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!(run.code, 0, "{run:?}");
-    assert_eq!(run.count("updated"), 4, "{}", run.summary());
-    assert!(db.rejects().await.is_empty());
-    for (id, email) in [("u1", "b@x.io"), ("u2", "a@x.io"), ("u3", "d@x.io"), ("u4", "e@x.io")] {
-        assert_eq!(db.doc("users", id).await.unwrap().get_str("email").unwrap(), email);
-    }
-    let run = docmirror(&db, &p, &["sync"]).await;
-    assert_eq!((run.count("updated"), run.count("inserted")), (0, 0), "{}", run.summary());
-    assert_eq!(docmirror(&db, &p, &["verify"]).await.code, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,7 +27,7 @@ use password::*;
 pub use password::{is_bcrypt, password_form, password_needs_hiding, PasswordForm};
 #[allow(unused_imports)]
 use reject::*;
-pub use reject::{shown, Reject};
+pub use reject::{shown, sqlstate, sqlstate_code, Reject};
 #[allow(unused_imports)]
 use size::*;
 pub use size::{document_size, stored_size_bound, value_size};

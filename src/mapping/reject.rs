@@ -219,14 +219,17 @@ impl fmt::Display for Reject {
             Reject::EmailTaken { email, other_id } => {
                 write!(
                     f,
-                    "email {} is already held in MongoDB by another document (_id {})",
+                    "email {} is already held in the database by another record (id {})",
                     shown(email),
                     shown(other_id)
                 )
             }
-            Reject::Refused { id, code, detail } => {
-                write!(f, "MongoDB refused document {} (error {code}): {}", shown(id), cut(detail))
-            }
+            Reject::Refused { id, code, detail } => match sqlstate(*code) {
+                Some(state) => {
+                    write!(f, "PostgreSQL refused row {} (SQLSTATE {state}): {}", shown(id), cut(detail))
+                }
+                None => write!(f, "MongoDB refused document {} (error {code}): {}", shown(id), cut(detail)),
+            },
             Reject::VersionUncomparable { field, found } => write!(
                 f,
                 "the document in MongoDB holds {field} = {} , which is not a time; newer-wins cannot tell which \
@@ -301,6 +304,19 @@ pub(super) fn render_path(path: &[Seg<'_>]) -> String {
 
 /// The reason code for a write the server refused, by its error code.
 pub(super) fn refused_code(code: i32) -> &'static str {
+    if let Some(state) = sqlstate(code) {
+        return match state.as_str() {
+            "23502" => "not_null_missing",
+            "23503" => "missing_parent",
+            "23505" => "duplicate_key",
+            "22001" => "value_too_long",
+            "22003" => "number_out_of_range",
+            "22P02" | "22007" | "22008" => "bad_value",
+            "42804" => "bad_type",
+            "22021" => "bad_text",
+            _ => "write_refused",
+        };
+    }
     match code {
         // DocumentValidationFailure: a `$jsonSchema` validator on the collection.
         121 => "validation_failed",
@@ -310,4 +326,25 @@ pub(super) fn refused_code(code: i32) -> &'static str {
         11000 => "duplicate_key",
         _ => "write_refused",
     }
+}
+
+/// PostgreSQL's five-character SQLSTATEs travel in a refusal's `code` as
+/// this base plus the SQLSTATE read in base 36 (MongoDB's codes are far below).
+const SQLSTATE_BASE: i32 = 1_000_000_000;
+
+/// A SQLSTATE (`23503`) as a refusal code (see [`SQLSTATE_BASE`]).
+pub fn sqlstate_code(state: &str) -> i32 {
+    let n = state.chars().take(5).try_fold(0i32, |n, c| Some(n * 36 + i32::try_from(c.to_digit(36)?).ok()?));
+    n.map_or(SQLSTATE_BASE, |n| SQLSTATE_BASE + n)
+}
+
+/// The SQLSTATE a refusal code carries, if it carries one.
+pub fn sqlstate(code: i32) -> Option<String> {
+    let mut n = code.checked_sub(SQLSTATE_BASE).filter(|n| (0..36i32.pow(5)).contains(n))?;
+    let mut out = ['0'; 5];
+    for slot in out.iter_mut().rev() {
+        *slot = char::from_digit(u32::try_from(n % 36).ok()?, 36)?.to_ascii_uppercase();
+        n /= 36;
+    }
+    Some(out.iter().collect())
 }

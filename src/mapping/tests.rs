@@ -451,6 +451,22 @@ fn refused_writes_keep_their_own_reason_code() {
 }
 
 #[test]
+fn postgres_refusals_carry_their_sqlstate() {
+    use super::reject::{sqlstate, sqlstate_code};
+    for state in ["23503", "22001", "22P02", "23505", "22003", "23502"] {
+        assert_eq!(sqlstate(sqlstate_code(state)).as_deref(), Some(state));
+    }
+    assert_eq!(sqlstate(11000), None);
+    let refused = |state| Reject::Refused { id: "j1".into(), code: sqlstate_code(state), detail: "x".into() };
+    assert_eq!(refused("23503").code(), "missing_parent");
+    assert_eq!(refused("22001").code(), "value_too_long");
+    assert_eq!(refused("22003").code(), "number_out_of_range");
+    assert_eq!(refused("23502").code(), "not_null_missing");
+    let text = refused("23503").to_string();
+    assert!(text.starts_with("PostgreSQL refused row") && text.contains("(SQLSTATE 23503): x"), "{text}");
+}
+
+#[test]
 fn naive_times_are_read_in_the_zone_given() {
     let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
     let at = |s: &str, z| parse_date_in(s, z).map(|d| d.try_to_rfc3339_string().unwrap());

@@ -160,3 +160,19 @@ pub trait Target: Clone + Send + Sync + 'static {
     /// Remove rejects that no longer hold.
     fn drop_rejects(&self, keys: &[String]) -> impl Future<Output = Result<(), Fatal>> + Send;
 }
+
+/// What `verify` reads from a target besides what the core needs: the
+/// stored records in the form the mapping produces them, and the stored
+/// rejects. (A second, small trait: the core itself never reads whole records.)
+pub trait Inspect: Target {
+    /// The target's name in reports ("MongoDB", "PostgreSQL").
+    fn name(&self) -> &'static str;
+
+    /// Every stored record of a source's collection or table, as the document
+    /// its record maps to (`_id`, the record's fields, `_mirror.fields`).
+    fn documents(&self, spec: &SourceSpec) -> impl Future<Output = Result<Vec<bson::Document>, Fatal>> + Send;
+
+    /// The stored rejects of a collection, as documents with `_id` (the key),
+    /// `source`, `position`, `record_id`, `reason_code` and `reason`.
+    fn stored_rejects(&self, collection: &str) -> impl Future<Output = Result<Vec<bson::Document>, Fatal>> + Send;
+}

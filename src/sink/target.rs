@@ -15,7 +15,7 @@ use crate::layout::SourceSpec;
 use crate::mapping::Reject;
 use crate::reconcile::rejects::RejectRecord;
 use crate::reconcile::scan::Candidate;
-use crate::reconcile::target::{Existing, Held, Outcome, Target, Write};
+use crate::reconcile::target::{Existing, Held, Inspect, Outcome, Target, Write};
 use crate::reconcile::{ARCHIVE, REJECTS};
 
 impl Target for Sink {
@@ -197,6 +197,20 @@ impl Target for Sink {
         let ops = vec![WriteOp::DeleteMany { coll: REJECTS.to_string(), filter: doc! { "_id": { "$in": keys } } }];
         Sink::write(self, ops).await?;
         Ok(())
+    }
+}
+
+impl Inspect for Sink {
+    fn name(&self) -> &'static str {
+        "MongoDB"
+    }
+
+    async fn documents(&self, spec: &SourceSpec) -> Result<Vec<Document>, Fatal> {
+        Ok(self.find_all(&spec.collection, doc! {}, None).await?)
+    }
+
+    async fn stored_rejects(&self, collection: &str) -> Result<Vec<Document>, Fatal> {
+        Ok(self.find_all(REJECTS, doc! { "collection": collection }, None).await?)
     }
 }
 

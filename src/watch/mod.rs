@@ -9,14 +9,15 @@
 //! events over without blocking, and the writes run in a task of their own so
 //! events keep being coalesced while MongoDB is slow or away.
 
+mod changes;
 pub mod events;
 pub mod fstype;
+mod mirror;
 mod mongo;
 pub mod poll;
 pub mod schedule;
 pub mod systemd;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,9 +30,10 @@ use tokio_util::sync::CancellationToken;
 use crate::error::Fatal;
 use crate::reconcile::memo::Memory;
 use crate::reconcile::{Engine, RunOptions, Scope};
-use crate::sink::{Sink, SinkOptions};
 use crate::source::{SourceFile, Tree};
 use crate::summary::Summary;
+use changes::ChangeSource;
+pub use mirror::Mirror;
 use schedule::{Batch, Schedule, Timing};
 
 /// Something that may have changed.
@@ -105,13 +107,20 @@ impl Lifecycle for NoLifecycle {}
 type Outcome = Result<Summary, Fatal>;
 
 /// Run the daemon until `cancel` fires. Returns the totals of all changes.
-pub async fn run(
+/// `connect` reaches the target (MongoDB or PostgreSQL), given the token that
+/// stops its retries.
+pub async fn run<T, C, F>(
     engine: Arc<Engine>,
-    sink_opts: SinkOptions,
+    connect: C,
     opts: WatchOptions,
     cancel: CancellationToken,
     lifecycle: &mut dyn Lifecycle,
-) -> Result<Summary, Fatal> {
+) -> Result<Summary, Fatal>
+where
+    T: Mirror,
+    C: FnOnce(CancellationToken) -> F,
+    F: std::future::Future<Output = Result<T, Fatal>>,
+{
     // SIGUSR1 releases deletes held by the mass-delete guard (installed first:
     // its default action would end the process).
     let mut release = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()).ok();
@@ -123,12 +132,12 @@ pub async fn run(
     // Writes stop only after the in-flight batch had its chance to finish.
     let hard_cancel = CancellationToken::new();
     let sink = tokio::select! {
-        s = Sink::connect(sink_opts, hard_cancel.clone()) => s?,
+        s = connect(hard_cancel.clone()) => s?,
         () = cancel.cancelled() => return Ok(stopped(Summary::default())),
     };
     crate::cutover::refuse_after_cutover(&sink, opts.after_cutover).await?;
     tokio::select! {
-        r = crate::sink::indexes::apply(&engine.indexes, &sink) => r?,
+        r = sink.prepare(&engine) => r?,
         () = cancel.cancelled() => return Ok(stopped(Summary::default())),
     }
     let timing = Timing { debounce: opts.debounce, max_delay: opts.max_delay, parse_retries: opts.parse_retries };
@@ -152,7 +161,7 @@ pub async fn run(
     };
     if daemon.initial(&cancel, lifecycle).await? {
         let (e, m, grace) = (&daemon.engine, &daemon.memory, daemon.opts.drift_grace);
-        let _follower = mongo::start(e, &daemon.sink, m, grace, tx.clone(), &cancel).await;
+        let _follower = daemon.sink.follow(e, m, grace, tx.clone(), &cancel).await;
         let inputs = Inputs { hints: &mut rx, overflow: &overflow, release: release.as_mut() };
         daemon.follow(inputs, &mut source, &tree, &cancel, lifecycle).await;
     }
@@ -163,9 +172,9 @@ pub async fn run(
 }
 
 /// The running daemon: everything the main loop owns.
-struct Daemon {
+struct Daemon<T: Mirror> {
     engine: Arc<Engine>,
-    sink: Sink,
+    sink: T,
     /// What watch remembers between reconciles (see `reconcile::memo`).
     memory: Arc<Memory>,
     opts: WatchOptions,
@@ -205,7 +214,7 @@ enum Flow {
     Stop,
 }
 
-impl Daemon {
+impl<T: Mirror> Daemon<T> {
     /// The first full reconcile; `false` if stopped before it finished.
     async fn initial(&mut self, cancel: &CancellationToken, lifecycle: &mut dyn Lifecycle) -> Result<bool, Fatal> {
         let started = std::time::Instant::now();
@@ -213,7 +222,7 @@ impl Daemon {
         // `cancel` also tells the reconcile to stop at its next chunk (or
         // bcrypt item); the writes in flight get --shutdown-timeout-secs.
         let first = {
-            let run = crate::stream::warm::run(&self.engine, &self.sink, &self.memory, self.opts.full, opts, cancel);
+            let run = self.sink.start(&self.engine, Some(&self.memory), self.opts.full, opts, cancel);
             tokio::pin!(run);
             tokio::select! {
                 r = &mut run => r?,
@@ -226,7 +235,7 @@ impl Daemon {
                 }
             }
         };
-        crate::stream::warm::load_rest(&self.sink, &self.memory).await;
+        self.sink.started(&self.memory).await;
         self.engine.metrics.set_ready();
         self.record_state(StateUpdate::Full(first.clone(), started.elapsed()));
         log_summary("Initial reconcile done; watching for changes", &first);
@@ -330,9 +339,8 @@ impl Daemon {
         let (engine, sink, memory) = (self.engine.clone(), self.sink.clone(), self.memory.clone());
         // The run stops at its next chunk on SIGTERM; `stop` gives its writes in flight their time.
         let cancel = self.stop.clone();
-        self.in_flight = Some(tokio::spawn(async move {
-            crate::stream::warm::reconcile_and_prove(&engine, &sink, &memory, scope, opts, &cancel).await
-        }));
+        self.in_flight =
+            Some(tokio::spawn(async move { sink.reconcile_scope(&engine, &memory, scope, opts, &cancel).await }));
         self.batch = Some(batch);
         self.batch_started = Some(Instant::now());
     }
@@ -443,7 +451,7 @@ impl Daemon {
             }
         }
         if !self.hard_cancel.is_cancelled() {
-            crate::stream::warm::stopping(&self.engine, &self.sink, &self.memory).await;
+            self.sink.stopping(&self.engine, &self.memory).await;
         }
         let (engine, sink, memory) = (&self.engine, &self.sink, Some(self.memory.as_ref()));
         let progress = self.progress();
@@ -548,51 +556,5 @@ async fn join_opt(h: &mut Option<JoinHandle<Outcome>>) -> Result<Outcome, tokio:
     match h {
         Some(h) => h.await,
         None => std::future::pending().await,
-    }
-}
-
-/// Where change hints come from: file events, or a poller.
-enum ChangeSource {
-    Events(events::FsWatch),
-    /// Held only to keep the poller alive: dropping it stops polling.
-    Poll(#[allow(dead_code)] poll::PollTask),
-}
-
-impl ChangeSource {
-    fn start(
-        tree: &Tree,
-        opts: &WatchOptions,
-        tx: mpsc::Sender<Hint>,
-        overflow: Arc<AtomicBool>,
-    ) -> Result<ChangeSource, Fatal> {
-        let roots: Vec<PathBuf> = vec![tree.roots.data.clone(), tree.roots.artifacts.clone()];
-        for root in &roots {
-            if let Some(kind) = fstype::network_fs(root) {
-                if opts.poll_interval.is_none() {
-                    tracing::warn!(folder = %root.display(), filesystem = %kind,
-                        "This folder is on a network filesystem, which may not deliver change events; use --poll-interval-ms");
-                }
-            }
-        }
-        match opts.poll_interval {
-            Some(every) => {
-                tracing::info!(interval_ms = every.as_millis(), "Polling the folders for changes");
-                Ok(ChangeSource::Poll(poll::PollTask::start(tree.clone(), every, tx, overflow)))
-            }
-            None => Ok(ChangeSource::Events(events::FsWatch::start(tree.clone(), tx, overflow)?)),
-        }
-    }
-
-    /// Re-establish watches (a watched folder may have been removed and
-    /// recreated, or replaced under its name).
-    fn refresh(&mut self, tree: &Tree) {
-        if let ChangeSource::Events(w) = self {
-            w.ensure_watches(tree);
-        }
-    }
-
-    /// Whether a watched folder was replaced under its name since its watch went in.
-    fn replaced(&self) -> bool {
-        matches!(self, ChangeSource::Events(w) if w.replaced())
     }
 }

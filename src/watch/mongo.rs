@@ -59,3 +59,55 @@ pub async fn start(
     let requests: Arc<dyn Requests> = Arc::new(Hints(hints));
     Some(tokio::spawn(crate::stream::follow::run(tracker, head.token, requests, cancel.clone())))
 }
+
+impl super::Mirror for Sink {
+    async fn start(
+        &self,
+        engine: &Arc<Engine>,
+        memory: Option<&Arc<Memory>>,
+        full: bool,
+        opts: crate::reconcile::RunOptions,
+        cancel: &CancellationToken,
+    ) -> Result<crate::summary::Summary, crate::error::Fatal> {
+        // sync has no memory of its own: the checkpoint needs one for the run.
+        let fresh;
+        let memory = match memory {
+            Some(m) => m,
+            None => {
+                fresh = Arc::new(Memory::default());
+                &fresh
+            }
+        };
+        crate::stream::warm::run(engine, self, memory, full, opts, cancel).await
+    }
+
+    async fn started(&self, memory: &Memory) {
+        crate::stream::warm::load_rest(self, memory).await;
+    }
+
+    async fn reconcile_scope(
+        &self,
+        engine: &Arc<Engine>,
+        memory: &Arc<Memory>,
+        scope: crate::reconcile::Scope,
+        opts: crate::reconcile::RunOptions,
+        cancel: &CancellationToken,
+    ) -> Result<crate::summary::Summary, crate::error::Fatal> {
+        crate::stream::warm::reconcile_and_prove(engine, self, memory, scope, opts, cancel).await
+    }
+
+    async fn stopping(&self, engine: &Arc<Engine>, memory: &Memory) {
+        crate::stream::warm::stopping(engine, self, memory).await;
+    }
+
+    async fn follow(
+        &self,
+        engine: &Arc<Engine>,
+        memory: &Arc<Memory>,
+        grace: Duration,
+        hints: mpsc::Sender<Hint>,
+        cancel: &CancellationToken,
+    ) -> Option<JoinHandle<()>> {
+        start(engine, self, memory, grace, hints, cancel).await
+    }
+}

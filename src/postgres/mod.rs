@@ -1,0 +1,340 @@
+//! PostgreSQL as a reconcile target (`--target postgres`): the migration
+//! guide's own tables (`schema.sql`, applied idempotently), filled from the
+//! same records the MongoDB sink writes, plus docmirror's bookkeeping in
+//! tables of its own (`docmirror_rows`, `mirror_rejects`, `mirror_archive`)
+//! so the guide's columns stay exactly the guide's.
+//!
+//! `tables.rs` maps records to rows and back; `write.rs` builds the
+//! multi-row statements; `target.rs` is the [`crate::reconcile::target::Target`].
+
+mod state;
+pub mod tables;
+mod target;
+mod write;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Fatal;
+use crate::layout::Layout;
+use crate::redact::{redact_uri, Scrubber};
+
+/// The guide's schema and docmirror's tables (all `IF NOT EXISTS`).
+pub const SCHEMA: &str = include_str!("schema.sql");
+
+/// Where PostgreSQL is, and how long to keep trying to reach it.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    pub url: String,
+    /// `None`: retry forever.
+    pub retry_budget: Option<Duration>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// A connected PostgreSQL target. Cheap to clone: one connection, shared;
+/// every write is a single statement, so concurrent requests pipeline on it.
+/// A lost connection (a server restart, a dropped session) is made again on
+/// the next request, within the same retry budget as the first.
+#[derive(Clone)]
+pub struct Pg {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: std::sync::Mutex<Conn>,
+    /// One reconnect at a time.
+    reconnecting: tokio::sync::Mutex<()>,
+    opts: PgOptions,
+    cancel: CancellationToken,
+    /// A dry run against a database without the guide's tables: every read
+    /// answers "nothing there" instead of failing on the missing tables.
+    absent: std::sync::atomic::AtomicBool,
+    scrubber: Scrubber,
+    shown_url: String,
+    /// `mirror_state` is read, changed and written back: one writer at a time.
+    state_lock: tokio::sync::Mutex<()>,
+    /// Deletes a foreign key refused (see `StateStore::take_blocked_deletes`).
+    blocked: std::sync::atomic::AtomicU64,
+}
+
+/// A client and the task that drives its connection.
+struct Conn {
+    client: Arc<Client>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Whether a failed connection attempt is worth another try: the server is
+/// not there (yet), starting up, or out of connections.
+fn transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => !e.to_string().contains("invalid"),
+        Some(c) => ["57P03", "53300", "08006", "08001", "08004"].contains(&c.code()),
+    }
+}
+
+/// Open a connection, retrying transient failures until the budget runs out.
+async fn open(opts: &PgOptions, cancel: &CancellationToken, scrubber: &Scrubber) -> Result<Conn, Fatal> {
+    let started = Instant::now();
+    let shown_url = redact_uri(&opts.url);
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let attempt = tokio::select! {
+            r = tokio_postgres::connect(&opts.url, NoTls) => r,
+            () = cancel.cancelled() => return Err(Fatal::Interrupted),
+        };
+        let e = match attempt {
+            Ok((client, connection)) => {
+                let scrub = scrubber.clone();
+                let task = tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::warn!(error = %scrub.scrub(&e.to_string()), "PostgreSQL connection lost");
+                    }
+                });
+                tracing::info!(url = %shown_url, "Connected to PostgreSQL");
+                opts.metrics.set_mongodb_up(true);
+                return Ok(Conn { client: Arc::new(client), task });
+            }
+            Err(e) => e,
+        };
+        opts.metrics.set_mongodb_up(false);
+        let said = scrubber.scrub(&describe(&e));
+        let out_of_time = opts.retry_budget.is_some_and(|b| started.elapsed() + pause > b);
+        if !transient(&e) || out_of_time {
+            return Err(Fatal::Connect {
+                message: format!(
+                    "cannot connect to PostgreSQL at {shown_url}: {said} (check --postgres-url / DATABASE_URL, \
+                     and that the server is running and accepts this user)"
+                ),
+                detail: said,
+            });
+        }
+        tracing::warn!(url = %shown_url, error = %said, "PostgreSQL not reachable yet; retrying");
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = cancel.cancelled() => return Err(Fatal::Interrupted),
+        }
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Refuse at once what no retry can fix: a URL the driver cannot read, or
+/// one that requires TLS, which this target does not speak yet.
+pub fn check_url(url: &str) -> Result<(), Fatal> {
+    let shown = redact_uri(url);
+    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        Fatal::Config(format!(
+            "--postgres-url {shown} is not a PostgreSQL URL: {}",
+            Scrubber::for_uri(url).scrub(&e.to_string())
+        ))
+    })?;
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(Fatal::Config(format!(
+            "--postgres-url {shown} requires TLS (sslmode=require), which the PostgreSQL target does not support \
+             yet: connect without it (sslmode=disable or prefer), e.g. over a local network or an SSH tunnel"
+        )));
+    }
+    Ok(())
+}
+
+impl Pg {
+    /// Connect, retrying until the budget runs out (or `cancel` fires).
+    pub async fn connect(opts: PgOptions, cancel: CancellationToken) -> Result<Pg, Fatal> {
+        check_url(&opts.url)?;
+        let scrubber = Scrubber::for_uri(&opts.url);
+        let shown_url = redact_uri(&opts.url);
+        let conn = open(&opts, &cancel, &scrubber).await?;
+        Ok(Pg {
+            inner: Arc::new(Inner {
+                conn: std::sync::Mutex::new(conn),
+                reconnecting: tokio::sync::Mutex::new(()),
+                opts,
+                cancel,
+                absent: false.into(),
+                scrubber,
+                shown_url,
+                state_lock: tokio::sync::Mutex::new(()),
+                blocked: 0.into(),
+            }),
+        })
+    }
+
+    fn current(&self) -> Arc<Client> {
+        self.inner.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner).client.clone()
+    }
+
+    /// The connection, made again first if it was lost.
+    pub async fn client(&self) -> Result<Arc<Client>, Fatal> {
+        let c = self.current();
+        if !c.is_closed() {
+            return Ok(c);
+        }
+        let _one = self.inner.reconnecting.lock().await;
+        let c = self.current();
+        if !c.is_closed() {
+            return Ok(c);
+        }
+        tracing::info!(url = %self.inner.shown_url, "Connecting to PostgreSQL again");
+        let conn = open(&self.inner.opts, &self.inner.cancel, &self.inner.scrubber).await?;
+        let client = conn.client.clone();
+        *self.inner.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
+        Ok(client)
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.opts.metrics
+    }
+
+    fn blocked(&self) -> &std::sync::atomic::AtomicU64 {
+        &self.inner.blocked
+    }
+
+    fn state_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.inner.state_lock
+    }
+
+    /// The URL with its password masked.
+    pub fn shown_url(&self) -> &str {
+        &self.inner.shown_url
+    }
+
+    /// A driver error as one line, credentials removed.
+    pub fn fatal(&self, doing: &str, e: &tokio_postgres::Error) -> Fatal {
+        Fatal::Postgres(format!("{doing}: {}", self.scrub(&describe(e))))
+    }
+
+    pub fn scrub(&self, text: &str) -> String {
+        self.inner.scrubber.scrub(text)
+    }
+
+    /// For a dry run, which writes nothing (not even the schema): whether the
+    /// guide's tables and docmirror's are there; if not, reads answer empty.
+    pub async fn check_schema(&self) -> Result<(), Fatal> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_schema() \
+                 AND table_name = ANY($1)",
+                &[&vec!["users", "datasets", "training_jobs", "docmirror_rows", "mirror_rejects", "mirror_archive"]],
+            )
+            .await
+            .map_err(|e| self.fatal("cannot read the schema", &e))?;
+        let n: i64 = row.try_get(0).map_err(|e| self.fatal("cannot read the schema", &e))?;
+        if n < 6 {
+            tracing::info!("The guide's tables are not there yet: the dry run compares with empty tables");
+            self.inner.absent.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Whether reads answer empty (see [`Pg::check_schema`]).
+    pub fn absent(&self) -> bool {
+        self.inner.absent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Apply the guide's schema and docmirror's tables (idempotent; one
+    /// docmirror at a time, under an advisory lock), then check that the
+    /// guide's tables have the guide's columns.
+    pub async fn apply_schema(&self, layout: &Layout) -> Result<(), Fatal> {
+        for spec in &layout.sources {
+            if tables::table(&spec.collection).is_none() {
+                return Err(Fatal::Config(format!(
+                    "source {} mirrors into {:?}, which is not one of the guide's tables (users, datasets, \
+                     training_jobs): the PostgreSQL target writes only those",
+                    spec.name, spec.collection
+                )));
+            }
+        }
+        // A table of the guide's name made otherwise is not written into (checked first:
+        // the guide's indexes could not even be made on it).
+        for t in tables::TABLES {
+            let rows = self
+                .client()
+                .await?
+                .query(
+                    "SELECT column_name::text FROM information_schema.columns WHERE table_schema = current_schema() \
+                     AND table_name = $1",
+                    &[&t.name],
+                )
+                .await
+                .map_err(|e| self.fatal("cannot read the schema", &e))?;
+            let have: Vec<String> = rows.iter().filter_map(|r| r.try_get(0).ok()).collect();
+            let missing: Vec<&str> =
+                t.columns.iter().map(|c| c.name).filter(|c| !have.iter().any(|h| h == c)).collect();
+            if !have.is_empty() && !missing.is_empty() {
+                return Err(Fatal::Config(format!(
+                    "table {} exists without the guide's column(s) {}: it was not made from the guide's schema.sql",
+                    t.name,
+                    missing.join(", ")
+                )));
+            }
+        }
+        let sql = format!(
+            "BEGIN; SET LOCAL client_min_messages = warning; SELECT pg_advisory_xact_lock(7263512); {SCHEMA}\nCOMMIT;"
+        );
+        self.client().await?.batch_execute(&sql).await.map_err(|e| self.fatal("cannot apply the schema", &e))?;
+        self.warn_unless_utc().await;
+        Ok(())
+    }
+}
+
+impl Pg {
+    /// The guide's `NOW()` writes the session's local time into its
+    /// `TIMESTAMP` columns; docmirror writes UTC. Say so when they differ.
+    async fn warn_unless_utc(&self) {
+        let Ok(client) = self.client().await else { return };
+        let Ok(row) = client.query_one("SELECT current_setting('TimeZone')", &[]).await else { return };
+        let zone: String = row.try_get(0).unwrap_or_default();
+        if !["UTC", "Etc/UTC", "GMT", "Etc/GMT", "Zulu", "UCT", "Etc/UCT"].contains(&zone.as_str()) {
+            tracing::warn!(
+                timezone = %zone,
+                "PostgreSQL's TimeZone is not UTC: the app's NOW() writes local times into the guide's TIMESTAMP \
+                 columns, while docmirror writes UTC, so newer-wins would compare different clocks; set \
+                 timezone = 'UTC' for the database (ALTER DATABASE ... SET timezone = 'UTC') or the app's role"
+            );
+        }
+    }
+}
+
+/// What PostgreSQL said, with its SQLSTATE, detail, table and column.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    let Some(db) = e.as_db_error() else { return e.to_string() };
+    let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    // "Failing row contains (...)" would copy the whole row, password hash
+    // and all, into rejects and logs: only other details are kept.
+    if let Some(d) = db.detail().filter(|d| !d.starts_with("Failing row contains")) {
+        s.push_str(": ");
+        s.push_str(d);
+    }
+    if let (Some(t), Some(c)) = (db.table(), db.column()) {
+        s.push_str(&format!(" [column {t}.{c}]"));
+    } else if let Some(c) = db.constraint() {
+        s.push_str(&format!(" [constraint {c}]"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_that_no_retry_can_fix_are_refused_at_once() {
+        assert!(check_url("postgresql://u:pw@localhost:5432/db").is_ok());
+        assert!(check_url("postgresql://u:pw@localhost/db?sslmode=prefer").is_ok());
+        let tls = check_url("postgresql://u:s3cret@localhost/db?sslmode=require").unwrap_err().to_string();
+        assert!(tls.contains("requires TLS") && !tls.contains("s3cret"), "{tls}");
+        let bad = check_url("postgresql://u:s3cret@localhost:notaport/db").unwrap_err();
+        assert_eq!(bad.exit_code(), crate::error::exit::USAGE);
+        assert!(!bad.to_string().contains("s3cret"), "{bad}");
+    }
+}
