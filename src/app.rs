@@ -119,6 +119,10 @@ async fn verify_cmd(args: VerifyArgs, cancel: CancellationToken) -> Result<u8, F
         r = verify(&engine, &sink) => r?,
         () = cancel.cancelled() => return Err(Fatal::Interrupted),
     };
+    // The only write verify makes: its outcome, for `status` and /progress.
+    if let Err(e) = crate::state::record_verify(&sink, &report, &crate::cutover::digest(&report)).await {
+        tracing::warn!(error = %e, "Cannot record the verify in mirror_state");
+    }
     match args.format {
         OutputFormat::Text => print!("{}", render_text(&report)),
         OutputFormat::Json => {
@@ -138,13 +142,29 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
     args.write.apply(&mut settings.engine)?;
     let engine = Arc::new(settings.engine);
     if let Some(addr) = args.metrics_addr {
-        crate::http::start(addr, engine.metrics.clone(), cancel.clone()).await?;
+        let progress = progress_fn(settings.sink.clone(), cancel.clone());
+        crate::http::start(addr, engine.metrics.clone(), Some(progress), cancel.clone()).await?;
     }
     let mut lifecycle = crate::watch::systemd::Systemd::new(2);
     match crate::watch::run(engine, settings.sink, args.options(), cancel, &mut lifecycle).await {
         Ok(_) | Err(Fatal::Interrupted) => Ok(exit::OK),
         Err(e) => Err(e),
     }
+}
+
+/// `GET /progress`: the readiness `status --format json` shows, from a
+/// connection of its own (made at the first request, kept after).
+fn progress_fn(mut opts: crate::sink::SinkOptions, cancel: CancellationToken) -> crate::http::ProgressFn {
+    opts.retry_budget = Some(std::time::Duration::from_secs(5));
+    let cell = Arc::new(tokio::sync::OnceCell::<Sink>::new());
+    Arc::new(move || {
+        let (cell, opts, cancel) = (cell.clone(), opts.clone(), cancel.clone());
+        Box::pin(async move {
+            let sink = cell.get_or_try_init(|| Sink::connect(opts, cancel)).await.map_err(|e| e.to_string())?;
+            let v = crate::state::progress(sink).await.map_err(|e| e.to_string())?;
+            serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
+        })
+    })
 }
 
 async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
