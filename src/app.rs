@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, CutoverArgs, ExportArgs, OutputFormat, StatusArgs, SyncArgs, VerifyArgs, WatchArgs};
+use crate::cli::{
+    Cli, Command, CutoverArgs, ExportArgs, OutputFormat, ReverseArgs, StatusArgs, SyncArgs, VerifyArgs, WatchArgs,
+};
 use crate::error::{exit, Fatal};
 use crate::reconcile::{reconcile, Core, RunOptions, Scope};
 use crate::sink::Sink;
@@ -24,6 +26,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> u8 {
         Command::Status(args) => status_cmd(args, cancel).await,
         Command::Export(args) => export_cmd(args, cancel).await,
         Command::Cutover(args) => cutover_cmd(args, cancel).await,
+        Command::Reverse(args) => reverse_cmd(args, cancel).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "docmirror", &mut std::io::stdout());
@@ -250,5 +253,30 @@ async fn cutover_cmd(args: CutoverArgs, cancel: CancellationToken) -> Result<u8,
             println!("cutover: not ready: {not_ready}");
             Ok(exit::DIFFERENCES)
         }
+    }
+}
+
+async fn reverse_cmd(args: ReverseArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    let out =
+        args.out.clone().ok_or_else(|| Fatal::Config("reverse needs --out DIR: the folder to keep current".into()))?;
+    let layout = match &args.layout {
+        Some(p) => crate::layout::Layout::from_file(p).map_err(|e| Fatal::Config(e.to_string()))?,
+        None => crate::layout::Layout::builtin(),
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    // A daemon: it waits for MongoDB however long it is away.
+    let sink = args.connection.sink_options(true, metrics)?;
+    let opts = crate::reverse::Options {
+        out,
+        debounce: std::time::Duration::from_millis(args.debounce_ms),
+        poll_interval: args.poll_interval_ms.map(std::time::Duration::from_millis),
+        before_cutover: args.before_cutover,
+        full: args.full,
+        forward_roots: args.forward_roots(),
+        shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
+    };
+    match crate::reverse::run(layout, sink, opts, cancel).await {
+        Ok(()) | Err(Fatal::Interrupted) => Ok(exit::OK),
+        Err(e) => Err(e),
     }
 }

@@ -1,7 +1,7 @@
 //! The config file (`--config FILE` or `DOCMIRROR_CONFIG`): everything a flag
 //! can say, in TOML, so a unit file stays short. Keys are the long flag names
-//! (`data-dir`, or `data_dir`); a `[sync]`, `[watch]`, `[verify]` or
-//! `[status]` table scopes keys to one command. Unknown keys are rejected.
+//! (`data-dir`, or `data_dir`); a `[sync]`, `[watch]`, `[verify]`,
+//! `[status]`, `[export]`, `[cutover]` or `[reverse]` table scopes keys to one command. Unknown keys are rejected.
 //!
 //! The file's values become the flags' defaults before the command line is
 //! parsed, so the order of precedence is: flag, environment, file, built-in.
@@ -14,7 +14,7 @@ use clap::{Command, CommandFactory, FromArgMatches};
 
 use crate::cli::Cli;
 
-const SECTIONS: &[&str] = &["sync", "watch", "verify", "status", "export", "cutover"];
+const SECTIONS: &[&str] = &["sync", "watch", "verify", "status", "export", "cutover", "reverse"];
 
 /// Parse the command line, with the config file's values as defaults.
 pub fn parse_cli(args: Vec<OsString>) -> Result<Cli, clap::Error> {

@@ -27,6 +27,18 @@ pub struct Exported {
     pub written: u64,
     /// Files left alone: already holding exactly this content.
     pub unchanged: u64,
+    /// Files removed because no document backs them any more (`reverse` only).
+    pub removed: u64,
+}
+
+impl Exported {
+    pub fn add(&mut self, o: &Exported) {
+        self.records += o.records;
+        self.files += o.files;
+        self.written += o.written;
+        self.unchanged += o.unchanged;
+        self.removed += o.removed;
+    }
 }
 
 /// Export every source's collection into `out`.
@@ -34,24 +46,93 @@ pub async fn export(layout: &Layout, sink: &Sink, out: &Path, overwrite: bool) -
     check_out(out, overwrite)?;
     let mut done = Exported::default();
     for spec in &layout.sources {
-        let docs = sink.find_all(&spec.collection, doc! {}, None).await?;
-        done.records += crate::summary::count(docs.len());
-        let files = files_of(spec, docs)?;
-        let root = out.join(spec.root.label());
-        for (rel, content) in files {
-            done.files += 1;
-            let path = root.join(&rel);
-            let bytes = serde_json::to_vec_pretty(&content).map_err(|e| Fatal::Internal(e.to_string()))?;
-            if std::fs::read(&path).is_ok_and(|old| old == bytes) {
-                done.unchanged += 1;
-                continue;
-            }
-            write_atomically(&path, &bytes)
-                .map_err(|e| Fatal::Source(format!("cannot write {}: {e}", path.display())))?;
-            done.written += 1;
-        }
+        done.add(&export_source(spec, sink, out, false).await?.0);
     }
     Ok(done)
+}
+
+/// Write one source's collection into its files below `out`, replacing only
+/// files whose content changes. With `prune`, a one-record-per-file source's
+/// files that no document backs any more are removed (`reverse`). Returns
+/// what it did and the files' contents by path below the source's root.
+pub async fn export_source(
+    spec: &SourceSpec,
+    sink: &Sink,
+    out: &Path,
+    prune: bool,
+) -> Result<(Exported, BTreeMap<String, Value>), Fatal> {
+    let mut done = Exported::default();
+    let docs = sink.find_all(&spec.collection, doc! {}, None).await?;
+    done.records += crate::summary::count(docs.len());
+    let files = files_of(spec, docs)?;
+    let root = out.join(spec.root.label());
+    for (rel, content) in &files {
+        done.files += 1;
+        if write_if_changed(&root.join(rel), &render(content)?)? {
+            done.written += 1;
+        } else {
+            done.unchanged += 1;
+        }
+    }
+    if prune && spec.shape == Shape::Object {
+        for rel in source_files_in(spec, &root)? {
+            if !files.contains_key(&rel) {
+                remove_file(&root.join(&rel))?;
+                done.removed += 1;
+            }
+        }
+    }
+    Ok((done, files))
+}
+
+/// A file's content as the app writes it: `JSON.stringify(x, null, 2)`.
+pub fn render(content: &Value) -> Result<Vec<u8>, Fatal> {
+    serde_json::to_vec_pretty(content).map_err(|e| Fatal::Internal(format!("cannot render JSON: {e}")))
+}
+
+/// Write `bytes` into `path` atomically unless it already holds exactly
+/// them; whether it wrote.
+pub fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<bool, Fatal> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(false);
+    }
+    write_atomically(path, bytes).map_err(|e| Fatal::Source(format!("cannot write {}: {e}", path.display())))?;
+    Ok(true)
+}
+
+/// Remove a file (already gone is fine), durably.
+pub fn remove_file(path: &Path) -> Result<(), Fatal> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Fatal::Source(format!("cannot remove {}: {e}", path.display()))),
+    }
+}
+
+/// The files of a one-record-per-file source now in its folder below `root`
+/// (paths below `root`); none when the folder does not exist.
+pub fn source_files_in(spec: &SourceSpec, root: &Path) -> Result<Vec<String>, Fatal> {
+    let (dir, _) = spec.split_path();
+    let folder = if dir.is_empty() { root.to_path_buf() } else { root.join(dir) };
+    let entries = match std::fs::read_dir(&folder) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Fatal::Source(format!("cannot list {}: {e}", folder.display()))),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| Fatal::Source(format!("cannot list {}: {e}", folder.display())))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+        if spec.matches_file_name(&name) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            out.push(if dir.is_empty() { name } else { format!("{dir}/{name}") });
+        }
+    }
+    Ok(out)
 }
 
 /// `out` must be new or empty, unless `--overwrite`.
@@ -71,7 +152,7 @@ fn check_out(out: &Path, overwrite: bool) -> Result<(), Fatal> {
 }
 
 /// The files of one source, by path below its root, with their content.
-fn files_of(spec: &SourceSpec, docs: Vec<Document>) -> Result<BTreeMap<String, Value>, Fatal> {
+pub fn files_of(spec: &SourceSpec, docs: Vec<Document>) -> Result<BTreeMap<String, Value>, Fatal> {
     let mut files = BTreeMap::new();
     match spec.shape {
         Shape::Array => {
@@ -98,7 +179,7 @@ fn files_of(spec: &SourceSpec, docs: Vec<Document>) -> Result<BTreeMap<String, V
 
 /// A one-record-per-file source's file name: the one it was mirrored from,
 /// else `<id>.json` (or the layout's pattern around the id).
-fn file_name(spec: &SourceSpec, d: &Document) -> Option<String> {
+pub fn file_name(spec: &SourceSpec, d: &Document) -> Option<String> {
     let mirrored = d.get_document(MIRROR_FIELD).ok().and_then(|m| m.get_str("source").ok());
     if let Some(rel) = mirrored.filter(|rel| spec.owns_rel(rel)) {
         return rel.rsplit('/').next().map(str::to_string);
@@ -156,7 +237,7 @@ fn iso(t: bson::DateTime) -> String {
 
 /// Write a file so that a reader sees the old content or the new, never a
 /// part: a temporary file beside it, flushed to disk, renamed over it.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("export");

@@ -27,6 +27,7 @@ pub mod metrics;
 pub mod progress;
 pub mod reconcile;
 pub mod redact;
+pub mod reverse;
 pub mod sink;
 pub mod source;
 pub mod state;
