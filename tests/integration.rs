@@ -14,6 +14,8 @@ mod first_hour;
 mod model;
 mod poison;
 mod property;
+mod readiness;
+mod reverse;
 mod service;
 mod sync;
 mod target;

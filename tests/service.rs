@@ -74,17 +74,6 @@ async fn the_uri_can_come_from_a_systemd_credential() {
     assert!(db.doc("users", "u1").await.is_some());
 }
 
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes()).await.unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).await.unwrap();
-    let code = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_readiness_and_status_tell_the_truth() {
     let db = TestDb::new("metrics").await;

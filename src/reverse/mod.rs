@@ -63,7 +63,7 @@ pub async fn run(
     opts: Options,
     cancel: CancellationToken,
 ) -> Result<(), Fatal> {
-    let out = prepare_out(&opts.out)?;
+    let out = resolved(&opts.out);
     // Writes stop only after the last flush had its chance (SIGTERM).
     let hard_cancel = CancellationToken::new();
     let sink = tokio::select! {
@@ -72,6 +72,7 @@ pub async fn run(
     };
     refuse_forward_folders(&sink, &out, &opts.forward_roots).await?;
     refuse_before_cutover(&sink, opts.before_cutover).await?;
+    let out = prepare_out(&out)?;
     let mut files = Files::new(layout, out.clone());
     let mut follower = match opts.poll_interval {
         Some(every) => return poll(&sink, &mut files, every, &cancel).await,
@@ -109,9 +110,24 @@ fn prepare_out(out: &Path) -> Result<PathBuf, Fatal> {
     std::fs::canonicalize(out).map_err(|e| Fatal::Source(format!("cannot resolve --out {}: {e}", out.display())))
 }
 
-/// A path as absolute and resolved as it can be made.
+/// A path made absolute, with symbolic links resolved as far as it exists
+/// (nothing is created: a refused folder is left as it was).
 fn resolved(p: &Path) -> PathBuf {
-    std::fs::canonicalize(p).or_else(|_| std::path::absolute(p)).unwrap_or_else(|_| p.to_path_buf())
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        if let Ok(real) = std::fs::canonicalize(existing) {
+            return rest.iter().rev().fold(real, |acc, part| acc.join(part));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => return abs,
+        }
+    }
 }
 
 /// reverse never writes where a forward mirror reads: not the folders named

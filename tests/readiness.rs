@@ -1,0 +1,71 @@
+//! Readiness: `GET /progress` and `status --format json` give the same
+//! object; the last verify and the drift of `mirror_drift` show in both, and
+//! drift is a reason not to cut over until it is gone.
+
+use bson::doc;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const T: &str = "2025-10-01T08:30:00.123Z";
+
+async fn status_json(db: &TestDb, p: &Platform) -> Value {
+    let run = docmirror(db, p, &["status", "--format", "json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_and_status_agree_and_show_the_last_verify_and_drift() {
+    let db = TestDb::new("readiness_progress").await;
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", T), user("u2", "b@x.io", T)]));
+    p.job("j1", &job("j1", "running", T));
+    let port = free_port();
+    let w = WatchProc::start(&db.uri(), &p, &["--metrics-addr", &format!("127.0.0.1:{port}")]).await;
+    // Before any verify: none recorded.
+    let (code, body) = http_get(port, "/progress").await;
+    assert_eq!(code, 200, "{body}");
+    let progress: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(progress["last_verify_at"], Value::Null, "{progress}");
+
+    // verify records its outcome; a drift document makes a reason.
+    assert_eq!(docmirror(&db, &p, &["verify"]).await.code, 0);
+    let drift = db.db.collection::<bson::Document>("mirror_drift");
+    let first_seen = bson::DateTime::now();
+    drift
+        .insert_many([
+            doc! { "collection": "users", "id": "u1", "kind": "different", "first_seen": first_seen },
+            doc! { "collection": "users", "id": "u2", "kind": "different", "first_seen": first_seen },
+            doc! { "collection": "training_jobs", "id": "j1", "kind": "deleted_in_mongodb", "first_seen": first_seen },
+        ])
+        .await
+        .unwrap();
+    // The watch's heartbeat may move between two reads: both are read while it is idle.
+    let status = status_json(&db, &p).await;
+    let (code, body) = http_get(port, "/progress").await;
+    assert_eq!(code, 200, "{body}");
+    let progress: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(progress, status["readiness"], "/progress and status --format json agree");
+    assert_eq!(progress["last_verify_outcome"], "in-sync", "{progress}");
+    assert!(progress["last_verify_at"]["$date"].is_string(), "{progress}");
+    assert_eq!(progress["drift"], json!({"deleted_in_mongodb": 1, "different": 2}), "{progress}");
+    assert_eq!(progress["can_cut_over"], false);
+    assert!(progress["reasons"].to_string().contains("3 record(s) differ"), "{progress}");
+    let text = docmirror(&db, &p, &["status"]).await.stdout;
+    assert!(text.contains("last verify:") && text.contains("in-sync"), "{text}");
+    assert!(text.contains("drift:         deleted_in_mongodb 1, different 2"), "{text}");
+
+    // Drift gone: the reason is cleared and cutover is possible again.
+    drift.delete_many(doc! {}).await.unwrap();
+    let (_, body) = http_get(port, "/progress").await;
+    let progress: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((progress["can_cut_over"].clone(), progress["drift"].clone()), (json!(true), json!({})), "{progress}");
+
+    // A verify that finds differences is recorded as such.
+    w.stop().await;
+    p.users(&json!([user("u1", "a@x.io", T)]));
+    assert_eq!(docmirror(&db, &p, &["verify"]).await.code, 1);
+    let r = status_json(&db, &p).await["readiness"].clone();
+    assert_eq!(r["last_verify_outcome"], "differences", "{r}");
+}
