@@ -337,7 +337,7 @@ pub struct ReverseArgs {
     pub debounce_ms: u64,
 
     /// Without change streams (a standalone server): compare everything every N ms instead.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(10..))]
+    #[arg(long, env = "DOCMIRROR_REVERSE_POLL_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(10..))]
     pub poll_interval_ms: Option<u64>,
 
     /// Run although no cutover is recorded: a rehearsal, into a folder of its own.
