@@ -41,13 +41,17 @@ async fn progress_and_status_agree_and_show_the_last_verify_and_drift() {
         ])
         .await
         .unwrap();
-    // The watch's heartbeat may move between two reads: both are read while it is idle.
+    // Once watch's first heartbeat is in (every 5 s), both are read while it is idle.
+    eventually(30, "watch's heartbeat", || async { status_json(&db, &p).await["readiness"]["watch"] == "running" })
+        .await;
     let status = status_json(&db, &p).await;
     let (code, body) = http_get(port, "/progress").await;
     assert_eq!(code, 200, "{body}");
     let progress: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(progress, status["readiness"], "/progress and status --format json agree");
     assert_eq!(progress["last_verify_outcome"], "in-sync", "{progress}");
+    assert_eq!((progress["phase"].clone(), progress["watch"].clone()), (json!("mirroring"), json!("running")));
+    assert_eq!(progress["last_full_reconcile_mode"], "watch", "{progress}");
     assert!(progress["last_verify_at"]["$date"].is_string(), "{progress}");
     assert_eq!(progress["drift"], json!({"deleted_in_mongodb": 1, "different": 2}), "{progress}");
     assert_eq!(progress["can_cut_over"], false);

@@ -161,8 +161,25 @@ async fn inserts_updates_and_deletes_in_mongodb_reach_the_files() {
     users.delete_one(doc! {"_id": "u3"}).await.unwrap();
     until_exact(&db, &p, out.path()).await;
     assert_eq!(read(&out.path().join("data/users.json")).as_array().unwrap().len(), 2);
+    // status: the phase is reverse while it runs, and its record shows.
+    let run = docmirror(&db, &p, &["status", "--format", "json"]).await;
+    let status: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(status["readiness"]["phase"], "reverse", "{status}");
+    assert_eq!(status["reverse"]["state"], "running", "{status}");
+    assert!(status["reverse"].get("token").is_none(), "the token is not shown");
+    let text = docmirror(&db, &p, &["status"]).await.stdout;
+    assert!(
+        text.contains(&format!("reverse:       running into {}", out.path().canonicalize().unwrap().display())),
+        "{text}"
+    );
     let log = r.stop().await;
     assert!(!log.contains(" ERROR "), "{log}");
+    let status = docmirror(&db, &p, &["status", "--format", "json"]).await.stdout;
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        (status["readiness"]["phase"].clone(), status["reverse"]["state"].clone()),
+        (json!("cut-over"), json!("stopped"))
+    );
     // No temporary file is left behind, and nothing was written outside the folder
     // (the platform's own tree is checked when `p` is dropped).
     assert!(tree(out.path()).keys().all(|k| !k.contains(".tmp")), "{:?}", tree(out.path()).keys());
