@@ -137,8 +137,11 @@ async fn inserts_updates_and_deletes_in_mongodb_reach_the_files() {
     let db = TestDb::new("reverse_changes").await;
     let p = cut_over(&db).await;
     let out = tempfile::tempdir().unwrap();
+    // A job file in the folder whose document does not exist (any more).
+    std::fs::create_dir_all(out.path().join("artifacts/jobs")).unwrap();
+    std::fs::write(out.path().join("artifacts/jobs/stale.json"), br#"{"job_id": "stale"}"#).unwrap();
     let r = Reverse::start(&db.uri(), &p, out.path(), &[]).await;
-    // The first start compares every file: the export's files, job file names kept.
+    // The first start compares every file: the export's files, job file names kept, the stale one gone.
     until_exact(&db, &p, out.path()).await;
     assert!(out.path().join("artifacts/jobs/job_2025_j1.json").is_file());
     assert!(r.log_text().contains("No stored resume token for this folder: comparing every file"));
@@ -231,6 +234,15 @@ async fn changes_within_a_debounce_period_are_written_once_and_sigterm_writes_wh
     let r = Reverse::start(&db.uri(), &p, out.path(), &[]).await;
     let log = r.stop().await;
     assert!(log.contains("Resuming from the stored resume token") && !log.contains("every file"), "{log}");
+    // --full compares every file all the same.
+    let r = Reverse::start(&db.uri(), &p, out.path(), &["--full"]).await;
+    let log = r.stop().await;
+    assert!(log.contains("Compared every file with MongoDB"), "{log}");
+    // The token belongs to its folder: another folder starts with a full compare.
+    let other = tempfile::tempdir().unwrap();
+    let r = Reverse::start(&db.uri(), &p, other.path(), &[]).await;
+    until_exact(&db, &p, other.path()).await;
+    assert!(r.stop().await.contains("No stored resume token for this folder"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
