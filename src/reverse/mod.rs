@@ -56,7 +56,7 @@ const BEAT: Duration = Duration::from_secs(5);
 
 type Stream = ChangeStream<ChangeStreamEvent<Document>>;
 
-/// Run until `cancel` fires; returns the totals.
+/// Run until `cancel` fires (or a refusal, or a failure to write the folder).
 pub async fn run(
     layout: Layout,
     sink_opts: SinkOptions,
@@ -245,7 +245,12 @@ impl Follower {
         if compare {
             // The token is the one taken when the stream opened, before the compare.
             f.dirty.all(&files.layout);
-            let done = f.flush(sink, files).await?;
+            // SIGTERM does not wait for a whole compare: without a stored token, the
+            // next start compares again.
+            let done = tokio::select! {
+                r = f.flush(sink, files) => r?,
+                () = cancel.cancelled() => return Err(Fatal::Interrupted),
+            };
             log_flush("Compared every file with MongoDB", &done);
         } else {
             record::beat(sink, &files.out, "change-stream", None, f.totals, false).await?;
