@@ -73,3 +73,21 @@ async fn progress_and_status_agree_and_show_the_last_verify_and_drift() {
     let r = status_json(&db, &p).await["readiness"].clone();
     assert_eq!(r["last_verify_outcome"], "differences", "{r}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progress_says_503_while_mongodb_does_not_answer() {
+    let server = OwnServer::start();
+    let uri = server.uri("readiness_frozen");
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", T)]));
+    let port = free_port();
+    let w = WatchProc::start(&uri, &p, &["--metrics-addr", &format!("127.0.0.1:{port}")]).await;
+    assert_eq!(http_get(port, "/progress").await.0, 200);
+    server.signal("-STOP");
+    let (code, body) = http_get(port, "/progress").await;
+    server.signal("-CONT");
+    assert_eq!(code, 503, "{body}");
+    assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].is_string(), "{body}");
+    eventually(60, "/progress answers again", || async { http_get(port, "/progress").await.0 == 200 }).await;
+    w.stop().await;
+}
