@@ -10,9 +10,7 @@ use bson::{doc, Bson};
 use serde_json::Value;
 
 use crate::error::Fatal;
-use crate::export::{
-    export_source, file_name, record, remove_file, render, source_files_in, write_if_changed, Exported,
-};
+use crate::export::{export_source, id_key, object_file, remove_file, source_files_in, write_if_changed, Exported};
 use crate::layout::{Layout, Shape, SourceSpec};
 use crate::sink::Sink;
 
@@ -25,7 +23,7 @@ const MAX_IDS: usize = 10_000;
 pub struct Dirty {
     /// Sources to write whole (array sources, a dropped collection, a flood).
     whole: BTreeSet<usize>,
-    /// One-record-per-file sources: changed `_id`s, keyed by [`key`].
+    /// One-record-per-file sources: changed `_id`s, keyed by [`id_key`].
     ids: BTreeMap<usize, BTreeMap<String, Bson>>,
     /// When the oldest change not yet flushed arrived.
     pub since: Option<tokio::time::Instant>,
@@ -64,22 +62,14 @@ impl Dirty {
         }
         self.touched();
         let ids = self.ids.entry(i).or_default();
-        ids.insert(key(&id), id);
+        ids.insert(id_key(&id), id);
         if ids.len() > MAX_IDS {
             self.whole(i);
         }
     }
 }
 
-/// An id as a map key: a string id as itself, anything else as its JSON.
-pub fn key(id: &Bson) -> String {
-    match id {
-        Bson::String(s) => s.clone(),
-        other => other.clone().into_relaxed_extjson().to_string(),
-    }
-}
-
-/// The id a record written in a file holds, keyed like [`key`].
+/// The id a record written in a file holds, keyed like [`id_key`].
 fn key_of_record(spec: &SourceSpec, v: &Value) -> Option<String> {
     match v.get(&spec.id_field)? {
         Value::String(s) => Some(s.clone()),
@@ -117,8 +107,7 @@ impl Files {
         let Some(spec) = self.layout.sources.get(i) else { return Ok(Exported::default()) };
         let (done, files) = export_source(spec, sink, &self.out, true).await?;
         if spec.shape == Shape::Object {
-            let names = files.iter().filter_map(|(rel, v)| Some((key_of_record(spec, v)?, rel.clone()))).collect();
-            self.names[i] = Some(names);
+            self.names[i] = Some(files.into_iter().map(|(rel, id)| (id, rel)).collect());
         }
         Ok(done)
     }
@@ -148,25 +137,17 @@ impl Files {
         let names = self.names_of(i, &spec)?;
         let mut done = Exported::default();
         let mut seen = HashSet::new();
-        let (dir, _) = spec.split_path();
         for d in &docs {
-            let id = d.get("_id").map(key).unwrap_or_default();
-            let name = file_name(&spec, d).ok_or_else(|| {
-                Fatal::Config(format!(
-                    "{} document {id} has no id that can name a file in {}/{dir}",
-                    spec.collection,
-                    root.display()
-                ))
-            })?;
-            let rel = if dir.is_empty() { name } else { format!("{dir}/{name}") };
+            let f = object_file(&spec, d)?;
+            let id = f.key.clone().unwrap_or_default();
             done.records += 1;
             done.files += 1;
-            if write_if_changed(&root.join(&rel), &render(&record(&spec, d))?)? {
+            if write_if_changed(&root.join(&f.rel), &f.bytes)? {
                 done.written += 1;
             } else {
                 done.unchanged += 1;
             }
-            if let Some(old) = names.insert(id.clone(), rel.clone()).filter(|old| *old != rel) {
+            if let Some(old) = names.insert(id.clone(), f.rel.clone()).filter(|old| *old != f.rel) {
                 remove_file(&root.join(old))?;
                 done.removed += 1;
             }
@@ -223,6 +204,6 @@ mod tests {
             d.id(&layout, jobs, Bson::String(format!("j{n}")));
         }
         assert!(d.whole.contains(&jobs) && !d.ids.contains_key(&jobs), "a flood turns into one whole compare");
-        assert_eq!(key(&Bson::Int32(5)), "5");
+        assert_eq!(id_key(&Bson::Int32(5)), "5");
     }
 }
