@@ -387,3 +387,71 @@ async fn without_change_streams_reverse_refuses_or_polls() {
     .await;
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dropped_collection_or_database_empties_the_files() {
+    let db = TestDb::new("reverse_drops").await;
+    let p = cut_over(&db).await;
+    let out = tempfile::tempdir().unwrap();
+    let r = Reverse::start(&db.uri(), &p, out.path(), &[]).await;
+    until_exact(&db, &p, out.path()).await;
+    db.db.collection::<Document>("training_jobs").drop().await.unwrap();
+    let jobs = out.path().join("artifacts/jobs");
+    eventually(60, "the job files removed with their collection", || {
+        let left = std::fs::read_dir(&jobs).map(|d| d.count()).unwrap_or(0);
+        async move { left == 0 }
+    })
+    .await;
+    // The whole database: the stream is invalidated, opened again, everything compared.
+    db.db.drop().await.unwrap();
+    let users = out.path().join("data/users.json");
+    eventually(60, "users.json emptied with the database", || {
+        let empty =
+            std::fs::read(&users).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) == Some(json!([]));
+        async move { empty }
+    })
+    .await;
+    // And it goes on following: a user the app creates afresh arrives.
+    db.db.collection::<Document>("users").insert_one(doc! {"_id": "u5", "id": "u5", "email": "e@x.io"}).await.unwrap();
+    until_exact(&db, &p, out.path()).await;
+    assert_eq!(read(&users)[0]["id"], "u5");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reverse_rides_out_a_mongodb_restart() {
+    // Durable commits, as a real mongod's journal gives: without them SecantusDB
+    // loses its latest oplog entries in a SIGKILL and then resumes an older
+    // token silently, with no event and no error.
+    let mut server = OwnServer::start_with(free_port(), &["--sync-on-commit"]);
+    let uri = server.uri("reverse_outage");
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", T)]));
+    p.job("j1", &job("j1", "running", T));
+    assert_eq!(docmirror_at(&uri, &p, &["sync"], &[]).await.code, 0);
+    assert_eq!(docmirror_at(&uri, &p, &["cutover", "--quiet-secs", "0"], &[]).await.code, 0);
+    let out = tempfile::tempdir().unwrap();
+    let r = Reverse::start(&uri, &p, out.path(), &[]).await;
+    let file = out.path().join("artifacts/jobs/j1.json");
+    eventually(60, "the first compare", || {
+        let ok = file.is_file();
+        async move { ok }
+    })
+    .await;
+    server.kill();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    server.restart_with(&["--sync-on-commit"]);
+    let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+    let jobs = client.database("reverse_outage").collection::<Document>("training_jobs");
+    jobs.update_one(doc! {"_id": "j1"}, doc! {"$set": {"status": "completed"}}).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !std::fs::read(&file)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|v| v["status"] == "completed")
+    {
+        assert!(std::time::Instant::now() < deadline, "the change never reached the file:\n{}", r.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    r.stop().await;
+}

@@ -53,6 +53,8 @@ pub struct Options {
 const NO_CHANGE_STREAMS: i32 = 40573;
 /// A heartbeat (and an idle token) is stored this often.
 const BEAT: Duration = Duration::from_secs(5);
+/// How much longer than its await time a change stream may take to answer.
+const STALLED: Duration = Duration::from_secs(10);
 
 type Stream = ChangeStream<ChangeStreamEvent<Document>>;
 
@@ -280,10 +282,23 @@ impl Follower {
                 }
                 self.last_beat = tokio::time::Instant::now();
             }
+            // A getMore answers within the stream's await time; one that does not
+            // (a connection to a server that went away without closing it) is
+            // given up, and the stream opened again from its last token.
+            let limit = self.debounce.clamp(Duration::from_millis(10), Duration::from_secs(1)) + STALLED;
             let next = tokio::select! {
                 biased;
                 () = cancel.cancelled() => return Ok(()),
-                n = self.stream.next_if_any() => n,
+                n = tokio::time::timeout(limit, self.stream.next_if_any()) => n,
+            };
+            let Ok(next) = next else {
+                tracing::warn!(
+                    waited_s = limit.as_secs(),
+                    "The change stream did not answer; opening it again from its last token"
+                );
+                let token = self.stream.resume_token();
+                self.reopen(sink, files, token, cancel).await?;
+                continue;
             };
             match next {
                 Ok(Some(event)) => {
