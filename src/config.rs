@@ -260,6 +260,18 @@ mod tests {
     }
 
     #[test]
+    fn reverse_takes_its_folder_and_flags_from_the_config_file() {
+        let cfg = "data-dir = \"/srv/p/data\"\n[reverse]\nout = \"/srv/restored\"\ndebounce-ms = 500\n";
+        let cli = parse_with(cfg, &["docmirror", "reverse"]).unwrap();
+        let C::Reverse(r) = cli.command else { panic!("reverse") };
+        assert_eq!(r.out, Some(PathBuf::from("/srv/restored")));
+        assert_eq!(r.debounce_ms, 500);
+        // The top-level data-dir is a folder reverse refuses to write into.
+        assert!(r.forward_roots().contains(&PathBuf::from("/srv/p/data")));
+        assert!(parse_with("[reverse]\nbatch-size = 5", &["docmirror", "reverse"]).unwrap_err().contains("batch-size"));
+    }
+
+    #[test]
     fn export_takes_its_folder_from_the_config_file() {
         let cli = parse_with("[export]\nout = \"/srv/export\"", &["docmirror", "export"]).unwrap();
         let C::Export(e) = cli.command else { panic!("export") };
