@@ -1,4 +1,4 @@
-"""Scenario 6 (issue 15): `docmirror export` and `docmirror reverse`.
+"""Scenario 8 (issue 15): `docmirror export` and `docmirror reverse`.
 
 On a fresh server holding the synced tree:
   a. `docmirror export` of everything, timed (records/s), side by side with a
@@ -41,10 +41,10 @@ def scenario(cfg, tree, h) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     try:
-        with h.Server("s6") as srv:
+        with h.Server("s8") as srv:
             uri = srv.uri()
             sync = h.run_timed([h.DOCMIRROR, "--log-format", "json", "--quiet", "sync", "--data-dir", tree.data,
-                                "--artifacts-dir", tree.artifacts, "--mongodb-uri", uri], "s6-sync", cfg.timeout, srv)
+                                "--artifacts-dir", tree.artifacts, "--mongodb-uri", uri], "s8-sync", cfg.timeout, srv)
             if sync.rc not in (0, 3):
                 res["error"] = f"sync exited {sync.rc}: {sync.stderr_tail[-300:]}"
                 return res
@@ -61,15 +61,15 @@ def export_part(cfg, tree, h, srv, work: str, res: dict) -> None:
     uri = srv.uri()
     out = os.path.join(work, "export")
     r = h.run_timed([h.DOCMIRROR, "--log-format", "json", "--quiet", "export", "--mongodb-uri", uri, "--out", out],
-                    "s6-export", cfg.timeout, srv)
+                    "s8-export", cfg.timeout, srv)
     res["export"] = {"rc": r.rc, "seconds": r.wall, "maxrss_kb": r.maxrss_kb, "stdout": r.stdout.strip()}
-    h.log(f"s6: docmirror export {r.wall:.2f}s (exit {r.rc})")
+    h.log(f"s8: docmirror export {r.wall:.2f}s (exit {r.rc})")
     out2 = os.path.join(work, "export-pymongo")
     import sys
     p = h.run_timed([sys.executable, os.path.join(h.BENCH, "contenders", "export_pymongo.py"), uri, out2],
-                    "s6-export-pymongo", cfg.timeout, srv)
+                    "s8-export-pymongo", cfg.timeout, srv)
     res["export_pymongo"] = {"rc": p.rc, "seconds": p.wall, "stdout": p.stdout.strip()}
-    h.log(f"s6: pymongo export {p.wall:.2f}s (exit {p.rc})")
+    h.log(f"s8: pymongo export {p.wall:.2f}s (exit {p.rc})")
     # The round trip: the export read as the files, against the database it came from.
     v = subprocess.run([h.DOCMIRROR, "--log-format", "json", "--quiet", "verify", "--mongodb-uri", uri,
                         "--data-dir", os.path.join(out, "data"), "--artifacts-dir", os.path.join(out, "artifacts")],
@@ -83,12 +83,12 @@ def export_part(cfg, tree, h, srv, work: str, res: dict) -> None:
 def reverse_part(cfg, h, srv, work: str, res: dict) -> None:
     uri = srv.uri()
     out = os.path.join(work, "reverse")
-    log_path = os.path.join(h.RESULTS, "logs", "s6-reverse.err")
+    log_path = os.path.join(h.RESULTS, "logs", "s8-reverse.err")
     t0 = time.monotonic()
     proc = h.start([h.DOCMIRROR, "--log-format", "text", "reverse", "--mongodb-uri", uri, "--out", out,
                     "--before-cutover", "--data-dir", os.path.join(work, "none-data"),
                     "--artifacts-dir", os.path.join(work, "none-artifacts")],
-                   os.path.join(h.RESULTS, "logs", "s6-reverse.out"), log_path)
+                   os.path.join(h.RESULTS, "logs", "s8-reverse.out"), log_path)
     deadline = time.monotonic() + cfg.timeout
     while not h.log_has(log_path, "Following MongoDB's change stream"):
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -97,7 +97,7 @@ def reverse_part(cfg, h, srv, work: str, res: dict) -> None:
             return
         time.sleep(0.05)
     res["reverse_first_start_s"] = time.monotonic() - t0
-    h.log(f"s6: reverse first start (full compare) {res['reverse_first_start_s']:.2f}s")
+    h.log(f"s8: reverse first start (full compare) {res['reverse_first_start_s']:.2f}s")
     lat, missing = updates(cfg, srv, out)
     res["reverse_updates"] = len(lat)
     res["reverse_missing"] = missing
@@ -113,7 +113,7 @@ def reverse_part(cfg, h, srv, work: str, res: dict) -> None:
     subprocess.run([h.DOCMIRROR, "--quiet", "export", "--mongodb-uri", uri, "--out", fresh], check=True,
                    capture_output=True, timeout=cfg.timeout)
     res["reverse_ok"] = missing == 0 and res["reverse_exit"] == 0 and tree_bytes(out) == tree_bytes(fresh)
-    h.log(f"s6: reverse p50 {res['reverse_p50_ms']} ms, p99 {res['reverse_p99_ms']} ms; exact: {res['reverse_ok']}")
+    h.log(f"s8: reverse p50 {res['reverse_p50_ms']} ms, p99 {res['reverse_p99_ms']} ms; exact: {res['reverse_ok']}")
 
 
 def updates(cfg, srv, out: str) -> tuple[list[float], int]:
@@ -171,7 +171,7 @@ def updates(cfg, srv, out: str) -> tuple[list[float], int]:
 def render(res: dict, cfg) -> str:
     if not res:
         return ""
-    lines = ["", "## Scenario 6: export and reverse (issue 15)", ""]
+    lines = ["", "## Scenario 8: export and reverse (issue 15)", ""]
     if "error" in res:
         lines.append(f"Failed: {res['error']}")
         return "\n".join(lines) + "\n"

@@ -10,7 +10,8 @@ use crate::cli::{
     Cli, Command, CutoverArgs, ExportArgs, OutputFormat, ReverseArgs, StatusArgs, SyncArgs, VerifyArgs, WatchArgs,
 };
 use crate::error::{exit, Fatal};
-use crate::reconcile::{reconcile, Core, RunOptions, Scope};
+use crate::reconcile::memo::Memory;
+use crate::reconcile::RunOptions;
 use crate::sink::Sink;
 use crate::summary::Summary;
 use crate::verify::{render_text, verify};
@@ -78,8 +79,9 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
     }
     let opts = RunOptions { dry_run: args.dry_run, log_all_rejects: true, defer_bad_files: false, log_changes: false };
     let progress = show_progress.then(|| crate::progress::Bar::start(engine.metrics.clone()));
-    let core = Core { engine: &engine, target: &sink, memory: None };
-    let summary = reconcile(core, Scope::Full, opts, &cancel).await;
+    let memory = Arc::new(Memory::default());
+    let full = args.write.full || args.dry_run;
+    let summary = crate::stream::warm::run(&engine, &sink, &memory, full, opts, &cancel).await;
     drop(progress);
     let summary = summary?;
     if !args.dry_run {
@@ -87,6 +89,8 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
             tracing::warn!(error = %e, "Cannot record the run in mirror_state");
         }
     }
+    let read: Vec<String> = engine.metrics.documents_read().iter().map(|(c, n)| format!("{c}={n}")).collect();
+    tracing::info!(documents_read = %read.join(" "), "Documents read from MongoDB");
     println!("{}", summary_line(&summary, args.dry_run, started));
     Ok(if summary.rejected > 0 { exit::REJECTED } else { exit::OK })
 }

@@ -204,6 +204,17 @@ pub struct WriteArgs {
     #[arg(long, default_value_t = 60)]
     pub mass_delete_window_secs: u64,
 
+    /// Reconcile everything at start, whatever the checkpoint proves (a
+    /// start otherwise checks only what changed since the last checkpoint,
+    /// where the server has change streams).
+    #[arg(long)]
+    pub full: bool,
+
+    /// A start reconciles in full when more documents than this changed in
+    /// MongoDB since the checkpoint (checking them one by one would cost more).
+    #[arg(long, default_value_t = 50_000)]
+    pub checkpoint_max_changes: u64,
+
     /// Records mapped, compared and written together while a whole source is
     /// scanned: bounds memory (a few KB per record), not the write batch size.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -242,6 +253,11 @@ pub struct WatchArgs {
     /// Serve Prometheus /metrics, /healthz and /readyz on this address (off unless given).
     #[arg(long, env = "DOCMIRROR_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+
+    /// How long a document written by someone else may differ from its file
+    /// record (and not be newer) before it is reported as drift.
+    #[arg(long, default_value_t = 30)]
+    pub drift_grace_secs: u64,
 }
 
 impl WatchArgs {
@@ -259,6 +275,8 @@ impl WatchArgs {
             parse_retries: 3,
             queue_capacity: self.event_queue_capacity,
             after_cutover: self.write.after_cutover,
+            full: self.write.full,
+            drift_grace: Duration::from_secs(self.drift_grace_secs),
         }
     }
 }
@@ -516,6 +534,7 @@ impl WriteArgs {
         engine.mass_delete_fraction = self.mass_delete_fraction;
         engine.mass_delete_window = std::time::Duration::from_secs(self.mass_delete_window_secs);
         engine.chunk = usize::try_from(self.chunk_records).unwrap_or(crate::reconcile::CHUNK);
+        engine.checkpoint_max_changes = usize::try_from(self.checkpoint_max_changes).unwrap_or(usize::MAX);
         Ok(())
     }
 }

@@ -31,6 +31,7 @@ pub mod reverse;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod stream;
 pub mod summary;
 pub mod verify;
 pub mod watch;

@@ -30,6 +30,11 @@ pub struct Metrics {
     pub ops_done: AtomicU64,
     pub records_scanned: AtomicU64,
     pub phase: Mutex<String>,
+    /// Documents read from MongoDB, by collection (every read goes through
+    /// the sink's `find_map`): how a start proves it read no collection whole.
+    documents_read: Mutex<BTreeMap<String, u64>>,
+    /// Drifting records now, by collection and kind (watch).
+    drift: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 impl Metrics {
@@ -52,6 +57,24 @@ impl Metrics {
         self.batch_buckets[slot].fetch_add(1, Ordering::Relaxed);
         self.batch_micros.fetch_add(u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
         self.last_write_unix_ms.store(bson::DateTime::now().timestamp_millis(), Ordering::Relaxed);
+    }
+
+    pub fn record_read(&self, collection: &str, n: u64) {
+        if let (true, Ok(mut m)) = (n > 0, self.documents_read.lock()) {
+            *m.entry(collection.to_string()).or_default() += n;
+        }
+    }
+
+    /// Documents read so far, by collection.
+    pub fn documents_read(&self) -> BTreeMap<String, u64> {
+        self.documents_read.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The drift gauge: records drifting now, by (collection, kind).
+    pub fn set_drift(&self, counts: BTreeMap<(String, String), u64>) {
+        if let Ok(mut m) = self.drift.lock() {
+            *m = counts;
+        }
     }
 
     pub fn record_retry(&self) {
@@ -105,6 +128,12 @@ impl Metrics {
             "Updates skipped: MongoDB held a newer version.",
             rows(|s| s.skipped_newer),
         );
+        let read = self.documents_read();
+        counter(
+            "documents_read_total",
+            "Documents read from MongoDB.",
+            read.iter().map(|(c, n)| (format!("{{collection=\"{c}\"}}"), *n)).collect(),
+        );
         counter(
             "write_retries_total",
             "MongoDB operations retried after a transient error.",
@@ -135,6 +164,10 @@ impl Metrics {
             "# HELP docmirror_ready Whether the first full reconcile is done.\n# TYPE docmirror_ready gauge"
         );
         let _ = writeln!(out, "docmirror_ready {}", u8::from(self.ready.load(Ordering::Relaxed)));
+        let _ = writeln!(out, "# HELP docmirror_drift_records Records whose MongoDB document differs from the file for longer than --drift-grace-secs.\n# TYPE docmirror_drift_records gauge");
+        for ((c, kind), n) in self.drift.lock().map(|m| m.clone()).unwrap_or_default() {
+            let _ = writeln!(out, "docmirror_drift_records{{collection=\"{c}\",kind=\"{kind}\"}} {n}");
+        }
         let last = self.last_write_unix_ms.load(Ordering::Relaxed);
         let _ = writeln!(out, "# HELP docmirror_seconds_since_last_write Seconds since the last successful write batch (-1: none yet).\n# TYPE docmirror_seconds_since_last_write gauge");
         let since = if last == 0 {

@@ -429,3 +429,27 @@ fn extra_lines(out: &mut String, d: &Document) {
         );
     }
 }
+
+/// This database's mirror id: a random value stored once in `mirror_state`,
+/// which a checkpoint must carry to be used here (a checkpoint copied from
+/// another database is not a proof about this one).
+pub async fn database_id(sink: &Sink) -> Result<String, SinkError> {
+    for _ in 0..2 {
+        if let Some(id) = read(sink).await?.as_ref().and_then(|d| d.get_str("database_id").ok()) {
+            return Ok(id.to_string());
+        }
+        let fresh = bson::oid::ObjectId::new().to_hex();
+        let op = WriteOp::Update {
+            coll: STATE.to_string(),
+            filter: doc! { "_id": ID, "database_id": { "$exists": false } },
+            update: doc! { "$set": { "database_id": &fresh } },
+            upsert: true,
+        };
+        // Two starting at once: one sets it, the other's upsert collides and reads it.
+        let outcome = sink.write(vec![op]).await?;
+        if matches!(outcome.first(), Some(crate::reconcile::target::Outcome::Applied { .. })) {
+            return Ok(fresh);
+        }
+    }
+    Err(SinkError::Permanent("mirror_state: cannot set the database id".into()))
+}

@@ -181,14 +181,15 @@ fn id_string(b: &Bson) -> String {
     }
 }
 
-enum Outcome {
+pub enum Outcome {
     Same,
     Missing,
     Different(Vec<String>),
     Newer(Vec<String>),
 }
 
-fn compare(spec: &SourceSpec, c: &Candidate, stored: Option<&Document>) -> Outcome {
+/// One record against its document, as `verify` (and watch's drift check) compares them.
+pub fn compare(spec: &SourceSpec, c: &Candidate, stored: Option<&Document>) -> Outcome {
     let Some(stored) = stored else {
         return Outcome::Missing;
     };

@@ -7,7 +7,9 @@
 
 mod support;
 
+mod checkpoint;
 mod cutover;
+mod drift;
 mod export;
 mod faults;
 mod first_hour;

@@ -37,7 +37,7 @@ async fn progress_and_status_agree_and_show_the_last_verify_and_drift() {
         .insert_many([
             doc! { "collection": "users", "id": "u1", "kind": "different", "first_seen": first_seen },
             doc! { "collection": "users", "id": "u2", "kind": "different", "first_seen": first_seen },
-            doc! { "collection": "training_jobs", "id": "j1", "kind": "deleted_in_mongodb", "first_seen": first_seen },
+            doc! { "collection": "training_jobs", "id": "j1", "kind": "missing", "first_seen": first_seen },
         ])
         .await
         .unwrap();
@@ -53,12 +53,12 @@ async fn progress_and_status_agree_and_show_the_last_verify_and_drift() {
     assert_eq!((progress["phase"].clone(), progress["watch"].clone()), (json!("mirroring"), json!("running")));
     assert_eq!(progress["last_full_reconcile_mode"], "watch", "{progress}");
     assert!(progress["last_verify_at"]["$date"].is_string(), "{progress}");
-    assert_eq!(progress["drift"], json!({"deleted_in_mongodb": 1, "different": 2}), "{progress}");
+    assert_eq!(progress["drift"], json!({"missing": 1, "different": 2}), "{progress}");
     assert_eq!(progress["can_cut_over"], false);
     assert!(progress["reasons"].to_string().contains("3 record(s) differ"), "{progress}");
     let text = docmirror(&db, &p, &["status"]).await.stdout;
     assert!(text.contains("last verify:") && text.contains("in-sync"), "{text}");
-    assert!(text.contains("drift:         deleted_in_mongodb 1, different 2"), "{text}");
+    assert!(text.contains("drift:         different 2, missing 1"), "{text}");
 
     // Drift gone: the reason is cleared and cutover is possible again.
     drift.delete_many(doc! {}).await.unwrap();

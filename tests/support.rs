@@ -556,7 +556,7 @@ impl Drop for OwnServer {
     }
 }
 
-/// `GET path` on a local port: the status code and the body.
+/// One plain HTTP GET: the status code and the body.
 pub async fn http_get(port: u16, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();

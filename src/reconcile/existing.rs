@@ -22,6 +22,25 @@ pub async fn for_scan<T: Target>(
     memory: Option<&Memory>,
     scanned: &Scanned,
 ) -> Result<HashMap<String, Existing>, Fatal> {
+    let mut found = held(engine, target, memory, scanned).await?;
+    // Documents that must be written whatever their content hash says.
+    if let Some(m) = memory {
+        let spec = &engine.layout.sources[scanned.spec];
+        for id in m.take_forced(&spec.collection, scanned.candidates.iter().map(|c| c.mapped.id.as_str())) {
+            if let Some(ex) = found.get_mut(&id) {
+                ex.hash = None;
+            }
+        }
+    }
+    Ok(found)
+}
+
+async fn held<T: Target>(
+    engine: &Engine,
+    target: &T,
+    memory: Option<&Memory>,
+    scanned: &Scanned,
+) -> Result<HashMap<String, Existing>, Fatal> {
     let spec = &engine.layout.sources[scanned.spec];
     if scanned.complete {
         return target.hashes(spec).await;
@@ -29,11 +48,23 @@ pub async fn for_scan<T: Target>(
     if let Some(found) = memory.and_then(|m| from_picture(m, &spec.collection, scanned)) {
         return Ok(found);
     }
+    // Without a picture: the records found, and the documents of these files
+    // whose records are gone. Where the memo covers a file, those are its
+    // vanished records; other files are asked for whole.
     let mut ids: Vec<String> = scanned.candidates.iter().map(|c| c.mapped.id.clone()).collect();
+    ids.extend(
+        scanned.vanished.iter().filter(|v| scanned.memo_covered.contains(&*v.rel)).map(|v| v.rec.id.to_string()),
+    );
     ids.sort();
     ids.dedup();
     let mut found = target.existing(spec, &ids).await?;
-    let rels: Vec<String> = scanned.read_ok.iter().chain(&scanned.missing).cloned().collect();
+    let rels: Vec<String> = scanned
+        .read_ok
+        .iter()
+        .filter(|r| !scanned.memo_covered.contains(*r))
+        .chain(&scanned.missing)
+        .cloned()
+        .collect();
     if !rels.is_empty() {
         found.extend(target.existing_from_files(spec, &rels).await?);
     }

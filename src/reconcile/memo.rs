@@ -13,7 +13,7 @@
 //! version condition, unique indexes) and anything surprising is planned again
 //! from a fresh read. Only a full scan starts a picture; a failure forgets.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +36,9 @@ pub struct Memory {
     /// The operator released the held deletes (SIGUSR1): the next full
     /// reconcile applies them, whatever the guard says.
     pub release_held: AtomicBool,
+    /// Per collection, ids whose next write must happen whatever the content
+    /// hash says (a drift repair under `--conflict file-wins`).
+    pub forced: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 impl Memory {
@@ -77,6 +80,24 @@ impl Memory {
                 picture.remove(&s.collection);
             }
         }
+    }
+
+    /// Have the next reconcile of this document write it (see [`Memory::forced`]).
+    pub fn force(&self, collection: &str, id: &str) {
+        if let Ok(mut f) = self.forced.lock() {
+            f.entry(collection.to_string()).or_default().insert(id.to_string());
+        }
+    }
+
+    /// The forced ids among `ids`, forgotten as they are handed out.
+    pub fn take_forced<'a>(&self, collection: &str, ids: impl Iterator<Item = &'a str>) -> Vec<String> {
+        let Ok(mut f) = self.forced.lock() else { return Vec::new() };
+        let Some(set) = f.get_mut(collection) else { return Vec::new() };
+        let taken: Vec<String> = ids.filter(|id| set.remove(*id)).map(str::to_string).collect();
+        if set.is_empty() {
+            f.remove(collection);
+        }
+        taken
     }
 
     /// How many documents of a collection were deleted within `window`.

@@ -95,6 +95,9 @@ pub struct Engine {
     pub allow_mass_delete: bool,
     /// Records per chunk of a streamed scan ([`CHUNK`] by default).
     pub chunk: usize,
+    /// A start from a checkpoint gives way to a full reconcile when more
+    /// documents than this changed in MongoDB since (`--checkpoint-max-changes`).
+    pub checkpoint_max_changes: usize,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -113,6 +116,7 @@ impl Engine {
             mass_delete_window: std::time::Duration::from_secs(60),
             allow_mass_delete: false,
             chunk: CHUNK,
+            checkpoint_max_changes: 50_000,
             metrics: Arc::default(),
         }
     }

@@ -177,6 +177,11 @@ impl<'a, T: Target> SourceRun<'a, T> {
         for r in rejects {
             scanned.digests.remove(&r.rel);
         }
+        // Deletes held back by the guard are not settled either: the files are
+        // read again until they are applied (or released).
+        if self.summary.deletes_held > 0 {
+            scanned.digests.clear();
+        }
         if let Ok(mut memo) = memory.memo.lock() {
             commit_memo(&self.spec, &mut memo, scanned, next);
         }

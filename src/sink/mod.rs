@@ -420,6 +420,7 @@ impl Sink {
         // `--operation-timeout-secs` to list, and must still be readable.
         let step = self.opts.op_timeout;
         let stalled = move |_| MongoError::custom(format!("{STALLED} {step:?} while reading {coll}"));
+        let metrics = &self.opts.metrics;
         self.retry_with("read", false, || {
             let c = c.clone();
             let filter = filter.clone();
@@ -431,9 +432,12 @@ impl Sink {
                 }
                 let mut cursor = tokio::time::timeout(step, async move { find.await }).await.map_err(stalled)??;
                 let mut out = C::default();
+                let mut n = 0u64;
                 while let Some(d) = tokio::time::timeout(step, cursor.try_next()).await.map_err(stalled)?? {
+                    n += 1;
                     out.extend(f(d));
                 }
+                metrics.record_read(coll, n);
                 Ok(out)
             }
         })

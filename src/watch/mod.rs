@@ -11,6 +11,7 @@
 
 pub mod events;
 pub mod fstype;
+mod mongo;
 pub mod poll;
 pub mod schedule;
 pub mod systemd;
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::Fatal;
 use crate::reconcile::memo::Memory;
-use crate::reconcile::{reconcile, Core, Engine, RunOptions, Scope};
+use crate::reconcile::{Engine, RunOptions, Scope};
 use crate::sink::{Sink, SinkOptions};
 use crate::source::{SourceFile, Tree};
 use crate::summary::Summary;
@@ -64,6 +65,10 @@ pub struct WatchOptions {
     pub queue_capacity: usize,
     /// Run even after a recorded cutover (`--after-cutover`).
     pub after_cutover: bool,
+    /// Reconcile everything at start, whatever the checkpoint proves (`--full`).
+    pub full: bool,
+    /// How long a document may differ from its file record before it is drift.
+    pub drift_grace: Duration,
 }
 
 impl Default for WatchOptions {
@@ -77,6 +82,8 @@ impl Default for WatchOptions {
             parse_retries: 3,
             queue_capacity: events::CHANNEL_CAPACITY,
             after_cutover: false,
+            full: false,
+            drift_grace: Duration::from_secs(30),
         }
     }
 }
@@ -144,6 +151,8 @@ pub async fn run(
         ticks: 0,
     };
     if daemon.initial(&cancel, lifecycle).await? {
+        let (e, m, grace) = (&daemon.engine, &daemon.memory, daemon.opts.drift_grace);
+        let _follower = mongo::start(e, &daemon.sink, m, grace, tx.clone(), &cancel).await;
         let inputs = Inputs { hints: &mut rx, overflow: &overflow, release: release.as_mut() };
         daemon.follow(inputs, &mut source, &tree, &cancel, lifecycle).await;
     }
@@ -197,10 +206,6 @@ enum Flow {
 }
 
 impl Daemon {
-    fn core(&self) -> Core<'_, Sink> {
-        Core { engine: &self.engine, target: &self.sink, memory: Some(&self.memory) }
-    }
-
     /// The first full reconcile; `false` if stopped before it finished.
     async fn initial(&mut self, cancel: &CancellationToken, lifecycle: &mut dyn Lifecycle) -> Result<bool, Fatal> {
         let started = std::time::Instant::now();
@@ -208,7 +213,7 @@ impl Daemon {
         // `cancel` also tells the reconcile to stop at its next chunk (or
         // bcrypt item); the writes in flight get --shutdown-timeout-secs.
         let first = {
-            let run = reconcile(self.core(), Scope::Full, opts, cancel);
+            let run = crate::stream::warm::run(&self.engine, &self.sink, &self.memory, self.opts.full, opts, cancel);
             tokio::pin!(run);
             tokio::select! {
                 r = &mut run => r?,
@@ -221,6 +226,7 @@ impl Daemon {
                 }
             }
         };
+        crate::stream::warm::load_rest(&self.sink, &self.memory).await;
         self.engine.metrics.set_ready();
         self.record_state(StateUpdate::Full(first.clone(), started.elapsed()));
         log_summary("Initial reconcile done; watching for changes", &first);
@@ -325,7 +331,7 @@ impl Daemon {
         // The run stops at its next chunk on SIGTERM; `stop` gives its writes in flight their time.
         let cancel = self.stop.clone();
         self.in_flight = Some(tokio::spawn(async move {
-            reconcile(Core { engine: &engine, target: &sink, memory: Some(&memory) }, scope, opts, &cancel).await
+            crate::stream::warm::reconcile_and_prove(&engine, &sink, &memory, scope, opts, &cancel).await
         }));
         self.batch = Some(batch);
         self.batch_started = Some(Instant::now());
@@ -435,6 +441,9 @@ impl Daemon {
                     abort.abort();
                 }
             }
+        }
+        if !self.hard_cancel.is_cancelled() {
+            crate::stream::warm::stopping(&self.engine, &self.sink, &self.memory).await;
         }
         let (engine, sink, memory) = (&self.engine, &self.sink, Some(self.memory.as_ref()));
         let progress = self.progress();

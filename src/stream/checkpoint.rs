@@ -1,0 +1,361 @@
+//! The checkpoint: what a full reconcile proved, kept in MongoDB so that the
+//! next start needs to look only at what changed since (issue 14).
+//!
+//! In the `mirror_checkpoint` collection:
+//! - `head`: the change-stream resume token taken before the reconcile's
+//!   reads, the id of the database it belongs to (`mirror_state`), a
+//!   fingerprint of the layout, mapping rules and indexes it was made under,
+//!   and per source file the digest of its bytes as settled and the group
+//!   that holds its memo;
+//! - `<group>#<part>`: watch's per-file memo ([`super::memo_codec`]), files
+//!   grouped (a large file alone, small ones by a hash of their name) and
+//!   split into parts well under MongoDB's 16 MB document limit, so a change
+//!   rewrites only the groups it touched and a start loads only the groups
+//!   of the files that changed.
+//!
+//! A checkpoint stays a valid proof as long as its token resumes: every
+//! write since is replayed, and a file whose bytes still match its digest is
+//! what the reconcile read. A group whose stored bytes do not match the hash
+//! the head names (a save cut short) is not used: its files are compared
+//! with MongoDB in full instead.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bson::{doc, Bson, Document};
+
+use super::memo_codec;
+use crate::error::Fatal;
+use crate::reconcile::memo::{FileMemo, Memory};
+use crate::reconcile::Engine;
+use crate::sink::{Sink, WriteOp};
+
+/// Where checkpoints live.
+pub const CHECKPOINTS: &str = "mirror_checkpoint";
+/// Bumped when the checkpoint's meaning changes: older ones are not used.
+const FORMAT: i64 = 1;
+/// A file whose memo is larger than this has a group of its own.
+const BIG_FILE: usize = 1 << 20;
+/// Parts of a group are at most this large.
+const PART_BYTES: usize = 8 << 20;
+/// Small files are spread over this many groups by a hash of their name.
+const BUCKETS: u64 = 64;
+
+/// One file as the checkpoint knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileEntry {
+    /// The digest of its bytes when every record was settled (`None`: compare it).
+    pub digest: Option<u128>,
+    /// The group holding its memo (empty: none).
+    pub group: String,
+    /// Its records, when all were settled (a start that finds the file
+    /// unchanged counts them as read and unchanged).
+    pub records: u64,
+}
+
+/// One group of memos: the hash of its bytes and how many parts hold them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupEntry {
+    pub hash: String,
+    pub parts: u32,
+}
+
+/// The checkpoint's head document.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub database_id: String,
+    pub fingerprint: String,
+    pub token: Bson,
+    pub at: bson::DateTime,
+    pub files: BTreeMap<String, FileEntry>,
+    pub groups: BTreeMap<String, GroupEntry>,
+    /// Documents others wrote while the run that made the checkpoint ran:
+    /// checked on the next start like those the stream shows (collection, id).
+    pub pending: Vec<(String, String)>,
+}
+
+/// What a checkpoint must have been made under to be used: the format, the
+/// layout, every source's mapping rules, the index set, and the rules that
+/// decide what a reconcile writes (`--conflict`, `--on-delete`): under other
+/// rules the files it found settled might not be.
+pub fn fingerprint(engine: &Engine) -> String {
+    let layout = serde_json::to_string(&*engine.layout).unwrap_or_default();
+    let text = format!(
+        "{FORMAT}\u{0}{layout}\u{0}{}\u{0}{:?}\u{0}{:?}\u{0}{:?}",
+        engine.fingerprints.join("\u{0}"),
+        engine.indexes,
+        engine.conflict,
+        engine.on_delete
+    );
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()))
+}
+
+/// The group a small file's memo goes to.
+pub fn bucket(rel: &str) -> String {
+    format!("b{:02}", xxhash_rust::xxh3::xxh3_64(rel.as_bytes()) % BUCKETS)
+}
+
+fn part_id(group: &str, i: u32) -> String {
+    format!("{group}#{i}")
+}
+
+fn hex(h: u128) -> String {
+    format!("{h:032x}")
+}
+
+fn unhex(s: &str) -> Option<u128> {
+    u128::from_str_radix(s, 16).ok()
+}
+
+/// The stored head, if there is one that this version can read.
+pub async fn load_head(sink: &Sink) -> Result<Option<Head>, Fatal> {
+    let found = sink.find_all(CHECKPOINTS, doc! { "_id": "head" }, None).await?;
+    Ok(found.first().and_then(parse_head))
+}
+
+fn parse_head(d: &Document) -> Option<Head> {
+    if d.get_i64("format").ok()? != FORMAT {
+        return None;
+    }
+    let mut files = BTreeMap::new();
+    for f in d.get_array("files").ok()? {
+        let f = f.as_document()?;
+        let digest = f.get_str("d").ok().and_then(unhex);
+        files.insert(
+            f.get_str("r").ok()?.to_string(),
+            FileEntry {
+                digest,
+                group: f.get_str("g").unwrap_or_default().to_string(),
+                records: f.get_i64("n").ok().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+            },
+        );
+    }
+    let mut groups = BTreeMap::new();
+    for g in d.get_array("groups").ok()? {
+        let g = g.as_document()?;
+        let parts = u32::try_from(g.get_i64("p").ok()?).ok()?;
+        groups.insert(g.get_str("g").ok()?.to_string(), GroupEntry { hash: g.get_str("h").ok()?.to_string(), parts });
+    }
+    let mut pending = Vec::new();
+    for p in d.get_array("pending").ok()? {
+        let p = p.as_document()?;
+        pending.push((p.get_str("c").ok()?.to_string(), p.get_str("i").ok()?.to_string()));
+    }
+    Some(Head {
+        pending,
+        database_id: d.get_str("database_id").ok()?.to_string(),
+        fingerprint: d.get_str("fingerprint").ok()?.to_string(),
+        token: d.get("token")?.clone(),
+        at: *d.get_datetime("at").ok()?,
+        files,
+        groups,
+    })
+}
+
+/// Load the memos of these groups: per file, the memo, for the files whose
+/// memo matches the digest the head names. Groups whose bytes do not match
+/// their hash are left out (their files are then compared in full).
+pub async fn load_groups(sink: &Sink, head: &Head, groups: &HashSet<String>) -> Result<Vec<(String, FileMemo)>, Fatal> {
+    let mut ids = Vec::new();
+    for g in groups {
+        if let Some(entry) = head.groups.get(g) {
+            ids.extend((0..entry.parts).map(|i| part_id(g, i)));
+        }
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let docs = sink.find_by_ids(CHECKPOINTS, &ids, None).await?;
+    let mut parts: HashMap<String, Vec<u8>> = docs
+        .into_iter()
+        .filter_map(|d| {
+            let id = d.get_str("_id").ok()?.to_string();
+            match d.get("data") {
+                Some(Bson::Binary(b)) => Some((id, b.bytes.clone())),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut out = Vec::new();
+    for g in groups {
+        let Some(entry) = head.groups.get(g) else { continue };
+        let mut bytes = Vec::new();
+        let whole = (0..entry.parts).all(|i| parts.remove(&part_id(g, i)).map(|p| bytes.extend(p)).is_some());
+        if !whole || hex(xxhash_rust::xxh3::xxh3_128(&bytes)) != entry.hash {
+            tracing::info!(group = %g, "A checkpoint group does not match its hash (a save was cut short); its files are compared in full");
+            continue;
+        }
+        match memo_codec::decode_files(&bytes) {
+            Ok(files) => out.extend(files.into_iter().filter(|(rel, m)| {
+                head.files.get(rel).is_some_and(|f| f.group == *g && (f.digest.is_none() || f.digest == m.digest))
+            })),
+            Err(e) => {
+                tracing::warn!(group = %g, error = %e, "A checkpoint group cannot be read; its files are compared in full")
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a save knows: everything (after a full reconcile), or only the
+/// groups a start loaded (the others are kept as they are).
+pub enum Known<'a> {
+    All,
+    Groups { prev: &'a Head, loaded: &'a HashSet<String> },
+}
+
+/// What a checkpoint records besides the memo.
+pub struct Proof<'a> {
+    pub database_id: &'a str,
+    /// Where the next start resumes the stream.
+    pub token: &'a Bson,
+    /// Documents others wrote meanwhile (collection, id).
+    pub pending: &'a [(String, String)],
+    /// Files that exist but have no memo: compared in full next time.
+    pub others: &'a [String],
+}
+
+/// Store a checkpoint: `memory`'s memo and the `proof`.
+// Long: one pass that builds the groups, writes what changed, then the head, then cleans up.
+pub async fn save(
+    sink: &Sink,
+    engine: &Engine,
+    memory: &Memory,
+    proof: Proof<'_>,
+    known: Known<'_>,
+) -> Result<(), Fatal> {
+    let others = proof.others;
+    let prev = match &known {
+        Known::All => load_head(sink).await?,
+        Known::Groups { prev, .. } => Some((*prev).clone()),
+    };
+    let complete = |g: &str| match &known {
+        Known::All => true,
+        Known::Groups { prev, loaded } => loaded.contains(g) || !prev.groups.contains_key(g),
+    };
+    // Files of the groups this save rewrites, from memory; the rest as they were.
+    let mut files: BTreeMap<String, FileEntry> = BTreeMap::new();
+    let mut groups: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    {
+        let memo = memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))?;
+        let mut rels: Vec<&String> = memo.keys().collect();
+        rels.sort();
+        for rel in rels {
+            let Some(m) = memo.get(rel) else { continue };
+            let mut bytes = Vec::new();
+            memo_codec::encode_file(rel, m, &mut bytes);
+            let group = if bytes.len() > BIG_FILE { format!("f:{rel}") } else { bucket(rel) };
+            if !complete(&group) {
+                continue;
+            }
+            let records = u64::try_from(m.recs.len()).unwrap_or(u64::MAX);
+            files.insert(rel.clone(), FileEntry { digest: m.digest, group: group.clone(), records });
+            groups.entry(group).or_default().extend(bytes);
+        }
+    }
+    if let Known::Groups { prev, .. } = &known {
+        for (rel, f) in &prev.files {
+            if !f.group.is_empty() && !complete(&f.group) {
+                files.entry(rel.clone()).or_insert_with(|| f.clone());
+            }
+        }
+    }
+    for rel in others {
+        files.entry(rel.clone()).or_insert(FileEntry { digest: None, group: String::new(), records: 0 });
+    }
+    // Write the groups whose bytes changed.
+    let mut entries: BTreeMap<String, GroupEntry> = BTreeMap::new();
+    let mut ops = Vec::new();
+    for (g, bytes) in &groups {
+        let hash = hex(xxhash_rust::xxh3::xxh3_128(bytes));
+        let parts = bytes.chunks(PART_BYTES).count().max(1);
+        let parts = u32::try_from(parts).map_err(|_| Fatal::Internal(format!("checkpoint group {g} too large")))?;
+        let entry = GroupEntry { hash, parts };
+        if prev.as_ref().and_then(|p| p.groups.get(g)) != Some(&entry) {
+            for (i, chunk) in (0u32..).zip(bytes.chunks(PART_BYTES)) {
+                let data =
+                    Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: chunk.to_vec() });
+                ops.push(WriteOp::Update {
+                    coll: CHECKPOINTS.into(),
+                    filter: doc! { "_id": part_id(g, i) },
+                    update: doc! { "$set": { "data": data } },
+                    upsert: true,
+                });
+            }
+        }
+        entries.insert(g.clone(), entry);
+    }
+    if let Known::Groups { prev, .. } = &known {
+        for (g, e) in &prev.groups {
+            if !complete(g) {
+                entries.entry(g.clone()).or_insert_with(|| e.clone());
+            }
+        }
+    }
+    sink.write(ops).await?;
+    let head = head_doc(engine, &proof, &files, &entries);
+    if bson::to_vec(&head).map_or(usize::MAX, |b| b.len()) > 15 << 20 {
+        tracing::warn!(
+            files = files.len(),
+            "Too many files for one checkpoint head; the next start reconciles in full"
+        );
+        return Ok(());
+    }
+    let head_op = WriteOp::Update {
+        coll: CHECKPOINTS.into(),
+        filter: doc! { "_id": "head" },
+        update: doc! { "$set": head },
+        upsert: true,
+    };
+    sink.write(vec![head_op]).await?;
+    // Parts no head names any more.
+    let mut stale = Vec::new();
+    if let Some(p) = &prev {
+        for (g, e) in &p.groups {
+            let now = entries.get(g).map_or(0, |n| n.parts);
+            stale.extend((now..e.parts).map(|i| Bson::String(part_id(g, i))));
+        }
+    }
+    if !stale.is_empty() {
+        sink.write(vec![WriteOp::DeleteMany { coll: CHECKPOINTS.into(), filter: doc! { "_id": { "$in": stale } } }])
+            .await?;
+    }
+    Ok(())
+}
+
+fn head_doc(
+    engine: &Engine,
+    proof: &Proof<'_>,
+    files: &BTreeMap<String, FileEntry>,
+    groups: &BTreeMap<String, GroupEntry>,
+) -> Document {
+    let files: Vec<Bson> = files
+        .iter()
+        .map(|(rel, f)| {
+            let mut d = doc! { "r": rel, "g": &f.group, "n": i64::try_from(f.records).unwrap_or(i64::MAX) };
+            if let Some(h) = f.digest {
+                d.insert("d", hex(h));
+            }
+            Bson::Document(d)
+        })
+        .collect();
+    let groups: Vec<Bson> =
+        groups.iter().map(|(g, e)| Bson::Document(doc! { "g": g, "h": &e.hash, "p": i64::from(e.parts) })).collect();
+    let pending: Vec<Bson> = proof.pending.iter().map(|(c, i)| Bson::Document(doc! { "c": c, "i": i })).collect();
+    doc! {
+        "format": FORMAT,
+        "database_id": proof.database_id,
+        "fingerprint": fingerprint(engine),
+        "token": proof.token.clone(),
+        "pending": pending,
+        "at": bson::DateTime::now(),
+        "files": files,
+        "groups": groups,
+    }
+}
+
+/// Forget the checkpoint (`--full` does not need to: a full reconcile saves a new one).
+pub async fn drop_head(sink: &Sink) -> Result<(), Fatal> {
+    let op = WriteOp::Delete { coll: CHECKPOINTS.into(), filter: doc! { "_id": "head" } };
+    sink.write(vec![op]).await?;
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! watch's per-file memo (see [`crate::reconcile::memo`]) as bytes, for the
+//! checkpoint: per file its name, the digest of its bytes as last settled,
+//! and per record the hash of its raw text, its id and its unique values.
+//!
+//! The format is length-prefixed and little-endian; a decoder that meets a
+//! short or malformed buffer says so instead of guessing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::reconcile::memo::{FileMemo, MemoRec, RawHash};
+
+/// Append one file's memo to `out`.
+pub fn encode_file(rel: &str, memo: &FileMemo, out: &mut Vec<u8>) {
+    put_str(out, rel);
+    match memo.digest {
+        Some(d) => {
+            out.push(1);
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+    put_len(out, memo.recs.len());
+    // Sorted, so that the same memo always gives the same bytes.
+    let mut recs: Vec<(&RawHash, &Arc<MemoRec>)> = memo.recs.iter().collect();
+    recs.sort_unstable_by_key(|(h, _)| **h);
+    for (h, rec) in recs {
+        out.extend_from_slice(&h.to_le_bytes());
+        put_str(out, &rec.id);
+        put_len(out, rec.emails.len());
+        for (field, value) in &rec.emails {
+            put_str(out, field);
+            put_str(out, value);
+        }
+    }
+}
+
+/// Every file memo in `bytes`.
+pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
+    let mut r = Reader { bytes, at: 0 };
+    let mut out = Vec::new();
+    while r.at < bytes.len() {
+        let rel = r.string()?;
+        let digest = match r.byte()? {
+            0 => None,
+            1 => Some(r.u128()?),
+            other => return Err(format!("bad digest flag {other} at byte {}", r.at)),
+        };
+        let n = r.len()?;
+        let mut memo = FileMemo { digest, recs: HashMap::default() };
+        memo.recs.reserve(n.min(1 << 20));
+        for _ in 0..n {
+            let h = r.u128()?;
+            let id: Arc<str> = Arc::from(r.string()?);
+            let m = r.len()?;
+            let mut emails = Vec::with_capacity(m.min(16));
+            for _ in 0..m {
+                let field: Arc<str> = Arc::from(r.string()?);
+                let value: Arc<str> = Arc::from(r.string()?);
+                emails.push((field, value));
+            }
+            memo.recs.insert(h, Arc::new(MemoRec::new(id, emails)));
+        }
+        out.push((rel, memo));
+    }
+    Ok(out)
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&u64::try_from(n).unwrap_or(u64::MAX).to_le_bytes());
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_len(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len());
+        let Some(end) = end else {
+            return Err(format!("truncated at byte {} (wanted {n} more)", self.at));
+        };
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn len(&mut self) -> Result<usize, String> {
+        let b: [u8; 8] = self.take(8)?.try_into().map_err(|_| "short length".to_string())?;
+        usize::try_from(u64::from_le_bytes(b)).map_err(|_| "length does not fit this machine".to_string())
+    }
+
+    fn u128(&mut self) -> Result<u128, String> {
+        let b: [u8; 16] = self.take(16)?.try_into().map_err(|_| "short hash".to_string())?;
+        Ok(u128::from_le_bytes(b))
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let n = self.len()?;
+        let at = self.at;
+        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| format!("text at byte {at} is not UTF-8"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Rec<'a> = (RawHash, &'a str, &'a [(&'a str, &'a str)]);
+
+    fn memo(digest: Option<RawHash>, recs: &[Rec<'_>]) -> FileMemo {
+        let mut m = FileMemo { digest, recs: HashMap::default() };
+        for (h, id, emails) in recs {
+            let emails = emails.iter().map(|(f, v)| (Arc::from(*f), Arc::from(*v))).collect();
+            m.recs.insert(*h, Arc::new(MemoRec::new(Arc::from(*id), emails)));
+        }
+        m
+    }
+
+    #[test]
+    fn a_memo_comes_back_as_it_went() {
+        let a = memo(Some(u128::MAX - 3), &[(1, "u1", &[("email", "a@x.org")]), (u128::MAX, "u-é", &[])]);
+        let b = memo(None, &[]);
+        let mut bytes = Vec::new();
+        encode_file("data/users.json", &a, &mut bytes);
+        encode_file("artifacts/jobs/j.json", &b, &mut bytes);
+        let back = decode_files(&bytes).unwrap();
+        assert_eq!(back.len(), 2);
+        let (rel, m) = &back[0];
+        assert_eq!(rel, "data/users.json");
+        assert_eq!(m.digest, Some(u128::MAX - 3));
+        assert_eq!(&*m.recs[&1].id, "u1");
+        assert_eq!(&*m.recs[&1].emails[0].1, "a@x.org");
+        assert_eq!(&*m.recs[&u128::MAX].id, "u-é");
+        assert_eq!(back[1].1.digest, None);
+        assert!(back[1].1.recs.is_empty());
+        // The same memo gives the same bytes (records are sorted).
+        let mut again = Vec::new();
+        encode_file("data/users.json", &a, &mut again);
+        assert_eq!(&bytes[..again.len()], &again[..]);
+    }
+
+    #[test]
+    fn a_damaged_memo_is_refused_not_guessed() {
+        let a = memo(Some(7), &[(1, "u1", &[("email", "a@x.org")])]);
+        let mut bytes = Vec::new();
+        encode_file("data/users.json", &a, &mut bytes);
+        for cut in [1, 10, bytes.len() - 1] {
+            assert!(decode_files(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut flag = bytes.clone();
+        flag[8 + "data/users.json".len()] = 9;
+        assert!(decode_files(&flag).unwrap_err().contains("digest flag"));
+    }
+}

@@ -1,0 +1,424 @@
+//! A start from a checkpoint: instead of reading every collection and
+//! comparing every record, check what changed since the last proof.
+//!
+//! 1. The checkpoint must belong to this database and to today's layout,
+//!    mapping rules and indexes, and its stream position must still resume.
+//! 2. The stream, read from that position to now, names every document
+//!    anyone wrote or deleted since (the mirror included).
+//! 3. Each source file is hashed: one whose bytes match the checkpoint's
+//!    digest is what the proof read, and is not compared again.
+//! 4. The changed files, the files gone, and the files holding a touched
+//!    document are reconciled as watch reconciles a changed file: with the
+//!    memo loaded from the checkpoint, so only changed or touched records are
+//!    compared with MongoDB. Deletes, rejects, the mass-delete guard and
+//!    newer-wins are the core's, exactly as in a full reconcile.
+//!
+//! Whenever a step cannot give its proof, the start is [`Start::Cold`] with
+//! the reason, and the caller reconciles in full.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use bson::Bson;
+use tokio_util::sync::CancellationToken;
+
+use super::checkpoint::{self, Head, Known, Proof};
+use super::{drain, open, position, Events};
+use crate::error::Fatal;
+use crate::reconcile::memo::{MemoRec, Memory, RawHash};
+use crate::reconcile::target::Target;
+use crate::reconcile::{reconcile, Core, Engine, RunOptions, Scope};
+use crate::sink::Sink;
+use crate::source::{self, SourceFile};
+use crate::summary::Summary;
+
+/// Others' writes kept as pending at most (beyond, the next start drains them from the stream).
+const PENDING_LIMIT: usize = 50_000;
+
+/// What a warm start did.
+pub struct Warm {
+    pub summary: Summary,
+    pub head: Head,
+    /// The checkpoint groups it loaded (a save may rewrite only these).
+    pub loaded: HashSet<String>,
+    /// The stream position after the catch-up and before any read.
+    pub from: Bson,
+    /// Files compared, documents rechecked because the stream showed them.
+    pub files: usize,
+    pub touched: usize,
+}
+
+/// How a start went.
+pub enum Start {
+    Warm(Box<Warm>),
+    /// A full reconcile is needed, for this reason.
+    Cold(String),
+}
+
+fn cold(reason: impl Into<String>) -> Result<Start, Fatal> {
+    Ok(Start::Cold(reason.into()))
+}
+
+/// The mirrored collections.
+pub fn collections(engine: &Engine) -> HashSet<String> {
+    engine.layout.sources.iter().map(|s| s.collection.clone()).collect()
+}
+
+/// Start from the checkpoint, if it proves enough (see the module docs).
+// Long: the steps of the proof in order, each with its own way to give up.
+pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &CancellationToken) -> Result<Start, Fatal> {
+    let (engine, sink) = (core.engine, core.target);
+    let Some(memory) = core.memory else { return cold("no memory to start from") };
+    let Some(head) = checkpoint::load_head(sink).await? else { return cold("no checkpoint yet") };
+    if head.database_id != crate::state::database_id(sink).await? {
+        return cold("the checkpoint was made for another database");
+    }
+    if head.fingerprint != checkpoint::fingerprint(engine) {
+        return cold("the layout, mapping rules, indexes, --conflict or --on-delete changed since the checkpoint");
+    }
+    let n = super::fence(sink).await?;
+    let mut stream = match open(sink, Some(&head.token), Events::All, false).await {
+        Ok(s) => s,
+        Err(u) => return cold(u.to_string()),
+    };
+    let mut touched = match drain(&mut stream, &collections(engine), engine.checkpoint_max_changes, &n).await {
+        Ok(t) => t,
+        Err(reason) => return cold(reason),
+    };
+    let Some(from) = position(&stream) else { return cold("the change stream gave no position") };
+    drop(stream);
+    for (c, id) in &head.pending {
+        touched.ids.entry(c.clone()).or_default().insert(id.clone());
+    }
+    let e = engine.clone();
+    let now = tokio::task::spawn_blocking(move || digests(&e)).await.map_err(Fatal::task("digest"))??;
+    let mut scan: BTreeMap<String, SourceFile> = BTreeMap::new();
+    let mut same: Vec<(&String, u64)> = Vec::new();
+    for (rel, (file, digest)) in &now {
+        match head.files.get(rel) {
+            Some(f) if digest.is_some() && f.digest == *digest => same.push((rel, f.records)),
+            _ => {
+                scan.insert(rel.clone(), file.clone());
+            }
+        }
+    }
+    for rel in head.files.keys().filter(|r| !now.contains_key(*r)) {
+        if let Some(f) = file_of(engine, rel) {
+            scan.insert(rel.clone(), f);
+        }
+    }
+    let (mut recheck, unresolved) = touched_files(engine, sink, &touched.ids).await?;
+    let groups = groups_to_load(engine, &head, scan.keys().chain(recheck.keys()), &unresolved);
+    let loaded = checkpoint::load_groups(sink, &head, &groups).await?;
+    {
+        let mut memo = memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))?;
+        memo.extend(loaded);
+        for (spec_idx, ids) in &unresolved {
+            let spec = &engine.layout.sources[*spec_idx];
+            for (rel, fm) in memo.iter().filter(|(rel, _)| spec.owns_rel(rel)) {
+                for rec in fm.recs.values().filter(|r| ids.contains(&*r.id)) {
+                    recheck.entry(rel.clone()).or_default().insert(rec.id.to_string());
+                }
+            }
+        }
+        // A touched record is no longer "as settled": its memo entry is moved
+        // to a key no text has, so the scan maps it again and the core compares
+        // it with MongoDB (and sees it gone, if it is gone from the file).
+        for (rel, ids) in &recheck {
+            if let Some(fm) = memo.get_mut(rel) {
+                fm.digest = None;
+                let keys: Vec<RawHash> =
+                    fm.recs.iter().filter(|(_, r)| ids.contains(&*r.id)).map(|(h, _)| *h).collect();
+                let mut placed = HashSet::new();
+                for h in keys {
+                    if let Some(r) = fm.recs.remove(&h) {
+                        placed.insert(r.id.to_string());
+                        fm.recs.insert(!h, r);
+                    }
+                }
+                // A document the mirror wrote from this file after the
+                // checkpoint: in the memo as a record to look for, so that
+                // if its record is gone now, its document goes too.
+                for id in ids.iter().filter(|id| !placed.contains(*id)) {
+                    let key = xxhash_rust::xxh3::xxh3_128(format!("\u{0}touched\u{0}{id}").as_bytes());
+                    fm.recs.insert(key, Arc::new(MemoRec::new(Arc::from(id.as_str()), Vec::new())));
+                }
+            }
+        }
+    }
+    for rel in recheck.keys() {
+        if let Some(f) = now.get(rel).map(|(f, _)| f.clone()).or_else(|| file_of(engine, rel)) {
+            scan.insert(rel.clone(), f);
+        }
+    }
+    let files: Vec<SourceFile> = scan.into_values().collect();
+    let n = files.len();
+    let mut summary =
+        if files.is_empty() { Summary::default() } else { reconcile(core, Scope::Files(files), opts, cancel).await? };
+    // Files found as the proof read them: read (their bytes) and unchanged.
+    for (_, records) in same.iter().filter(|(rel, _)| !recheck.contains_key(*rel)) {
+        summary.files += 1;
+        summary.read += records;
+        summary.unchanged += records;
+    }
+    let touched = touched.len();
+    Ok(Start::Warm(Box::new(Warm { summary, head, loaded: groups, from, files: n, touched })))
+}
+
+/// The files that hold the touched documents (by the `_mirror.source` MongoDB
+/// has for them), and per source the ids MongoDB could not place (deleted,
+/// or not the mirror's): those are looked up in the memo.
+async fn touched_files(
+    engine: &Engine,
+    sink: &Sink,
+    touched: &HashMap<String, HashSet<String>>,
+) -> Result<(HashMap<String, HashSet<String>>, Vec<(usize, HashSet<String>)>), Fatal> {
+    let mut recheck: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut unresolved = Vec::new();
+    for (coll, ids) in touched {
+        for (i, spec) in engine.layout.sources.iter().enumerate().filter(|(_, s)| &s.collection == coll) {
+            let list: Vec<String> = ids.iter().cloned().collect();
+            let found = sink.existing(spec, &list).await?;
+            let mut left = HashSet::new();
+            for id in ids {
+                match found.get(id).and_then(|e| e.source.clone()).filter(|r| spec.owns_rel(r)) {
+                    Some(rel) => {
+                        recheck.entry(rel).or_default().insert(id.clone());
+                    }
+                    None => {
+                        left.insert(id.clone());
+                    }
+                }
+            }
+            if !left.is_empty() {
+                unresolved.push((i, left));
+            }
+        }
+    }
+    Ok((recheck, unresolved))
+}
+
+/// The checkpoint groups that hold the memos of these files (and of every
+/// file of a source with unplaced ids).
+fn groups_to_load<'a>(
+    engine: &Engine,
+    head: &Head,
+    rels: impl Iterator<Item = &'a String>,
+    unresolved: &[(usize, HashSet<String>)],
+) -> HashSet<String> {
+    let group_of = |rel: &str| {
+        head.files
+            .get(rel)
+            .map(|f| f.group.clone())
+            .filter(|g| !g.is_empty())
+            .unwrap_or_else(|| checkpoint::bucket(rel))
+    };
+    let mut groups: HashSet<String> = rels.map(|r| group_of(r)).collect();
+    for (spec_idx, _) in unresolved {
+        let spec = &engine.layout.sources[*spec_idx];
+        groups.extend(
+            head.files.iter().filter(|(r, f)| spec.owns_rel(r) && !f.group.is_empty()).map(|(_, f)| f.group.clone()),
+        );
+    }
+    groups
+}
+
+/// Every source file now, with the digest of its bytes (`None`: unreadable).
+fn digests(engine: &Engine) -> Result<BTreeMap<String, (SourceFile, Option<u128>)>, Fatal> {
+    let mut out = BTreeMap::new();
+    for i in 0..engine.layout.sources.len() {
+        let files = source::discover(&engine.layout, &engine.roots, i).map_err(|(rel, problem)| {
+            Fatal::Source(format!("{rel} ({}): {problem}", engine.roots.dir(engine.layout.sources[i].root).display()))
+        })?;
+        for f in files {
+            let digest = match source::read_stable(&f.path, engine.limits) {
+                Ok(None) => continue,
+                Ok(Some((bytes, _))) => Some(xxhash_rust::xxh3::xxh3_128(&bytes)),
+                Err(_) => None,
+            };
+            out.insert(f.rel.clone(), (f, digest));
+        }
+    }
+    Ok(out)
+}
+
+/// The source file a label names (`data/users.json`), wherever it is now.
+pub fn file_of(engine: &Engine, rel: &str) -> Option<SourceFile> {
+    let (i, spec) = engine.layout.sources.iter().enumerate().find(|(_, s)| s.owns_rel(rel))?;
+    let inner = rel.strip_prefix(spec.root.label())?.strip_prefix('/')?;
+    Some(source::source_file(i, spec, engine.roots.dir(spec.root), inner))
+}
+
+/// After a run that proved the files and MongoDB agree as of `from` (a full
+/// reconcile, or a warm start): store the checkpoint. The position stored is
+/// now, past the run's own writes; what others wrote meanwhile is kept as
+/// `pending`, checked on the next start. Problems are logged, never fatal:
+/// without a checkpoint the next start is a full one.
+pub async fn save_after(engine: &Arc<Engine>, sink: &Sink, memory: &Memory, from: &Bson, known: Known<'_>) {
+    if let Err(e) = try_save(engine, sink, memory, from, known, Vec::new()).await {
+        tracing::warn!(error = %e, "Cannot store the checkpoint; the next start reconciles in full");
+    }
+}
+
+async fn try_save(
+    engine: &Arc<Engine>,
+    sink: &Sink,
+    memory: &Memory,
+    from: &Bson,
+    known: Known<'_>,
+    carry: Vec<(String, String)>,
+) -> Result<(), Fatal> {
+    let (token, mut pending) = match catch_up(sink, from, &collections(engine)).await {
+        Ok(t) => t,
+        Err(reason) => {
+            tracing::info!(%reason, "Checkpoint kept at the run's start");
+            (from.clone(), Vec::new())
+        }
+    };
+    pending.extend(carry);
+    pending.sort();
+    pending.dedup();
+    let e = engine.clone();
+    let files = tokio::task::spawn_blocking(move || {
+        (0..e.layout.sources.len())
+            .filter_map(|i| source::discover(&e.layout, &e.roots, i).ok())
+            .flatten()
+            .map(|f| f.rel)
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(Fatal::task("discover"))?;
+    let others: Vec<String> = {
+        let memo = memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))?;
+        files.into_iter().filter(|r| !memo.contains_key(r)).collect()
+    };
+    let database_id = crate::state::database_id(sink).await?;
+    let proof = Proof { database_id: &database_id, token: &token, pending: &pending, others: &others };
+    checkpoint::save(sink, engine, memory, proof, known).await
+}
+
+/// The position now, and the documents others wrote since `from`.
+async fn catch_up(
+    sink: &Sink,
+    from: &Bson,
+    collections: &HashSet<String>,
+) -> Result<(Bson, Vec<(String, String)>), String> {
+    let n = super::fence(sink).await.map_err(|e| e.to_string())?;
+    let mut stream = open(sink, Some(from), Events::Others, false).await.map_err(|u| u.to_string())?;
+    let touched = drain(&mut stream, collections, PENDING_LIMIT, &n).await?;
+    let token = position(&stream).ok_or("the change stream gave no position")?;
+    let pending = touched.ids.into_iter().flat_map(|(c, ids)| ids.into_iter().map(move |i| (c.clone(), i))).collect();
+    Ok((token, pending))
+}
+
+/// The start of `sync` and `watch`: from the checkpoint when it proves
+/// enough, else a full reconcile (the log says why, in one line); either
+/// way a new checkpoint is stored after it (not on a dry run).
+pub async fn run(
+    engine: &Arc<Engine>,
+    sink: &Sink,
+    memory: &Arc<Memory>,
+    full: bool,
+    opts: RunOptions,
+    cancel: &CancellationToken,
+) -> Result<Summary, Fatal> {
+    if opts.dry_run {
+        return reconcile(Core { engine, target: sink, memory: None }, Scope::Full, opts, cancel).await;
+    }
+    let core = Core { engine, target: sink, memory: Some(memory) };
+    let reason = if full {
+        "--full".to_string()
+    } else {
+        match start(core, opts, cancel).await? {
+            Start::Warm(w) => {
+                tracing::info!(
+                    checkpoint_at = %w.head.at.try_to_rfc3339_string().unwrap_or_default(),
+                    files_compared = w.files,
+                    documents_changed_in_mongodb = w.touched,
+                    "Started from the checkpoint: only what changed since was compared"
+                );
+                save_after(engine, sink, memory, &w.from, Known::Groups { prev: &w.head, loaded: &w.loaded }).await;
+                return Ok(w.summary);
+            }
+            Start::Cold(reason) => reason,
+        }
+    };
+    if reason == "no checkpoint yet" || full {
+        tracing::info!(%reason, "Full reconcile");
+    } else {
+        tracing::warn!(%reason, "Full reconcile: the checkpoint cannot be used");
+    }
+    let from = match super::position_now(sink).await {
+        Ok(t) => Some(t),
+        Err(u) => {
+            tracing::warn!(reason = %u, "No checkpoint can be stored: every start reconciles in full");
+            None
+        }
+    };
+    let summary = reconcile(core, Scope::Full, opts, cancel).await?;
+    if let Some(from) = from {
+        save_after(engine, sink, memory, &from, Known::All).await;
+    }
+    Ok(summary)
+}
+
+/// watch, after a warm start: the memos of the files the start did not need,
+/// so that a later change to them is compared record by record too. A memo
+/// already there (a file settled since) is kept.
+pub async fn load_rest(sink: &Sink, memory: &Memory) {
+    if let Err(e) = try_load_rest(sink, memory).await {
+        tracing::info!(error = %e, "Cannot load the rest of the checkpoint; changed files are compared in full until the next rescan");
+    }
+}
+
+async fn try_load_rest(sink: &Sink, memory: &Memory) -> Result<(), Fatal> {
+    let Some(head) = checkpoint::load_head(sink).await? else { return Ok(()) };
+    let groups: HashSet<String> = head.groups.keys().cloned().collect();
+    let loaded = checkpoint::load_groups(sink, &head, &groups).await?;
+    let mut memo = memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))?;
+    for (rel, m) in loaded {
+        memo.entry(rel).or_insert(m);
+    }
+    Ok(())
+}
+
+/// [`save_on_stop`], within a few seconds, logged.
+pub async fn stopping(engine: &Arc<Engine>, sink: &Sink, memory: &Memory) {
+    match tokio::time::timeout(std::time::Duration::from_secs(5), save_on_stop(engine, sink, memory)).await {
+        Ok(Ok(())) => tracing::debug!("Checkpoint stored"),
+        Ok(Err(e)) => tracing::info!(error = %e, "Cannot store the checkpoint on stop"),
+        Err(_) => tracing::info!("Storing the checkpoint on stop took too long; the last one stays"),
+    }
+}
+
+/// watch, on SIGTERM: store what it settled since the last checkpoint. The
+/// files as watch left them are settled (a file whose reconcile failed has
+/// no memo, so it is compared in full next time); what others wrote in
+/// MongoDB since the last checkpoint is kept as pending, with the pending
+/// that checkpoint carried (watch does not recheck them itself).
+pub async fn save_on_stop(engine: &Arc<Engine>, sink: &Sink, memory: &Memory) -> Result<(), Fatal> {
+    let Some(head) = checkpoint::load_head(sink).await? else { return Ok(()) };
+    if head.fingerprint != checkpoint::fingerprint(engine) {
+        return Ok(());
+    }
+    try_save(engine, sink, memory, &head.token, Known::All, head.pending.clone()).await
+}
+
+/// watch's reconciles: a full one is a proof like the first, so it stores a
+/// new checkpoint from a stream position taken before its reads.
+pub async fn reconcile_and_prove(
+    engine: &Arc<Engine>,
+    sink: &Sink,
+    memory: &Arc<Memory>,
+    scope: Scope,
+    opts: RunOptions,
+    cancel: &CancellationToken,
+) -> Result<Summary, Fatal> {
+    let full = matches!(scope, Scope::Full);
+    let from = if full { super::position_now(sink).await.ok() } else { None };
+    let r = reconcile(Core { engine, target: sink, memory: Some(memory) }, scope, opts, cancel).await;
+    if let (Ok(_), Some(from)) = (&r, from) {
+        save_after(engine, sink, memory, &from, Known::All).await;
+    }
+    r
+}

@@ -1,0 +1,235 @@
+//! Issue 14: a start from the checkpoint checks only what changed since,
+//! gives the same result as a full reconcile, and falls back to one (saying
+//! why) whenever the checkpoint proves nothing.
+
+use bson::{doc, Bson};
+use serde_json::json;
+
+use crate::support::*;
+
+const WARM: &str = "Started from the checkpoint";
+
+fn tree() -> Platform {
+    let p = Platform::new();
+    p.users(&json!([
+        user("u1", "a@example.com", "2025-10-01T00:00:00.000Z"),
+        user("u2", "b@example.com", "2025-10-01T00:00:00.000Z"),
+        user("u3", "c@example.com", "2025-10-01T00:00:00.000Z"),
+    ]));
+    p.datasets(&json!([dataset("d1", 10), dataset("d2", 20)]));
+    for j in ["j1", "j2", "j3"] {
+        p.job(j, &job(j, "running", "2025-10-12T09:00:00.000Z"));
+    }
+    p
+}
+
+/// The documents a run read from MongoDB, by collection (its last log line says).
+fn documents_read(run: &Run) -> String {
+    let line = run.stderr.lines().rev().find(|l| l.contains("Documents read from MongoDB")).unwrap_or_else(|| {
+        panic!("no documents-read line in {}", run.stderr);
+    });
+    line.split("documents_read=").nth(1).unwrap_or("").to_string()
+}
+
+fn reads_of(run: &Run, collection: &str) -> u64 {
+    documents_read(run)
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{collection}=")).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+async fn sync(db: &TestDb, p: &Platform, args: &[&str]) -> Run {
+    let mut all = vec!["sync"];
+    all.extend_from_slice(args);
+    let run = docmirror(db, p, &all).await;
+    assert!(run.code == 0, "{run:?}");
+    run
+}
+
+/// What a full reconcile would still change: nothing, if the run before was right.
+async fn assert_full_finds_nothing(db: &TestDb, p: &Platform) {
+    let full = sync(db, p, &["--full"]).await;
+    assert!(full.stderr.contains("reason=--full"), "{}", full.stderr);
+    for what in ["inserted", "updated", "archived", "deleted", "rejected"] {
+        assert_eq!(full.count(what), 0, "a full reconcile after the warm start still had work ({what}): {full:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resync_of_an_unchanged_tree_reads_no_collection_and_writes_nothing() {
+    let db = TestDb::new("ckpt_unchanged").await;
+    let p = tree();
+    let first = sync(&db, &p, &[]).await;
+    assert_eq!(first.count("inserted"), 8);
+    assert!(first.stderr.contains("no checkpoint yet"), "{}", first.stderr);
+
+    let again = sync(&db, &p, &[]).await;
+    assert!(again.stderr.contains(WARM), "{}", again.stderr);
+    assert_eq!(again.count("unchanged"), 8, "unchanged files count their records: {again:?}");
+    assert_eq!(again.count("inserted") + again.count("updated") + again.count("deleted"), 0);
+    for coll in ["users", "datasets", "training_jobs"] {
+        assert_eq!(reads_of(&again, coll), 0, "{coll} was read: {}", documents_read(&again));
+    }
+    // The same run with --full reads every collection: the counter counts.
+    let full = sync(&db, &p, &["--full"]).await;
+    assert!(reads_of(&full, "users") >= 3, "{}", documents_read(&full));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_changed_while_nobody_watched_is_caught_up_as_a_full_reconcile_would() {
+    let db = TestDb::new("ckpt_caught_up").await;
+    let p = tree();
+    sync(&db, &p, &[]).await;
+    // The files change: one user edited, a job file gone, one new.
+    p.users(&json!([
+        user("u1", "a@example.com", "2025-10-01T00:00:00.000Z"),
+        {"id": "u2", "email": "b@example.com", "name": "Renamed", "password": HASH_A, "role": "user",
+         "createdAt": "2025-09-01T08:00:00.000Z", "updatedAt": "2025-11-01T00:00:00.000Z"},
+        user("u3", "c@example.com", "2025-10-01T00:00:00.000Z"),
+    ]));
+    p.remove("artifacts/jobs/j2.json");
+    p.job("j4", &job("j4", "queued", "2025-10-12T09:00:00.000Z"));
+    // MongoDB changes too: a mirrored document deleted (its record is still
+    // in the file), and a document of the app's own.
+    let coll = db.db.collection::<bson::Document>("users");
+    coll.delete_one(doc! { "_id": "u3" }).await.unwrap();
+    let jobs = db.db.collection::<bson::Document>("training_jobs");
+    jobs.insert_one(doc! { "_id": "app-only", "status": "queued" }).await.unwrap();
+
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains(WARM), "{}", run.stderr);
+    assert_eq!(run.count("inserted"), 2, "j4 and the deleted u3: {run:?}");
+    assert_eq!(run.count("updated"), 1, "{run:?}");
+    assert_eq!(run.count("archived"), 1, "{run:?}");
+    assert_eq!(db.doc("users", "u2").await.unwrap().get_str("name").unwrap(), "Renamed");
+    assert!(db.doc("users", "u3").await.is_some(), "the document deleted in MongoDB is back");
+    assert!(db.doc("training_jobs", "j2").await.is_none());
+    assert!(db.doc("training_jobs", "app-only").await.is_some(), "the app's own document is left alone");
+    assert_eq!(reads_of(&run, "users"), 2, "only the touched and changed users were read: {}", documents_read(&run));
+    assert_full_finds_nothing(&db, &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_that_proves_nothing_gives_a_full_reconcile_and_says_why() {
+    let db = TestDb::new("ckpt_fallbacks").await;
+    let p = tree();
+    sync(&db, &p, &[]).await;
+    let heads = db.db.collection::<bson::Document>("mirror_checkpoint");
+    let state = db.db.collection::<bson::Document>("mirror_state");
+    let cases: Vec<(&str, bson::Document, &str)> = vec![
+        ("mirror_checkpoint", doc! { "$set": { "fingerprint": "older" } }, "--on-delete changed since the checkpoint"),
+        ("mirror_state", doc! { "$set": { "database_id": "elsewhere" } }, "another database"),
+        ("mirror_checkpoint", doc! { "$set": { "token": { "_data": "00" } } }, "no longer resumes"),
+    ];
+    for (coll, update, reason) in cases {
+        let target = if coll == "mirror_state" { &state } else { &heads };
+        let filter = if coll == "mirror_state" {
+            doc! {}
+        } else {
+            doc! { "_id": "head" }
+        };
+        target.update_one(filter, update).await.unwrap();
+        // Something changed meanwhile, which the full reconcile must find.
+        p.job("j1", &job("j1", "completed", &format!("2025-10-13T09:00:0{}.000Z", reason.len() % 10)));
+        let run = sync(&db, &p, &[]).await;
+        assert!(run.stderr.contains("Full reconcile") && run.stderr.contains(reason), "{reason}: {}", run.stderr);
+        assert!(!run.stderr.contains(WARM), "{}", run.stderr);
+        assert_eq!(run.count("updated"), 1, "{run:?}");
+        // It stored a good checkpoint again.
+        assert!(sync(&db, &p, &[]).await.stderr.contains(WARM));
+    }
+    // Other rules for what a reconcile writes.
+    let run = sync(&db, &p, &["--conflict", "file-wins"]).await;
+    assert!(run.stderr.contains("--conflict or --on-delete changed"), "{}", run.stderr);
+    sync(&db, &p, &[]).await;
+    // More documents changed in MongoDB than it is worth checking one by one.
+    let users = db.db.collection::<bson::Document>("users");
+    users.update_many(doc! {}, doc! { "$set": { "seen": true } }).await.unwrap();
+    let run = sync(&db, &p, &["--checkpoint-max-changes", "2"]).await;
+    assert!(run.stderr.contains("more than 2 documents changed since the checkpoint"), "{}", run.stderr);
+    // A mirrored collection renamed, then one dropped: what the stream said
+    // before is not complete any more.
+    let rename =
+        doc! { "renameCollection": format!("{}.training_jobs", db.name), "to": format!("{}.jobs_old", db.name) };
+    db.client.database("admin").run_command(rename).await.unwrap();
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains("rename of training_jobs"), "{}", run.stderr);
+    assert_eq!(run.count("inserted"), 3, "the jobs are back: {run:?}");
+    db.db.collection::<bson::Document>("datasets").drop().await.unwrap();
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains("drop of datasets"), "{}", run.stderr);
+    assert_eq!(run.count("inserted"), 2, "the datasets are back: {run:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_without_change_streams_reconciles_in_full_on_every_start() {
+    let server = OwnServer::start_with(free_port(), &["--standalone"]);
+    let p = tree();
+    let uri = server.uri("ckpt_standalone");
+    for round in 0..2 {
+        let run = docmirror_at(&uri, &p, &["sync"], &[]).await;
+        assert_eq!(run.code, 0, "{run:?}");
+        assert!(run.stderr.contains("Full reconcile"), "{}", run.stderr);
+        assert!(run.stderr.contains("no change streams"), "round {round}: {}", run.stderr);
+        assert!(!run.stderr.contains(WARM));
+        assert_eq!(run.count("inserted"), if round == 0 { 8 } else { 0 });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_checkpoint_group_is_not_trusted() {
+    let db = TestDb::new("ckpt_damaged").await;
+    let p = tree();
+    sync(&db, &p, &[]).await;
+    // Every stored memo part damaged (a save cut short would leave some so).
+    let parts = db.db.collection::<bson::Document>("mirror_checkpoint");
+    let garbage = Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![1, 2, 3] });
+    parts.update_many(doc! { "_id": { "$ne": "head" } }, doc! { "$set": { "data": garbage } }).await.unwrap();
+    p.users(&json!([
+        user("u1", "a@example.com", "2025-10-01T00:00:00.000Z"),
+        user("u3", "c@example.com", "2025-10-01T00:00:00.000Z"),
+    ]));
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains(WARM), "{}", run.stderr);
+    assert!(run.stderr.contains("does not match its hash"), "{}", run.stderr);
+    assert_eq!(run.count("archived"), 1, "u2 is gone from the file: {run:?}");
+    assert!(db.doc("users", "u2").await.is_none());
+    assert_full_finds_nothing(&db, &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_restarts_from_its_checkpoint_after_kill_9_and_stores_one_on_sigterm() {
+    let db = TestDb::new("ckpt_watch").await;
+    let p = tree();
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    assert!(w.log_text().contains("no checkpoint yet"), "{}", w.log_text());
+    w.crash().await;
+    // While it is down: three job files and one user change.
+    for j in ["j1", "j2", "j3"] {
+        p.job(j, &job(j, "completed", "2025-10-14T09:00:00.000Z"));
+    }
+    p.users(&json!([
+        user("u1", "a@example.com", "2025-10-01T00:00:00.000Z"),
+        user("u2", "b@example.com", "2025-10-01T00:00:00.000Z"),
+        user("u3", "new-c@example.com", "2025-11-01T00:00:00.000Z"),
+    ]));
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    let log = w.log_text();
+    assert!(log.contains(WARM), "{log}");
+    for j in ["j1", "j2", "j3"] {
+        assert_eq!(db.doc("training_jobs", j).await.unwrap().get_str("status").unwrap(), "completed");
+    }
+    assert_eq!(db.doc("users", "u3").await.unwrap().get_str("email").unwrap(), "new-c@example.com");
+    // A change while it runs, then SIGTERM: the next start finds every file as settled.
+    p.job("j1", &job("j1", "failed", "2025-10-15T09:00:00.000Z"));
+    eventually(20, "j1 mirrored", || async {
+        db.doc("training_jobs", "j1").await.and_then(|d| d.get_str("status").ok().map(str::to_string))
+            == Some("failed".into())
+    })
+    .await;
+    let log = w.stop().await;
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains(WARM), "{}", run.stderr);
+    assert!(run.stderr.contains("files_compared=0"), "SIGTERM stored the settled files: {}\n{log}", run.stderr);
+    assert_full_finds_nothing(&db, &p).await;
+}
