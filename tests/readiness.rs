@@ -91,3 +91,34 @@ async fn progress_says_503_while_mongodb_does_not_answer() {
     eventually(60, "/progress answers again", || async { http_get(port, "/progress").await.0 == 200 }).await;
     w.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_found_by_watch_lights_up_progress_until_the_file_catches_up() {
+    let db = TestDb::new("readiness_live_drift").await;
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@x.io", T)]));
+    p.job("j1", &job("j1", "running", T));
+    let port = free_port();
+    let args = ["--drift-grace-secs", "1", "--metrics-addr", &format!("127.0.0.1:{port}")];
+    let w = WatchProc::start(&db.uri(), &p, &args).await;
+    let progress = || async {
+        let (code, body) = http_get(port, "/progress").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()
+    };
+    // The app writes MongoDB, and not the file: drift, and a reason not to cut over.
+    let jobs = db.db.collection::<bson::Document>("training_jobs");
+    jobs.update_one(doc! {"_id": "j1"}, doc! {"$set": {"status": "failed"}}).await.unwrap();
+    eventually(60, "the drift in /progress", || async { progress().await["drift"] == json!({"different": 1}) }).await;
+    let r = progress().await;
+    assert_eq!(r["can_cut_over"], false);
+    assert!(r["reasons"].to_string().contains("1 record(s) differ"), "{r}");
+    // The file catches up: no drift, and nothing left to say no.
+    p.job("j1", &job("j1", "failed", T));
+    eventually(60, "the drift cleared", || async {
+        let r = progress().await;
+        r["drift"] == json!({}) && r["can_cut_over"] == true
+    })
+    .await;
+    w.stop().await;
+}
