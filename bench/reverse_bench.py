@@ -193,8 +193,8 @@ def render(res: dict, cfg) -> str:
         f"{'OK' if res.get('reverse_ok') else 'FAILED'} |",
         "",
         "`mongoexport` writes one document per line, not the platform's layout, and is not installed here; "
-        "the contender is a pymongo script that writes the same files (without docmirror's atomic "
-        "write-if-changed). reverse runs with `--before-cutover` (the bench records no cutover). Changes are "
+        "the contender is a pymongo script that writes the same files (renamed into place, but "
+        "without fsync and without comparing with what is there). reverse runs with `--before-cutover` (the bench records no cutover). Changes are "
         "collected and written at most every 200 ms (`--debounce-ms`): a change waits for the end of the period "
         "the first change opened, so up to 200 ms, less for changes later in it. An update made while the job's "
         "previous one is not in its file yet is timed from that earlier update, as one sample.",
