@@ -395,6 +395,17 @@ async fn a_dropped_collection_or_database_empties_the_files() {
     let out = tempfile::tempdir().unwrap();
     let r = Reverse::start(&db.uri(), &p, out.path(), &[]).await;
     until_exact(&db, &p, out.path()).await;
+    // A renamed collection: its files go (nothing is left under the mirrored name).
+    let admin = db.client.database("admin");
+    let (from, to) = (format!("{}.datasets", db.name), format!("{}.datasets_old", db.name));
+    admin.run_command(doc! {"renameCollection": from, "to": to}).await.unwrap();
+    let metadata = out.path().join("data/datasets/metadata.json");
+    eventually(60, "metadata.json emptied by the rename", || {
+        let empty =
+            std::fs::read(&metadata).ok().and_then(|b| serde_json::from_slice::<Value>(&b).ok()) == Some(json!([]));
+        async move { empty }
+    })
+    .await;
     db.db.collection::<Document>("training_jobs").drop().await.unwrap();
     let jobs = out.path().join("artifacts/jobs");
     eventually(60, "the job files removed with their collection", || {
@@ -454,4 +465,18 @@ async fn reverse_rides_out_a_mongodb_restart() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_folder_it_cannot_write_stops_it_with_exit_6_naming_the_file() {
+    let db = TestDb::new("reverse_unwritable").await;
+    let p = cut_over(&db).await;
+    let out = tempfile::tempdir().unwrap();
+    // `data` is a file, so data/users.json cannot be written (root ignores modes).
+    std::fs::write(out.path().join("data"), b"not a folder").unwrap();
+    let run = docmirror(&db, &p, &["reverse", "--out", out.path().to_str().unwrap()]).await;
+    assert_eq!(run.code, 6, "{run:?}");
+    assert!(run.stderr.contains("cannot write") && run.stderr.contains("users.json"), "{}", run.stderr);
+    // No token was stored: the next start compares everything.
+    assert!(db.doc("mirror_state", "reverse").await.is_none_or(|d| !d.contains_key("token")));
 }
