@@ -9,7 +9,10 @@ Scenarios (each measurement on a fresh in-memory SecantusDB server):
   2. re-sync with nothing changed (each contender again, same server);
   3. `docmirror watch`: one user changed in users.json, time until visible;
   4. `docmirror watch` under load: job files rewritten at 200/s;
-  5. peak RSS of `docmirror watch`, CPU seconds per 100k records of `sync`.
+  5. peak RSS of `docmirror watch`, CPU seconds per 100k records of `sync`;
+  6. and 7. `docmirror watch` restarted after kill -9, and drift reports;
+  8. `docmirror export` (records/s, against a pymongo script) and `docmirror
+     reverse` (update-to-file latency p50/p99): bench/reverse_bench.py.
 After every contender run the three collections are dumped and compared
 type-exactly with what the files say (bench/check.py); a contender whose
 output differs is WRONG and its time does not count.
@@ -45,6 +48,7 @@ sys.path.insert(0, BENCH)
 
 import check  # noqa: E402
 import gen  # noqa: E402
+import reverse_bench  # noqa: E402
 from pymongo import MongoClient  # noqa: E402
 
 DOCMIRROR = os.environ.get("DOCMIRROR_BIN", os.path.join(ROOT, "target", "release", "docmirror"))
@@ -1335,6 +1339,9 @@ def main() -> int:
                     "'--write-mode commands' (shown in the report)")
     ap.add_argument("--skip-watch", action="store_true", help="skip scenarios 3-5's watch parts")
     ap.add_argument("--skip-sync", action="store_true", help="skip scenarios 1 and 2 (for working on watch)")
+    ap.add_argument("--skip-reverse", action="store_true", help="skip scenario 8 (export and reverse)")
+    ap.add_argument("--reverse-updates", type=int, help="scenario 8 job updates (default 1000; quick 100)")
+    ap.add_argument("--reverse-rate", type=float, default=100.0, help="scenario 8 updates per second")
     ap.add_argument("--report", help="where to write the report (default: BENCHMARKS.md; quick: bench/results/quick.md)")
     ap.add_argument("--size-note", default="", help="a sentence for the report on why these sizes")
     cfg = ap.parse_args()
@@ -1347,6 +1354,7 @@ def main() -> int:
     cfg.runs = max(1, cfg.runs if cfg.runs is not None else (1 if q else 3))
     cfg.changes = max(1, cfg.changes if cfg.changes is not None else (10 if q else 50))
     cfg.rewrites = max(1, cfg.rewrites if cfg.rewrites is not None else (200 if q else 1000))
+    cfg.reverse_updates = max(1, cfg.reverse_updates if cfg.reverse_updates is not None else (100 if q else 1000))
     cfg.load_jobs = min(cfg.load_jobs, 50) if q else cfg.load_jobs
     cfg.timeout = 300.0 if q else 1800.0  # per contender run
     cfg.change_timeout = 30.0 if q else 60.0
@@ -1391,7 +1399,9 @@ def main() -> int:
         small = None if q or cfg.users <= 2000 else make_tree(2000, 200, 300, cfg.seed)
         watch = ({"available": False, "why": "skipped (--skip-watch)"} if cfg.skip_watch
                  else scenario_watch(cfg, full, small))
+        rev = {} if cfg.skip_reverse else reverse_bench.scenario(cfg, full, sys.modules[__name__])
         text, targets = render(cfg, full, tenth, sync, watch, mongoimport_note, time.monotonic() - started)
+        text += reverse_bench.render(rev, cfg)
         os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
         with open(report, "w", encoding="utf-8") as f:
             f.write(text)
@@ -1401,6 +1411,7 @@ def main() -> int:
                           if isinstance(ser, dict) and all(isinstance(v, Series) for v in ser.values()) else ser)
                      for ph, ser in sync.items()},
             "watch": watch,
+            "reverse": rev,
             "targets": targets,
         }
         with open(os.path.join(RESULTS, "quick.json" if q else "full.json"), "w") as f:
@@ -1439,6 +1450,7 @@ def main() -> int:
                 failures.append("watch drift: a differing write was never reported")
             if any(r.get("caught_up_s") is None for r in s6.get("restart", []) + s6.get("restart_full", [])):
                 failures.append("watch restart: changes made while it was down did not all arrive")
+        failures += reverse_bench.failures(rev)
         if failures:
             log("CHECKS FAILED: " + "; ".join(failures))
             return 1

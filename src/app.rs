@@ -7,7 +7,8 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{
-    Cli, Command, CutoverArgs, ExportArgs, OutputFormat, StatusArgs, SyncArgs, TargetKind, VerifyArgs, WatchArgs,
+    Cli, Command, CutoverArgs, ExportArgs, OutputFormat, ReverseArgs, StatusArgs, SyncArgs, TargetKind, VerifyArgs,
+    WatchArgs,
 };
 use crate::error::{exit, Fatal};
 use crate::postgres::Pg;
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli, cancel: CancellationToken) -> u8 {
         Command::Status(args) => status_cmd(args, cancel).await,
         Command::Export(args) => export_cmd(args, cancel).await,
         Command::Cutover(args) => cutover_cmd(args, cancel).await,
+        Command::Reverse(args) => reverse_cmd(args, cancel).await,
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "docmirror", &mut std::io::stdout());
@@ -191,17 +193,11 @@ async fn verify_cmd(args: VerifyArgs, cancel: CancellationToken) -> Result<u8, F
     let report = match args.common.connection.target {
         TargetKind::Mongodb => {
             let sink = Sink::connect(settings.sink, cancel.clone()).await?;
-            tokio::select! {
-                r = verify(&engine, &sink) => r?,
-                () = cancel.cancelled() => return Err(Fatal::Interrupted),
-            }
+            verify_and_record(&engine, &sink, &cancel).await?
         }
         TargetKind::Postgres => {
             let pg = connect_pg(&args.common.connection, &engine, &cancel).await?;
-            tokio::select! {
-                r = verify(&engine, &pg) => r?,
-                () = cancel.cancelled() => return Err(Fatal::Interrupted),
-            }
+            verify_and_record(&engine, &pg, &cancel).await?
         }
     };
     match args.format {
@@ -223,7 +219,10 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
     args.write.apply(&mut settings.engine)?;
     let engine = Arc::new(settings.engine);
     if let Some(addr) = args.metrics_addr {
-        crate::http::start(addr, engine.metrics.clone(), cancel.clone()).await?;
+        // /progress reads mirror_state in MongoDB (on PostgreSQL, `status` shows the same).
+        let progress = matches!(common.connection.target, TargetKind::Mongodb)
+            .then(|| progress_fn(settings.sink.clone(), cancel.clone()));
+        crate::http::start(addr, engine.metrics.clone(), progress, cancel.clone()).await?;
     }
     let mut lifecycle = crate::watch::systemd::Systemd::new(2);
     let ran = match common.connection.target {
@@ -241,6 +240,38 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
         Ok(_) | Err(Fatal::Interrupted) => Ok(exit::OK),
         Err(e) => Err(e),
     }
+}
+
+/// Verify, then record the outcome (the only write verify makes, for
+/// `status` and `/progress`).
+async fn verify_and_record<T: StateStore>(
+    engine: &Arc<crate::reconcile::Engine>,
+    target: &T,
+    cancel: &CancellationToken,
+) -> Result<crate::verify::Report, Fatal> {
+    let report = tokio::select! {
+        r = verify(engine, target) => r?,
+        () = cancel.cancelled() => return Err(Fatal::Interrupted),
+    };
+    if let Err(e) = crate::state::record_verify(target, &report, &crate::cutover::digest(&report)).await {
+        tracing::warn!(error = %e, "Cannot record the verify in mirror_state");
+    }
+    Ok(report)
+}
+
+/// `GET /progress`: the readiness `status --format json` shows, from a
+/// connection of its own (made at the first request, kept after).
+fn progress_fn(mut opts: crate::sink::SinkOptions, cancel: CancellationToken) -> crate::http::ProgressFn {
+    opts.retry_budget = Some(std::time::Duration::from_secs(5));
+    let cell = Arc::new(tokio::sync::OnceCell::<Sink>::new());
+    Arc::new(move || {
+        let (cell, opts, cancel) = (cell.clone(), opts.clone(), cancel.clone());
+        Box::pin(async move {
+            let sink = cell.get_or_try_init(|| Sink::connect(opts, cancel)).await.map_err(|e| e.to_string())?;
+            let v = crate::state::progress(sink).await.map_err(|e| e.to_string())?;
+            serde_json::to_string_pretty(&v).map_err(|e| e.to_string())
+        })
+    })
 }
 
 async fn status_cmd(args: StatusArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
@@ -367,5 +398,30 @@ async fn cutover_on<T: StateStore>(
             println!("cutover: not ready: {not_ready}");
             Ok(exit::DIFFERENCES)
         }
+    }
+}
+
+async fn reverse_cmd(args: ReverseArgs, cancel: CancellationToken) -> Result<u8, Fatal> {
+    let out =
+        args.out.clone().ok_or_else(|| Fatal::Config("reverse needs --out DIR: the folder to keep current".into()))?;
+    let layout = match &args.layout {
+        Some(p) => crate::layout::Layout::from_file(p).map_err(|e| Fatal::Config(e.to_string()))?,
+        None => crate::layout::Layout::builtin(),
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    // A daemon: it waits for MongoDB however long it is away.
+    let sink = args.connection.sink_options(true, metrics)?;
+    let opts = crate::reverse::Options {
+        out,
+        debounce: std::time::Duration::from_millis(args.debounce_ms),
+        poll_interval: args.poll_interval_ms.map(std::time::Duration::from_millis),
+        before_cutover: args.before_cutover,
+        full: args.full,
+        forward_roots: args.forward_roots(),
+        shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout_secs),
+    };
+    match crate::reverse::run(layout, sink, opts, cancel).await {
+        Ok(()) | Err(Fatal::Interrupted) => Ok(exit::OK),
+        Err(e) => Err(e),
     }
 }

@@ -73,6 +73,8 @@ pub enum Command {
     Export(ExportArgs),
     /// End the dual-write window: wait for quiet files and watch, verify, and record the cutover.
     Cutover(CutoverArgs),
+    /// After the cutover: keep the platform's file layout in a folder current from MongoDB's change stream.
+    Reverse(ReverseArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         #[arg(value_enum)]
@@ -346,6 +348,59 @@ pub struct ExportArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct ReverseArgs {
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
+
+    /// A layout file describing sources and mappings (default: the platform's, built in).
+    #[arg(long, env = "DOCMIRROR_LAYOUT")]
+    pub layout: Option<PathBuf>,
+
+    /// The folder to keep current: DIR/data/users.json, DIR/artifacts/jobs/..., and so on
+    /// (required; it may come from the config file's [reverse] table). Never a folder watch reads.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+
+    /// The forward mirror's data folder, which reverse refuses to write into [default: ./data].
+    #[arg(long, env = "DOCMIRROR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// The forward mirror's artifacts folder, which reverse refuses to write into [default: ./artifacts].
+    #[arg(long, env = "DOCMIRROR_ARTIFACTS_DIR")]
+    pub artifacts_dir: Option<PathBuf>,
+
+    /// Changes are written at most this often, and at the latest this long after they happen.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub debounce_ms: u64,
+
+    /// Without change streams (a standalone server): compare everything every N ms instead.
+    #[arg(long, env = "DOCMIRROR_REVERSE_POLL_INTERVAL_MS", value_parser = clap::value_parser!(u64).range(10..))]
+    pub poll_interval_ms: Option<u64>,
+
+    /// Run although no cutover is recorded: a rehearsal, into a folder of its own.
+    #[arg(long)]
+    pub before_cutover: bool,
+
+    /// Compare every file with MongoDB at start even when the stored resume token resumes.
+    #[arg(long)]
+    pub full: bool,
+
+    /// On SIGTERM, how long to wait for the last flush.
+    #[arg(long, default_value_t = 10)]
+    pub shutdown_timeout_secs: u64,
+}
+
+impl ReverseArgs {
+    /// The folders a forward mirror reads (named, or the defaults).
+    pub fn forward_roots(&self) -> Vec<PathBuf> {
+        vec![
+            self.data_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            self.artifacts_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_ARTIFACTS_DIR)),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub common: CommonArgs,
@@ -524,42 +579,5 @@ impl WriteArgs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::CommandFactory;
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn the_postgres_target_is_chosen_by_flag_or_environment_and_needs_a_url() {
-        let cli =
-            Cli::try_parse_from(["docmirror", "sync", "--target", "postgres", "--postgres-url", "postgresql://h/db"])
-                .unwrap();
-        let Command::Sync(s) = cli.command else { panic!() };
-        assert_eq!(s.common.connection.target, TargetKind::Postgres);
-        assert_eq!(s.common.connection.postgres_url.as_deref(), Some("postgresql://h/db"));
-        let metrics = std::sync::Arc::default();
-        assert_eq!(s.common.connection.pg_options(false, metrics).unwrap().url, "postgresql://h/db");
-        let cli = Cli::try_parse_from(["docmirror", "status", "--target", "postgres"]).unwrap();
-        let Command::Status(st) = cli.command else { panic!() };
-        let err = st.connection.pg_options(false, std::sync::Arc::default()).unwrap_err().to_string();
-        assert!(err.contains("--postgres-url") && err.contains("DATABASE_URL"), "{err}");
-        let cli = Cli::try_parse_from(["docmirror", "verify"]).unwrap();
-        let Command::Verify(v) = cli.command else { panic!() };
-        assert_eq!(v.common.connection.target, TargetKind::Mongodb, "MongoDB stays the default");
-    }
-
-    #[test]
-    fn defaults_follow_the_guide() {
-        let cli = Cli::try_parse_from(["docmirror", "sync"]).unwrap();
-        let Command::Sync(s) = cli.command else { panic!() };
-        assert_eq!(s.common.data_dir(), PathBuf::from("./data"));
-        assert_eq!(s.common.artifacts_dir(), PathBuf::from("./artifacts"));
-        assert_eq!(s.common.data_dir, None, "the default is not a named folder");
-        assert!(!s.dry_run);
-        assert_eq!(s.write.on_delete, OnDelete::Archive);
-    }
-}
+#[path = "cli_tests.rs"]
+mod tests;

@@ -1,7 +1,7 @@
 //! The config file (`--config FILE` or `DOCMIRROR_CONFIG`): everything a flag
 //! can say, in TOML, so a unit file stays short. Keys are the long flag names
-//! (`data-dir`, or `data_dir`); a `[sync]`, `[watch]`, `[verify]` or
-//! `[status]` table scopes keys to one command. Unknown keys are rejected.
+//! (`data-dir`, or `data_dir`); a `[sync]`, `[watch]`, `[verify]`,
+//! `[status]`, `[export]`, `[cutover]` or `[reverse]` table scopes keys to one command. Unknown keys are rejected.
 //!
 //! The file's values become the flags' defaults before the command line is
 //! parsed, so the order of precedence is: flag, environment, file, built-in.
@@ -14,7 +14,7 @@ use clap::{Command, CommandFactory, FromArgMatches};
 
 use crate::cli::Cli;
 
-const SECTIONS: &[&str] = &["sync", "watch", "verify", "status", "export", "cutover"];
+const SECTIONS: &[&str] = &["sync", "watch", "verify", "status", "export", "cutover", "reverse"];
 
 /// Parse the command line, with the config file's values as defaults.
 pub fn parse_cli(args: Vec<OsString>) -> Result<Cli, clap::Error> {
@@ -257,6 +257,18 @@ mod tests {
         assert_eq!(config_path(&args), Some(PathBuf::from("/etc/d.toml")));
         let args: Vec<OsString> = ["docmirror", "--config=/x.toml", "sync"].iter().map(OsString::from).collect();
         assert_eq!(config_path(&args), Some(PathBuf::from("/x.toml")));
+    }
+
+    #[test]
+    fn reverse_takes_its_folder_and_flags_from_the_config_file() {
+        let cfg = "data-dir = \"/srv/p/data\"\n[reverse]\nout = \"/srv/restored\"\ndebounce-ms = 500\n";
+        let cli = parse_with(cfg, &["docmirror", "reverse"]).unwrap();
+        let C::Reverse(r) = cli.command else { panic!("reverse") };
+        assert_eq!(r.out, Some(PathBuf::from("/srv/restored")));
+        assert_eq!(r.debounce_ms, 500);
+        // The top-level data-dir is a folder reverse refuses to write into.
+        assert!(r.forward_roots().contains(&PathBuf::from("/srv/p/data")));
+        assert!(parse_with("[reverse]\nbatch-size = 5", &["docmirror", "reverse"]).unwrap_err().contains("batch-size"));
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub async fn cutover<T: StateStore>(
         r = verify(engine, sink) => r?,
         () = cancel.cancelled() => return Err(Fatal::Interrupted),
     };
+    if let Err(e) = crate::state::record_verify(sink, &report, &digest(&report)).await {
+        tracing::warn!(error = %e, "Cannot record the verify in mirror_state");
+    }
     if !report.in_sync {
         return Ok(Err(NotReady::Differences(report)));
     }

@@ -16,8 +16,11 @@ pub mod exit {
     pub const MONGODB: u8 = 4;
     /// An index could not be built (for example two documents already share an email).
     pub const INDEX: u8 = 5;
-    /// A source folder could not be read.
+    /// A source folder could not be read (or, for `export` and `reverse`, the output folder written).
     pub const SOURCE: u8 = 6;
+    /// The MongoDB server lacks what the command needs: `reverse` without
+    /// change streams (a standalone server) and without `--poll-interval-ms`.
+    pub const UNSUPPORTED: u8 = 7;
     /// A task inside docmirror failed (a bug: please report it with the log).
     pub const INTERNAL: u8 = 70;
     /// Stopped by SIGINT/SIGTERM before finishing (sync, verify).
@@ -40,6 +43,9 @@ pub enum Fatal {
     Connect { message: String, detail: String },
     #[error("index: {0}")]
     Index(String),
+    /// The server cannot do what the command needs (change streams for `reverse`).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("interrupted before finishing")]
     Interrupted,
     /// A task of docmirror's own failed (it panicked): a bug, not the input's fault.
@@ -54,6 +60,7 @@ impl Fatal {
             Fatal::Source(_) => exit::SOURCE,
             Fatal::Mongo(_) | Fatal::Postgres(_) | Fatal::Connect { .. } => exit::MONGODB,
             Fatal::Index(_) => exit::INDEX,
+            Fatal::Unsupported(_) => exit::UNSUPPORTED,
             Fatal::Interrupted => exit::INTERRUPTED,
             Fatal::Internal(_) => exit::INTERNAL,
         }

@@ -28,6 +28,7 @@ pub mod postgres;
 pub mod progress;
 pub mod reconcile;
 pub mod redact;
+pub mod reverse;
 pub mod sink;
 pub mod source;
 pub mod state;

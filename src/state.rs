@@ -41,6 +41,20 @@ pub trait StateStore: Inspect {
     fn take_blocked_deletes(&self) -> u64 {
         0
     }
+
+    /// The kind and first-seen time of every record listed in `mirror_drift`
+    /// (watch's drift reports; MongoDB only, so none elsewhere).
+    fn drift_kinds(
+        &self,
+    ) -> impl std::future::Future<Output = Result<Vec<(String, Option<bson::DateTime>)>, Fatal>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Another record of `mirror_state` than the mirror's own (`reverse`'s;
+    /// MongoDB only).
+    fn read_state_of(&self, _id: &str) -> impl std::future::Future<Output = Result<Option<Document>, Fatal>> + Send {
+        async { Ok(None) }
+    }
 }
 
 impl StateStore for Sink {
@@ -76,6 +90,18 @@ impl StateStore for Sink {
     fn place(&self) -> String {
         self.database().name().to_string()
     }
+
+    async fn drift_kinds(&self) -> Result<Vec<(String, Option<bson::DateTime>)>, Fatal> {
+        let kind = |d: Document| {
+            let k = d.get_str("kind").map_or_else(|_| "unknown".to_string(), str::to_string);
+            Some((k, d.get_datetime("first_seen").ok().copied()))
+        };
+        Ok(self.find_map(DRIFT, doc! {}, Some(doc! { "kind": 1, "first_seen": 1 }), kind).await?)
+    }
+
+    async fn read_state_of(&self, id: &str) -> Result<Option<Document>, Fatal> {
+        Ok(self.find_all(STATE, doc! { "_id": id }, None).await?.into_iter().next())
+    }
 }
 
 pub const STATE: &str = "mirror_state";
@@ -90,7 +116,7 @@ fn summary_doc(s: &Summary) -> Document {
     }
 }
 
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
@@ -166,6 +192,9 @@ pub async fn record_change<T: StateStore>(
             "running": true, "host": hostname(), "pid": i64::from(std::process::id()),
             "heartbeat_at": now, "pending_files": i64::try_from(progress.pending_files).unwrap_or(i64::MAX),
             "lag_seconds": progress.lag_seconds,
+            // The folders it reads: `reverse` refuses to write into them.
+            "data_dir": engine.roots.data.display().to_string(),
+            "artifacts_dir": engine.roots.artifacts.display().to_string(),
         },
     };
     for (c, at) in changes {
@@ -203,6 +232,65 @@ fn documents_of(report: &crate::verify::Report) -> Document {
         .collect()
 }
 
+/// The outcome of a `verify` (or of the verify inside `cutover`): when, in
+/// sync or not, how many differences, and the report's digest.
+pub async fn record_verify<T: StateStore>(sink: &T, report: &crate::verify::Report, digest: &str) -> Result<(), Fatal> {
+    let problems: usize = report.collections.iter().map(crate::verify::CollectionReport::problems).sum();
+    let now = bson::DateTime::now();
+    let last = doc! {
+        "at": now, "host": hostname(), "outcome": if report.in_sync { "in-sync" } else { "differences" },
+        "differences": i64::try_from(problems).unwrap_or(i64::MAX), "digest": digest,
+    };
+    set(sink, doc! { "last_verify": last }).await
+}
+
+/// The drift the change-stream follower (issue 14) lists in `mirror_drift`,
+/// one document per drifting record: counted by `kind`. Empty when the
+/// collection does not exist.
+pub const DRIFT: &str = "mirror_drift";
+
+/// Drifting records by kind, and when the oldest was first seen.
+async fn drift_counts<T: StateStore>(sink: &T) -> Result<(Document, Option<bson::DateTime>), Fatal> {
+    let kinds = sink.drift_kinds().await?;
+    let mut counts = std::collections::BTreeMap::<String, i64>::new();
+    let oldest = kinds.iter().filter_map(|(_, at)| *at).min();
+    for (k, _) in kinds {
+        *counts.entry(k).or_default() += 1;
+    }
+    Ok((counts.into_iter().map(|(k, n)| (k, Bson::Int64(n))).collect(), oldest))
+}
+
+/// The `reverse` daemon's record (`_id: "reverse"` in `mirror_state`), without
+/// its resume token, with `state` computed from its heartbeat.
+async fn reverse_live<T: StateStore>(sink: &T) -> Result<Option<Document>, Fatal> {
+    let Some(mut r) = sink.read_state_of(REVERSE_ID).await? else {
+        return Ok(None);
+    };
+    r.remove("_id");
+    r.remove("token");
+    let beat = r.get_datetime("heartbeat_at").ok().map(|t| age_secs(*t));
+    let now = match (r.get_bool("running").unwrap_or(false), beat) {
+        (true, Some(age)) if age <= SILENT_AFTER_SECS => "running",
+        (true, _) => "silent",
+        (false, _) => "stopped",
+    };
+    r.insert("state", now);
+    Ok(Some(r))
+}
+
+/// The id of the `reverse` daemon's document in `mirror_state`.
+pub const REVERSE_ID: &str = "reverse";
+
+/// The readiness object, exactly as `status --format json` shows it under
+/// `readiness`, as JSON: what `GET /progress` serves. One function for both,
+/// so they cannot disagree.
+pub async fn progress<T: StateStore>(sink: &T) -> Result<serde_json::Value, Fatal> {
+    let mut state = read(sink).await?.unwrap_or_default();
+    add_live(sink, &mut state).await?;
+    let r = state.get_document("readiness").cloned().unwrap_or_default();
+    Ok(Bson::Document(r).into_relaxed_extjson())
+}
+
 /// watch stopped cleanly.
 pub async fn record_stop<T: StateStore>(sink: &T) -> Result<(), Fatal> {
     let now = bson::DateTime::now();
@@ -228,14 +316,23 @@ pub async fn add_live<T: StateStore>(sink: &T, state: &mut Document) -> Result<(
         };
         w.insert("state", now);
     }
+    let (drift, since) = drift_counts(sink).await?;
+    state.insert("drift", drift);
+    match since {
+        Some(t) => state.insert("drift_first_seen", t),
+        None => state.remove("drift_first_seen"),
+    };
+    if let Some(r) = reverse_live(sink).await? {
+        state.insert("reverse", r);
+    }
     let readiness = readiness(state);
     state.insert("readiness", readiness);
     Ok(())
 }
 
 /// "Can I cut over now?", computed from what `mirror_state` holds (with the
-/// live values of [`add_live`]): the phase, how far behind watch is, and
-/// every reason that says no.
+/// live values of [`add_live`]): the phase, how far behind watch is, the last
+/// full reconcile and verify, the drift, and every reason that says no.
 pub fn readiness(state: &Document) -> Document {
     let watch = state.get_document("watch").ok();
     let watch_state = watch.and_then(|w| w.get_str("state").ok()).unwrap_or("never run");
@@ -245,11 +342,15 @@ pub fn readiness(state: &Document) -> Document {
     let rejects = state.get("rejects").and_then(crate::sink::bson_i64).unwrap_or(0);
     let full = state.get_document("last_full_reconcile").ok();
     let cut = cutover_at(state);
+    let reversing = state.get_document("reverse").is_ok_and(|r| r.get_str("state") == Ok("running"));
     let phase = match (cut, full) {
+        (Some(_), _) if reversing => "reverse",
         (Some(_), _) => "cut-over",
         (None, None) => "initial-sync",
         (None, Some(_)) => "mirroring",
     };
+    let drift = state.get_document("drift").cloned().unwrap_or_default();
+    let drifting: i64 = drift.iter().filter_map(|(_, n)| crate::sink::bson_i64(n)).sum();
     let mut reasons: Vec<String> = Vec::new();
     if cut.is_some() {
         reasons.push("the migration was already cut over".into());
@@ -266,13 +367,23 @@ pub fn readiness(state: &Document) -> Document {
     if rejects > 0 {
         reasons.push(format!("{rejects} record(s) cannot be mirrored (mirror_rejects): fix them in the files"));
     }
+    if drifting > 0 {
+        reasons.push(format!(
+            "{drifting} record(s) differ between the files and MongoDB (mirror_drift): let them converge or fix them"
+        ));
+    }
+    let verify = state.get_document("last_verify").ok();
     doc! {
         "phase": phase,
         "watch": watch_state,
         "pending_files": pending.unwrap_or(0),
         "lag_seconds": lag,
         "rejects": rejects,
+        "drift": drift,
         "last_full_reconcile_at": full.and_then(|f| f.get("at")).cloned().unwrap_or(Bson::Null),
+        "last_full_reconcile_mode": full.and_then(|f| f.get("mode")).cloned().unwrap_or(Bson::Null),
+        "last_verify_at": verify.and_then(|v| v.get("at")).cloned().unwrap_or(Bson::Null),
+        "last_verify_outcome": verify.and_then(|v| v.get("outcome")).cloned().unwrap_or(Bson::Null),
         "can_cut_over": reasons.is_empty(),
         "reasons": reasons,
     }
@@ -369,7 +480,46 @@ pub fn render_text(d: &Document, database: &str) -> String {
         let _ = writeln!(out, "  documents:     {}", list.join(", "));
     }
     let _ = writeln!(out, "  rejects:       {}", d.get("rejects").map(|v| v.to_string()).unwrap_or_else(|| "0".into()));
+    extra_lines(&mut out, d);
     out
+}
+
+/// The last verify, the drift and the reverse daemon, for `status`.
+fn extra_lines(out: &mut String, d: &Document) {
+    use std::fmt::Write;
+    match d.get_document("last_verify") {
+        Ok(v) => {
+            let _ = writeln!(
+                out,
+                "  last verify:   {}: {} ({} difference(s))",
+                ago(v.get("at")),
+                v.get_str("outcome").unwrap_or("?"),
+                v.get("differences").map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+            );
+        }
+        Err(_) => {
+            let _ = writeln!(out, "  last verify:   never");
+        }
+    }
+    let drift: Vec<String> =
+        d.get_document("drift").map(|k| k.iter().map(|(k, n)| format!("{k} {n}")).collect()).unwrap_or_default();
+    let since =
+        d.get("drift_first_seen").map(|t| format!("; the oldest first seen {}", ago(Some(t)))).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "  drift:         {}{since}",
+        if drift.is_empty() { "none".to_string() } else { drift.join(", ") }
+    );
+    if let Ok(r) = d.get_document("reverse") {
+        let _ = writeln!(
+            out,
+            "  reverse:       {} into {} on {}; last flush {}",
+            r.get_str("state").unwrap_or("?"),
+            r.get_str("out").unwrap_or("?"),
+            r.get_str("host").unwrap_or("?"),
+            ago(r.get("flushed_at"))
+        );
+    }
 }
 
 /// This database's mirror id: a random value stored once in `mirror_state`,

@@ -47,6 +47,10 @@ async fn a_write_by_the_app_that_differs_is_drift_until_the_file_catches_up() {
     let d = wait_drift(&db, "training_jobs", "j1", "different").await;
     let gauge = "docmirror_drift_records{collection=\"training_jobs\",kind=\"different\"} 1";
     eventually(10, "the drift gauge", || async { http_get(port, "/metrics").await.1.contains(gauge) }).await;
+    // status shows it, with when it was first seen.
+    let st = docmirror(&db, &p, &["status"]).await;
+    let line = st.stdout.lines().find(|l| l.trim_start().starts_with("drift:")).unwrap_or_default().to_string();
+    assert!(line.contains("different 1") && line.contains("first seen"), "{}", st.stdout);
     assert!(matches!(d.get("first_seen"), Some(bson::Bson::DateTime(_))));
     let fields = d.get_array("fields").unwrap();
     assert!(fields.iter().any(|f| f.as_str() == Some("status")), "{d:?}");

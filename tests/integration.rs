@@ -22,6 +22,8 @@ mod model;
 mod poison;
 mod postgres;
 mod property;
+mod readiness;
+mod reverse;
 mod service;
 mod sync;
 mod target;

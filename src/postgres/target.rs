@@ -369,6 +369,14 @@ impl Inspect for Pg {
         "PostgreSQL"
     }
 
+    async fn documents_map<U, F>(&self, spec: &SourceSpec, f: F) -> Result<Vec<U>, Fatal>
+    where
+        U: Send,
+        F: Fn(Document) -> Option<U> + Send + Sync,
+    {
+        Ok(self.documents(spec).await?.into_iter().filter_map(f).collect())
+    }
+
     async fn documents(&self, spec: &SourceSpec) -> Result<Vec<Document>, Fatal> {
         let t = table_of(spec)?;
         let sql = format!(

@@ -172,6 +172,13 @@ pub trait Inspect: Target {
     /// its record maps to (`_id`, the record's fields, `_mirror.fields`).
     fn documents(&self, spec: &SourceSpec) -> impl Future<Output = Result<Vec<bson::Document>, Fatal>> + Send;
 
+    /// The same, each turned into a `U` as it arrives (`None` drops it): a
+    /// target that streams its rows never holds the collection twice.
+    fn documents_map<U, F>(&self, spec: &SourceSpec, f: F) -> impl Future<Output = Result<Vec<U>, Fatal>> + Send
+    where
+        U: Send,
+        F: Fn(bson::Document) -> Option<U> + Send + Sync;
+
     /// The stored rejects of a collection, as documents with `_id` (the key),
     /// `source`, `position`, `record_id`, `reason_code` and `reason`.
     fn stored_rejects(&self, collection: &str) -> impl Future<Output = Result<Vec<bson::Document>, Fatal>> + Send;

@@ -209,6 +209,14 @@ impl Inspect for Sink {
         Ok(self.find_all(&spec.collection, doc! {}, None).await?)
     }
 
+    async fn documents_map<U, F>(&self, spec: &SourceSpec, f: F) -> Result<Vec<U>, Fatal>
+    where
+        U: Send,
+        F: Fn(Document) -> Option<U> + Send + Sync,
+    {
+        Ok(self.find_map(&spec.collection, doc! {}, None, f).await?)
+    }
+
     async fn stored_rejects(&self, collection: &str) -> Result<Vec<Document>, Fatal> {
         Ok(self.find_all(REJECTS, doc! { "collection": collection }, None).await?)
     }
