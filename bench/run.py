@@ -1338,6 +1338,7 @@ def main() -> int:
     ap.add_argument("--docmirror-args", default="", help="extra flags for docmirror sync and watch, e.g. "
                     "'--write-mode commands' (shown in the report)")
     ap.add_argument("--skip-watch", action="store_true", help="skip scenarios 3-5's watch parts")
+    ap.add_argument("--contenders", help="comma-separated subset of the sync contenders (default: all available)")
     ap.add_argument("--skip-sync", action="store_true", help="skip scenarios 1 and 2 (for working on watch)")
     ap.add_argument("--skip-reverse", action="store_true", help="skip scenario 8 (export and reverse)")
     ap.add_argument("--reverse-updates", type=int, help="scenario 8 job updates (default 1000; quick 100)")
@@ -1391,6 +1392,9 @@ def main() -> int:
             mongoimport_note = ("not available: `mongoimport` is not on PATH, and Debian 12 has no `mongo-tools` "
                                 "package (`apt-cache policy mongo-tools` finds none); "
                                 "`bench/contenders/mongoimport.py` runs it where it is installed")
+        if cfg.contenders:
+            wanted = [c.strip() for c in cfg.contenders.split(",") if c.strip()]
+            contenders = [c for c in contenders if c in wanted]
         log(f"sizes: {cfg.users} users, {cfg.datasets} datasets, {cfg.jobs} jobs; runs {cfg.runs}; contenders {contenders}")
         full = make_tree(cfg.users, cfg.datasets, cfg.jobs, cfg.seed)
         tenth = make_tree(max(1, cfg.users // 10), max(1, cfg.datasets // 10), max(1, cfg.jobs // 10), cfg.seed)

@@ -32,7 +32,7 @@ use crate::sink::{Sink, WriteOp};
 /// Where checkpoints live.
 pub const CHECKPOINTS: &str = "mirror_checkpoint";
 /// Bumped when the checkpoint's meaning changes: older ones are not used.
-const FORMAT: i64 = 1;
+const FORMAT: i64 = 2;
 /// A file whose memo is larger than this has a group of its own.
 const BIG_FILE: usize = 1 << 20;
 /// Parts of a group are at most this large.
@@ -40,17 +40,7 @@ const PART_BYTES: usize = 8 << 20;
 /// Small files are spread over this many groups by a hash of their name.
 const BUCKETS: u64 = 64;
 
-/// One file as the checkpoint knows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileEntry {
-    /// The digest of its bytes when every record was settled (`None`: compare it).
-    pub digest: Option<u128>,
-    /// The group holding its memo (empty: none).
-    pub group: String,
-    /// Its records, when all were settled (a start that finds the file
-    /// unchanged counts them as read and unchanged).
-    pub records: u64,
-}
+pub use super::memo_codec::FileEntry;
 
 /// One group of memos: the hash of its bytes and how many parts hold them.
 #[derive(Debug, Clone, PartialEq)]
@@ -102,10 +92,6 @@ fn hex(h: u128) -> String {
     format!("{h:032x}")
 }
 
-fn unhex(s: &str) -> Option<u128> {
-    u128::from_str_radix(s, 16).ok()
-}
-
 /// The stored head, if there is one that this version can read.
 pub async fn load_head(sink: &Sink) -> Result<Option<Head>, Fatal> {
     let found = sink.find_all(CHECKPOINTS, doc! { "_id": "head" }, None).await?;
@@ -116,19 +102,10 @@ fn parse_head(d: &Document) -> Option<Head> {
     if d.get_i64("format").ok()? != FORMAT {
         return None;
     }
-    let mut files = BTreeMap::new();
-    for f in d.get_array("files").ok()? {
-        let f = f.as_document()?;
-        let digest = f.get_str("d").ok().and_then(unhex);
-        files.insert(
-            f.get_str("r").ok()?.to_string(),
-            FileEntry {
-                digest,
-                group: f.get_str("g").unwrap_or_default().to_string(),
-                records: f.get_i64("n").ok().and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
-            },
-        );
-    }
+    let files = match d.get("files") {
+        Some(Bson::Binary(b)) => memo_codec::decode_entries(&b.bytes).ok()?,
+        _ => return None,
+    };
     let mut groups = BTreeMap::new();
     for g in d.get_array("groups").ok()? {
         let g = g.as_document()?;
@@ -328,16 +305,10 @@ fn head_doc(
     files: &BTreeMap<String, FileEntry>,
     groups: &BTreeMap<String, GroupEntry>,
 ) -> Document {
-    let files: Vec<Bson> = files
-        .iter()
-        .map(|(rel, f)| {
-            let mut d = doc! { "r": rel, "g": &f.group, "n": i64::try_from(f.records).unwrap_or(i64::MAX) };
-            if let Some(h) = f.digest {
-                d.insert("d", hex(h));
-            }
-            Bson::Document(d)
-        })
-        .collect();
+    let files = Bson::Binary(bson::Binary {
+        subtype: bson::spec::BinarySubtype::Generic,
+        bytes: memo_codec::encode_entries(files),
+    });
     let groups: Vec<Bson> =
         groups.iter().map(|(g, e)| Bson::Document(doc! { "g": g, "h": &e.hash, "p": i64::from(e.parts) })).collect();
     let pending: Vec<Bson> = proof.pending.iter().map(|(c, i)| Bson::Document(doc! { "c": c, "i": i })).collect();

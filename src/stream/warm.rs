@@ -227,21 +227,37 @@ fn groups_to_load<'a>(
     groups
 }
 
+/// Files with their digests.
+type Digested = Vec<(SourceFile, Option<u128>)>;
+
 /// Every source file now, with the digest of its bytes (`None`: unreadable).
+/// (Read and hashed on every core: 20,000 small files are mostly system calls.)
 fn digests(engine: &Engine) -> Result<BTreeMap<String, (SourceFile, Option<u128>)>, Fatal> {
-    let mut out = BTreeMap::new();
+    let mut files = Vec::new();
     for i in 0..engine.layout.sources.len() {
-        let files = source::discover(&engine.layout, &engine.roots, i).map_err(|(rel, problem)| {
+        files.extend(source::discover(&engine.layout, &engine.roots, i).map_err(|(rel, problem)| {
             Fatal::Source(format!("{rel} ({}): {problem}", engine.roots.dir(engine.layout.sources[i].root).display()))
-        })?;
-        for f in files {
-            let digest = match source::read_stable(&f.path, engine.limits) {
-                Ok(None) => continue,
-                Ok(Some((bytes, _))) => Some(xxhash_rust::xxh3::xxh3_128(&bytes)),
-                Err(_) => None,
-            };
-            out.insert(f.rel.clone(), (f, digest));
-        }
+        })?);
+    }
+    let threads = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 8);
+    let per = files.len().div_ceil(threads).max(1);
+    let digest = |f: &SourceFile| match source::read_stable(&f.path, engine.limits) {
+        Ok(None) => None,
+        Ok(Some((bytes, _))) => Some(Some(xxhash_rust::xxh3::xxh3_128(&bytes))),
+        Err(_) => Some(None),
+    };
+    let found: Vec<Option<Digested>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(per)
+            .map(|chunk| scope.spawn(move || chunk.iter().filter_map(|f| Some((f.clone(), digest(f)?))).collect()))
+            .collect();
+        // A thread that panicked must not make its files look gone.
+        handles.into_iter().map(|h| h.join().ok()).collect()
+    });
+    let mut out = BTreeMap::new();
+    for part in found {
+        let part = part.ok_or_else(|| Fatal::Internal("a file digest thread failed".into()))?;
+        out.extend(part.into_iter().map(|(f, d)| (f.rel.clone(), (f, d))));
     }
     Ok(out)
 }
@@ -375,12 +391,7 @@ pub async fn run(
             None
         }
     };
-    let tail = from.as_ref().map(|f| Tail::start(sink, f.clone(), collections(engine), PENDING_LIMIT));
-    let summary = reconcile(core, Scope::Full, opts, cancel).await?;
-    if let (Some(from), Some(tail)) = (from, tail) {
-        save_after(engine, sink, memory, tail, &from, Known::All).await;
-    }
-    Ok(summary)
+    prove(engine, sink, memory, from, Scope::Full, opts, cancel).await
 }
 
 /// watch, after a warm start: the memos of the files the start did not need,
@@ -436,12 +447,25 @@ pub async fn reconcile_and_prove(
     opts: RunOptions,
     cancel: &CancellationToken,
 ) -> Result<Summary, Fatal> {
-    let full = matches!(scope, Scope::Full);
-    let from = if full { super::position_now(sink).await.ok() } else { None };
+    let from = if matches!(scope, Scope::Full) { super::position_now(sink).await.ok() } else { None };
+    prove(engine, sink, memory, from, scope, opts, cancel).await
+}
+
+/// Reconcile a scope; with a stream position from before it (`from`, a full
+/// reconcile's), read the stream beside it and store a checkpoint after it.
+async fn prove(
+    engine: &Arc<Engine>,
+    sink: &Sink,
+    memory: &Arc<Memory>,
+    from: Option<Bson>,
+    scope: Scope,
+    opts: RunOptions,
+    cancel: &CancellationToken,
+) -> Result<Summary, Fatal> {
     let tail = from.as_ref().map(|f| Tail::start(sink, f.clone(), collections(engine), PENDING_LIMIT));
-    let r = reconcile(Core { engine, target: sink, memory: Some(memory) }, scope, opts, cancel).await;
-    if let (Ok(_), Some(from), Some(tail)) = (&r, from, tail) {
+    let summary = reconcile(Core { engine, target: sink, memory: Some(memory) }, scope, opts, cancel).await?;
+    if let (Some(from), Some(tail)) = (from, tail) {
         save_after(engine, sink, memory, tail, &from, Known::All).await;
     }
-    r
+    Ok(summary)
 }
