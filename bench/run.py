@@ -568,7 +568,7 @@ def wait_ready(db, want: dict[str, int], proc: subprocess.Popen, errlog: str, de
             return False
         if log_has(errlog, READY_LINE):
             return True
-        if time.monotonic() >= next_count:
+        if want and time.monotonic() >= next_count:
             next_count = time.monotonic() + 10
             try:
                 if all(db[c].estimated_document_count() >= n for c, n in want.items()):
@@ -739,7 +739,8 @@ def watch_session(cfg, tree: Tree, label: str, body) -> dict:
         t0 = time.perf_counter()
         proc = start(cmd, os.path.join(RESULTS, "logs", f"watch-{label}.out"), errlog)
         try:
-            want = {"users": tree.users, "datasets": tree.datasets, "training_jobs": tree.jobs}
+            # Only the ready line counts here (it follows the checkpoint's save): no count fallback.
+            want: dict[str, int] = {}
             if not wait_ready(srv.db, want, proc, errlog, time.monotonic() + cfg.timeout):
                 out["error"] = f"watch did not finish its initial sync (exit {proc.poll()}); see {errlog}"
                 log(out["error"])
@@ -837,7 +838,8 @@ def restart_round(cfg, srv: Server, data: str, artifacts: str, cmd: list[str], l
     return r | {"proc": proc}
 
 
-def scenario_restart_drift(cfg, srv: Server, data: str, artifacts: str, cmd: list[str], first: subprocess.Popen) -> dict:
+def scenario_restart_drift(cfg, srv: Server, data: str, artifacts: str, cmd: list[str], first: subprocess.Popen,
+                           want: dict[str, int]) -> dict:
     """Scenarios 6 and 7 on one running watcher (started by the caller)."""
     out: dict = {"restart": [], "restart_full": [], "drift": [], "equal_reported": None}
     proc = first
@@ -851,7 +853,7 @@ def scenario_restart_drift(cfg, srv: Server, data: str, artifacts: str, cmd: lis
         (out["restart_full"] if full else out["restart"]).append(rnd)
         log(f"scenario 6 round {r + 1}{' (--full)' if full else ''}: all 11 changes in MongoDB "
             f"{fmt_s(rnd['caught_up_s'])} after connecting (warm start: {rnd['warm']})")
-        if not wait_ready(srv.db, {}, proc, rnd["errlog"], time.monotonic() + cfg.timeout):
+        if not wait_ready(srv.db, want, proc, rnd["errlog"], time.monotonic() + cfg.timeout):
             out["error"] = f"watch did not get ready after restart {r + 1}"
             break
     # Scenario 7: the app writes MongoDB; how long until the drift is listed?
@@ -894,11 +896,13 @@ def restart_session(cfg, tree: Tree) -> dict:
         errlog = os.path.join(RESULTS, "logs", "restart-0.err")
         proc = start(cmd, os.path.join(RESULTS, "logs", "restart-0.out"), errlog)
         try:
-            if not wait_ready(srv.db, {}, proc, errlog, time.monotonic() + cfg.timeout):
+            # Only the ready line counts here (it follows the checkpoint's save): no count fallback.
+            want: dict[str, int] = {}
+            if not wait_ready(srv.db, want, proc, errlog, time.monotonic() + cfg.timeout):
                 res["error"] = f"watch did not finish its initial sync; see {errlog}"
                 return res
             time.sleep(1)
-            res.update(scenario_restart_drift(cfg, srv, data, artifacts, cmd, proc))
+            res.update(scenario_restart_drift(cfg, srv, data, artifacts, cmd, proc, want))
             proc = res.pop("proc")
             res["final_problems"] = settle_and_compare(srv, data, artifacts, tries=3)[:6]
         finally:

@@ -39,6 +39,9 @@ pub struct Memory {
     /// Per collection, ids whose next write must happen whatever the content
     /// hash says (a drift repair under `--conflict file-wins`).
     pub forced: Mutex<HashMap<String, HashSet<String>>>,
+    /// The memo holds only the files a start from a checkpoint needed (the
+    /// rest is loaded once watch is going).
+    pub partial: AtomicBool,
 }
 
 impl Memory {

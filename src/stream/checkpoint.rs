@@ -242,24 +242,27 @@ pub async fn save(
     // Write the groups whose bytes changed.
     let mut entries: BTreeMap<String, GroupEntry> = BTreeMap::new();
     let mut ops = Vec::new();
-    for (g, bytes) in &groups {
-        let hash = hex(xxhash_rust::xxh3::xxh3_128(bytes));
+    // Each group's bytes move into its write (or are dropped when unchanged):
+    // the memo is not held twice.
+    for (g, bytes) in groups {
+        let hash = hex(xxhash_rust::xxh3::xxh3_128(&bytes));
         let parts = bytes.chunks(PART_BYTES).count().max(1);
         let parts = u32::try_from(parts).map_err(|_| Fatal::Internal(format!("checkpoint group {g} too large")))?;
         let entry = GroupEntry { hash, parts };
-        if prev.as_ref().and_then(|p| p.groups.get(g)) != Some(&entry) {
-            for (i, chunk) in (0u32..).zip(bytes.chunks(PART_BYTES)) {
-                let data =
-                    Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: chunk.to_vec() });
+        if prev.as_ref().and_then(|p| p.groups.get(&g)) != Some(&entry) {
+            let chunks: Vec<Vec<u8>> =
+                if parts == 1 { vec![bytes] } else { bytes.chunks(PART_BYTES).map(<[u8]>::to_vec).collect() };
+            for (i, chunk) in (0u32..).zip(chunks) {
+                let data = Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: chunk });
                 ops.push(WriteOp::Update {
                     coll: CHECKPOINTS.into(),
-                    filter: doc! { "_id": part_id(g, i) },
+                    filter: doc! { "_id": part_id(&g, i) },
                     update: doc! { "$set": { "data": data } },
                     upsert: true,
                 });
             }
         }
-        entries.insert(g.clone(), entry);
+        entries.insert(g, entry);
     }
     if let Known::Groups { prev, .. } = &known {
         for (g, e) in &prev.groups {

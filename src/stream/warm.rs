@@ -114,6 +114,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
     let (mut recheck, unresolved) = touched_files(engine, sink, &touched.ids).await?;
     let groups = groups_to_load(engine, &head, scan.keys().chain(recheck.keys()), &unresolved);
     let loaded = checkpoint::load_groups(sink, &head, &groups).await?;
+    memory.partial.store(true, std::sync::atomic::Ordering::Relaxed);
     {
         let mut memo = memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))?;
         memo.extend(loaded);
@@ -404,6 +405,10 @@ pub async fn load_rest(sink: &Sink, memory: &Memory) {
 }
 
 async fn try_load_rest(sink: &Sink, memory: &Memory) -> Result<(), Fatal> {
+    // After a full start the memo is whole already.
+    if !memory.partial.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
     let Some(head) = checkpoint::load_head(sink).await? else { return Ok(()) };
     let groups: HashSet<String> = head.groups.keys().cloned().collect();
     let loaded = checkpoint::load_groups(sink, &head, &groups).await?;
