@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::drift::{Requests, Tracker};
-use super::{open, read_event, Events, Seen, Stream, Unusable};
+use super::{open, read_event, Events, Pace, Seen, Stream, Unusable};
 
 /// No event for this long (watch's heartbeat writes every 5 s): the stream is stuck.
 const SILENCE: Duration = Duration::from_secs(20);
@@ -31,7 +31,7 @@ pub async fn run(mut tracker: Tracker, from: Bson, requests: Arc<dyn Requests>, 
     let mut at = Some(from);
     let mut backoff = Duration::from_millis(500);
     'outer: loop {
-        let mut stream: Stream = match open(&tracker.sink, at.as_ref(), Events::Others, true).await {
+        let mut stream: Stream = match open(&tracker.sink, at.as_ref(), Events::Others, Pace::Follow).await {
             Ok(s) => s,
             Err(Unusable::NoStreams(m)) => {
                 tracing::info!(reason = %m, "No change streams: drift is found by full rescans and verify only");

@@ -24,7 +24,6 @@ use bson::{Bson, Document};
 use mongodb::change_stream::event::{ChangeStreamEvent, OperationType, ResumeToken};
 use mongodb::change_stream::ChangeStream;
 use mongodb::error::ErrorKind;
-use mongodb::options::FullDocumentType;
 
 use crate::sink::Sink;
 
@@ -84,8 +83,18 @@ fn not_ours() -> Document {
     ] } }
 }
 
+/// How long the server may hold a read of a stream that has nothing new:
+/// short for reads that must end soon (catching up to a fence), long for the
+/// readers that follow a stream for a while (each empty answer costs the
+/// server a scan; the Python test server notices 20 a second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    CatchUp,
+    Follow,
+}
+
 /// Open a stream on the database, from `resume` or from now.
-pub async fn open(sink: &Sink, resume: Option<&Bson>, events: Events, full_document: bool) -> Result<Stream, Unusable> {
+pub async fn open(sink: &Sink, resume: Option<&Bson>, events: Events, pace: Pace) -> Result<Stream, Unusable> {
     let token = match resume {
         Some(b) => Some(
             bson::from_bson::<ResumeToken>(b.clone()).map_err(|e| Unusable::Lost(format!("unreadable token: {e}")))?,
@@ -95,15 +104,13 @@ pub async fn open(sink: &Sink, resume: Option<&Bson>, events: Events, full_docum
     let scrub = |s: &str| sink.scrub(s);
     let mut last = None;
     for attempt in 0..3u32 {
-        let mut w = sink.database().watch().max_await_time(Duration::from_millis(50)).batch_size(10_000);
+        let wait = Duration::from_millis(if pace == Pace::Follow { 1_000 } else { 50 });
+        let mut w = sink.database().watch().max_await_time(wait).batch_size(10_000);
         if events == Events::Others {
             w = w.pipeline([not_ours()]);
         }
         if let Some(t) = &token {
             w = w.resume_after(t.clone());
-        }
-        if full_document {
-            w = w.full_document(FullDocumentType::UpdateLookup);
         }
         match w.await {
             Ok(s) => return Ok(s),
@@ -127,7 +134,7 @@ pub fn position(stream: &Stream) -> Option<Bson> {
 
 /// A position from now on: what a full reconcile stores, taken before its reads.
 pub async fn position_now(sink: &Sink) -> Result<Bson, Unusable> {
-    let stream = open(sink, None, Events::All, false).await?;
+    let stream = open(sink, None, Events::All, Pace::CatchUp).await?;
     position(&stream).ok_or_else(|| Unusable::NoStreams("the server gave no resume token".into()))
 }
 

@@ -15,7 +15,7 @@ use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::{is_fence, open, read_event, write_fence, Events, Seen};
+use super::{is_fence, open, read_event, write_fence, Events, Pace, Seen};
 use crate::sink::Sink;
 
 /// How long the reader may take to reach the fence once the run is done
@@ -81,7 +81,7 @@ async fn read(
     limit: usize,
     mut fence_rx: oneshot::Receiver<String>,
 ) -> Result<(Bson, Pending), String> {
-    let mut stream = open(sink, Some(&from), Events::Others, false).await.map_err(|u| u.to_string())?;
+    let mut stream = open(sink, Some(&from), Events::Others, Pace::Follow).await.map_err(|u| u.to_string())?;
     let mut seen: HashSet<(String, String)> = HashSet::new();
     let mut fence_n: Option<String> = None;
     loop {

@@ -80,7 +80,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         return cold("the layout, mapping rules, indexes, --conflict or --on-delete changed since the checkpoint");
     }
     let n = super::fence(sink).await?;
-    let mut stream = match open(sink, Some(&head.token), Events::All, false).await {
+    let mut stream = match open(sink, Some(&head.token), Events::All, super::Pace::CatchUp).await {
         Ok(s) => s,
         Err(u) => return cold(u.to_string()),
     };
@@ -339,7 +339,7 @@ async fn catch_up(
     collections: &HashSet<String>,
 ) -> Result<(Bson, Vec<(String, String)>), String> {
     let n = super::fence(sink).await.map_err(|e| e.to_string())?;
-    let mut stream = open(sink, Some(from), Events::Others, false).await.map_err(|u| u.to_string())?;
+    let mut stream = open(sink, Some(from), Events::Others, super::Pace::CatchUp).await.map_err(|u| u.to_string())?;
     let touched = drain(&mut stream, collections, PENDING_LIMIT, &n).await?;
     let token = position(&stream).ok_or("the change stream gave no position")?;
     let pending = touched.ids.into_iter().flat_map(|(c, ids)| ids.into_iter().map(move |i| (c.clone(), i))).collect();
