@@ -92,6 +92,10 @@ fn hex(h: u128) -> String {
     format!("{h:032x}")
 }
 
+fn lock(memory: &Memory) -> Result<std::sync::MutexGuard<'_, crate::reconcile::memo::Memo>, Fatal> {
+    memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))
+}
+
 /// The stored head, if there is one that this version can read.
 pub async fn load_head(sink: &Sink) -> Result<Option<Head>, Fatal> {
     let found = sink.find_all(CHECKPOINTS, doc! { "_id": "head" }, None).await?;
@@ -211,22 +215,20 @@ pub async fn save(
     };
     // Files of the groups this save rewrites, from memory; the rest as they were.
     let mut files: BTreeMap<String, FileEntry> = BTreeMap::new();
-    let mut groups: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
     {
-        let memo = memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))?;
-        let mut rels: Vec<&String> = memo.keys().collect();
-        rels.sort();
-        for rel in rels {
-            let Some(m) = memo.get(rel) else { continue };
-            let mut bytes = Vec::new();
-            memo_codec::encode_file(rel, m, &mut bytes);
-            let group = if bytes.len() > BIG_FILE { format!("f:{rel}") } else { bucket(rel) };
+        let memo = lock(memory)?;
+        let mut scratch = Vec::new();
+        for (rel, m) in memo.iter() {
+            scratch.clear();
+            memo_codec::encode_file(rel, m, &mut scratch);
+            let group = if scratch.len() > BIG_FILE { format!("f:{rel}") } else { bucket(rel) };
             if !complete(&group) {
                 continue;
             }
             let records = u64::try_from(m.recs.len()).unwrap_or(u64::MAX);
             files.insert(rel.clone(), FileEntry { digest: m.digest, group: group.clone(), records });
-            groups.entry(group).or_default().extend(bytes);
+            members.entry(group).or_default().push(rel.clone());
         }
     }
     if let Known::Groups { prev, .. } = &known {
@@ -239,12 +241,21 @@ pub async fn save(
     for rel in others {
         files.entry(rel.clone()).or_insert(FileEntry { digest: None, group: String::new(), records: 0 });
     }
-    // Write the groups whose bytes changed.
+    // Write the groups whose bytes changed, one group at a time: only one
+    // group's bytes exist at once, not the whole memo again.
     let mut entries: BTreeMap<String, GroupEntry> = BTreeMap::new();
-    let mut ops = Vec::new();
-    // Each group's bytes move into its write (or are dropped when unchanged):
-    // the memo is not held twice.
-    for (g, bytes) in groups {
+    for (g, mut rels) in members {
+        rels.sort();
+        let bytes = {
+            let memo = lock(memory)?;
+            let mut bytes = Vec::new();
+            for rel in &rels {
+                if let Some(m) = memo.get(rel) {
+                    memo_codec::encode_file(rel, m, &mut bytes);
+                }
+            }
+            bytes
+        };
         let hash = hex(xxhash_rust::xxh3::xxh3_128(&bytes));
         let parts = bytes.chunks(PART_BYTES).count().max(1);
         let parts = u32::try_from(parts).map_err(|_| Fatal::Internal(format!("checkpoint group {g} too large")))?;
@@ -252,15 +263,16 @@ pub async fn save(
         if prev.as_ref().and_then(|p| p.groups.get(&g)) != Some(&entry) {
             let chunks: Vec<Vec<u8>> =
                 if parts == 1 { vec![bytes] } else { bytes.chunks(PART_BYTES).map(<[u8]>::to_vec).collect() };
-            for (i, chunk) in (0u32..).zip(chunks) {
-                let data = Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: chunk });
-                ops.push(WriteOp::Update {
+            let ops = (0u32..)
+                .zip(chunks)
+                .map(|(i, chunk)| WriteOp::Update {
                     coll: CHECKPOINTS.into(),
                     filter: doc! { "_id": part_id(&g, i) },
-                    update: doc! { "$set": { "data": data } },
+                    update: doc! { "$set": { "data": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: chunk }) } },
                     upsert: true,
-                });
-            }
+                })
+                .collect();
+            sink.write(ops).await?;
         }
         entries.insert(g, entry);
     }
@@ -271,7 +283,6 @@ pub async fn save(
             }
         }
     }
-    sink.write(ops).await?;
     let head = head_doc(engine, &proof, &files, &entries);
     if bson::to_vec(&head).map_or(usize::MAX, |b| b.len()) > 15 << 20 {
         tracing::warn!(
