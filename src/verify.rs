@@ -15,6 +15,7 @@ use crate::reconcile::cores::on_all_cores;
 use crate::reconcile::scan::{scan_source, Candidate, Scanned};
 use crate::reconcile::target::Inspect;
 use crate::reconcile::Engine;
+use crate::sink::target::id_string;
 use crate::summary::count;
 
 #[derive(Debug, Clone, Serialize, Default)]
@@ -175,13 +176,6 @@ async fn rejected<T: Inspect>(
         });
     }
     Ok(rejected_ids)
-}
-
-fn id_string(b: &Bson) -> String {
-    match b {
-        Bson::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 pub enum Outcome {

@@ -264,7 +264,9 @@ impl Sink {
     }
 }
 
-fn id_string(b: &Bson) -> String {
+/// A document id as the mirror names it: string ids as they are, others as their BSON text
+/// (shared by verify and the change-stream side, so both name a document alike).
+pub fn id_string(b: &Bson) -> String {
     match b {
         Bson::String(s) => s.clone(),
         other => other.to_string(),

@@ -337,10 +337,3 @@ fn head_doc(
         "groups": groups,
     }
 }
-
-/// Forget the checkpoint (`--full` does not need to: a full reconcile saves a new one).
-pub async fn drop_head(sink: &Sink) -> Result<(), Fatal> {
-    let op = WriteOp::Delete { coll: CHECKPOINTS.into(), filter: doc! { "_id": "head" } };
-    sink.write(vec![op]).await?;
-    Ok(())
-}

@@ -193,13 +193,7 @@ fn op_name(op: &OperationType) -> &str {
     }
 }
 
-/// A document id as the mirror writes it (string ids; others as extended JSON).
-pub fn id_string(b: &Bson) -> String {
-    match b {
-        Bson::String(s) => s.clone(),
-        other => other.clone().into_relaxed_extjson().to_string(),
-    }
-}
+pub use crate::sink::target::id_string;
 
 /// Everything the stream says happened to the mirrored collections from its
 /// position until now, by collection: the ids touched (by anyone).
