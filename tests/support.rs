@@ -113,6 +113,7 @@ pub struct TestDb {
     pub name: String,
     pub client: Client,
     pub db: mongodb::Database,
+    base: String,
 }
 
 impl TestDb {
@@ -122,12 +123,21 @@ impl TestDb {
         let name = format!("t_{}_{}", test, std::process::id());
         let db = client.database(&name);
         db.drop().await.unwrap();
-        TestDb { name, client, db }
+        TestDb { name, client, db, base }
+    }
+
+    /// The same on a server of the test's own (`base` ends with `/`).
+    pub async fn at(base: &str, test: &str) -> TestDb {
+        let client = Client::with_uri_str(base).await.unwrap();
+        let name = format!("t_{}_{}", test, std::process::id());
+        let db = client.database(&name);
+        db.drop().await.unwrap();
+        TestDb { name, client, db, base: base.to_string() }
     }
 
     /// The URI the binary gets, with this database as its path.
     pub fn uri(&self) -> String {
-        let base = server_uri();
+        let base = &self.base;
         match base.find("/?") {
             Some(i) => format!("{}/{}{}", &base[..i], self.name, &base[i + 1..]),
             None => format!("{}{}", base, self.name),

@@ -146,3 +146,51 @@ async fn a_collection_slower_to_list_than_the_operation_timeout_is_still_read() 
     assert_eq!(hashes.len(), 30_050);
     assert!(started.elapsed() > Duration::from_secs(4), "the proxy did slow the listing past one timeout");
 }
+
+/// An update's version condition asks MongoDB for what the core compared: a
+/// date not newer than the file's (read, or not read at all), or still no
+/// version. Whatever else is there now refuses the write (matched 0), and the
+/// core plans it again from a fresh read.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_update_applies_only_over_the_version_the_core_compared() {
+    use docmirror::mapping::{fingerprint, map_record};
+    use docmirror::reconcile::scan::Candidate;
+    use docmirror::reconcile::target::{Held, Outcome, Write};
+    let db = TestDb::new("target_version").await;
+    let spec = Layout::builtin().sources.into_iter().find(|s| s.collection == "users").unwrap();
+    let sink = sink(&db).await;
+    let users = db.db.collection::<Document>("users");
+    let date = |s: &str| bson::DateTime::parse_rfc3339_str(s).unwrap();
+    let file = user("u1", "a@x.io", "2025-11-01T00:00:00Z");
+    let mapped = map_record(&spec, &fingerprint(&spec), &file).unwrap();
+    let c = Candidate { mapped, rel: "data/users.json".into(), position: Some(0), raw_hash: None, emails: Vec::new() };
+    let older = bson::Bson::DateTime(date("2025-10-01T00:00:00Z"));
+    let newer = bson::Bson::DateTime(date("2025-12-01T00:00:00Z"));
+    let string = bson::Bson::String("2025-10-01".into());
+    let cases = [
+        (Held::Unread, Some(older.clone()), 1),
+        (Held::Unread, None, 0),
+        (Held::Unread, Some(newer.clone()), 0),
+        (Held::Unread, Some(string.clone()), 0),
+        (Held::Date(date("2025-10-01T00:00:00Z")), Some(older.clone()), 1),
+        (Held::Date(date("2025-10-01T00:00:00Z")), Some(newer), 0),
+        (Held::Absent, None, 1),
+        (Held::Absent, Some(bson::Bson::Null), 1),
+        (Held::Absent, Some(older.clone()), 0),
+        (Held::Other(string.clone()), Some(string), 1),
+        (Held::Other(bson::Bson::Int64(5)), Some(older), 0),
+    ];
+    for (held, stored, matched) in cases {
+        users.delete_many(doc! {}).await.unwrap();
+        let mut d = doc! { "_id": "u1", "email": "a@x.io", "name": "app" };
+        if let Some(v) = &stored {
+            d.insert("updatedAt", v.clone());
+        }
+        users.insert_one(d).await.unwrap();
+        let was = Existing { version: held.clone(), ..Default::default() };
+        let out = Target::write(&sink, &spec, &[Write::Update { c: &c, was: &was }], true).await.unwrap();
+        assert_eq!(out, [Outcome::Applied { matched: Some(matched) }], "{held:?} over {stored:?}");
+        let name = db.doc("users", "u1").await.unwrap().get_str("name").unwrap().to_string();
+        assert_eq!(name == "app", matched == 0, "{held:?} over {stored:?}: name {name}");
+    }
+}

@@ -298,3 +298,43 @@ async fn memo_keeps_every_source_and_file_order() {
     let run = docmirror(&db, &p, &["verify"]).await;
     assert_eq!(run.code, 0, "{}", run.stdout);
 }
+
+/// watch writes from its picture, without reading the document: its filter
+/// asks for a date not newer than the file's. What the app stored meanwhile
+/// (no version, an older one, a newer one) is read then and decided as a
+/// full reconcile would.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_changed_in_mongodb_under_watch_is_read_before_it_is_overwritten() {
+    // A server without change streams: nothing tells watch of the app's writes.
+    let server = OwnServer::start_with(free_port(), &["--standalone"]);
+    let db = TestDb::at(&server.uri(""), "watch_version_race").await;
+    let p = Platform::new();
+    let base = "2025-10-01T00:00:00.000Z";
+    p.users(&json!([user("u1", "a@x.io", base), user("u2", "b@x.io", base), user("u3", "c@x.io", base)]));
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    let users = db.db.collection::<Document>("users");
+    let newer = bson::DateTime::parse_rfc3339_str("2025-12-01T00:00:00Z").unwrap();
+    // u1: the app removed the version; u2: the app wrote a newer one; u3: the app's string.
+    users.update_one(bson::doc! { "_id": "u1" }, bson::doc! { "$unset": { "updatedAt": "" } }).await.unwrap();
+    users
+        .update_one(bson::doc! { "_id": "u2" }, bson::doc! { "$set": { "updatedAt": newer, "name": "App" } })
+        .await
+        .unwrap();
+    users.update_one(bson::doc! { "_id": "u3" }, bson::doc! { "$set": { "updatedAt": "not a time" } }).await.unwrap();
+    let edited = |id: &str, email: &str| {
+        let mut u = user(id, email, "2025-11-01T00:00:00.000Z");
+        u["name"] = json!("File");
+        u
+    };
+    p.users(&json!([edited("u1", "a@x.io"), edited("u2", "b@x.io"), edited("u3", "c@x.io")]));
+    wait_field(&db, "users", "u1", "name", "File").await;
+    eventually(20, "u3's uncomparable version rejected", || async {
+        db.rejects().await.iter().any(|r| r.get_str("record_id").ok() == Some("u3"))
+    })
+    .await;
+    assert_eq!(field(&db, "users", "u2", "name").await.as_deref(), Some("App"), "the newer document stays");
+    assert_eq!(field(&db, "users", "u3", "updatedAt").await.as_deref(), Some("not a time"));
+    let u1 = db.doc("users", "u1").await.unwrap();
+    assert!(u1.get_datetime("updatedAt").is_ok(), "u1 has the file's version again: {u1}");
+    w.stop().await;
+}

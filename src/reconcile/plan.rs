@@ -48,7 +48,7 @@ pub fn verdict(engine: &Engine, spec: &SourceSpec, c: &Candidate, ex: &Existing)
         return Verdict::Write;
     };
     let held = match &ex.version {
-        Held::Absent => return Verdict::Write,
+        Held::Absent | Held::Unread => return Verdict::Write,
         Held::Date(t) => *t,
         Held::Other(b) => match comparable_version(b, spec.naive_zone()) {
             Some(t) => t,

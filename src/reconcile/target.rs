@@ -33,8 +33,13 @@ pub struct Existing {
 /// What the target holds in a document's version field.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub enum Held {
-    /// Missing or null (or not read).
+    /// Not read: what watch's picture knows of a document it wrote. The
+    /// write's filter then asks for a date not newer than the file's, so
+    /// anything else (a missing version included) is refused and planned
+    /// again from a fresh read.
     #[default]
+    Unread,
+    /// Read, and missing or null.
     Absent,
     /// A date.
     Date(bson::DateTime),

@@ -94,7 +94,7 @@ impl Target for Sink {
             .map(|w| {
                 let (c, held) = match w {
                     Write::Update { c, was } => (*c, was.version.clone()),
-                    Write::Insert(c) => (*c, Held::Absent),
+                    Write::Insert(c) => (*c, Held::Unread),
                 };
                 // A value no real one can be (`.invalid` is reserved), unique per document.
                 let mut set: Document = fields
@@ -334,34 +334,28 @@ fn update_op(spec: &SourceSpec, c: &Candidate, was: &Existing, newer_wins: bool)
     WriteOp::Update { coll: spec.collection.clone(), filter, update, upsert: false }
 }
 
-/// `{_id}` plus, under newer-wins, "MongoDB's version is not newer than the
-/// file's", compared like with like. The check and the write are one
-/// server-side operation.
+/// `{_id}` plus, under newer-wins, "MongoDB still holds what the core
+/// compared": the exact value of another form, a date not newer than the
+/// file's, or (read as missing or null) still nothing. The check and the write
+/// are one server-side operation; a document changed in between is refused
+/// and planned again from a fresh read (the core's settle round).
+///
+/// Each condition is one field's own clause, never a top-level `$and`/`$or`:
+/// every planner then finds the document through `_id` alone (SecantusDB
+/// scans the whole collection for a filter with a top-level operator, which
+/// made one watch update on a 100k-document collection take 0.7 s).
 fn update_filter(spec: &SourceSpec, c: &Candidate, was: &Held, newer_wins: bool) -> Document {
     let mut f = doc! { "_id": &c.mapped.id };
     let (true, Some(vf), Some(v)) = (newer_wins, &spec.version_field, c.mapped.version) else { return f };
-    match was {
-        // The app stored another form (the core compared it already): write
-        // only if it is still what was compared.
-        Held::Other(b) => {
-            f.insert(vf.clone(), b.clone());
-        }
-        // A date not newer than the file's, or no version. `$gt` with a date
-        // matches only later dates, so its negation also matches a missing or
-        // null version; a version stored meanwhile as a string or a number is
-        // excluded, so the write is refused and planned again from a fresh read.
-        // (One condition and an `$and`, no `$or`: every planner keeps the _id index.)
-        Held::Date(_) | Held::Absent => {
-            f.insert(vf.clone(), doc! { "$not": { "$gt": v } });
-            f.insert(
-                "$and",
-                vec![
-                    doc! { vf.clone(): { "$not": { "$type": "string" } } },
-                    doc! { vf.clone(): { "$not": { "$type": "number" } } },
-                ],
-            );
-        }
-    }
+    let clause = match was {
+        Held::Other(b) => b.clone(),
+        // `$lte` with a date matches only dates: a version stored meanwhile as
+        // a string, a number or nothing is refused.
+        Held::Date(_) | Held::Unread => Bson::Document(doc! { "$lte": v }),
+        // `null` matches a missing field and a null one.
+        Held::Absent => Bson::Null,
+    };
+    f.insert(vf.clone(), clause);
     f
 }
 
@@ -385,4 +379,43 @@ fn reject_document(r: &RejectRecord) -> Document {
         d.insert("record", rec.clone());
     }
     d
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::layout::Layout;
+
+    fn candidate() -> (SourceSpec, Candidate) {
+        let spec = Layout::builtin().sources.into_iter().find(|s| s.collection == "users").unwrap();
+        let record = serde_json::json!({"id": "u1", "email": "a@example.com", "updatedAt": "2025-10-01T00:00:00.000Z"});
+        let mapped = crate::mapping::map_record(&spec, "fp", &record).unwrap();
+        (
+            spec,
+            Candidate { mapped, rel: "data/users.json".into(), position: Some(0), raw_hash: None, emails: Vec::new() },
+        )
+    }
+
+    /// Every update filter finds its document through `_id` and one clause per
+    /// field: no top-level operator, which would make a planner (SecantusDB's)
+    /// scan the collection for each single-record update.
+    #[test]
+    fn update_filters_are_id_plus_field_clauses() {
+        let (spec, c) = candidate();
+        let v = c.mapped.version.unwrap();
+        for (held, clause) in [
+            (Held::Unread, Bson::Document(doc! { "$lte": v })),
+            (Held::Date(v), Bson::Document(doc! { "$lte": v })),
+            (Held::Absent, Bson::Null),
+            (Held::Other(Bson::String("x".into())), Bson::String("x".into())),
+        ] {
+            let f = update_filter(&spec, &c, &held, true);
+            assert!(f.keys().all(|k| !k.starts_with('$')), "{held:?}: {f}");
+            assert_eq!(f.get("_id"), Some(&Bson::String("u1".into())));
+            assert_eq!(f.get("updatedAt"), Some(&clause), "{held:?}: {f}");
+            assert_eq!(f.len(), 2, "{f}");
+        }
+        assert_eq!(update_filter(&spec, &c, &Held::Unread, false), doc! { "_id": "u1" });
+    }
 }
