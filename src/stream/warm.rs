@@ -71,6 +71,7 @@ pub fn collections(engine: &Engine) -> HashSet<String> {
 // Long: the steps of the proof in order, each with its own way to give up.
 pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &CancellationToken) -> Result<Start, Fatal> {
     let (engine, sink) = (core.engine, core.target);
+    let t0 = std::time::Instant::now();
     let Some(memory) = core.memory else { return cold("no memory to start from") };
     let Some(head) = checkpoint::load_head(sink).await? else { return cold("no checkpoint yet") };
     if head.database_id != crate::state::database_id(sink).await? {
@@ -93,9 +94,11 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
     for (c, id) in &head.pending {
         touched.ids.entry(c.clone()).or_default().insert(id.clone());
     }
+    let t_stream = t0.elapsed();
     let tail = Tail::start(sink, from.clone(), collections(engine), PENDING_LIMIT);
     let e = engine.clone();
     let now = tokio::task::spawn_blocking(move || digests(&e)).await.map_err(Fatal::task("digest"))??;
+    let t_digest = t0.elapsed();
     let mut scan: BTreeMap<String, SourceFile> = BTreeMap::new();
     let mut same: Vec<(&String, u64)> = Vec::new();
     for (rel, (file, digest)) in &now {
@@ -113,7 +116,9 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
     }
     let (mut recheck, unresolved) = touched_files(engine, sink, &touched.ids).await?;
     let groups = groups_to_load(engine, &head, scan.keys().chain(recheck.keys()), &unresolved);
+    let t_touched = t0.elapsed();
     let loaded = checkpoint::load_groups(sink, &head, &groups).await?;
+    let t_groups = t0.elapsed();
     memory.partial.store(true, std::sync::atomic::Ordering::Relaxed);
     {
         let mut memo = memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))?;
@@ -167,6 +172,16 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         summary.unchanged += records;
     }
     let touched = touched.len();
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    tracing::debug!(
+        head_and_stream_ms = ms(t_stream),
+        digests_ms = ms(t_digest - t_stream),
+        touched_ms = ms(t_touched - t_digest),
+        groups_ms = ms(t_groups - t_touched),
+        groups = groups.len(),
+        reconcile_ms = ms(t0.elapsed() - t_groups),
+        "Warm start steps"
+    );
     Ok(Start::Warm(Box::new(Warm { summary, head, loaded: groups, from, tail, files: n, touched })))
 }
 
