@@ -13,6 +13,7 @@ mod support_targets;
 mod behaviour;
 mod behaviour_ops;
 mod checkpoint;
+mod checkpoint_prop;
 mod cutover;
 mod drift;
 mod export;

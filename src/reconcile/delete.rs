@@ -61,17 +61,22 @@ pub(super) async fn find<T: Target>(
 }
 
 impl<T: Target> SourceRun<'_, T> {
-    /// Apply the deletes under `--on-delete` and the mass-delete guard;
-    /// returns the ids that were removed.
+    /// Apply the deletes under `--on-delete` and the mass-delete guard
+    /// (`whole`: the collection's size before the run, when the run read it
+    /// whole); returns the ids that were removed.
     pub(super) async fn apply_deletes(
         &mut self,
         deletes: Vec<(String, Existing)>,
-        known_total: usize,
+        whole: Option<usize>,
     ) -> Result<Vec<String>, Fatal> {
         if deletes.is_empty() || self.engine.on_delete == OnDelete::Keep {
             return Ok(Vec::new());
         }
-        if self.hold(deletes.len(), known_total).await {
+        let held = self.hold(deletes.len(), whole).await;
+        if let Some(memory) = self.memory {
+            memory.note_held(&self.spec.collection, deletes.iter().map(|(id, _)| id), held);
+        }
+        if held {
             return Ok(Vec::new());
         }
         let (engine, spec) = (self.engine, &self.spec);
@@ -100,17 +105,29 @@ impl<T: Target> SourceRun<'_, T> {
     /// The mass-delete guard: hold these `n` deletes back (and count and log
     /// them) when, with the deletes of the last `--mass-delete-window-secs`,
     /// they would remove at least 2 documents and more than
-    /// `--mass-delete-fraction` of the collection.
-    pub(super) async fn hold(&mut self, n: usize, known_total: usize) -> bool {
+    /// `--mass-delete-fraction` of the collection. The collection is counted
+    /// as a full reconcile counts it, whatever the scope, so a start from the
+    /// checkpoint holds back what a full reconcile would: as it was before the
+    /// run wrote to it (`whole`, when the run read all of it; else the
+    /// target's count less the run's inserts, as what the target holds for
+    /// some files is not the collection), or, when all of that would go, as
+    /// it is now.
+    pub(super) async fn hold(&mut self, n: usize, whole: Option<usize>) -> bool {
         let (engine, spec) = (self.engine, &self.spec);
         let released = self.memory.is_some_and(|m| m.release_held.load(std::sync::atomic::Ordering::Relaxed));
         if engine.allow_mass_delete || released {
             return false;
         }
-        let now = if known_total > n {
-            known_total
-        } else {
-            usize::try_from(self.target.count(spec).await.unwrap_or(0)).unwrap_or(usize::MAX)
+        let counted = match whole {
+            Some(_) => None,
+            None => Some(self.count_now().await),
+        };
+        let inserted = usize::try_from(self.summary.inserted).unwrap_or(usize::MAX);
+        let before = whole.or(counted.map(|c| c.saturating_sub(inserted))).unwrap_or(0);
+        let now = match (before > n, counted) {
+            (true, _) => before,
+            (false, Some(c)) => c,
+            (false, None) => self.count_now().await,
         };
         let recent = self.memory.map_or(0, |m| m.recent_deletes(&spec.collection, engine.mass_delete_window));
         // The collection as it was when the window began, and what would go from it.
@@ -133,6 +150,11 @@ impl<T: Target> SourceRun<'_, T> {
             engine.mass_delete_fraction * 100.0
         );
         true
+    }
+
+    /// The collection's size now, as the target estimates it.
+    async fn count_now(&self) -> usize {
+        usize::try_from(self.target.count(&self.spec).await.unwrap_or(0)).unwrap_or(usize::MAX)
     }
 }
 

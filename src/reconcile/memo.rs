@@ -42,6 +42,10 @@ pub struct Memory {
     /// The memo holds only the files a start from a checkpoint needed (the
     /// rest is loaded once watch is going).
     pub partial: AtomicBool,
+    /// Per collection, ids whose deletes the mass-delete guard held back.
+    /// Their records are gone from the memo, so a start from a checkpoint
+    /// would not look at them again: a checkpoint keeps them as pending.
+    pub held: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 impl Memory {
@@ -116,6 +120,26 @@ impl Memory {
         if let (true, Ok(mut deletes)) = (n > 0, self.deletes.lock()) {
             deletes.entry(collection.to_string()).or_default().push((Instant::now(), n));
         }
+    }
+
+    /// The guard held back the deletes of these documents (`held`), or they
+    /// are not held any more (deleted, or found changed).
+    pub fn note_held<'a>(&self, collection: &str, ids: impl Iterator<Item = &'a String>, held: bool) {
+        let Ok(mut all) = self.held.lock() else { return };
+        let set = all.entry(collection.to_string()).or_default();
+        for id in ids {
+            if held {
+                set.insert(id.clone());
+            } else {
+                set.remove(id);
+            }
+        }
+    }
+
+    /// The documents whose deletes are held back: (collection, id).
+    pub fn held_deletes(&self) -> Vec<(String, String)> {
+        let Ok(all) = self.held.lock() else { return Vec::new() };
+        all.iter().flat_map(|(c, ids)| ids.iter().map(move |id| (c.clone(), id.clone()))).collect()
     }
 
     /// Documents per collection as the picture has them (`None` before the

@@ -114,11 +114,13 @@ impl<'a, T: Target> SourceRun<'a, T> {
         rejects.append(&mut self.rejects);
         let ids_in_files = std::mem::take(&mut self.ids_in_files);
         let found = delete::find(self.target, &self.spec, &scanned, &existing, ids_in_files).await?;
+        // A whole source's `existing` is the whole collection; some files' is not.
+        let whole = scanned.complete.then_some(existing.len());
         if self.opts.dry_run {
-            return Ok(self.dry_run_end(&scanned, found.deletes, &rejects, existing.len()).await);
+            return Ok(self.dry_run_end(&scanned, found.deletes, &rejects, whole).await);
         }
         self.engine.metrics.records_scanned.fetch_add(scanned.records, Ordering::Relaxed);
-        let removed = self.apply_deletes(found.deletes, existing.len()).await?;
+        let removed = self.apply_deletes(found.deletes, whole).await?;
         if let Some(memory) = self.memory {
             self.update_memory(memory, &mut scanned, &rejects, &existing, &found.details, removed);
         }
@@ -132,11 +134,11 @@ impl<'a, T: Target> SourceRun<'a, T> {
         scanned: &Scanned,
         deletes: Vec<(String, Existing)>,
         rejects: &[RejectRecord],
-        known_total: usize,
+        whole: Option<usize>,
     ) -> Summary {
         let on_delete = self.engine.on_delete;
         let n = deletes.len();
-        let held = on_delete != OnDelete::Keep && n > 0 && self.hold(n, known_total).await;
+        let held = on_delete != OnDelete::Keep && n > 0 && self.hold(n, whole).await;
         let mut summary = std::mem::take(&mut self.summary);
         if held {
             println!("would hold back {n} deletes of {} (mass-delete guard)", self.spec.collection);

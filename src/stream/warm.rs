@@ -326,6 +326,10 @@ async fn try_save(
         }
     };
     pending.extend(carry);
+    // Documents whose deletes the guard held back: their records are gone
+    // from the memo, so only this makes the next start look at them again
+    // (and hold them again, or apply them, as a full reconcile would).
+    pending.extend(memory.held_deletes());
     pending.sort();
     pending.dedup();
     let e = engine.clone();
