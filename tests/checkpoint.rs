@@ -254,3 +254,36 @@ async fn a_sync_that_writes_more_than_the_servers_history_still_leaves_a_checkpo
     assert!(again.stderr.contains(WARM), "{}", again.stderr);
     assert_eq!(reads_of(&again, "training_jobs"), 0, "{}", documents_read(&again));
 }
+
+/// A large file's memo is stored in several parts (1 MB each) and comes back
+/// whole: a change to one of its records compares that record only.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memo_stored_in_several_parts_comes_back_whole() {
+    let db = TestDb::new("ckpt_parts").await;
+    let p = Platform::new();
+    let users = |changed: &str| -> serde_json::Value {
+        (0..16_000)
+            .map(|i| {
+                let mut u = user(&format!("u{i}"), &format!("user{i}@example.com"), "2025-10-01T00:00:00.000Z");
+                if i == 7 {
+                    u["name"] = json!(changed);
+                }
+                u
+            })
+            .collect()
+    };
+    p.users(&users("first"));
+    sync(&db, &p, &[]).await;
+    let parts = db.db.collection::<bson::Document>("mirror_checkpoint");
+    let users_parts = parts.count_documents(doc! { "_id": { "$regex": "^f:data/users.json" } }).await.unwrap();
+    let ids: Vec<String> = parts.distinct("_id", doc! {}).await.unwrap().iter().map(|b| b.to_string()).collect();
+    assert!(users_parts >= 2, "users.json's memo is over 1 MB: {users_parts} part(s) in {ids:?}");
+    p.users(&users("second"));
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains(WARM), "{}", run.stderr);
+    assert!(!run.stderr.contains("does not match its hash"), "{}", run.stderr);
+    assert_eq!(run.count("updated"), 1, "{run:?}");
+    // Its hash, then its fields and version for the update: not 16,000.
+    assert_eq!(reads_of(&run, "users"), 2, "only the changed user was read: {}", documents_read(&run));
+    assert_eq!(db.doc("users", "u7").await.unwrap().get_str("name").unwrap(), "second");
+}

@@ -35,8 +35,10 @@ pub const CHECKPOINTS: &str = "mirror_checkpoint";
 const FORMAT: i64 = 2;
 /// A file whose memo is larger than this has a group of its own.
 const BIG_FILE: usize = 1 << 20;
-/// Parts of a group are at most this large.
-const PART_BYTES: usize = 8 << 20;
+/// Parts of a group are at most this large, and written one at a time: a
+/// save's copies (the write, its command, the driver's message) are of one
+/// part, not of the whole group.
+const PART_BYTES: usize = 1 << 20;
 /// Small files are spread over this many groups by a hash of their name.
 const BUCKETS: u64 = 64;
 
@@ -150,8 +152,8 @@ pub async fn load_groups(sink: &Sink, head: &Head, groups: &HashSet<String>) -> 
         .into_iter()
         .filter_map(|d| {
             let id = d.get_str("_id").ok()?.to_string();
-            match d.get("data") {
-                Some(Bson::Binary(b)) => Some((id, b.bytes.clone())),
+            match d.into_iter().find(|(k, _)| k == "data") {
+                Some((_, Bson::Binary(b))) => Some((id, b.bytes)),
                 _ => None,
             }
         })
@@ -218,11 +220,9 @@ pub async fn save(
     let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
     {
         let memo = lock(memory)?;
-        let mut scratch = Vec::new();
         for (rel, m) in memo.iter() {
-            scratch.clear();
-            memo_codec::encode_file(rel, m, &mut scratch);
-            let group = if scratch.len() > BIG_FILE { format!("f:{rel}") } else { bucket(rel) };
+            let big = memo_codec::encoded_len(rel, m) > BIG_FILE;
+            let group = if big { format!("f:{rel}") } else { bucket(rel) };
             if !complete(&group) {
                 continue;
             }
@@ -261,18 +261,19 @@ pub async fn save(
         let parts = u32::try_from(parts).map_err(|_| Fatal::Internal(format!("checkpoint group {g} too large")))?;
         let entry = GroupEntry { hash, parts };
         if prev.as_ref().and_then(|p| p.groups.get(&g)) != Some(&entry) {
-            let chunks: Vec<Vec<u8>> =
-                if parts == 1 { vec![bytes] } else { bytes.chunks(PART_BYTES).map(<[u8]>::to_vec).collect() };
-            let ops = (0u32..)
-                .zip(chunks)
-                .map(|(i, chunk)| WriteOp::Update {
+            for i in 0..parts {
+                // Every part exists, an empty group's one part included.
+                let at = usize::try_from(i).unwrap_or(usize::MAX).saturating_mul(PART_BYTES).min(bytes.len());
+                let chunk = bytes[at..].get(..PART_BYTES).unwrap_or(&bytes[at..]);
+                let data = bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: chunk.to_vec() };
+                let op = WriteOp::Update {
                     coll: CHECKPOINTS.into(),
                     filter: doc! { "_id": part_id(&g, i) },
-                    update: doc! { "$set": { "data": Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: chunk }) } },
+                    update: doc! { "$set": { "data": Bson::Binary(data) } },
                     upsert: true,
-                })
-                .collect();
-            sink.write(ops).await?;
+                };
+                sink.write(vec![op]).await?;
+            }
         }
         entries.insert(g, entry);
     }

@@ -47,6 +47,21 @@ pub fn encode_file(rel: &str, memo: &FileMemo, out: &mut Vec<u8>) {
     }
 }
 
+/// How many bytes [`encode_file`] writes for this file, without writing them.
+pub fn encoded_len(rel: &str, memo: &FileMemo) -> usize {
+    const LEN: usize = 8;
+    let digest = 1 + memo.digest.map_or(0, |d| d.to_le_bytes().len());
+    let recs: usize = memo
+        .recs
+        .values()
+        .map(|rec| {
+            let emails: usize = rec.emails.iter().map(|(f, v)| 2 * LEN + f.len() + v.len()).sum();
+            16 + LEN + rec.id.len() + LEN + emails
+        })
+        .sum();
+    LEN + rel.len() + digest + LEN + recs
+}
+
 /// Every file memo in `bytes`.
 pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
     let mut r = Reader { bytes, at: 0 };
@@ -184,6 +199,7 @@ mod tests {
         let mut bytes = Vec::new();
         encode_file("data/users.json", &a, &mut bytes);
         encode_file("artifacts/jobs/j.json", &b, &mut bytes);
+        assert_eq!(encoded_len("data/users.json", &a) + encoded_len("artifacts/jobs/j.json", &b), bytes.len());
         let back = decode_files(&bytes).unwrap();
         assert_eq!(back.len(), 2);
         let (rel, m) = &back[0];
