@@ -1329,6 +1329,8 @@ def main() -> int:
     global DOCMIRROR
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small tree, 1 run, correctness and plumbing only")
+    ap.add_argument("--scale", action="store_true", help="issue 14's scale run: 1,000,000 users, 100,000 datasets, "
+                    "200,000 job files; docmirror only, 1 run, no reverse; report bench/results/scale.md")
     ap.add_argument("--users", type=int)
     ap.add_argument("--datasets", type=int)
     ap.add_argument("--jobs", type=int)
@@ -1353,6 +1355,15 @@ def main() -> int:
     cfg.argv = sys.argv[1:]
     EXTRA_ARGS.extend(shlex.split(cfg.docmirror_args))
     q = cfg.quick
+    if cfg.scale:
+        cfg.users = cfg.users or 1_000_000
+        cfg.datasets = cfg.datasets or 100_000
+        cfg.jobs = cfg.jobs or 200_000
+        cfg.runs = cfg.runs or 1
+        cfg.contenders = cfg.contenders or "docmirror"
+        cfg.changes = cfg.changes or 20
+        cfg.skip_reverse = True
+        cfg.report = cfg.report or os.path.join(RESULTS, "scale.md")
     cfg.users = cfg.users if cfg.users is not None else (2000 if q else 100_000)
     cfg.datasets = cfg.datasets if cfg.datasets is not None else (200 if q else 10_000)
     cfg.jobs = cfg.jobs if cfg.jobs is not None else (300 if q else 20_000)

@@ -4,10 +4,13 @@
 # mongoimport, on a generated platform tree, each against a fresh in-memory
 # SecantusDB on 127.0.0.1. See bench/run.py for the scenarios and flags.
 #
-#   scripts/bench.sh [--quick] [--users N] [--datasets N] [--jobs N] [--runs R]
+#   scripts/bench.sh [--quick | --scale] [--users N] [--datasets N] [--jobs N] [--runs R]
 #
 # --quick: small tree, one run each, correctness only (CI); writes
-# bench/results/quick.md. Without it: the full run, which writes BENCHMARKS.md.
+# bench/results/quick.md. --scale: issue 14's scale run (1,000,000 users,
+# 100,000 datasets, 200,000 job files; docmirror only, one run; about half an
+# hour on SecantusDB); writes bench/results/scale.md. Without either: the full
+# run, which writes BENCHMARKS.md.
 # Exits non-zero when a contender's output is wrong or a contender fails.
 # BENCH_SKIP_BUILD=1 uses target/release/docmirror as it is.
 set -euo pipefail
