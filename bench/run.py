@@ -56,6 +56,8 @@ SECANTUSD = os.environ.get("BENCH_SECANTUSD", os.path.join(ROOT, ".venv", "bin",
 DATA_ROOT = os.path.join(BENCH, "data")
 RESULTS = os.path.join(BENCH, "results")
 SERVER_NAME = "SecantusDB 0.7.0b3 (Python MongoDB wire-protocol server), --storage-path :memory:"
+# Extra server flags (--scale: a WiredTiger cache that holds 1.3M documents; the default 1G does not).
+SERVER_EXTRA: list[str] = []
 
 BUILD_INFO: dict[str, str] = {}
 EXTRA_ARGS: list[str] = []  # --docmirror-args
@@ -151,7 +153,7 @@ class Server:
 
     def __enter__(self) -> "Server":
         logf = os.path.join(RESULTS, "logs", f"server-{self.label}.log")
-        self.proc = start([SECANTUSD, "--port", str(self.port), "--storage-path", ":memory:"], logf)
+        self.proc = start([SECANTUSD, "--port", str(self.port), "--storage-path", ":memory:", *SERVER_EXTRA], logf)
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -1034,7 +1036,7 @@ def render(cfg, full: Tree, tenth: Tree, sync: dict, watch: dict, mongoimport_no
     A(f"```\n{cmdline}\n```\n")
     A(f"- **Date**: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; total harness time {wall / 60:.1f} min")
     A(f"- **Machine**: {m['nproc']} cores, {m['ram']} RAM, {m['cpu']}, {m['kernel']}")
-    A(f"- **Server**: {SERVER_NAME}; a fresh server for every measurement, on 127.0.0.1. "
+    A(f"- **Server**: {SERVER_NAME}{(' ' + ' '.join(SERVER_EXTRA)) if SERVER_EXTRA else ''}; a fresh server for every measurement, on 127.0.0.1. "
       "No mongod can be installed here, so absolute numbers are dominated by this slow Python server "
       "(see *server CPU* below) and say little about a real MongoDB; the ratios between contenders, "
       "measured side by side on the same server, are the meaningful part.")
@@ -1364,6 +1366,7 @@ def main() -> int:
         cfg.changes = cfg.changes or 20
         cfg.skip_reverse = True
         cfg.report = cfg.report or os.path.join(RESULTS, "scale.md")
+        SERVER_EXTRA.extend(["--cache-size", "8G"])
     cfg.users = cfg.users if cfg.users is not None else (2000 if q else 100_000)
     cfg.datasets = cfg.datasets if cfg.datasets is not None else (200 if q else 10_000)
     cfg.jobs = cfg.jobs if cfg.jobs is not None else (300 if q else 20_000)
