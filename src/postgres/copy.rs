@@ -41,6 +41,10 @@ fn field(out: &mut String, value: Option<&str>) {
         out.push_str("\\N");
         return;
     };
+    if !s.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n' | b'\r')) {
+        out.push_str(s);
+        return;
+    }
     for ch in s.chars() {
         match ch {
             '\\' => out.push_str("\\\\"),
