@@ -22,6 +22,7 @@ mod first_hour;
 mod model;
 mod poison;
 mod postgres;
+mod postgres_copy;
 mod property;
 mod readiness;
 mod reverse;

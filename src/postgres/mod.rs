@@ -5,8 +5,10 @@
 //! so the guide's columns stay exactly the guide's.
 //!
 //! `tables.rs` maps records to rows and back; `write.rs` builds the
-//! multi-row statements; `target.rs` is the [`crate::reconcile::target::Target`].
+//! multi-row statements; `copy.rs` loads batches of new rows with COPY;
+//! `target.rs` is the [`crate::reconcile::target::Target`].
 
+mod copy;
 mod state;
 pub mod tables;
 mod target;
@@ -58,6 +60,8 @@ struct Inner {
     state_lock: tokio::sync::Mutex<()>,
     /// Deletes a foreign key refused (see `StateStore::take_blocked_deletes`).
     blocked: std::sync::atomic::AtomicU64,
+    /// The second connection, for COPY's transactions (one at a time).
+    bulk: tokio::sync::Mutex<copy::Bulk>,
 }
 
 /// A client and the task that drives its connection.
@@ -163,6 +167,7 @@ impl Pg {
                 shown_url,
                 state_lock: tokio::sync::Mutex::new(()),
                 blocked: 0.into(),
+                bulk: Default::default(),
             }),
         })
     }
@@ -199,6 +204,18 @@ impl Pg {
 
     fn state_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.inner.state_lock
+    }
+
+    fn bulk(&self) -> &tokio::sync::Mutex<copy::Bulk> {
+        &self.inner.bulk
+    }
+
+    fn url(&self) -> &str {
+        &self.inner.opts.url
+    }
+
+    fn scrubber(&self) -> Scrubber {
+        self.inner.scrubber.clone()
     }
 
     /// The URL with its password masked.

@@ -149,11 +149,29 @@ pub struct Row {
 
 /// The record field a column takes in `doc`, if the record has it.
 fn field_for<'d>(doc: &'d Document, column: &str) -> Option<(&'d str, &'d Bson)> {
-    let camel = camel(column);
     doc.iter()
         .find(|(k, _)| k.as_str() == column)
-        .or_else(|| doc.iter().find(|(k, _)| **k == camel))
+        .or_else(|| doc.iter().find(|(k, _)| is_camel(k, column)))
         .map(|(k, v)| (k.as_str(), v))
+}
+
+/// Whether `k` is [`camel`]`(snake)`, without making it (the guide's column
+/// names are ASCII; this runs for every column of every row).
+fn is_camel(k: &str, snake: &str) -> bool {
+    let mut got = k.bytes();
+    let mut upper = false;
+    for b in snake.bytes() {
+        if b == b'_' {
+            upper = true;
+            continue;
+        }
+        let want = if upper { b.to_ascii_uppercase() } else { b };
+        upper = false;
+        if got.next() != Some(want) {
+            return false;
+        }
+    }
+    got.next().is_none()
 }
 
 /// Which columns an update sets: those whose field the record has, and
@@ -372,6 +390,19 @@ fn column_bson(kind: Kind, v: &Value) -> Bson {
 mod tests {
     use super::*;
     use bson::doc;
+
+    #[test]
+    fn is_camel_says_what_camel_makes() {
+        for t in TABLES {
+            for c in t.columns {
+                let made = camel(c.name);
+                assert!(is_camel(&made, c.name), "{}", c.name);
+                assert!(!is_camel(&format!("{made}x"), c.name) && !is_camel(&made[..made.len() - 1], c.name));
+            }
+        }
+        assert!(is_camel("createdAt", "created_at") && !is_camel("created_at", "created_at"));
+        assert!(!is_camel("createdat", "created_at") && !is_camel("CreatedAt", "created_at"));
+    }
 
     #[test]
     fn camel_case_of_columns() {

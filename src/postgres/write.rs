@@ -3,7 +3,8 @@
 //! together, so the row and its bookkeeping are one atomic change. When
 //! PostgreSQL refuses a batch (a foreign key, a length, a precision, a unique
 //! value), the batch is written again record by record, so that only the
-//! records PostgreSQL refuses fail, each with its own reason.
+//! records PostgreSQL refuses fail, each with its own reason. Batches of new
+//! rows go by COPY first (`copy.rs`); a batch COPY refuses comes here.
 
 use std::collections::HashSet;
 
@@ -17,6 +18,10 @@ use crate::reconcile::target::Outcome;
 
 /// Rows per statement.
 pub const BATCH: usize = 1000;
+
+/// Batches of fewer new rows go by statement: COPY's transaction (`copy.rs`)
+/// costs more round trips than it saves on a handful of rows (watch's single changes).
+pub const COPY_MIN: usize = 8;
 
 /// One row to write, with its bookkeeping.
 pub struct Pending {
@@ -144,18 +149,31 @@ impl Pg {
     /// per row, `matched` 1 when the row was written, 0 when the version
     /// check held it back. Refused batches are written again row by row.
     pub async fn write_rows(&self, t: &Table, rows: &[Pending], update: bool) -> Result<Vec<Outcome>, Fatal> {
-        let sql = if update { update_sql(t) } else { insert_sql(t) };
-        let client = self.client().await?;
-        let stmt =
-            client.prepare(&sql).await.map_err(|e| self.fatal(&format!("cannot prepare a write to {}", t.name), &e))?;
         let mut out = Vec::with_capacity(rows.len());
+        let mut prepared = None;
         for batch in rows.chunks(BATCH) {
+            // New rows: COPY first; when it refuses the batch, the statements below.
+            if !update && batch.len() >= COPY_MIN {
+                match self.copy_rows(t, batch).await {
+                    Ok(()) => {
+                        out.extend(batch.iter().map(|_| Outcome::Applied { matched: Some(1) }));
+                        continue;
+                    }
+                    Err(reason) => {
+                        tracing::debug!(table = t.name, rows = batch.len(), %reason, "COPY refused the batch: writing it with statements");
+                    }
+                }
+            }
+            let (client, stmt) = match &prepared {
+                Some(p) => p,
+                None => prepared.insert(self.prepare_write(t, update).await?),
+            };
             let refs: Vec<&Pending> = batch.iter().collect();
-            match Self::run(&client, &stmt, t, &refs, update).await {
+            match Self::run(client, stmt, t, &refs, update).await {
                 Ok(written) => out.extend(refs.iter().map(|p| applied(&written, p))),
                 Err(e) if e.as_db_error().is_some() => {
                     for p in &refs {
-                        match Self::run(&client, &stmt, t, std::slice::from_ref(p), update).await {
+                        match Self::run(client, stmt, t, std::slice::from_ref(p), update).await {
                             Ok(written) => out.push(applied(&written, p)),
                             Err(e) => match refusal(&e, self) {
                                 Some(o) => out.push(o),
@@ -168,6 +186,18 @@ impl Pg {
             }
         }
         Ok(out)
+    }
+
+    async fn prepare_write(
+        &self,
+        t: &Table,
+        update: bool,
+    ) -> Result<(std::sync::Arc<tokio_postgres::Client>, tokio_postgres::Statement), Fatal> {
+        let sql = if update { update_sql(t) } else { insert_sql(t) };
+        let client = self.client().await?;
+        let stmt =
+            client.prepare(&sql).await.map_err(|e| self.fatal(&format!("cannot prepare a write to {}", t.name), &e))?;
+        Ok((client, stmt))
     }
 
     async fn run(
