@@ -287,3 +287,43 @@ async fn a_memo_stored_in_several_parts_comes_back_whole() {
     assert_eq!(reads_of(&run, "users"), 2, "only the changed user was read: {}", documents_read(&run));
     assert_eq!(db.doc("users", "u7").await.unwrap().get_str("name").unwrap(), "second");
 }
+
+/// The app writes while the sync that makes the checkpoint is still running:
+/// replaces a document the sync already wrote, and deletes another. The sync's own
+/// writes are no proof of those: the next start from the checkpoint must
+/// look at both again, and put the files' versions back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_by_someone_else_during_the_checkpointing_sync_is_not_lost() {
+    let db = TestDb::new("ckpt_during").await;
+    let p = Platform::new();
+    p.users(&json!([user("u1", "a@example.com", "2025-10-01T00:00:00.000Z")]));
+    for i in 0..3000 {
+        let id = format!("j{i:04}");
+        p.job(&id, &job(&id, "running", "2025-10-12T09:00:00.000Z"));
+    }
+    // Small batches, one at a time: the run lasts long enough to be written to.
+    let mut cmd = command(&db.uri(), &p);
+    cmd.args(["sync", "--batch-size", "50", "--concurrency", "1"]);
+    let run = tokio::spawn(async move { run_command(&mut cmd, std::time::Duration::from_secs(300)).await });
+    eventually(60, "the sync wrote its first jobs", || async {
+        db.doc("training_jobs", "j0001").await.is_some() && db.doc("training_jobs", "j0002").await.is_some()
+    })
+    .await;
+    let jobs = db.db.collection::<bson::Document>("training_jobs");
+    // A whole document replaced (its `_mirror` dropped), as an app's save would.
+    let replaced = doc! { "_id": "j0001", "status": "changed-by-app", "updated_at": "2025-10-12T09:00:00.000Z" };
+    jobs.replace_one(doc! { "_id": "j0001" }, replaced).await.unwrap();
+    jobs.delete_one(doc! { "_id": "j0002" }).await.unwrap();
+    assert!(!run.is_finished(), "the sync ended before the app's writes: the test needs a larger tree");
+    let first = run.await.unwrap();
+    assert_eq!(first.code, 0, "{first:?}");
+    assert!(first.count("inserted") >= 3000, "{first:?}");
+
+    let again = sync(&db, &p, &[]).await;
+    assert!(again.stderr.contains(WARM), "{}", again.stderr);
+    let status = db.doc("training_jobs", "j0001").await.unwrap().get_str("status").unwrap().to_string();
+    assert_eq!(status, "running", "the app's write during the run was rechecked: {}", again.stderr);
+    assert!(db.doc("training_jobs", "j0002").await.is_some(), "the document deleted during the run is back");
+    assert!(reads_of(&again, "training_jobs") < 10, "only those were read: {}", documents_read(&again));
+    assert_full_finds_nothing(&db, &p).await;
+}
