@@ -183,10 +183,12 @@ async fn a_damaged_checkpoint_group_is_not_trusted() {
     let db = TestDb::new("ckpt_damaged").await;
     let p = tree();
     sync(&db, &p, &[]).await;
-    // Every stored memo part damaged (a save cut short would leave some so).
+    // Every stored memo part damaged (a save cut short would leave some so),
+    // the file list whole.
     let parts = db.db.collection::<bson::Document>("mirror_checkpoint");
     let garbage = Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![1, 2, 3] });
-    parts.update_many(doc! { "_id": { "$ne": "head" } }, doc! { "$set": { "data": garbage } }).await.unwrap();
+    let memo_parts = doc! { "$and": [{ "_id": { "$ne": "head" } }, { "_id": { "$not": { "$regex": "^files:" } } }] };
+    parts.update_many(memo_parts, doc! { "$set": { "data": garbage } }).await.unwrap();
     p.users(&json!([
         user("u1", "a@example.com", "2025-10-01T00:00:00.000Z"),
         user("u3", "c@example.com", "2025-10-01T00:00:00.000Z"),
@@ -326,4 +328,24 @@ async fn a_write_by_someone_else_during_the_checkpointing_sync_is_not_lost() {
     assert!(db.doc("training_jobs", "j0002").await.is_some(), "the document deleted during the run is back");
     assert!(reads_of(&again, "training_jobs") < 10, "only those were read: {}", documents_read(&again));
     assert_full_finds_nothing(&db, &p).await;
+}
+
+/// The file list is stored apart from the head, under its hash: a damaged
+/// list is never used (the start is a full reconcile), and the next save
+/// writes a whole one again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_file_list_gives_a_full_reconcile_and_is_written_again() {
+    let db = TestDb::new("ckpt_list").await;
+    let p = tree();
+    sync(&db, &p, &[]).await;
+    let parts = db.db.collection::<bson::Document>("mirror_checkpoint");
+    let garbage = Bson::Binary(bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![9, 9, 9] });
+    let hit =
+        parts.update_many(doc! { "_id": { "$regex": "^files:" } }, doc! { "$set": { "data": garbage } }).await.unwrap();
+    assert!(hit.matched_count >= 1, "the file list has parts of its own");
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains("file list is not whole"), "{}", run.stderr);
+    assert!(run.stderr.contains("Full reconcile"), "{}", run.stderr);
+    let again = sync(&db, &p, &[]).await;
+    assert!(again.stderr.contains(WARM), "the full reconcile stored a whole list again: {}", again.stderr);
 }

@@ -5,8 +5,11 @@
 //! - `head`: the change-stream resume token taken before the reconcile's
 //!   reads, the id of the database it belongs to (`mirror_state`), a
 //!   fingerprint of the layout, mapping rules and indexes it was made under,
-//!   and per source file the digest of its bytes as settled and the group
-//!   that holds its memo;
+//!   and the hash of its file list;
+//! - `files:<hash>#<part>`: the file list (per source file, the digest of its
+//!   bytes as settled, its record count and the group that holds its memo),
+//!   named by its hash, so a save cut short never spoils the list the
+//!   current head names;
 //! - `<group>#<part>`: watch's per-file memo ([`super::memo_codec`]), files
 //!   grouped (a large file alone, small ones by a hash of their name) and
 //!   split into parts well under MongoDB's 16 MB document limit, so a change
@@ -32,7 +35,7 @@ use crate::sink::{Sink, WriteOp};
 /// Where checkpoints live.
 pub const CHECKPOINTS: &str = "mirror_checkpoint";
 /// Bumped when the checkpoint's meaning changes: older ones are not used.
-const FORMAT: i64 = 2;
+const FORMAT: i64 = 3;
 /// A file whose memo is larger than this has a group of its own.
 const BIG_FILE: usize = 1 << 20;
 /// Parts of a group are at most this large, and written one at a time: a
@@ -59,6 +62,8 @@ pub struct Head {
     pub token: Bson,
     pub at: bson::DateTime,
     pub files: BTreeMap<String, FileEntry>,
+    /// The stored file list: its hash and parts.
+    pub list: GroupEntry,
     pub groups: BTreeMap<String, GroupEntry>,
     /// Documents others wrote while the run that made the checkpoint ran:
     /// checked on the next start like those the stream shows (collection, id).
@@ -90,6 +95,11 @@ fn part_id(group: &str, i: u32) -> String {
     format!("{group}#{i}")
 }
 
+/// The group that holds a file list with this hash.
+fn list_group(hash: &str) -> String {
+    format!("files:{hash}")
+}
+
 fn hex(h: u128) -> String {
     format!("{h:032x}")
 }
@@ -98,20 +108,90 @@ fn lock(memory: &Memory) -> Result<std::sync::MutexGuard<'_, crate::reconcile::m
     memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))
 }
 
-/// The stored head, if there is one that this version can read.
-pub async fn load_head(sink: &Sink) -> Result<Option<Head>, Fatal> {
+/// The stored head without its file list (`files` empty), if there is one
+/// that this version can read.
+pub async fn load_head_bare(sink: &Sink) -> Result<Option<Head>, Fatal> {
     let found = sink.find_all(CHECKPOINTS, doc! { "_id": "head" }, None).await?;
     Ok(found.first().and_then(parse_head))
+}
+
+/// The stored head with its file list, if there is one that this version
+/// can read and its list is whole.
+pub async fn load_head(sink: &Sink) -> Result<Option<Head>, Fatal> {
+    let Some(mut head) = load_head_bare(sink).await? else { return Ok(None) };
+    let g = list_group(&head.list.hash);
+    let mut parts = read_parts(sink, std::slice::from_ref(&(g.clone(), head.list.clone()))).await?;
+    match whole(&g, &head.list, &mut parts).map(|b| memo_codec::decode_entries(&b)) {
+        Some(Ok(files)) => {
+            head.files = files;
+            Ok(Some(head))
+        }
+        _ => {
+            tracing::info!("The checkpoint's file list is not whole (a save was cut short); it is not used");
+            Ok(None)
+        }
+    }
+}
+
+/// The stored parts of these groups, by part id.
+async fn read_parts(sink: &Sink, groups: &[(String, GroupEntry)]) -> Result<HashMap<String, Vec<u8>>, Fatal> {
+    let ids: Vec<String> = groups.iter().flat_map(|(g, e)| (0..e.parts).map(move |i| part_id(g, i))).collect();
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let docs = sink.find_by_ids(CHECKPOINTS, &ids, None).await?;
+    Ok(docs
+        .into_iter()
+        .filter_map(|d| {
+            let id = d.get_str("_id").ok()?.to_string();
+            match d.into_iter().find(|(k, _)| k == "data") {
+                Some((_, Bson::Binary(b))) => Some((id, b.bytes)),
+                _ => None,
+            }
+        })
+        .collect())
+}
+
+/// A group's bytes, when every part is there and they match its hash.
+fn whole(g: &str, entry: &GroupEntry, parts: &mut HashMap<String, Vec<u8>>) -> Option<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let all = (0..entry.parts).all(|i| parts.remove(&part_id(g, i)).map(|p| bytes.extend(p)).is_some());
+    (all && hex(xxhash_rust::xxh3::xxh3_128(&bytes)) == entry.hash).then_some(bytes)
+}
+
+/// Write a group's bytes as parts of at most [`PART_BYTES`], one at a time:
+/// a save's copies (the write, its command, the driver's message) are of one
+/// part, not of the whole group. Every part exists, an empty group's one
+/// part included.
+async fn write_parts(sink: &Sink, g: &str, bytes: &[u8], parts: u32) -> Result<(), Fatal> {
+    for i in 0..parts {
+        let at = usize::try_from(i).unwrap_or(usize::MAX).saturating_mul(PART_BYTES).min(bytes.len());
+        let chunk = bytes[at..].get(..PART_BYTES).unwrap_or(&bytes[at..]);
+        let data = bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: chunk.to_vec() };
+        let op = WriteOp::Update {
+            coll: CHECKPOINTS.into(),
+            filter: doc! { "_id": part_id(g, i) },
+            update: doc! { "$set": { "data": Bson::Binary(data) } },
+            upsert: true,
+        };
+        sink.write(vec![op]).await?;
+    }
+    Ok(())
+}
+
+/// How many parts hold `len` bytes.
+fn parts_for(g: &str, len: usize) -> Result<u32, Fatal> {
+    u32::try_from(len.div_ceil(PART_BYTES).max(1))
+        .map_err(|_| Fatal::Internal(format!("checkpoint group {g} too large")))
 }
 
 fn parse_head(d: &Document) -> Option<Head> {
     if d.get_i64("format").ok()? != FORMAT {
         return None;
     }
-    let files = match d.get("files") {
-        Some(Bson::Binary(b)) => memo_codec::decode_entries(&b.bytes).ok()?,
-        _ => return None,
-    };
+    let list = d.get_document("files").ok()?;
+    let list =
+        GroupEntry { hash: list.get_str("h").ok()?.to_string(), parts: u32::try_from(list.get_i64("p").ok()?).ok()? };
     let mut groups = BTreeMap::new();
     for g in d.get_array("groups").ok()? {
         let g = g.as_document()?;
@@ -129,7 +209,8 @@ fn parse_head(d: &Document) -> Option<Head> {
         fingerprint: d.get_str("fingerprint").ok()?.to_string(),
         token: d.get("token")?.clone(),
         at: *d.get_datetime("at").ok()?,
-        files,
+        files: BTreeMap::new(),
+        list,
         groups,
     })
 }
@@ -138,35 +219,15 @@ fn parse_head(d: &Document) -> Option<Head> {
 /// memo matches the digest the head names. Groups whose bytes do not match
 /// their hash are left out (their files are then compared in full).
 pub async fn load_groups(sink: &Sink, head: &Head, groups: &HashSet<String>) -> Result<Vec<(String, FileMemo)>, Fatal> {
-    let mut ids = Vec::new();
-    for g in groups {
-        if let Some(entry) = head.groups.get(g) {
-            ids.extend((0..entry.parts).map(|i| part_id(g, i)));
-        }
-    }
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let docs = sink.find_by_ids(CHECKPOINTS, &ids, None).await?;
-    let mut parts: HashMap<String, Vec<u8>> = docs
-        .into_iter()
-        .filter_map(|d| {
-            let id = d.get_str("_id").ok()?.to_string();
-            match d.into_iter().find(|(k, _)| k == "data") {
-                Some((_, Bson::Binary(b))) => Some((id, b.bytes)),
-                _ => None,
-            }
-        })
-        .collect();
+    let wanted: Vec<(String, GroupEntry)> =
+        groups.iter().filter_map(|g| head.groups.get(g).map(|e| (g.clone(), e.clone()))).collect();
+    let mut parts = read_parts(sink, &wanted).await?;
     let mut out = Vec::new();
-    for g in groups {
-        let Some(entry) = head.groups.get(g) else { continue };
-        let mut bytes = Vec::new();
-        let whole = (0..entry.parts).all(|i| parts.remove(&part_id(g, i)).map(|p| bytes.extend(p)).is_some());
-        if !whole || hex(xxhash_rust::xxh3::xxh3_128(&bytes)) != entry.hash {
+    for (g, entry) in &wanted {
+        let Some(bytes) = whole(g, entry, &mut parts) else {
             tracing::info!(group = %g, "A checkpoint group does not match its hash (a save was cut short); its files are compared in full");
             continue;
-        }
+        };
         match memo_codec::decode_files(&bytes) {
             Ok(files) => out.extend(files.into_iter().filter(|(rel, m)| {
                 head.files.get(rel).is_some_and(|f| f.group == *g && (f.digest.is_none() || f.digest == m.digest))
@@ -208,7 +269,7 @@ pub async fn save(
 ) -> Result<(), Fatal> {
     let others = proof.others;
     let prev = match &known {
-        Known::All => load_head(sink).await?,
+        Known::All => load_head_bare(sink).await?,
         Known::Groups { prev, .. } => Some((*prev).clone()),
     };
     let complete = |g: &str| match &known {
@@ -256,24 +317,9 @@ pub async fn save(
             }
             bytes
         };
-        let hash = hex(xxhash_rust::xxh3::xxh3_128(&bytes));
-        let parts = bytes.chunks(PART_BYTES).count().max(1);
-        let parts = u32::try_from(parts).map_err(|_| Fatal::Internal(format!("checkpoint group {g} too large")))?;
-        let entry = GroupEntry { hash, parts };
+        let entry = GroupEntry { hash: hex(xxhash_rust::xxh3::xxh3_128(&bytes)), parts: parts_for(&g, bytes.len())? };
         if prev.as_ref().and_then(|p| p.groups.get(&g)) != Some(&entry) {
-            for i in 0..parts {
-                // Every part exists, an empty group's one part included.
-                let at = usize::try_from(i).unwrap_or(usize::MAX).saturating_mul(PART_BYTES).min(bytes.len());
-                let chunk = bytes[at..].get(..PART_BYTES).unwrap_or(&bytes[at..]);
-                let data = bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: chunk.to_vec() };
-                let op = WriteOp::Update {
-                    coll: CHECKPOINTS.into(),
-                    filter: doc! { "_id": part_id(&g, i) },
-                    update: doc! { "$set": { "data": Bson::Binary(data) } },
-                    upsert: true,
-                };
-                sink.write(vec![op]).await?;
-            }
+            write_parts(sink, &g, &bytes, entry.parts).await?;
         }
         entries.insert(g, entry);
     }
@@ -284,11 +330,23 @@ pub async fn save(
             }
         }
     }
-    let head = head_doc(engine, &proof, &files, &entries);
+    // The file list, under a name of its own hash: the list the current head
+    // names stays whole until the new head replaces it.
+    let list = memo_codec::encode_entries(&files);
+    let hash = hex(xxhash_rust::xxh3::xxh3_128(&list));
+    let list_entry = GroupEntry { parts: parts_for(&list_group(&hash), list.len())?, hash };
+    // (A head read bare was not checked for a whole list: write it again.)
+    let checked = matches!(known, Known::Groups { .. });
+    if !checked || prev.as_ref().map(|p| &p.list) != Some(&list_entry) {
+        write_parts(sink, &list_group(&list_entry.hash), &list, list_entry.parts).await?;
+    }
+    drop(list);
+    let head = head_doc(engine, &proof, &list_entry, &entries);
     if bson::to_vec(&head).map_or(usize::MAX, |b| b.len()) > 15 << 20 {
         tracing::warn!(
-            files = files.len(),
-            "Too many files for one checkpoint head; the next start reconciles in full"
+            groups = entries.len(),
+            pending = proof.pending.len(),
+            "The checkpoint head would be over 15 MB; the next start reconciles in full"
         );
         return Ok(());
     }
@@ -306,6 +364,9 @@ pub async fn save(
             let now = entries.get(g).map_or(0, |n| n.parts);
             stale.extend((now..e.parts).map(|i| Bson::String(part_id(g, i))));
         }
+        if p.list.hash != list_entry.hash {
+            stale.extend((0..p.list.parts).map(|i| Bson::String(part_id(&list_group(&p.list.hash), i))));
+        }
     }
     if !stale.is_empty() {
         sink.write(vec![WriteOp::DeleteMany { coll: CHECKPOINTS.into(), filter: doc! { "_id": { "$in": stale } } }])
@@ -314,16 +375,8 @@ pub async fn save(
     Ok(())
 }
 
-fn head_doc(
-    engine: &Engine,
-    proof: &Proof<'_>,
-    files: &BTreeMap<String, FileEntry>,
-    groups: &BTreeMap<String, GroupEntry>,
-) -> Document {
-    let files = Bson::Binary(bson::Binary {
-        subtype: bson::spec::BinarySubtype::Generic,
-        bytes: memo_codec::encode_entries(files),
-    });
+fn head_doc(engine: &Engine, proof: &Proof<'_>, list: &GroupEntry, groups: &BTreeMap<String, GroupEntry>) -> Document {
+    let files = doc! { "h": &list.hash, "p": i64::from(list.parts) };
     let groups: Vec<Bson> =
         groups.iter().map(|(g, e)| Bson::Document(doc! { "g": g, "h": &e.hash, "p": i64::from(e.parts) })).collect();
     let pending: Vec<Bson> = proof.pending.iter().map(|(c, i)| Bson::Document(doc! { "c": c, "i": i })).collect();

@@ -453,7 +453,7 @@ pub async fn stopping(engine: &Arc<Engine>, sink: &Sink, memory: &Memory) {
 /// MongoDB since the last checkpoint is kept as pending, with the pending
 /// that checkpoint carried (watch does not recheck them itself).
 pub async fn save_on_stop(engine: &Arc<Engine>, sink: &Sink, memory: &Memory) -> Result<(), Fatal> {
-    let Some(head) = checkpoint::load_head(sink).await? else { return Ok(()) };
+    let Some(head) = checkpoint::load_head_bare(sink).await? else { return Ok(()) };
     if head.fingerprint != checkpoint::fingerprint(engine) {
         return Ok(());
     }

@@ -43,7 +43,7 @@ pub async fn start(
     hints: mpsc::Sender<Hint>,
     cancel: &CancellationToken,
 ) -> Option<JoinHandle<()>> {
-    let head = match crate::stream::checkpoint::load_head(sink).await {
+    let head = match crate::stream::checkpoint::load_head_bare(sink).await {
         Ok(Some(h)) => h,
         Ok(None) => {
             tracing::info!("No checkpoint (no change streams?): drift is found by full rescans and verify only");
