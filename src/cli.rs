@@ -146,8 +146,8 @@ pub enum TargetKind {
 /// Where MongoDB is and how long to wait for it: all that `status` needs.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionArgs {
-    /// The database to mirror into: mongodb, or postgres (the migration guide's tables;
-    /// sync and verify only, for now).
+    /// The database to mirror into: mongodb, or postgres (the migration guide's tables; every
+    /// command but reverse, and no change streams: a start is a full reconcile).
     #[arg(long, value_enum, default_value = "mongodb", env = "DOCMIRROR_TARGET")]
     pub target: TargetKind,
 
