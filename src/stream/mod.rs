@@ -67,7 +67,8 @@ fn classify(e: &mongodb::error::Error, scrub: &dyn Fn(&str) -> String) -> Unusab
 /// Which events a stream delivers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Events {
-    /// Every event (a start replays everything since its checkpoint).
+    /// Every event (a start replays everything since its checkpoint), but
+    /// the checkpoint's own parts.
     All,
     /// All but the mirror's own inserts and updates (they carry `_mirror`),
     /// filtered on the server: a run that wrote 100,000 documents does not
@@ -82,6 +83,18 @@ fn not_ours() -> Document {
         { "operationType": "update", "updateDescription.updatedFields._mirror": { "$exists": true } },
     ] } }
 }
+
+/// Not the checkpoint's own parts (a save writes megabytes of them, after
+/// the position it stores; a start would read them all back), but its fence.
+fn not_checkpoint_parts() -> Document {
+    bson::doc! { "$match": { "$nor": [
+        { "ns.coll": checkpoint::CHECKPOINTS, "documentKey._id": { "$ne": "fence" } },
+    ] } }
+}
+
+/// Events per reply: a bound on what one read holds (an event of a large
+/// record can be a few hundred kB).
+const BATCH: u32 = 1_000;
 
 /// How long the server may hold a read of a stream that has nothing new:
 /// short for reads that must end soon (catching up to a fence), long for the
@@ -105,10 +118,11 @@ pub async fn open(sink: &Sink, resume: Option<&Bson>, events: Events, pace: Pace
     let mut last = None;
     for attempt in 0..3u32 {
         let wait = Duration::from_millis(if pace == Pace::Follow { 1_000 } else { 50 });
-        let mut w = sink.database().watch().max_await_time(wait).batch_size(10_000);
-        if events == Events::Others {
-            w = w.pipeline([not_ours()]);
-        }
+        let mut w = sink.database().watch().max_await_time(wait).batch_size(BATCH);
+        w = match events {
+            Events::Others => w.pipeline([not_checkpoint_parts(), not_ours()]),
+            Events::All => w.pipeline([not_checkpoint_parts()]),
+        };
         if let Some(t) = &token {
             w = w.resume_after(t.clone());
         }

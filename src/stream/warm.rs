@@ -89,6 +89,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         Ok(t) => t,
         Err(reason) => return cold(reason),
     };
+    let events = touched.events;
     let Some(from) = position(&stream) else { return cold("the change stream gave no position") };
     drop(stream);
     for (c, id) in &head.pending {
@@ -175,6 +176,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     tracing::debug!(
         head_and_stream_ms = ms(t_stream),
+        stream_events = events,
         digests_ms = ms(t_digest - t_stream),
         touched_ms = ms(t_touched - t_digest),
         groups_ms = ms(t_groups - t_touched),
