@@ -393,6 +393,9 @@ mod tests {
         assert!(check_url("postgresql://u:pw@localhost/db?sslmode=prefer").is_ok());
         assert!(check_url("postgresql://u:pw@localhost/db?sslmode=require").is_ok());
         assert!(check_url("postgresql://u:pw@localhost/db?sslmode=verify-full&sslrootcert=/ca.pem").is_ok());
+        // Client certificates and `allow` are not taken.
+        assert!(check_url("postgresql://u:pw@localhost/db?sslcert=/c.pem&sslkey=/k.pem").is_err());
+        assert!(check_url("postgresql://u:pw@localhost/db?sslmode=allow").is_err());
         let mode = check_url("postgresql://u:s3cret@localhost/db?sslmode=sometimes").unwrap_err();
         assert_eq!(mode.exit_code(), crate::error::exit::USAGE);
         assert!(!mode.to_string().contains("s3cret"), "{mode}");
