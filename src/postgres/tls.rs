@@ -30,7 +30,7 @@ use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStor
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::Fatal;
-use crate::redact::redact_uri;
+use crate::redact::{percent_decode, redact_uri};
 
 /// libpq's `sslmode`, as far as docmirror follows it (`allow` is not taken).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,24 +76,6 @@ impl Settings {
     pub fn requires_tls(&self) -> bool {
         matches!(self.mode, Mode::Require | Mode::VerifyCa | Mode::VerifyFull)
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if let Some(v) =
-            (b[i] == b'%').then(|| s.get(i + 1..i + 3)).flatten().and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Read `sslmode` and `sslrootcert` out of a URL (`postgresql://...?...`) or a
@@ -212,7 +194,7 @@ fn rustls_error(e: &tokio_postgres::Error) -> Option<&rustls::Error> {
 
 /// What to check when a TLS connection failed, for the error line.
 pub fn hint(e: &tokio_postgres::Error, s: &Settings) -> Option<&'static str> {
-    if describe_chain_has(e, "server does not support TLS") {
+    if chain_says(e, "server does not support TLS") {
         return Some(
             "the server does not accept TLS connections (its ssl setting is off), and the URL's sslmode requires \
              TLS: turn ssl on at the server, or use sslmode=prefer or disable on a network you trust",
@@ -239,7 +221,8 @@ pub fn hint(e: &tokio_postgres::Error, s: &Settings) -> Option<&'static str> {
     })
 }
 
-fn describe_chain_has(e: &tokio_postgres::Error, text: &str) -> bool {
+/// Whether an error under `e` says `text`.
+fn chain_says(e: &tokio_postgres::Error, text: &str) -> bool {
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
         if c.to_string().contains(text) {
