@@ -153,6 +153,8 @@ pub struct ConnectionArgs {
 
     /// PostgreSQL connection URL for --target postgres
     /// (postgresql://user:password@host:5432/ml_training_platform, as in the guide's .env).
+    /// TLS: ?sslmode=disable|prefer (default)|require|verify-ca|verify-full and
+    /// sslrootcert=/path/ca.pem; require checks the certificate and host name (README).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub postgres_url: Option<String>,
 

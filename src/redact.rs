@@ -200,7 +200,7 @@ pub fn uri_password(uri: &str) -> Option<String> {
     (to > from).then(|| percent_decode(&uri[from..to]))
 }
 
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

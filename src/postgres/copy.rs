@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use super::tables::Table;
 use super::write::{no_nul, Pending};
@@ -132,7 +132,7 @@ impl Pg {
         if bulk.client.as_ref().is_none_or(Client::is_closed) {
             // One attempt, no retries: without a second connection, the
             // statements on the shared one do the work.
-            match tokio_postgres::connect(self.url(), NoTls).await {
+            match self.dial().connect().await {
                 Ok((client, connection)) => {
                     let scrub = self.scrubber();
                     let task = tokio::spawn(async move {

@@ -6,18 +6,20 @@
 //!
 //! `tables.rs` maps records to rows and back; `write.rs` builds the
 //! multi-row statements; `copy.rs` loads batches of new rows with COPY;
-//! `target.rs` is the [`crate::reconcile::target::Target`].
+//! `target.rs` is the [`crate::reconcile::target::Target`]; `tls.rs` reads
+//! `sslmode` and `sslrootcert` and makes the TLS connector both connections use.
 
 mod copy;
 mod state;
 pub mod tables;
 mod target;
+pub mod tls;
 mod write;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Fatal;
@@ -62,6 +64,33 @@ struct Inner {
     blocked: std::sync::atomic::AtomicU64,
     /// The second connection, for COPY's transactions (one at a time).
     bulk: tokio::sync::Mutex<copy::Bulk>,
+    /// How both connections are made: the URL the driver reads, and TLS.
+    dial: Dial,
+}
+
+/// The driver's connection (the task that drives it), plain or TLS.
+type Connection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
+
+/// What a connection is opened with (see `tls.rs`).
+#[derive(Clone)]
+struct Dial {
+    settings: tls::Settings,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+}
+
+impl Dial {
+    fn new(url: &str) -> Result<Dial, Fatal> {
+        let settings = tls::settings(url);
+        let tls = tls::connector(&settings, url)?;
+        Ok(Dial { settings, tls })
+    }
+
+    async fn connect(&self) -> Result<(Client, Connection), tokio_postgres::Error> {
+        tokio_postgres::connect(&self.settings.driver_url, self.tls.clone()).await
+    }
 }
 
 /// A client and the task that drives its connection.
@@ -77,22 +106,26 @@ impl Drop for Conn {
 }
 
 /// Whether a failed connection attempt is worth another try: the server is
-/// not there (yet), starting up, or out of connections.
+/// not there (yet), starting up, or out of connections. A TLS handshake that
+/// failed (a refused certificate, a server without TLS) fails the same way again.
 fn transient(e: &tokio_postgres::Error) -> bool {
     match e.code() {
-        None => !e.to_string().contains("invalid"),
+        None => {
+            let said = e.to_string();
+            !said.contains("invalid") && !said.starts_with("error performing TLS handshake")
+        }
         Some(c) => ["57P03", "53300", "08006", "08001", "08004"].contains(&c.code()),
     }
 }
 
 /// Open a connection, retrying transient failures until the budget runs out.
-async fn open(opts: &PgOptions, cancel: &CancellationToken, scrubber: &Scrubber) -> Result<Conn, Fatal> {
+async fn open(opts: &PgOptions, dial: &Dial, cancel: &CancellationToken, scrubber: &Scrubber) -> Result<Conn, Fatal> {
     let started = Instant::now();
     let shown_url = redact_uri(&opts.url);
     let mut pause = Duration::from_millis(100);
     loop {
         let attempt = tokio::select! {
-            r = tokio_postgres::connect(&opts.url, NoTls) => r,
+            r = dial.connect() => r,
             () = cancel.cancelled() => return Err(Fatal::Interrupted),
         };
         let e = match attempt {
@@ -103,7 +136,7 @@ async fn open(opts: &PgOptions, cancel: &CancellationToken, scrubber: &Scrubber)
                         tracing::warn!(error = %scrub.scrub(&e.to_string()), "PostgreSQL connection lost");
                     }
                 });
-                tracing::info!(url = %shown_url, "Connected to PostgreSQL");
+                tracing::info!(url = %shown_url, tls = ?dial.settings.check(), "Connected to PostgreSQL");
                 opts.metrics.set_mongodb_up(true);
                 return Ok(Conn { client: Arc::new(client), task });
             }
@@ -113,11 +146,10 @@ async fn open(opts: &PgOptions, cancel: &CancellationToken, scrubber: &Scrubber)
         let said = scrubber.scrub(&describe(&e));
         let out_of_time = opts.retry_budget.is_some_and(|b| started.elapsed() + pause > b);
         if !transient(&e) || out_of_time {
+            let advice = tls::hint(&e, &dial.settings)
+                .unwrap_or("check --postgres-url / DATABASE_URL, and that the server is running and accepts this user");
             return Err(Fatal::Connect {
-                message: format!(
-                    "cannot connect to PostgreSQL at {shown_url}: {said} (check --postgres-url / DATABASE_URL, \
-                     and that the server is running and accepts this user)"
-                ),
+                message: format!("cannot connect to PostgreSQL at {shown_url}: {said} ({advice})"),
                 detail: said,
             });
         }
@@ -130,22 +162,17 @@ async fn open(opts: &PgOptions, cancel: &CancellationToken, scrubber: &Scrubber)
     }
 }
 
-/// Refuse at once what no retry can fix: a URL the driver cannot read, or
-/// one that requires TLS, which this target does not speak yet.
+/// Refuse at once what no retry can fix: a URL the driver cannot read
+/// (`sslrootcert` and the `verify-*` modes are docmirror's to read, see `tls.rs`).
 pub fn check_url(url: &str) -> Result<(), Fatal> {
     let shown = redact_uri(url);
-    let config: tokio_postgres::Config = url.parse().map_err(|e: tokio_postgres::Error| {
+    let driver_url = tls::settings(url).driver_url;
+    driver_url.parse::<tokio_postgres::Config>().map_err(|e: tokio_postgres::Error| {
         Fatal::Config(format!(
             "--postgres-url {shown} is not a PostgreSQL URL: {}",
             Scrubber::for_uri(url).scrub(&e.to_string())
         ))
     })?;
-    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        return Err(Fatal::Config(format!(
-            "--postgres-url {shown} requires TLS (sslmode=require), which the PostgreSQL target does not support \
-             yet: connect without it (sslmode=disable or prefer), e.g. over a local network or an SSH tunnel"
-        )));
-    }
     Ok(())
 }
 
@@ -155,7 +182,8 @@ impl Pg {
         check_url(&opts.url)?;
         let scrubber = Scrubber::for_uri(&opts.url);
         let shown_url = redact_uri(&opts.url);
-        let conn = open(&opts, &cancel, &scrubber).await?;
+        let dial = Dial::new(&opts.url)?;
+        let conn = open(&opts, &dial, &cancel, &scrubber).await?;
         Ok(Pg {
             inner: Arc::new(Inner {
                 conn: std::sync::Mutex::new(conn),
@@ -168,6 +196,7 @@ impl Pg {
                 state_lock: tokio::sync::Mutex::new(()),
                 blocked: 0.into(),
                 bulk: Default::default(),
+                dial,
             }),
         })
     }
@@ -188,7 +217,7 @@ impl Pg {
             return Ok(c);
         }
         tracing::info!(url = %self.inner.shown_url, "Connecting to PostgreSQL again");
-        let conn = open(&self.inner.opts, &self.inner.cancel, &self.inner.scrubber).await?;
+        let conn = open(&self.inner.opts, &self.inner.dial, &self.inner.cancel, &self.inner.scrubber).await?;
         let client = conn.client.clone();
         *self.inner.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
         Ok(client)
@@ -210,8 +239,8 @@ impl Pg {
         &self.inner.bulk
     }
 
-    fn url(&self) -> &str {
-        &self.inner.opts.url
+    fn dial(&self) -> &Dial {
+        &self.inner.dial
     }
 
     fn scrubber(&self) -> Scrubber {
@@ -322,9 +351,23 @@ impl Pg {
     }
 }
 
-/// What PostgreSQL said, with its SQLSTATE, detail, table and column.
+/// What PostgreSQL said, with its SQLSTATE, detail, table and column; for
+/// an error of the driver's own, what caused it (the driver's text alone is
+/// only "error performing TLS handshake" or "error connecting to server").
 pub fn describe(e: &tokio_postgres::Error) -> String {
-    let Some(db) = e.as_db_error() else { return e.to_string() };
+    let Some(db) = e.as_db_error() else {
+        let mut s = e.to_string();
+        let mut cause = std::error::Error::source(e);
+        while let Some(c) = cause {
+            let said = c.to_string();
+            if !s.contains(&said) {
+                s.push_str(": ");
+                s.push_str(&said);
+            }
+            cause = c.source();
+        }
+        return s;
+    };
     let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
     // "Failing row contains (...)" would copy the whole row, password hash
     // and all, into rejects and logs: only other details are kept.
@@ -348,8 +391,14 @@ mod tests {
     fn urls_that_no_retry_can_fix_are_refused_at_once() {
         assert!(check_url("postgresql://u:pw@localhost:5432/db").is_ok());
         assert!(check_url("postgresql://u:pw@localhost/db?sslmode=prefer").is_ok());
-        let tls = check_url("postgresql://u:s3cret@localhost/db?sslmode=require").unwrap_err().to_string();
-        assert!(tls.contains("requires TLS") && !tls.contains("s3cret"), "{tls}");
+        assert!(check_url("postgresql://u:pw@localhost/db?sslmode=require").is_ok());
+        assert!(check_url("postgresql://u:pw@localhost/db?sslmode=verify-full&sslrootcert=/ca.pem").is_ok());
+        // Client certificates and `allow` are not taken.
+        assert!(check_url("postgresql://u:pw@localhost/db?sslcert=/c.pem&sslkey=/k.pem").is_err());
+        assert!(check_url("postgresql://u:pw@localhost/db?sslmode=allow").is_err());
+        let mode = check_url("postgresql://u:s3cret@localhost/db?sslmode=sometimes").unwrap_err();
+        assert_eq!(mode.exit_code(), crate::error::exit::USAGE);
+        assert!(!mode.to_string().contains("s3cret"), "{mode}");
         let bad = check_url("postgresql://u:s3cret@localhost:notaport/db").unwrap_err();
         assert_eq!(bad.exit_code(), crate::error::exit::USAGE);
         assert!(!bad.to_string().contains("s3cret"), "{bad}");
