@@ -25,13 +25,7 @@ pub struct FileEntry {
 /// Append one file's memo to `out`.
 pub fn encode_file(rel: &str, memo: &FileMemo, out: &mut Vec<u8>) {
     put_str(out, rel);
-    match memo.digest {
-        Some(d) => {
-            out.push(1);
-            out.extend_from_slice(&d.to_le_bytes());
-        }
-        None => out.push(0),
-    }
+    put_digest(out, memo.digest);
     put_len(out, memo.recs.len());
     // Sorted, so that the same memo always gives the same bytes.
     let mut recs: Vec<(&RawHash, &Arc<MemoRec>)> = memo.recs.iter().collect();
@@ -68,11 +62,7 @@ pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
     let mut out = Vec::new();
     while r.at < bytes.len() {
         let rel = r.string()?;
-        let digest = match r.byte()? {
-            0 => None,
-            1 => Some(r.u128()?),
-            other => return Err(format!("bad digest flag {other} at byte {}", r.at)),
-        };
+        let digest = r.digest()?;
         let n = r.len()?;
         let mut memo = FileMemo { digest, recs: HashMap::default() };
         memo.recs.reserve(n.min(1 << 20));
@@ -100,13 +90,7 @@ pub fn encode_entries(files: &std::collections::BTreeMap<String, FileEntry>) -> 
     let mut out = Vec::with_capacity(files.len() * 96);
     for (rel, f) in files {
         put_str(&mut out, rel);
-        match f.digest {
-            Some(d) => {
-                out.push(1);
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            None => out.push(0),
-        }
+        put_digest(&mut out, f.digest);
         put_str(&mut out, &f.group);
         out.extend_from_slice(&f.records.to_le_bytes());
     }
@@ -119,11 +103,7 @@ pub fn decode_entries(bytes: &[u8]) -> Result<std::collections::BTreeMap<String,
     let mut out = std::collections::BTreeMap::new();
     while r.at < bytes.len() {
         let rel = r.string()?;
-        let digest = match r.byte()? {
-            0 => None,
-            1 => Some(r.u128()?),
-            other => return Err(format!("bad digest flag {other} at byte {}", r.at)),
-        };
+        let digest = r.digest()?;
         let group = r.string()?;
         let b: [u8; 8] = r.take(8)?.try_into().map_err(|_| "short count".to_string())?;
         out.insert(rel, FileEntry { digest, group, records: u64::from_le_bytes(b) });
@@ -133,6 +113,17 @@ pub fn decode_entries(bytes: &[u8]) -> Result<std::collections::BTreeMap<String,
 
 fn put_len(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(&u64::try_from(n).unwrap_or(u64::MAX).to_le_bytes());
+}
+
+/// A digest or none: a flag byte, then the digest's 16 bytes.
+fn put_digest(out: &mut Vec<u8>, digest: Option<RawHash>) {
+    match digest {
+        Some(d) => {
+            out.push(1);
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        None => out.push(0),
+    }
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -163,6 +154,15 @@ impl Reader<'_> {
     fn len(&mut self) -> Result<usize, String> {
         let b: [u8; 8] = self.take(8)?.try_into().map_err(|_| "short length".to_string())?;
         usize::try_from(u64::from_le_bytes(b)).map_err(|_| "length does not fit this machine".to_string())
+    }
+
+    /// What [`put_digest`] wrote.
+    fn digest(&mut self) -> Result<Option<RawHash>, String> {
+        match self.byte()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.u128()?)),
+            other => Err(format!("bad digest flag {other} at byte {}", self.at)),
+        }
     }
 
     fn u128(&mut self) -> Result<u128, String> {
