@@ -75,7 +75,13 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
     args.write.apply(&mut settings.engine)?;
     args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
-    let opts = RunOptions { dry_run: args.dry_run, log_all_rejects: true, defer_bad_files: false, log_changes: false };
+    let opts = RunOptions {
+        dry_run: args.dry_run,
+        log_all_rejects: true,
+        defer_bad_files: false,
+        log_changes: false,
+        texts: false,
+    };
     let summary = match args.common.connection.target {
         TargetKind::Mongodb => {
             let sink = Sink::connect(settings.sink, cancel.clone()).await?;

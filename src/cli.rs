@@ -227,7 +227,8 @@ pub struct WriteArgs {
 
     /// Reconcile everything at start, whatever the checkpoint proves (a
     /// start otherwise checks only what changed since the last checkpoint,
-    /// where the server has change streams).
+    /// where the server has change streams). On PostgreSQL: map every
+    /// record, even one found with the text its row was written from.
     #[arg(long)]
     pub full: bool,
 

@@ -78,9 +78,11 @@ pub async fn verify<T: Inspect>(engine: &Arc<Engine>, sink: &T) -> Result<Report
 /// One source against its collection.
 async fn verify_source<T: Inspect>(engine: &Arc<Engine>, sink: &T, spec_idx: usize) -> Result<CollectionReport, Fatal> {
     let e = engine.clone();
-    let scanned = tokio::task::spawn_blocking(move || scan_source(&e, None, spec_idx, None, None))
-        .await
-        .map_err(Fatal::task("scan"))??;
+    let scanned = tokio::task::spawn_blocking(move || {
+        scan_source(&e, None, crate::reconcile::scan::Texts::None, spec_idx, None, None)
+    })
+    .await
+    .map_err(Fatal::task("scan"))??;
     let spec = engine.layout.sources[spec_idx].clone();
     let docs = sink.documents(&spec).await?;
     let mut rep = CollectionReport {

@@ -78,7 +78,7 @@ pub fn guide_data(t: &Table, rows: &[Pending]) -> String {
     out
 }
 
-/// The bookkeeping rows: `tbl, id, source, position, hash, fields, extras`.
+/// The bookkeeping rows: `tbl, id, source, position, hash, fields, extras, raw, uniq`.
 pub fn bookkeeping_data(t: &Table, rows: &[Pending]) -> String {
     let mut out = String::with_capacity(rows.len() * 160);
     for p in rows {
@@ -92,6 +92,8 @@ pub fn bookkeeping_data(t: &Table, rows: &[Pending]) -> String {
             Some(p.hash.as_str()),
             Some(p.fields.as_str()),
             Some(extras.as_str()),
+            p.raw.as_deref(),
+            p.uniq.as_deref(),
         ];
         line(&mut out, &f);
     }
@@ -104,7 +106,7 @@ pub fn guide_copy_sql(t: &Table) -> String {
 }
 
 pub const BOOKKEEPING_COPY_SQL: &str =
-    "COPY docmirror_rows (tbl, id, source, position, hash, fields, extras) FROM STDIN";
+    "COPY docmirror_rows (tbl, id, source, position, hash, fields, extras, raw, uniq) FROM STDIN";
 
 async fn copy(client: &Client, sql: &str, data: String) -> Result<u64, tokio_postgres::Error> {
     let sink = client.copy_in::<_, Bytes>(sql).await?;
@@ -188,6 +190,8 @@ mod tests {
             position: Some("3".into()),
             hash: "h".into(),
             fields: "[\"id\"]".into(),
+            raw: Some("\\x00ff".into()),
+            uniq: None,
             check: None,
             set: None,
         }
@@ -199,7 +203,7 @@ mod tests {
         assert_eq!(guide_data(&USERS, std::slice::from_ref(&p)), "u1\ta\\\\b\\tc\\nd\\re\t\\N\t\t\\N\t\\N\t\\N\n");
         assert_eq!(
             bookkeeping_data(&USERS, &[p]),
-            "users\tu1\tdata/users.json\t3\th\t[\"id\"]\t{\"team\":\"a\\\\tb\\\\ufffd\"}\n"
+            "users\tu1\tdata/users.json\t3\th\t[\"id\"]\t{\"team\":\"a\\\\tb\\\\ufffd\"}\t\\\\x00ff\t\\N\n"
         );
         assert_eq!(
             guide_copy_sql(&USERS),

@@ -73,8 +73,11 @@ CREATE INDEX IF NOT EXISTS idx_audit_created_at ON audit_log(created_at);
 
 -- One row per row docmirror wrote into a guide table: the file it came from
 -- (and the record's position in it, for export's order), the content hash, the record's own field names, the record's fields that
--- have no column in the guide's table (so nothing in the files is lost), and
--- when it was written.
+-- have no column in the guide's table (so nothing in the files is lost),
+-- when it was written, and for sync's next run, a 128-bit hash of the
+-- record's text under the mapping rules (`raw`; never for a record with a
+-- plaintext password) with its unique values (`uniq`: a JSON list of field,
+-- value, ...; NULL for none), kept as text: nothing reads it but docmirror.
 CREATE TABLE IF NOT EXISTS docmirror_rows (
   tbl TEXT NOT NULL,
   id VARCHAR(255) NOT NULL,
@@ -84,8 +87,12 @@ CREATE TABLE IF NOT EXISTS docmirror_rows (
   fields JSONB NOT NULL,
   extras JSONB NOT NULL DEFAULT '{}',
   written_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+  raw BYTEA,
+  uniq TEXT,
   PRIMARY KEY (tbl, id)
 );
+-- Tables made by docmirror before 0.x had no texts.
+ALTER TABLE docmirror_rows ADD COLUMN IF NOT EXISTS raw BYTEA, ADD COLUMN IF NOT EXISTS uniq TEXT;
 
 CREATE INDEX IF NOT EXISTS docmirror_rows_source ON docmirror_rows (tbl, source);
 

@@ -8,11 +8,13 @@ use serde_json::{Map, Value};
 use tokio_postgres::types::ToSql;
 
 use super::tables::{self, camel, set_mask, to_document, to_row, utc_wall_time, Table};
+use super::texts::stored_text;
 use super::write::{delete_sql, no_nul, version_condition, Pending};
 use super::Pg;
 use crate::error::Fatal;
 use crate::layout::SourceSpec;
 use crate::mapping::{sqlstate_code, Reject};
+use crate::reconcile::memo::Memo;
 use crate::reconcile::rejects::RejectRecord;
 use crate::reconcile::target::{Existing, Held, Inspect, Outcome, Target, Write};
 use crate::reconcile::REJECTS;
@@ -116,6 +118,11 @@ impl Target for Pg {
         Ok(out)
     }
 
+    async fn hashes_and_texts(&self, spec: &SourceSpec) -> Result<(HashMap<String, Existing>, Option<Memo>), Fatal> {
+        let (existing, texts) = self.hashes_and_texts_of(table_of(spec)?).await?;
+        Ok((existing, Some(texts)))
+    }
+
     async fn existing(&self, spec: &SourceSpec, ids: &[String]) -> Result<HashMap<String, Existing>, Fatal> {
         self.read_existing(table_of(spec)?, "WHERE t.id = ANY($1)", &[&ids]).await
     }
@@ -171,7 +178,18 @@ impl Target for Pg {
                 Write::Update { was, .. } => Some(set_mask(t, &c.mapped.doc, &was.fields)),
                 Write::Insert(_) => None,
             };
-            let p = Pending { row, source: c.rel.clone(), position, hash: c.mapped.hash.clone(), fields, check, set };
+            let (raw, uniq) = stored_text(c);
+            let p = Pending {
+                row,
+                source: c.rel.clone(),
+                position,
+                hash: c.mapped.hash.clone(),
+                fields,
+                raw,
+                uniq,
+                check,
+                set,
+            };
             let group = if matches!(w, Write::Insert(_)) { &mut inserts } else { &mut updates };
             group.0.push(i);
             group.1.push(p);
@@ -228,7 +246,7 @@ impl Target for Pg {
         let sql = format!(
             "WITH v AS (SELECT * FROM unnest($1::text[], $2::text[]) AS v(id, m_check)), \
              w AS (UPDATE {0} AS t SET {1} FROM v WHERE t.id = v.id{2} RETURNING t.id) \
-             UPDATE docmirror_rows r SET hash = 'released' FROM w WHERE r.tbl = '{0}' AND r.id = w.id",
+             UPDATE docmirror_rows r SET hash = 'released', raw = NULL FROM w WHERE r.tbl = '{0}' AND r.id = w.id",
             t.name,
             sets.join(", "),
             version_condition(t)

@@ -32,6 +32,10 @@ pub struct Pending {
     pub hash: String,
     /// The record's own field names (JSON array text).
     pub fields: String,
+    /// The record's text hash as `bytea` input (`\x` and hex), where it may be kept.
+    pub raw: Option<String>,
+    /// Its unique values, `[field, value, ...]` (JSON array text; `None` for none).
+    pub uniq: Option<String>,
     /// Under newer-wins, the file's version time: the update applies only if
     /// the table's version column is NULL or not later.
     pub check: Option<String>,
@@ -46,10 +50,10 @@ fn q(name: &str) -> String {
 /// The `v` CTE: the batch's arrays as rows, with the bookkeeping columns.
 fn values_cte(t: &Table, with_check: bool) -> String {
     let n = t.columns.len();
-    let extra = if with_check { 7 } else { 5 };
+    let extra = if with_check { 9 } else { 7 };
     let params: Vec<String> = (1..=n + extra).map(|i| format!("${i}::text[]")).collect();
     let mut names: Vec<String> = t.columns.iter().map(|c| q(c.name)).collect();
-    names.extend(["m_source", "m_position", "m_hash", "m_fields", "m_extras"].map(String::from));
+    names.extend(["m_source", "m_position", "m_hash", "m_fields", "m_extras", "m_raw", "m_uniq"].map(String::from));
     if with_check {
         names.extend(["m_check", "m_set"].map(String::from));
     }
@@ -59,11 +63,13 @@ fn values_cte(t: &Table, with_check: bool) -> String {
 /// The bookkeeping upsert for the rows `w` returned.
 fn bookkeeping(t: &Table) -> String {
     format!(
-        "INSERT INTO docmirror_rows (tbl, id, source, position, hash, fields, extras, written_at) \
-         SELECT '{}', v.\"id\", v.m_source, v.m_position::bigint, v.m_hash, v.m_fields::jsonb, v.m_extras::jsonb, now() \
+        "INSERT INTO docmirror_rows (tbl, id, source, position, hash, fields, extras, written_at, raw, uniq) \
+         SELECT '{}', v.\"id\", v.m_source, v.m_position::bigint, v.m_hash, v.m_fields::jsonb, v.m_extras::jsonb, now(), \
+         v.m_raw::bytea, v.m_uniq \
          FROM v JOIN w ON w.id = v.\"id\" \
          ON CONFLICT (tbl, id) DO UPDATE SET source = EXCLUDED.source, position = EXCLUDED.position, hash = EXCLUDED.hash, \
-         fields = EXCLUDED.fields, extras = EXCLUDED.extras, written_at = EXCLUDED.written_at RETURNING id",
+         fields = EXCLUDED.fields, extras = EXCLUDED.extras, written_at = EXCLUDED.written_at, raw = EXCLUDED.raw, \
+         uniq = EXCLUDED.uniq RETURNING id",
         t.name
     )
 }
@@ -122,6 +128,8 @@ fn params(t: &Table, rows: &[&Pending], with_check: bool) -> Vec<Vec<Option<Stri
     out.push(rows.iter().map(|p| Some(p.hash.clone())).collect());
     out.push(rows.iter().map(|p| Some(p.fields.clone())).collect());
     out.push(rows.iter().map(|p| Some(no_nul(&serde_json::Value::Object(p.row.extras.clone()).to_string()))).collect());
+    out.push(rows.iter().map(|p| p.raw.clone()).collect());
+    out.push(rows.iter().map(|p| p.uniq.clone()).collect());
     if with_check {
         out.push(rows.iter().map(|p| p.check.clone()).collect());
         out.push(rows.iter().map(|p| p.set.clone()).collect());

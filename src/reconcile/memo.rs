@@ -177,10 +177,16 @@ impl MemoRec {
 /// texts sharing one is not a practical concern.
 pub type RawHash = u128;
 
-/// The hash of a record's raw text (kept in memory only; the content hash
-/// in `_mirror` stays SHA-256).
-pub fn raw_hash(text: &str) -> RawHash {
-    xxhash_rust::xxh3::xxh3_128(text.as_bytes())
+/// The hash of a record's raw text under one source's mapping rules
+/// (`seed`: [`text_seed`] of the rules' fingerprint), so a text mapped under
+/// other rules never matches. The content hash in `_mirror` stays SHA-256.
+pub fn raw_hash(seed: u64, text: &str) -> RawHash {
+    xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), seed)
+}
+
+/// The seed of [`raw_hash`] for a source whose rules have this fingerprint.
+pub fn text_seed(fingerprint: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(fingerprint.as_bytes())
 }
 
 /// What watch remembers of one source file.
@@ -225,4 +231,18 @@ pub struct MemoEntry {
     pub rel: Arc<str>,
     pub raw_hash: RawHash,
     pub rec: Arc<MemoRec>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_under_other_rules_is_another_text() {
+        let text = r#"{"id":"u1","email":"a@b.c"}"#;
+        let (a, b) = (text_seed("rules a"), text_seed("rules b"));
+        assert_eq!(raw_hash(a, text), raw_hash(a, text));
+        assert_ne!(raw_hash(a, text), raw_hash(b, text));
+        assert_ne!(raw_hash(a, text), raw_hash(a, &text.replace("a@b", "a@c")));
+    }
 }

@@ -44,9 +44,9 @@ use crate::layout::Layout;
 use crate::layout::SourceSpec;
 use crate::source::{ReadLimits, Roots, SourceFile};
 use crate::summary::Summary;
-use memo::{Known, MemoEntry, Memory};
+use memo::{Known, Memo, MemoEntry, Memory};
 use rejects::RejectRecord;
-use scan::{scan_source, Candidate};
+use scan::{scan_source, Candidate, Texts};
 use target::{Existing, Target};
 
 pub use scan::CHUNK;
@@ -149,6 +149,10 @@ pub struct RunOptions {
     pub defer_bad_files: bool,
     /// Log one line per written document (watch, for changed files).
     pub log_changes: bool,
+    /// Trust the texts the target keeps beside its rows (PostgreSQL's
+    /// `sync` without `--full`): records found with the text their row was
+    /// written from are not mapped again (see [`scan::scan_source`]).
+    pub texts: bool,
 }
 
 /// What one reconcile works with: the engine, the target, and watch's memory.
@@ -199,6 +203,9 @@ impl Work {
     }
 }
 
+/// What the target holds for one whole source (and its texts, where it keeps them).
+type Fetched = Result<(HashMap<String, Existing>, Option<Memo>), Fatal>;
+
 /// Reconcile a scope: the heart of sync and watch.
 pub async fn reconcile<T: Target>(
     core: Core<'_, T>,
@@ -217,23 +224,28 @@ pub async fn reconcile<T: Target>(
     let (fetched_tx, mut fetched) = tokio::sync::mpsc::channel(work.whole.len().max(1));
     let mut reader = tokio::task::JoinSet::new();
     let (e, t, whole) = (engine.clone(), core.target.clone(), work.whole);
+    let order = whole.clone();
+    let texts = opts.texts && core.memory.is_none();
     reader.spawn(async move {
         for spec_idx in whole {
             let started = std::time::Instant::now();
-            let existing = t.hashes(&e.layout.sources[spec_idx]).await;
-            tracing::debug!(collection = %e.layout.sources[spec_idx].collection, documents = existing.as_ref().map_or(0, HashMap::len), elapsed_ms = started.elapsed().as_millis(), "Fetched what the target holds");
+            let spec = &e.layout.sources[spec_idx];
+            let existing = if texts { t.hashes_and_texts(spec).await } else { t.hashes(spec).await.map(|h| (h, None)) };
+            tracing::debug!(collection = %spec.collection, documents = existing.as_ref().map_or(0, |(h, _)| h.len()), texts = existing.as_ref().map_or(0, |(_, t)| t.as_ref().map_or(0, |t| t.values().map(|f| f.recs.len()).sum())), elapsed_ms = started.elapsed().as_millis(), "Fetched what the target holds");
             let failed = existing.is_err();
             if fetched_tx.send((spec_idx, existing)).await.is_err() || failed {
                 return;
             }
         }
     });
-    while let Some((spec_idx, existing)) = fetched.recv().await {
+    // The sources come in the order they are fetched in; each one's files
+    // are read while its collection is fetched.
+    for spec_idx in order {
         if cancel.is_cancelled() {
             return Err(Fatal::Interrupted);
         }
         engine.metrics.set_phase(format!("{}: reading", engine.layout.sources[spec_idx].collection));
-        total.add(&reconcile_whole_source(core, spec_idx, existing?, opts, cancel).await?);
+        total.add(&reconcile_whole_source(core, spec_idx, &mut fetched, opts, cancel).await?);
     }
     for (spec_idx, files) in work.files {
         if cancel.is_cancelled() {
@@ -251,24 +263,34 @@ pub async fn reconcile<T: Target>(
 async fn reconcile_whole_source<T: Target>(
     core: Core<'_, T>,
     spec_idx: usize,
-    existing: HashMap<String, Existing>,
+    fetched: &mut tokio::sync::mpsc::Receiver<(usize, Fetched)>,
     opts: RunOptions,
     stop: &CancellationToken,
 ) -> Result<Summary, Fatal> {
     let started = std::time::Instant::now();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Candidate>>(1);
     let (e, m) = (core.engine.clone(), core.memory.cloned());
-    // If anything below fails, `rx` is dropped and the scan stops at its next chunk.
+    let (texts_tx, texts_rx) = std::sync::mpsc::sync_channel(1);
+    let texts = if opts.texts && core.memory.is_none() { Texts::Later(texts_rx) } else { Texts::None };
+    // The files are read while the target answers (with its texts, the scan
+    // waits for them before its first lookup; the first chunk waits for the
+    // answer anyway). If anything below fails, `rx` is dropped and the scan
+    // stops at its next chunk.
     let scan = tokio::task::spawn_blocking(move || {
         let mut emit = |chunk: Vec<Candidate>| tx.blocking_send(chunk).is_ok();
-        scan_source(&e, m.as_deref(), spec_idx, None, Some(&mut emit))
+        scan_source(&e, m.as_deref(), texts, spec_idx, None, Some(&mut emit))
     });
+    let (existing, texts) = match fetched.recv().await {
+        Some((idx, answer)) if idx == spec_idx => answer?,
+        _ => return Err(Fatal::Internal(format!("the target's answer for source {spec_idx} did not come"))),
+    };
+    let _ = texts_tx.send(texts);
     let mut run = SourceRun::new(core.engine, core.target, core.memory.map(Arc::as_ref), stop, spec_idx, opts);
     while let Some(chunk) = rx.recv().await {
         run.chunk(chunk, &existing).await?;
     }
     let mut scanned = scan.await.map_err(Fatal::task("scan"))??;
-    tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, elapsed_ms = started.elapsed().as_millis(), "Scanned");
+    tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged_by_text = scanned.unchanged.len(), elapsed_ms = started.elapsed().as_millis(), "Scanned");
     let last = std::mem::take(&mut scanned.candidates);
     run.chunk(last, &existing).await?;
     run.finish(scanned, existing).await
@@ -285,9 +307,10 @@ async fn reconcile_files<T: Target>(
 ) -> Result<Summary, Fatal> {
     let (e, m) = (core.engine.clone(), core.memory.cloned());
     let started = std::time::Instant::now();
-    let mut scanned = tokio::task::spawn_blocking(move || scan_source(&e, m.as_deref(), spec_idx, Some(files), None))
-        .await
-        .map_err(Fatal::task("scan"))??;
+    let mut scanned =
+        tokio::task::spawn_blocking(move || scan_source(&e, m.as_deref(), Texts::None, spec_idx, Some(files), None))
+            .await
+            .map_err(Fatal::task("scan"))??;
     tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged = scanned.unchanged.len(), mapped = scanned.candidates.len(), identical = scanned.identical.len(), elapsed_ms = started.elapsed().as_millis(), "Scanned");
     let memory = core.memory.map(Arc::as_ref);
     let existing = existing::for_scan(core.engine, core.target, memory, &scanned).await?;

@@ -85,7 +85,7 @@ pub fn unparsable_reject(
 ) -> RejectRecord {
     let reason = Reject::Unparsable(problem);
     let pos = position.map(|p| p.to_string()).unwrap_or_default();
-    let content = format!("{:x}", super::memo::raw_hash(text));
+    let content = format!("{:x}", xxhash_rust::xxh3::xxh3_128(text.as_bytes()));
     RejectRecord {
         key: reject_key(&[&spec.collection, rel, &pos, reason.code(), &content]),
         collection: spec.collection.clone(),

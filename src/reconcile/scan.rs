@@ -2,7 +2,9 @@
 //! record, and apply the first-keeps-it rule for ids and unique values (the
 //! first record that uses an id or an email keeps it; later ones are
 //! rejected). With watch's [`Memory`], records whose raw text is unchanged
-//! are neither parsed nor mapped again.
+//! are neither parsed nor mapped again; nor are those whose text the target
+//! itself keeps beside the row it wrote from it (PostgreSQL's `sync`: see
+//! [`scan_source`]'s `texts`).
 //!
 //! Blocking file I/O and CPU work: async callers run it on the blocking pool.
 //! Invariant: every record read ends in exactly one of `candidates`
@@ -12,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::memo::{raw_hash, FileMemo, MemoEntry, Memory, RawHash};
+use super::memo::{raw_hash, text_seed, FileMemo, Memo, MemoEntry, Memory, RawHash};
 use super::rejects::{file_reject, mapped_reject, record_reject, unparsable_reject, RejectRecord};
 use super::Engine;
 use crate::error::Fatal;
@@ -28,6 +30,10 @@ pub struct Candidate {
     pub position: Option<usize>,
     /// Hash of the record's raw JSON text (watch's per-file memo).
     pub raw_hash: Option<RawHash>,
+    /// The same, where the target may keep it beside the row (PostgreSQL):
+    /// `None` for a record with a plaintext password, whose text must not
+    /// be recognisable from a fast hash stored in the database.
+    pub stored_text: Option<RawHash>,
     /// The record's unique values (`(field, value)`), shared with the memo.
     pub emails: Vec<(Arc<str>, Arc<str>)>,
 }
@@ -90,9 +96,19 @@ pub type Emit<'a> = &'a mut dyn FnMut(Vec<Candidate>) -> bool;
 /// Read and map one source's files: all of them (`files: None`) or these.
 /// With `emit`, candidates are handed on in chunks of `engine.chunk` as they
 /// are mapped, and `candidates` holds only the last, partial chunk at the end.
+///
+/// `texts`: per file, the texts of the records the target holds rows of,
+/// as the target keeps them (read in this run, with the content hashes). A
+/// record whose text is among its file's was written from exactly that text
+/// under these rules, so its row holds what mapping it would give: it is
+/// unchanged without being mapped, once the first-keeps-it rule (checked
+/// for every such record) lets it keep its id and unique values. They may
+/// come `Later`: the files are read (and split and hashed) meanwhile, and
+/// the scan waits for them before its first lookup.
 pub fn scan_source(
     engine: &Engine,
     memory: Option<&Memory>,
+    texts: Texts<'_>,
     spec_idx: usize,
     files: Option<Vec<SourceFile>>,
     mut emit: Option<Emit<'_>>,
@@ -107,11 +123,14 @@ pub fn scan_source(
     };
     // Two marks per scan: the look-ahead of `clash_keys`, then the settled hits.
     let ahead = memory.map_or(0, |m| m.scans.fetch_add(2, Ordering::Relaxed) + 1);
+    // The target's texts serve only scans without watch's memory.
+    let mut texts = if memory.is_some() { Texts::None } else { texts };
     let mut pass = Pass {
         engine,
         memory,
         spec,
         fingerprint: &engine.fingerprints[spec_idx],
+        seed: text_seed(&engine.fingerprints[spec_idx]),
         firsts: Firsts::default(),
         single_file: files.len() == 1,
         ahead,
@@ -120,13 +139,82 @@ pub fn scan_source(
         // record against the target, which is what makes them a safety net.
         use_hits: memory.is_some() && !out.complete,
     };
-    for file in files {
-        if !pass.file(&file, &mut out, &mut emit) {
-            break;
+    if files.len() < READ_AHEAD_FROM {
+        for file in files {
+            let read = source::read_stable(&file.path, engine.limits);
+            if !pass.file(&file, read, &mut texts, &mut out, &mut emit) {
+                break;
+            }
         }
+        return Ok(out);
     }
+    // Many files (a folder of job files): a second thread reads them in
+    // order while this one maps, so the system calls of one file overlap
+    // the mapping of the one before. A bounded queue: at most a few files
+    // wait in memory.
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(SourceFile, Read)>>(2);
+        let limits = engine.limits;
+        let reader = scope.spawn(move || {
+            let mut files = files.into_iter().peekable();
+            while files.peek().is_some() {
+                let batch: Vec<_> = files
+                    .by_ref()
+                    .take(READ_AHEAD)
+                    .map(|f| (source::read_stable(&f.path, limits), f))
+                    .map(|(r, f)| (f, r))
+                    .collect();
+                if tx.send(batch).is_err() {
+                    return; // The scan stopped.
+                }
+            }
+        });
+        'all: for batch in rx.iter() {
+            for (file, read) in batch {
+                if !pass.file(&file, read, &mut texts, &mut out, &mut emit) {
+                    break 'all;
+                }
+            }
+        }
+        drop(rx);
+        let _ = reader.join();
+    });
     Ok(out)
 }
+
+/// Scans of at least this many files read them on a second thread.
+const READ_AHEAD_FROM: usize = 64;
+/// Files read ahead in one go (twice this many wait at most).
+const READ_AHEAD: usize = 32;
+
+/// The target's texts for [`scan_source`].
+pub enum Texts<'a> {
+    None,
+    Ready(&'a Memo),
+    /// Sent once the target has answered (`None`: no texts after all).
+    Later(std::sync::mpsc::Receiver<Option<Memo>>),
+    Owned(Memo),
+}
+
+impl Texts<'_> {
+    /// The texts, waiting for them the first time if they come later.
+    fn get(&mut self) -> Option<&Memo> {
+        if let Texts::Later(rx) = self {
+            *self = match rx.recv() {
+                Ok(Some(m)) => Texts::Owned(m),
+                _ => Texts::None,
+            };
+        }
+        match self {
+            Texts::Ready(m) => Some(m),
+            Texts::Owned(m) => Some(m),
+            Texts::None | Texts::Later(_) => None,
+        }
+    }
+}
+
+/// What reading one file gave.
+type Read = Result<Option<(Vec<u8>, source::Stamp)>, source::FileProblem>;
 
 /// One scan over a source's files.
 struct Pass<'a> {
@@ -134,6 +222,8 @@ struct Pass<'a> {
     memory: Option<&'a Memory>,
     spec: &'a SourceSpec,
     fingerprint: &'a str,
+    /// [`raw_hash`]'s seed for this source's rules.
+    seed: u64,
     firsts: Firsts,
     single_file: bool,
     /// Marks of this pass in [`super::memo::MemoRec::seen`].
@@ -144,9 +234,16 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     /// Read one file into `out`; `false` when nobody listens any more.
-    fn file(&mut self, file: &SourceFile, out: &mut Scanned, emit: &mut Option<Emit<'_>>) -> bool {
+    fn file(
+        &mut self,
+        file: &SourceFile,
+        read: Read,
+        texts: &mut Texts<'_>,
+        out: &mut Scanned,
+        emit: &mut Option<Emit<'_>>,
+    ) -> bool {
         out.files += 1;
-        let bytes = match source::read_stable(&file.path, self.engine.limits) {
+        let bytes = match read {
             Ok(None) => {
                 out.missing.insert(file.rel.clone());
                 return true;
@@ -185,7 +282,10 @@ impl Pass<'_> {
         }
         // Held for this file's records only; reconciles run one at a time.
         let guard = if self.use_hits { memory.and_then(|m| m.memo.lock().ok()) } else { None };
-        let memo = guard.as_ref().and_then(|m| m.get(&file.rel));
+        let memo = match guard.as_ref() {
+            Some(m) => m.get(&file.rel).map(|m| (m, Hits::Memo)),
+            None => texts.get().and_then(|t| t.get(&file.rel)).map(|m| (m, Hits::Target)),
+        };
         self.records(file, raws, memo, out, emit)
     }
 
@@ -194,22 +294,24 @@ impl Pass<'_> {
         &mut self,
         file: &SourceFile,
         raws: Vec<(Option<usize>, &str)>,
-        memo: Option<&FileMemo>,
+        found: Option<(&FileMemo, Hits)>,
         out: &mut Scanned,
         emit: &mut Option<Emit<'_>>,
     ) -> bool {
+        let memo = found.map(|(m, _)| m);
+        let from_memory = matches!(found, Some((_, Hits::Memo)));
         let spec = self.spec;
         // The content hash covers the file's name too: a record that moves
         // to another file is written again (its `_mirror.source` changes).
         let salt = format!("{}\u{0}{}", self.fingerprint, file.rel);
         let file_idx = self.firsts.file(&file.rel);
         let rel_arc: Arc<str> = Arc::from(file.rel.as_str());
-        let hashes: Vec<RawHash> =
-            if self.memory.is_some() { raws.iter().map(|(_, t)| raw_hash(t)).collect() } else { Vec::new() };
+        let hashes: Vec<RawHash> = raws.iter().map(|(_, t)| raw_hash(self.seed, t)).collect();
         // In a scan of one file, only the hits that share a key with a record
-        // that is not a hit need the first-keeps-it check.
+        // that is not a hit need the first-keeps-it check. (The target's texts
+        // were not necessarily settled together: every hit is checked.)
         let clash_keys = match memo {
-            Some(m) if self.single_file => Some(clash_keys(spec, &salt, m, &raws, &hashes, self.ahead)),
+            Some(m) if self.single_file && from_memory => Some(clash_keys(spec, &salt, m, &raws, &hashes, self.ahead)),
             _ => None,
         };
         for (i, (position, text)) in raws.into_iter().enumerate() {
@@ -239,7 +341,6 @@ impl Pass<'_> {
                 }
             };
             let raw = source::RawRecord { position, value };
-            let raw_hash = self.memory.is_some().then_some(raw_hash);
             add_record(spec, &salt, &file.rel, file_idx, raw, raw_hash, &mut self.firsts, out);
             if out.candidates.len() >= self.engine.chunk.max(1) {
                 if let Some(emit) = emit.as_mut() {
@@ -250,7 +351,7 @@ impl Pass<'_> {
             }
         }
         // Records mirrored from this file whose text is no longer there: changed or gone.
-        if let Some(m) = memo {
+        if let (Some(m), true) = (memo, from_memory) {
             out.memo_covered.insert(file.rel.clone());
             out.vanished.extend(
                 m.recs.iter().filter(|(_, r)| r.seen.load(Ordering::Relaxed) != self.mark).map(|(h, rec)| MemoEntry {
@@ -262,6 +363,15 @@ impl Pass<'_> {
         }
         true
     }
+}
+
+/// Where a file's known texts come from.
+#[derive(Clone, Copy)]
+enum Hits {
+    /// watch's memo.
+    Memo,
+    /// The target's own record of the texts it holds rows of.
+    Target,
 }
 
 /// The ids and unique values that a memo hit of one file could share with
@@ -301,12 +411,14 @@ fn clash_keys(
 type Loc = (usize, Option<usize>);
 
 /// Which record first used each id and each unique value: the first keeps it.
+/// (Looked up several times per record: foldhash, seeded per process, is
+/// several times faster than the standard SipHash on these short keys.)
 #[derive(Default)]
 struct Firsts {
     rels: Vec<String>,
-    by_id: HashMap<Arc<str>, Loc>,
+    by_id: HashMap<Arc<str>, Loc, foldhash::fast::RandomState>,
     /// By (field, value).
-    by_unique: HashMap<(Arc<str>, Arc<str>), Loc>,
+    by_unique: HashMap<(Arc<str>, Arc<str>), Loc, foldhash::fast::RandomState>,
 }
 
 impl Firsts {
@@ -356,7 +468,7 @@ fn add_record(
     rel: &str,
     file_idx: usize,
     raw: source::RawRecord,
-    raw_hash: Option<RawHash>,
+    raw_hash: RawHash,
     firsts: &mut Firsts,
     out: &mut Scanned,
 ) {
@@ -371,11 +483,13 @@ fn add_record(
                 return;
             }
             firsts.claim(&Arc::from(m.id.as_str()), &emails, file_idx, raw.position);
+            let stored_text = m.plaintext.is_none().then_some(raw_hash);
             out.candidates.push(Candidate {
                 mapped: m,
                 rel: rel.to_string(),
                 position: raw.position,
-                raw_hash,
+                raw_hash: Some(raw_hash),
+                stored_text,
                 emails,
             });
         }

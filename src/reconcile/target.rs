@@ -12,6 +12,7 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 
+use super::memo::Memo;
 use super::rejects::RejectRecord;
 use super::scan::Candidate;
 use crate::error::Fatal;
@@ -83,6 +84,16 @@ pub enum Outcome {
 pub trait Target: Clone + Send + Sync + 'static {
     /// Every document's id and content hash (what a full scan compares with).
     fn hashes(&self, spec: &SourceSpec) -> impl Future<Output = Result<HashMap<String, Existing>, Fatal>> + Send;
+
+    /// The same, and where the target keeps them beside its rows, the raw
+    /// texts of the records it wrote, per file (see [`crate::reconcile::scan::scan_source`]).
+    /// `None` where it does not keep them (MongoDB: its checkpoint does that job).
+    fn hashes_and_texts(
+        &self,
+        spec: &SourceSpec,
+    ) -> impl Future<Output = Result<(HashMap<String, Existing>, Option<Memo>), Fatal>> + Send {
+        async move { Ok((self.hashes(spec).await?, None)) }
+    }
 
     /// Everything [`Existing`] holds, for these ids (those the target holds).
     fn existing(

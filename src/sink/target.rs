@@ -393,7 +393,14 @@ mod tests {
         let mapped = crate::mapping::map_record(&spec, "fp", &record).unwrap();
         (
             spec,
-            Candidate { mapped, rel: "data/users.json".into(), position: Some(0), raw_hash: None, emails: Vec::new() },
+            Candidate {
+                mapped,
+                rel: "data/users.json".into(),
+                position: Some(0),
+                raw_hash: None,
+                stored_text: None,
+                emails: Vec::new(),
+            },
         )
     }
 

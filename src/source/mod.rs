@@ -130,13 +130,20 @@ pub fn source_file(spec_idx: usize, spec: &SourceSpec, root: &Path, rel: &str) -
 /// Read a whole file, retrying while it changes under us. `Ok(None)` when it
 /// does not exist.
 pub fn read_stable(path: &Path, limits: ReadLimits) -> Result<Option<(Vec<u8>, Stamp)>, FileProblem> {
+    use std::os::unix::fs::OpenOptionsExt;
     const ATTEMPTS: usize = 5;
+    let io = |e: std::io::Error| FileProblem::Io(e.to_string());
     for attempt in 0..ATTEMPTS {
-        let before = match fs::metadata(path) {
-            Ok(m) => m,
+        // Opened first and asked through the open file (not the path, which a
+        // rename may point elsewhere meanwhile: what is read is then the file
+        // that was there, whole). Non-blocking, so that a FIFO in the folder
+        // is refused rather than waited on.
+        let file = match fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FileProblem::Io(e.to_string())),
+            Err(e) => return Err(io(e)),
         };
+        let before = file.metadata().map_err(io)?;
         if before.is_dir() {
             return Err(FileProblem::NotAFile("a directory"));
         }
@@ -147,18 +154,9 @@ pub fn read_stable(path: &Path, limits: ReadLimits) -> Result<Option<(Vec<u8>, S
             return Err(FileProblem::TooLarge { size: before.len(), limit: limits.max_file_bytes });
         }
         let mut bytes = Vec::with_capacity(usize::try_from(before.len()).unwrap_or(0));
-        let read = fs::File::open(path).and_then(|f| f.take(limits.max_file_bytes + 1).read_to_end(&mut bytes));
-        match read {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FileProblem::Io(e.to_string())),
-        }
-        let after = match fs::metadata(path) {
-            Ok(m) => m,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(FileProblem::Io(e.to_string())),
-        };
-        let stamp = Stamp::of(&after);
+        (&file).take(limits.max_file_bytes + 1).read_to_end(&mut bytes).map_err(io)?;
+        // Written in place while it was read: its size or time moved.
+        let stamp = Stamp::of(&file.metadata().map_err(io)?);
         if Stamp::of(&before) == stamp && u64::try_from(bytes.len()).ok() == Some(stamp.len) {
             return Ok(Some((bytes, stamp)));
         }
@@ -189,5 +187,19 @@ mod tests {
             read_stable(&q, ReadLimits { max_file_bytes: 3 }),
             Err(FileProblem::TooLarge { size: 7, limit: 3 })
         ));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pipe.json");
+        let made = std::process::Command::new("mkfifo").arg(&p).status().unwrap();
+        assert!(made.success(), "mkfifo failed");
+        // Opened without O_NONBLOCK, this would wait for a writer forever.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let q = p.clone();
+        std::thread::spawn(move || tx.send(read_stable(&q, ReadLimits::default())));
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("read_stable blocked on a FIFO");
+        assert_eq!(got, Err(FileProblem::NotAFile("a special file")));
     }
 }

@@ -35,7 +35,7 @@ use crate::sink::{Sink, WriteOp};
 /// Where checkpoints live.
 pub const CHECKPOINTS: &str = "mirror_checkpoint";
 /// Bumped when the checkpoint's meaning changes: older ones are not used.
-const FORMAT: i64 = 3;
+const FORMAT: i64 = 4;
 /// A file whose memo is larger than this has a group of its own.
 const BIG_FILE: usize = 1 << 20;
 /// Parts of a group are at most this large, and written one at a time: a

@@ -261,7 +261,7 @@ impl Tracker {
             let (e, spec_c) = (self.engine.clone(), spec.clone());
             let (want, docs_c) = (wanted.clone(), docs.clone());
             let found = tokio::task::spawn_blocking(move || {
-                let scanned = scan_source(&e, None, spec_idx, Some(files), None)?;
+                let scanned = scan_source(&e, None, crate::reconcile::scan::Texts::None, spec_idx, Some(files), None)?;
                 let mut out = Vec::new();
                 for c in scanned.candidates.iter().filter(|c| want.contains(&c.mapped.id)) {
                     let kind = match compare(&spec_c, c, docs_c.get(&c.mapped.id)) {

@@ -65,10 +65,13 @@ impl Mirror for crate::postgres::Pg {
         &self,
         engine: &Arc<Engine>,
         memory: Option<&Arc<Memory>>,
-        _full: bool,
+        full: bool,
         opts: RunOptions,
         cancel: &CancellationToken,
     ) -> Result<Summary, Fatal> {
+        // sync: records whose text the rows were written from is unchanged are
+        // not mapped again (the table keeps the texts' hashes); `--full` maps all.
+        let opts = RunOptions { texts: !full, ..opts };
         reconcile(Core { engine, target: self, memory }, Scope::Full, opts, cancel).await
     }
 

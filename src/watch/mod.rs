@@ -218,7 +218,13 @@ impl<T: Mirror> Daemon<T> {
     /// The first full reconcile; `false` if stopped before it finished.
     async fn initial(&mut self, cancel: &CancellationToken, lifecycle: &mut dyn Lifecycle) -> Result<bool, Fatal> {
         let started = std::time::Instant::now();
-        let opts = RunOptions { dry_run: false, log_all_rejects: true, defer_bad_files: false, log_changes: false };
+        let opts = RunOptions {
+            dry_run: false,
+            log_all_rejects: true,
+            defer_bad_files: false,
+            log_changes: false,
+            texts: false,
+        };
         // `cancel` also tells the reconcile to stop at its next chunk (or
         // bcrypt item); the writes in flight get --shutdown-timeout-secs.
         let first = {
@@ -335,7 +341,7 @@ impl<T: Mirror> Daemon<T> {
                 (Scope::Files(files.iter().map(|(f, _)| f.clone()).collect()), true, *defer_bad_files)
             }
         };
-        let opts = RunOptions { dry_run: false, log_all_rejects: false, defer_bad_files, log_changes };
+        let opts = RunOptions { dry_run: false, log_all_rejects: false, defer_bad_files, log_changes, texts: false };
         let (engine, sink, memory) = (self.engine.clone(), self.sink.clone(), self.memory.clone());
         // The run stops at its next chunk on SIGTERM; `stop` gives its writes in flight their time.
         let cancel = self.stop.clone();
