@@ -57,9 +57,12 @@ async fn pg_a_copy_batch_postgresql_refuses_rejects_only_its_bad_records() {
     // A row the application wrote itself holds u20's email.
     db.exec(&format!("INSERT INTO users (id, email, name, password) VALUES ('app', 'user20@x.io', 'App', '{HASH_A}')"))
         .await;
-    let mut all = users(40);
+    // 100 new users: a batch loaded in two parts at once (one COPY lane
+    // each), each part with refusals of its own.
+    let mut all = users(100);
     all[7]["name"] = json!("n".repeat(300));
     all[12].as_object_mut().unwrap().remove("name");
+    all[70]["name"] = json!("n".repeat(300));
     p.users(&json!(all));
     p.datasets(&json!([dataset("d1", 1)]));
     for i in 0..20 {
@@ -74,7 +77,7 @@ async fn pg_a_copy_batch_postgresql_refuses_rejects_only_its_bad_records() {
     let run = docmirror_pg(&db, &p, &["sync"]).await;
     assert_eq!(run.code, 3, "{run:?}");
     assert!(run.stderr.contains("COPY refused the batch"), "{}", run.stderr);
-    assert_eq!((run.count("inserted"), run.count("rejected")), (56, 5), "{}", run.summary());
+    assert_eq!((run.count("inserted"), run.count("rejected")), (115, 6), "{}", run.summary());
     let codes = db.texts("SELECT record_id || ' ' || reason_code FROM mirror_rejects ORDER BY record_id").await;
     assert_eq!(
         codes,
@@ -83,20 +86,21 @@ async fn pg_a_copy_batch_postgresql_refuses_rejects_only_its_bad_records() {
             "j09 missing_parent",
             "u12 not_null_missing",
             "u20 email_taken",
-            "u7 value_too_long"
+            "u7 value_too_long",
+            "u70 value_too_long"
         ]
     );
     // Every other record of the refused batches is in, with its bookkeeping.
-    assert_eq!(db.count("users").await, 38);
+    assert_eq!(db.count("users").await, 97);
     assert_eq!(db.count("training_jobs").await, 18);
-    assert_eq!(db.count("docmirror_rows").await, 37 + 1 + 18);
+    assert_eq!(db.count("docmirror_rows").await, 96 + 1 + 18);
     // verify: nothing missing or different; the app's row is the one extra.
     let verify = docmirror_pg(&db, &p, &["verify"]).await;
     let line = |c: &str| -> Vec<String> {
         let l = verify.stdout.lines().find(|l| l.starts_with(c)).unwrap_or_default();
         l.split_whitespace().map(str::to_string).collect()
     };
-    assert_eq!(line("users "), ["users", "40", "38", "0", "1", "0", "0", "3"], "{}", verify.stdout);
+    assert_eq!(line("users "), ["users", "100", "97", "0", "1", "0", "0", "4"], "{}", verify.stdout);
     assert_eq!(line("training_jobs "), ["training_jobs", "20", "18", "0", "0", "0", "0", "2"], "{}", verify.stdout);
 }
 

@@ -18,7 +18,12 @@ use super::tables::Table;
 use super::write::{no_nul, Pending};
 use super::Pg;
 
-/// The connection COPY runs on, opened on first use.
+/// COPY connections: a batch is loaded in this many parts at once, each in a
+/// transaction of its own, so PostgreSQL loads one part (on a core of its
+/// own) while the next part's text is made and sent.
+pub const LANES: usize = 2;
+
+/// A connection COPY runs on, opened on first use.
 #[derive(Default)]
 pub struct Bulk {
     client: Option<Client>,
@@ -126,8 +131,8 @@ impl Pg {
     /// Insert new rows with COPY, in one transaction. `Err` (with what
     /// PostgreSQL or the connection said) means nothing of the batch was
     /// written: the caller writes it with statements instead.
-    pub async fn copy_rows(&self, t: &Table, rows: &[Pending]) -> Result<(), String> {
-        let mut bulk = self.bulk().lock().await;
+    pub async fn copy_rows(&self, t: &Table, rows: &[Pending], lane: usize) -> Result<(), String> {
+        let mut bulk = self.bulk(lane).lock().await;
         if bulk.off {
             return Err("no connection for COPY".into());
         }

@@ -64,7 +64,9 @@ struct Inner {
     /// Deletes a foreign key refused (see `StateStore::take_blocked_deletes`).
     blocked: std::sync::atomic::AtomicU64,
     /// The second connection, for COPY's transactions (one at a time).
-    bulk: tokio::sync::Mutex<copy::Bulk>,
+    /// The COPY connections (two lanes, so that one batch's half is sent
+    /// while PostgreSQL loads the other).
+    bulk: [tokio::sync::Mutex<copy::Bulk>; copy::LANES],
     /// How both connections are made: the URL the driver reads, and TLS.
     dial: Dial,
 }
@@ -246,8 +248,8 @@ impl Pg {
         &self.inner.state_lock
     }
 
-    fn bulk(&self) -> &tokio::sync::Mutex<copy::Bulk> {
-        &self.inner.bulk
+    fn bulk(&self, lane: usize) -> &tokio::sync::Mutex<copy::Bulk> {
+        &self.inner.bulk[lane % copy::LANES]
     }
 
     fn dial(&self) -> &Dial {

@@ -10,6 +10,7 @@ use std::collections::HashSet;
 
 use tokio_postgres::types::ToSql;
 
+use super::copy::LANES;
 use super::tables::{Row, Table};
 use super::{describe, Pg};
 use crate::error::Fatal;
@@ -22,6 +23,10 @@ pub const BATCH: usize = 1000;
 /// Batches of fewer new rows go by statement: COPY's transaction (`copy.rs`)
 /// costs more round trips than it saves on a handful of rows (watch's single changes).
 pub const COPY_MIN: usize = 8;
+
+/// Batches of at least this many new rows are loaded in parts on all the
+/// COPY lanes at once (`copy.rs`).
+pub const COPY_SPLIT: usize = 64;
 
 /// One row to write, with its bookkeeping.
 pub struct Pending {
@@ -162,36 +167,62 @@ impl Pg {
         for batch in rows.chunks(BATCH) {
             // New rows: COPY first; when it refuses the batch, the statements below.
             if !update && batch.len() >= COPY_MIN {
-                match self.copy_rows(t, batch).await {
-                    Ok(()) => {
-                        out.extend(batch.iter().map(|_| Outcome::Applied { matched: Some(1) }));
-                        continue;
-                    }
-                    Err(reason) => {
-                        tracing::debug!(table = t.name, rows = batch.len(), %reason, "COPY refused the batch: writing it with statements");
-                    }
-                }
-            }
-            let (client, stmt) = match &prepared {
-                Some(p) => p,
-                None => prepared.insert(self.prepare_write(t, update).await?),
-            };
-            let refs: Vec<&Pending> = batch.iter().collect();
-            match Self::run(client, stmt, t, &refs, update).await {
-                Ok(written) => out.extend(refs.iter().map(|p| applied(&written, p))),
-                Err(e) if e.as_db_error().is_some() => {
-                    for p in &refs {
-                        match Self::run(client, stmt, t, std::slice::from_ref(p), update).await {
-                            Ok(written) => out.push(applied(&written, p)),
-                            Err(e) => match refusal(&e, self) {
-                                Some(o) => out.push(o),
-                                None => return Err(self.fatal(&format!("cannot write to {}", t.name), &e)),
-                            },
+                // In parts on the COPY lanes at once (small batches in one).
+                let parts = if batch.len() >= COPY_SPLIT { LANES } else { 1 };
+                let part_len = batch.len().div_ceil(parts);
+                let loads = batch.chunks(part_len).enumerate().map(|(lane, part)| self.copy_rows(t, part, lane));
+                let loaded = futures_util::future::join_all(loads).await;
+                let mut refused = Vec::new();
+                for (part, result) in batch.chunks(part_len).zip(loaded) {
+                    match result {
+                        Ok(()) => out.extend(part.iter().map(|_| Outcome::Applied { matched: Some(1) })),
+                        Err(reason) => {
+                            tracing::debug!(table = t.name, rows = part.len(), %reason, "COPY refused the batch: writing it with statements");
+                            refused.push((out.len(), part));
                         }
                     }
                 }
-                Err(e) => return Err(self.fatal(&format!("cannot write to {}", t.name), &e)),
+                // The refused parts go by statement, their outcomes in their places.
+                for (at, part) in refused.into_iter().rev() {
+                    let outcomes = self.write_by_statements(t, part, update, &mut prepared).await?;
+                    out.splice(at..at, outcomes);
+                }
+                continue;
             }
+            out.extend(self.write_by_statements(t, batch, update, &mut prepared).await?);
+        }
+        Ok(out)
+    }
+
+    /// One batch by statement; a batch PostgreSQL refuses is written again
+    /// row by row, so that each refusal is one record's outcome.
+    async fn write_by_statements(
+        &self,
+        t: &Table,
+        batch: &[Pending],
+        update: bool,
+        prepared: &mut Option<(std::sync::Arc<tokio_postgres::Client>, tokio_postgres::Statement)>,
+    ) -> Result<Vec<Outcome>, Fatal> {
+        let (client, stmt) = match prepared {
+            Some(p) => p,
+            None => prepared.insert(self.prepare_write(t, update).await?),
+        };
+        let refs: Vec<&Pending> = batch.iter().collect();
+        let mut out = Vec::with_capacity(batch.len());
+        match Self::run(client, stmt, t, &refs, update).await {
+            Ok(written) => out.extend(refs.iter().map(|p| applied(&written, p))),
+            Err(e) if e.as_db_error().is_some() => {
+                for p in &refs {
+                    match Self::run(client, stmt, t, std::slice::from_ref(p), update).await {
+                        Ok(written) => out.push(applied(&written, p)),
+                        Err(e) => match refusal(&e, self) {
+                            Some(o) => out.push(o),
+                            None => return Err(self.fatal(&format!("cannot write to {}", t.name), &e)),
+                        },
+                    }
+                }
+            }
+            Err(e) => return Err(self.fatal(&format!("cannot write to {}", t.name), &e)),
         }
         Ok(out)
     }
