@@ -18,11 +18,6 @@ use super::tables::Table;
 use super::write::{no_nul, Pending};
 use super::Pg;
 
-/// COPY connections: a batch is loaded in this many parts at once, each in a
-/// transaction of its own, so PostgreSQL loads one part (on a core of its
-/// own) while the next part's text is made and sent.
-pub const LANES: usize = 2;
-
 /// A connection COPY runs on, opened on first use.
 #[derive(Default)]
 pub struct Bulk {

@@ -30,6 +30,11 @@ use crate::redact::{redact_uri, Scrubber};
 /// The guide's schema and docmirror's tables (all `IF NOT EXISTS`).
 pub const SCHEMA: &str = include_str!("schema.sql");
 
+/// COPY connections: a batch of new rows is loaded in this many parts at
+/// once, each in a transaction of its own, so PostgreSQL loads one part (on a
+/// core of its own) while the next part's text is made and sent.
+pub const LANES: usize = 2;
+
 /// Where PostgreSQL is, and how long to keep trying to reach it.
 #[derive(Debug, Clone)]
 pub struct PgOptions {
@@ -66,7 +71,7 @@ struct Inner {
     /// The second connection, for COPY's transactions (one at a time).
     /// The COPY connections (two lanes, so that one batch's half is sent
     /// while PostgreSQL loads the other).
-    bulk: [tokio::sync::Mutex<copy::Bulk>; copy::LANES],
+    bulk: [tokio::sync::Mutex<copy::Bulk>; LANES],
     /// How both connections are made: the URL the driver reads, and TLS.
     dial: Dial,
 }
@@ -249,7 +254,7 @@ impl Pg {
     }
 
     fn bulk(&self, lane: usize) -> &tokio::sync::Mutex<copy::Bulk> {
-        &self.inner.bulk[lane % copy::LANES]
+        &self.inner.bulk[lane % LANES]
     }
 
     fn dial(&self) -> &Dial {

@@ -10,9 +10,8 @@ use std::collections::HashSet;
 
 use tokio_postgres::types::ToSql;
 
-use super::copy::LANES;
 use super::tables::{Row, Table};
-use super::{describe, Pg};
+use super::{describe, Pg, LANES};
 use crate::error::Fatal;
 use crate::mapping::sqlstate_code;
 use crate::reconcile::target::Outcome;

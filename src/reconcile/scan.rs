@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::memo::{raw_hash, text_seed, FileMemo, Memo, MemoEntry, Memory, RawHash};
+use super::memo::{raw_hash, text_seed, FileMemo, Memo, MemoEntry, MemoRec, Memory, RawHash};
 use super::rejects::{file_reject, mapped_reject, record_reject, unparsable_reject, RejectRecord};
 use super::Engine;
 use crate::error::Fatal;
@@ -307,19 +307,24 @@ impl Pass<'_> {
         let file_idx = self.firsts.file(&file.rel);
         let rel_arc: Arc<str> = Arc::from(file.rel.as_str());
         let hashes: Vec<RawHash> = raws.iter().map(|(_, t)| raw_hash(self.seed, t)).collect();
+        // Each text looked up once (both passes below use the answer).
+        let found: Vec<Option<&Arc<MemoRec>>> = match memo {
+            Some(m) => hashes.iter().map(|h| m.recs.get(h)).collect(),
+            None => Vec::new(),
+        };
         // In a scan of one file, only the hits that share a key with a record
         // that is not a hit need the first-keeps-it check. (The target's texts
         // were not necessarily settled together: every hit is checked.)
         let clash_keys = match memo {
-            Some(m) if self.single_file && from_memory => Some(clash_keys(spec, &salt, m, &raws, &hashes, self.ahead)),
+            Some(_) if self.single_file && from_memory => Some(clash_keys(spec, &salt, &raws, &found, self.ahead)),
             _ => None,
         };
         for (i, (position, text)) in raws.into_iter().enumerate() {
             let raw_hash = hashes.get(i).copied().unwrap_or(0);
-            if let Some(rec) = memo.and_then(|m| m.recs.get(&raw_hash)) {
+            if let Some(rec) = found.get(i).copied().flatten() {
                 let check = clash_keys
                     .as_ref()
-                    .is_none_or(|k| k.contains(&*rec.id) || rec.emails.iter().any(|(_, v)| k.contains(&**v)));
+                    .is_none_or(|k| k.contains(&rec.id) || rec.emails.iter().any(|(_, v)| k.contains(v)));
                 if !check || self.firsts.clash(&rec.id, &rec.emails).is_none() {
                     rec.seen.store(self.mark, Ordering::Relaxed);
                     out.records += 1;
@@ -365,6 +370,39 @@ impl Pass<'_> {
     }
 }
 
+/// The keys [`clash_keys`] finds, asked once per memo hit (a million times
+/// for a million-user file). Usually a handful (one changed record's id and
+/// email): compared one by one, which costs less than hashing the question;
+/// a set once there are many.
+#[derive(Default)]
+struct ClashKeys {
+    few: Vec<Arc<str>>,
+    many: HashSet<Arc<str>, foldhash::fast::RandomState>,
+}
+
+impl ClashKeys {
+    const FEW: usize = 16;
+
+    fn insert(&mut self, key: Arc<str>) {
+        if !self.many.is_empty() {
+            self.many.insert(key);
+        } else if !self.few.contains(&key) {
+            self.few.push(key);
+            if self.few.len() > Self::FEW {
+                self.many.extend(self.few.drain(..));
+            }
+        }
+    }
+
+    fn contains(&self, key: &str) -> bool {
+        if self.many.is_empty() {
+            self.few.iter().any(|k| &**k == key)
+        } else {
+            self.many.contains(key)
+        }
+    }
+}
+
 /// Where a file's known texts come from.
 #[derive(Clone, Copy)]
 enum Hits {
@@ -381,24 +419,23 @@ enum Hits {
 fn clash_keys(
     spec: &SourceSpec,
     salt: &str,
-    memo: &FileMemo,
     raws: &[(Option<usize>, &str)],
-    hashes: &[RawHash],
+    found: &[Option<&Arc<MemoRec>>],
     ahead: u64,
-) -> HashSet<Arc<str>> {
-    let mut keys: HashSet<Arc<str>> = HashSet::new();
-    for ((_, text), h) in raws.iter().zip(hashes) {
-        match memo.recs.get(h) {
+) -> ClashKeys {
+    let mut keys = ClashKeys::default();
+    for ((_, text), rec) in raws.iter().zip(found) {
+        match rec {
             Some(rec) if rec.seen.swap(ahead, Ordering::Relaxed) != ahead => {}
             Some(rec) => {
                 keys.insert(rec.id.clone());
-                keys.extend(rec.emails.iter().map(|(_, v)| v.clone()));
+                rec.emails.iter().for_each(|(_, v)| keys.insert(v.clone()));
             }
             None => {
                 // Mapped here only for its keys; the scan maps it again in order.
                 let Ok(value) = source::parse_value(text) else { continue };
                 if let Ok(m) = map_record(spec, salt, &value) {
-                    keys.extend(emails_of(spec, &m).into_iter().map(|(_, v)| v));
+                    emails_of(spec, &m).into_iter().for_each(|(_, v)| keys.insert(v));
                     keys.insert(Arc::from(m.id));
                 }
             }
@@ -506,5 +543,25 @@ fn add_record(
             let id = id.map(str::to_string);
             out.rejects.push(record_reject(spec, rel, raw.position, id, reason, &raw.value));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clash_keys_answer_alike_when_few_and_when_many() {
+        let mut keys = ClashKeys::default();
+        for i in 0..40 {
+            keys.insert(Arc::from(format!("k{i}").as_str()));
+            keys.insert(Arc::from(format!("k{i}").as_str()));
+            for j in 0..=i {
+                assert!(keys.contains(&format!("k{j}")), "k{j} after {i}");
+            }
+            assert!(!keys.contains(&format!("k{}", i + 1)));
+            assert!(!keys.contains(""));
+        }
+        assert!(!keys.many.is_empty() && keys.few.is_empty());
     }
 }
