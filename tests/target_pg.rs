@@ -118,3 +118,26 @@ async fn a_delete_that_matched_nothing_is_not_counted_and_leaves_no_archive_copy
     // Deleting what is already gone deletes nothing.
     assert_eq!(pg.delete(users, &gone[1..], false).await.unwrap(), [false]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_whose_email_is_released_loses_its_text() {
+    let db = TestPg::new("tpg_release_text").await;
+    let (pg, layout) = target(&db).await;
+    let users = spec(&layout, "users");
+    let mut c = candidate(users, user("u1", "a@x.io", "2025-10-01T00:00:00Z"), 0);
+    c.stored_text = Some(0x1234);
+    c.emails = vec![("email".into(), "a@x.io".into())];
+    assert_eq!(pg.write(users, &[Write::Insert(&c)], true).await.unwrap(), [Outcome::Applied { matched: Some(1) }]);
+    let (_, texts) = pg.hashes_and_texts(users).await.unwrap();
+    let recs = &texts.unwrap()["data/users.json"].recs;
+    assert_eq!(recs.get(&0x1234).map(|r| &*r.id), Some("u1"), "the text the row was written from");
+    assert_eq!(db.text("SELECT uniq FROM docmirror_rows WHERE id = 'u1'").await, r#"["email","a@x.io"]"#);
+    // The first step of a swap: the row gives its email up for a moment.
+    pg.release(users, &[Write::Insert(&c)], &["email".to_string()], true).await.unwrap();
+    assert_eq!(
+        db.text("SELECT hash || ' ' || coalesce(encode(raw, 'hex'), 'none') FROM docmirror_rows").await,
+        "released none"
+    );
+    let (_, texts) = pg.hashes_and_texts(users).await.unwrap();
+    assert!(texts.unwrap().values().all(|f| f.recs.is_empty()), "a released row is not recognised by its text");
+}
