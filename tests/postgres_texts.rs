@@ -149,3 +149,22 @@ async fn pg_resync_skips_records_by_their_text_and_ends_as_a_full_resync() {
     );
     assert_eq!(fast.count("docmirror_rows WHERE raw IS NOT NULL").await, fast.count("docmirror_rows").await - 1);
 }
+
+#[tokio::test]
+async fn pg_rows_without_a_text_are_mapped_as_before() {
+    let db = TestPg::new("pg_texts_old_rows").await;
+    let p = Platform::new();
+    p.users(&json!([
+        user("u1", "a@x.io", "2025-10-01T00:00:00.000Z"),
+        user("u2", "b@x.io", "2025-10-01T00:00:00.000Z")
+    ]));
+    assert_eq!(docmirror_pg(&db, &p, &["sync"]).await.code, 0);
+    // As a docmirror older than the texts left them.
+    db.exec("UPDATE docmirror_rows SET raw = NULL, uniq = NULL").await;
+    let before = state(&db).await;
+    let again = docmirror_pg(&db, &p, &["sync"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    assert_eq!(by_text(&again.stderr, "users"), 0, "no text to recognise");
+    assert_eq!((again.count("unchanged"), again.count("updated"), again.count("inserted")), (2, 0, 0));
+    assert_eq!(state(&db).await, before, "nothing written");
+}
