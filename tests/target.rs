@@ -163,14 +163,7 @@ async fn an_update_applies_only_over_the_version_the_core_compared() {
     let date = |s: &str| bson::DateTime::parse_rfc3339_str(s).unwrap();
     let file = user("u1", "a@x.io", "2025-11-01T00:00:00Z");
     let mapped = map_record(&spec, &fingerprint(&spec), &file).unwrap();
-    let c = Candidate {
-        mapped,
-        rel: "data/users.json".into(),
-        position: Some(0),
-        raw_hash: None,
-        stored_text: None,
-        emails: Vec::new(),
-    };
+    let c = Candidate::unhashed(mapped, "data/users.json", Some(0));
     let older = bson::Bson::DateTime(date("2025-10-01T00:00:00Z"));
     let newer = bson::Bson::DateTime(date("2025-12-01T00:00:00Z"));
     let string = bson::Bson::String("2025-10-01".into());

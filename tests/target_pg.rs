@@ -31,14 +31,7 @@ fn spec<'a>(layout: &'a Layout, coll: &str) -> &'a SourceSpec {
 
 fn candidate(spec: &SourceSpec, v: serde_json::Value, position: usize) -> Candidate {
     let mapped = map_record(spec, &fingerprint(spec), &v).unwrap();
-    Candidate {
-        mapped,
-        rel: "data/users.json".into(),
-        position: Some(position),
-        raw_hash: None,
-        stored_text: None,
-        emails: Vec::new(),
-    }
+    Candidate::unhashed(mapped, "data/users.json", Some(position))
 }
 
 #[tokio::test(flavor = "multi_thread")]

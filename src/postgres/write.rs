@@ -171,20 +171,15 @@ impl Pg {
                 let part_len = batch.len().div_ceil(parts);
                 let loads = batch.chunks(part_len).enumerate().map(|(lane, part)| self.copy_rows(t, part, lane));
                 let loaded = futures_util::future::join_all(loads).await;
-                let mut refused = Vec::new();
+                // A refused part goes by statement; outcomes stay in the batch's order.
                 for (part, result) in batch.chunks(part_len).zip(loaded) {
                     match result {
                         Ok(()) => out.extend(part.iter().map(|_| Outcome::Applied { matched: Some(1) })),
                         Err(reason) => {
                             tracing::debug!(table = t.name, rows = part.len(), %reason, "COPY refused the batch: writing it with statements");
-                            refused.push((out.len(), part));
+                            out.extend(self.write_by_statements(t, part, update, &mut prepared).await?);
                         }
                     }
-                }
-                // The refused parts go by statement, their outcomes in their places.
-                for (at, part) in refused.into_iter().rev() {
-                    let outcomes = self.write_by_statements(t, part, update, &mut prepared).await?;
-                    out.splice(at..at, outcomes);
                 }
                 continue;
             }

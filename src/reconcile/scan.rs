@@ -39,6 +39,12 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    /// A mapped record from outside a scan (no raw-text hashes, no unique
+    /// values noted): what tests hand a target directly.
+    pub fn unhashed(mapped: Mapped, rel: &str, position: Option<usize>) -> Candidate {
+        Candidate { mapped, rel: rel.to_string(), position, raw_hash: None, stored_text: None, emails: Vec::new() }
+    }
+
     pub fn locate(&self) -> String {
         match self.position {
             Some(p) => format!("{}[{p}]", self.rel),
@@ -108,7 +114,7 @@ pub type Emit<'a> = &'a mut dyn FnMut(Vec<Candidate>) -> bool;
 pub fn scan_source(
     engine: &Engine,
     memory: Option<&Memory>,
-    texts: Texts<'_>,
+    texts: Texts,
     spec_idx: usize,
     files: Option<Vec<SourceFile>>,
     mut emit: Option<Emit<'_>>,
@@ -161,8 +167,10 @@ pub fn scan_source(
                 let batch: Vec<_> = files
                     .by_ref()
                     .take(READ_AHEAD)
-                    .map(|f| (source::read_stable(&f.path, limits), f))
-                    .map(|(r, f)| (f, r))
+                    .map(|f| {
+                        let read = source::read_stable(&f.path, limits);
+                        (f, read)
+                    })
                     .collect();
                 if tx.send(batch).is_err() {
                     return; // The scan stopped.
@@ -188,26 +196,24 @@ const READ_AHEAD_FROM: usize = 64;
 const READ_AHEAD: usize = 32;
 
 /// The target's texts for [`scan_source`].
-pub enum Texts<'a> {
+pub enum Texts {
     None,
-    Ready(&'a Memo),
     /// Sent once the target has answered (`None`: no texts after all).
     Later(std::sync::mpsc::Receiver<Option<Memo>>),
-    Owned(Memo),
+    Ready(Memo),
 }
 
-impl Texts<'_> {
+impl Texts {
     /// The texts, waiting for them the first time if they come later.
     fn get(&mut self) -> Option<&Memo> {
         if let Texts::Later(rx) = self {
             *self = match rx.recv() {
-                Ok(Some(m)) => Texts::Owned(m),
+                Ok(Some(m)) => Texts::Ready(m),
                 _ => Texts::None,
             };
         }
         match self {
             Texts::Ready(m) => Some(m),
-            Texts::Owned(m) => Some(m),
             Texts::None | Texts::Later(_) => None,
         }
     }
@@ -238,7 +244,7 @@ impl Pass<'_> {
         &mut self,
         file: &SourceFile,
         read: Read,
-        texts: &mut Texts<'_>,
+        texts: &mut Texts,
         out: &mut Scanned,
         emit: &mut Option<Emit<'_>>,
     ) -> bool {

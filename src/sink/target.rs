@@ -391,17 +391,7 @@ mod tests {
         let spec = Layout::builtin().sources.into_iter().find(|s| s.collection == "users").unwrap();
         let record = serde_json::json!({"id": "u1", "email": "a@example.com", "updatedAt": "2025-10-01T00:00:00.000Z"});
         let mapped = crate::mapping::map_record(&spec, "fp", &record).unwrap();
-        (
-            spec,
-            Candidate {
-                mapped,
-                rel: "data/users.json".into(),
-                position: Some(0),
-                raw_hash: None,
-                stored_text: None,
-                emails: Vec::new(),
-            },
-        )
+        (spec, Candidate::unhashed(mapped, "data/users.json", Some(0)))
     }
 
     /// Every update filter finds its document through `_id` and one clause per
