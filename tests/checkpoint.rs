@@ -357,3 +357,42 @@ async fn a_damaged_file_list_gives_a_full_reconcile_and_is_written_again() {
     let again = sync(&db, &p, &[]).await;
     assert!(again.stderr.contains(WARM), "the full reconcile stored a whole list again: {}", again.stderr);
 }
+
+/// The value of `key=` in the line of the run's log that contains `line`.
+fn logged(run: &Run, line: &str, key: &str) -> Option<u64> {
+    let l = run.stderr.lines().find(|l| l.contains(line))?;
+    l.split(&format!("{key}=")).nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_older_than_the_margin_are_proven_by_their_stamp_and_an_edit_that_keeps_size_and_mtime_is_still_caught() {
+    let db = TestDb::new("ckpt_stamps").await;
+    let p = tree();
+    // Last changed well before the sync reads them: their stamps prove their bytes.
+    tokio::time::sleep(docmirror::source::STAMP_MARGIN + std::time::Duration::from_millis(200)).await;
+    sync(&db, &p, &[]).await;
+    let again = sync(&db, &p, &[]).await;
+    assert!(again.stderr.contains(WARM), "{}", again.stderr);
+    assert_eq!(logged(&again, WARM, "files_proven_by_stamp"), Some(5), "{}", again.stderr);
+    assert_eq!(again.count("unchanged"), 8, "{again:?}");
+
+    // users.json written in place: same size, its mtime put back to the nanosecond.
+    let path = p.path("data/users.json");
+    let before = std::fs::metadata(&path).unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let edited = text.replace("User u2", "Usex u2");
+    assert_ne!(edited, text);
+    p.write("data/users.json", &edited);
+    let f = std::fs::File::options().write(true).open(&path).unwrap();
+    f.set_modified(before.modified().unwrap()).unwrap();
+    drop(f);
+    let after = std::fs::metadata(&path).unwrap();
+    assert_eq!((after.len(), after.modified().unwrap()), (before.len(), before.modified().unwrap()));
+
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains(WARM), "{}", run.stderr);
+    assert_eq!(logged(&run, WARM, "files_proven_by_stamp"), Some(4), "{}", run.stderr);
+    assert_eq!(run.count("updated"), 1, "{run:?}");
+    assert_eq!(db.doc("users", "u2").await.unwrap().get_str("name").unwrap(), "Usex u2");
+    assert_full_finds_nothing(&db, &p).await;
+}

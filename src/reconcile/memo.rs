@@ -195,6 +195,9 @@ pub struct FileMemo {
     /// The hash of the whole file as last settled, when every record of it was
     /// settled (no rejects): identical bytes need not be read again.
     pub digest: Option<RawHash>,
+    /// The file's stamp with that digest, where it proves the bytes (a
+    /// start from the checkpoint then need not read the file).
+    pub stamp: Option<crate::source::Stamp>,
     /// The records mirrored from it, by raw-text hash.
     pub recs: HashMap<RawHash, Arc<MemoRec>, BuildRawHasher>,
 }

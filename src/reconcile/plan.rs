@@ -132,8 +132,8 @@ fn other_live_source(engine: &Engine, spec: &SourceSpec, c: &Candidate, ex: &Exi
     let rel = src.strip_prefix(&format!("{}/", spec.root.label()))?;
     let path = engine.roots.dir(spec.root).join(rel);
     // Only a file that still holds the same id keeps it.
-    let (bytes, _) = source::read_stable(&path, engine.limits).ok()??;
-    let records = source::parse(&bytes, spec.shape).ok()?;
+    let file = source::read_stable(&path, engine.limits).ok()??;
+    let records = source::parse(&file.bytes, spec.shape).ok()?;
     records
         .iter()
         .any(|r| r.value.get(&spec.id_field).and_then(|v| v.as_str()) == Some(c.mapped.id.as_str()))

@@ -87,8 +87,9 @@ pub struct Scanned {
     pub vanished: Vec<MemoEntry>,
     /// Files found byte-for-byte as last settled (watch): not read further.
     pub identical: HashSet<String>,
-    /// The hash of every file read in full (watch).
-    pub digests: HashMap<String, RawHash>,
+    /// The hash of every file read in full (watch), with its stamp where
+    /// the stamp proves those bytes ([`source::Stamp::settled`]).
+    pub digests: HashMap<String, (RawHash, Option<source::Stamp>)>,
 }
 
 /// By default, candidates are handed on in chunks of this many during a full
@@ -220,7 +221,7 @@ impl Texts {
 }
 
 /// What reading one file gave.
-type Read = Result<Option<(Vec<u8>, source::Stamp)>, source::FileProblem>;
+type Read = Result<Option<source::FileBytes>, source::FileProblem>;
 
 /// One scan over a source's files.
 struct Pass<'a> {
@@ -249,12 +250,12 @@ impl Pass<'_> {
         emit: &mut Option<Emit<'_>>,
     ) -> bool {
         out.files += 1;
-        let bytes = match read {
+        let (bytes, settled) = match read {
             Ok(None) => {
                 out.missing.insert(file.rel.clone());
                 return true;
             }
-            Ok(Some((bytes, _))) => bytes,
+            Ok(Some(f)) => (f.bytes, f.settled),
             Err(problem) => {
                 out.bad.insert(file.rel.clone());
                 out.rejects.push(file_reject(self.spec, &file.rel, problem));
@@ -284,7 +285,7 @@ impl Pass<'_> {
         };
         out.read_ok.insert(file.rel.clone());
         if let Some(d) = digest {
-            out.digests.insert(file.rel.clone(), d);
+            out.digests.insert(file.rel.clone(), (d, settled));
         }
         // Held for this file's records only; reconciles run one at a time.
         let guard = if self.use_hits { memory.and_then(|m| m.memo.lock().ok()) } else { None };

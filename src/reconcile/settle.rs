@@ -98,7 +98,9 @@ pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, next: 
     }
     for rel in &scanned.read_ok {
         let m = memo.entry(rel.clone()).or_default();
-        m.digest = scanned.digests.get(rel).copied();
+        let d = scanned.digests.get(rel);
+        m.digest = d.map(|(digest, _)| *digest);
+        m.stamp = d.and_then(|(_, stamp)| *stamp);
         if !scanned.memo_covered.contains(rel) {
             // Not looked up in this scan: everything it holds now is in `next`.
             m.recs.clear();
@@ -217,7 +219,7 @@ mod tests {
         let users_file = SourceFile { spec: users, rel: "data/users.json".into(), path: "/p/data/users.json".into() };
         {
             let mut memo = memory.memo.lock().unwrap();
-            memo.insert("data/users.json".into(), FileMemo { digest: Some(7), recs: Default::default() });
+            memo.insert("data/users.json".into(), FileMemo { digest: Some(7), stamp: None, recs: Default::default() });
             memo.insert("artifacts/jobs/j1.json".into(), FileMemo::default());
             let mut picture = memory.picture.lock().unwrap();
             let k = Known { hash: "h".into(), source: Arc::from("data/users.json") };

@@ -3,6 +3,7 @@
 //! Everything here is blocking file I/O and CPU work; async callers run it on
 //! the blocking pool. Nothing here ever writes to the source folders.
 
+pub mod fstype;
 pub mod json;
 
 use std::fs;
@@ -66,9 +67,19 @@ impl Default for ReadLimits {
 pub struct Stamp {
     pub len: u64,
     pub mtime_ns: i128,
+    /// The last change of the file or its metadata: set by the kernel on
+    /// every write, and not settable by any program (unlike the mtime).
+    pub ctime_ns: i128,
     pub ino: u64,
     pub dev: u64,
 }
+
+/// How long before a read the file's last change (its ctime) must be for
+/// the stamp to prove that the bytes are still the ones read: file times
+/// come from a coarse clock (a tick of a few milliseconds), so a write just
+/// after a read could leave size, times and inode as the read saw them.
+/// (Git's "racily clean" entries, with a wide margin.)
+pub const STAMP_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Stamp {
     pub fn of(meta: &fs::Metadata) -> Self {
@@ -76,10 +87,29 @@ impl Stamp {
         Stamp {
             len: meta.len(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
             ino: meta.ino(),
             dev: meta.dev(),
         }
     }
+
+    /// This stamp, if every later change of the file must change it: the
+    /// file's last change was at least [`STAMP_MARGIN`] before the read
+    /// began (`began`, on the same clock as the file times).
+    pub fn settled(self, began: std::time::SystemTime) -> Option<Stamp> {
+        let began = began.duration_since(std::time::UNIX_EPOCH).ok()?;
+        let limit = i128::try_from(began.saturating_sub(STAMP_MARGIN).as_nanos()).ok()?;
+        (self.ctime_ns < limit).then_some(self)
+    }
+}
+
+/// A file read whole ([`read_stable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileBytes {
+    pub bytes: Vec<u8>,
+    pub stamp: Stamp,
+    /// The stamp, if it proves these bytes until it changes ([`Stamp::settled`]).
+    pub settled: Option<Stamp>,
 }
 
 /// The files a source consists of right now, sorted by name. A folder that
@@ -129,11 +159,12 @@ pub fn source_file(spec_idx: usize, spec: &SourceSpec, root: &Path, rel: &str) -
 
 /// Read a whole file, retrying while it changes under us. `Ok(None)` when it
 /// does not exist.
-pub fn read_stable(path: &Path, limits: ReadLimits) -> Result<Option<(Vec<u8>, Stamp)>, FileProblem> {
+pub fn read_stable(path: &Path, limits: ReadLimits) -> Result<Option<FileBytes>, FileProblem> {
     use std::os::unix::fs::OpenOptionsExt;
     const ATTEMPTS: usize = 5;
     let io = |e: std::io::Error| FileProblem::Io(e.to_string());
     for attempt in 0..ATTEMPTS {
+        let began = std::time::SystemTime::now();
         // Opened first and asked through the open file (not the path, which a
         // rename may point elsewhere meanwhile: what is read is then the file
         // that was there, whole). Non-blocking, so that a FIFO in the folder
@@ -158,7 +189,7 @@ pub fn read_stable(path: &Path, limits: ReadLimits) -> Result<Option<(Vec<u8>, S
         // Written in place while it was read: its size or time moved.
         let stamp = Stamp::of(&file.metadata().map_err(io)?);
         if Stamp::of(&before) == stamp && u64::try_from(bytes.len()).ok() == Some(stamp.len) {
-            return Ok(Some((bytes, stamp)));
+            return Ok(Some(FileBytes { bytes, stamp, settled: stamp.settled(began) }));
         }
         if attempt + 1 < ATTEMPTS {
             std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
@@ -180,9 +211,10 @@ mod tests {
         assert_eq!(read_stable(&p, ReadLimits::default()), Err(FileProblem::NotAFile("a directory")));
         let q = dir.path().join("y.json");
         std::fs::write(&q, b"[1,2,3]").unwrap();
-        let (bytes, stamp) = read_stable(&q, ReadLimits::default()).unwrap().unwrap();
-        assert_eq!(bytes, b"[1,2,3]");
-        assert_eq!(stamp.len, 7);
+        let got = read_stable(&q, ReadLimits::default()).unwrap().unwrap();
+        assert_eq!(got.bytes, b"[1,2,3]");
+        assert_eq!(got.stamp.len, 7);
+        assert_eq!(got.settled, None, "a file written just now does not prove its next change");
         assert!(matches!(
             read_stable(&q, ReadLimits { max_file_bytes: 3 }),
             Err(FileProblem::TooLarge { size: 7, limit: 3 })
@@ -198,8 +230,32 @@ mod tests {
         // Opened without O_NONBLOCK, this would wait for a writer forever.
         let (tx, rx) = std::sync::mpsc::channel();
         let q = p.clone();
-        std::thread::spawn(move || tx.send(read_stable(&q, ReadLimits::default())));
+        std::thread::spawn(move || {
+            let _ = tx.send(read_stable(&q, ReadLimits::default()));
+        });
         let got = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("read_stable blocked on a FIFO");
         assert_eq!(got, Err(FileProblem::NotAFile("a special file")));
+    }
+
+    #[test]
+    fn a_stamp_proves_only_a_file_changed_well_before_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("z.json");
+        std::fs::write(&p, b"[]").unwrap();
+        let stamp = Stamp::of(&std::fs::metadata(&p).unwrap());
+        let changed = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(stamp.ctime_ns).unwrap());
+        // A read that began within the margin after the change: racy.
+        assert_eq!(stamp.settled(changed), None);
+        assert_eq!(stamp.settled(changed + STAMP_MARGIN), None);
+        assert_eq!(stamp.settled(changed + STAMP_MARGIN + std::time::Duration::from_millis(1)), Some(stamp));
+        // The ctime moves on any write, even one that puts size and mtime back.
+        let f = std::fs::File::options().write(true).open(&p).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&p, b"{}").unwrap();
+        f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(stamp.mtime_ns).unwrap()))
+            .unwrap();
+        let after = Stamp::of(&std::fs::metadata(&p).unwrap());
+        assert_eq!((after.len, after.mtime_ns, after.ino), (stamp.len, stamp.mtime_ns, stamp.ino));
+        assert_ne!(after, stamp, "only the ctime tells this edit apart");
     }
 }

@@ -7,7 +7,9 @@
 //!   fingerprint of the layout, mapping rules and indexes it was made under,
 //!   and the hash of its file list;
 //! - `files:<hash>#<part>`: the file list (per source file, the digest of its
-//!   bytes as settled, its record count and the group that holds its memo),
+//!   bytes as settled, the file's stamp when it proves those bytes (see
+//!   [`crate::source::Stamp::settled`]), its record count and the group that
+//!   holds its memo),
 //!   named by its hash, so a save cut short never spoils the list the
 //!   current head names;
 //! - `<group>#<part>`: watch's per-file memo ([`super::memo_codec`]), files
@@ -18,7 +20,9 @@
 //!
 //! A checkpoint stays a valid proof as long as its token resumes: every
 //! write since is replayed, and a file whose bytes still match its digest is
-//! what the reconcile read. A group whose stored bytes do not match the hash
+//! what the reconcile read (a file whose stamp is still the stamp stored with
+//! the digest has those bytes: its last change was seconds before they were
+//! read, so any later write changed its ctime). A group whose stored bytes do not match the hash
 //! the head names (a save cut short) is not used: its files are compared
 //! with MongoDB in full instead.
 
@@ -35,7 +39,7 @@ use crate::sink::{Sink, WriteOp};
 /// Where checkpoints live.
 pub const CHECKPOINTS: &str = "mirror_checkpoint";
 /// Bumped when the checkpoint's meaning changes: older ones are not used.
-const FORMAT: i64 = 4;
+const FORMAT: i64 = 5;
 /// A file whose memo is larger than this has a group of its own.
 const BIG_FILE: usize = 1 << 20;
 /// Parts of a group are at most this large, and written one at a time: a
@@ -229,8 +233,13 @@ pub async fn load_groups(sink: &Sink, head: &Head, groups: &HashSet<String>) -> 
             continue;
         };
         match memo_codec::decode_files(&bytes) {
-            Ok(files) => out.extend(files.into_iter().filter(|(rel, m)| {
-                head.files.get(rel).is_some_and(|f| f.group == *g && (f.digest.is_none() || f.digest == m.digest))
+            // The stamps are in the file list only (a group is rewritten
+            // when its records change, not when a file is touched).
+            Ok(files) => out.extend(files.into_iter().filter_map(|(rel, mut m)| {
+                let f = head.files.get(&rel)?;
+                let same = f.group == *g && (f.digest.is_none() || f.digest == m.digest);
+                m.stamp = f.stamp.filter(|_| f.digest.is_some() && f.digest == m.digest);
+                same.then_some((rel, m))
             })),
             Err(e) => {
                 tracing::warn!(group = %g, error = %e, "A checkpoint group cannot be read; its files are compared in full")
@@ -288,7 +297,7 @@ pub async fn save(
                 continue;
             }
             let records = u64::try_from(m.recs.len()).unwrap_or(u64::MAX);
-            files.insert(rel.clone(), FileEntry { digest: m.digest, group: group.clone(), records });
+            files.insert(rel.clone(), FileEntry { digest: m.digest, stamp: m.stamp, group: group.clone(), records });
             members.entry(group).or_default().push(rel.clone());
         }
     }
@@ -300,7 +309,7 @@ pub async fn save(
         }
     }
     for rel in others {
-        files.entry(rel.clone()).or_insert(FileEntry { digest: None, group: String::new(), records: 0 });
+        files.entry(rel.clone()).or_insert(FileEntry { digest: None, stamp: None, group: String::new(), records: 0 });
     }
     // Write the groups whose bytes changed, one group at a time: only one
     // group's bytes exist at once, not the whole memo again.

@@ -223,6 +223,7 @@ impl Tracker {
         if let Ok(mut memo) = self.memory.memo.lock() {
             if let Some(fm) = memo.get_mut(rel) {
                 fm.digest = None;
+                fm.stamp = None;
                 let keys: Vec<u128> = fm.recs.iter().filter(|(_, r)| *r.id == *key.1).map(|(h, _)| *h).collect();
                 for h in keys {
                     if let Some(r) = fm.recs.remove(&h) {

@@ -9,12 +9,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::reconcile::memo::{FileMemo, MemoRec, RawHash};
+use crate::source::Stamp;
 
 /// One file as the checkpoint knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileEntry {
     /// The digest of its bytes when every record was settled (`None`: compare it).
     pub digest: Option<u128>,
+    /// The file's stamp with those bytes, where it proves them (`None`: hash the file).
+    pub stamp: Option<Stamp>,
     /// The group holding its memo (empty: none).
     pub group: String,
     /// Its records, when all were settled (a start that finds the file
@@ -64,7 +67,7 @@ pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
         let rel = r.string()?;
         let digest = r.digest()?;
         let n = r.len()?;
-        let mut memo = FileMemo { digest, recs: HashMap::default() };
+        let mut memo = FileMemo { digest, stamp: None, recs: HashMap::default() };
         memo.recs.reserve(n.min(1 << 20));
         for _ in 0..n {
             let h = r.u128()?;
@@ -91,6 +94,7 @@ pub fn encode_entries(files: &std::collections::BTreeMap<String, FileEntry>) -> 
     for (rel, f) in files {
         put_str(&mut out, rel);
         put_digest(&mut out, f.digest);
+        put_stamp(&mut out, f.stamp);
         put_str(&mut out, &f.group);
         out.extend_from_slice(&f.records.to_le_bytes());
     }
@@ -104,9 +108,10 @@ pub fn decode_entries(bytes: &[u8]) -> Result<std::collections::BTreeMap<String,
     while r.at < bytes.len() {
         let rel = r.string()?;
         let digest = r.digest()?;
+        let stamp = r.stamp()?;
         let group = r.string()?;
         let b: [u8; 8] = r.take(8)?.try_into().map_err(|_| "short count".to_string())?;
-        out.insert(rel, FileEntry { digest, group, records: u64::from_le_bytes(b) });
+        out.insert(rel, FileEntry { digest, stamp, group, records: u64::from_le_bytes(b) });
     }
     Ok(out)
 }
@@ -121,6 +126,21 @@ fn put_digest(out: &mut Vec<u8>, digest: Option<RawHash>) {
         Some(d) => {
             out.push(1);
             out.extend_from_slice(&d.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+}
+
+/// A stamp or none: a flag byte, then its five fields (little-endian).
+fn put_stamp(out: &mut Vec<u8>, stamp: Option<Stamp>) {
+    match stamp {
+        Some(s) => {
+            out.push(1);
+            out.extend_from_slice(&s.len.to_le_bytes());
+            out.extend_from_slice(&s.mtime_ns.to_le_bytes());
+            out.extend_from_slice(&s.ctime_ns.to_le_bytes());
+            out.extend_from_slice(&s.ino.to_le_bytes());
+            out.extend_from_slice(&s.dev.to_le_bytes());
         }
         None => out.push(0),
     }
@@ -165,6 +185,25 @@ impl Reader<'_> {
         }
     }
 
+    /// What [`put_stamp`] wrote.
+    fn stamp(&mut self) -> Result<Option<Stamp>, String> {
+        match self.byte()? {
+            0 => Ok(None),
+            1 => {
+                let len = self.u64()?;
+                let mtime_ns = i128::from_le_bytes(self.u128()?.to_le_bytes());
+                let ctime_ns = i128::from_le_bytes(self.u128()?.to_le_bytes());
+                Ok(Some(Stamp { len, mtime_ns, ctime_ns, ino: self.u64()?, dev: self.u64()? }))
+            }
+            other => Err(format!("bad stamp flag {other} at byte {}", self.at)),
+        }
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        let b: [u8; 8] = self.take(8)?.try_into().map_err(|_| "short number".to_string())?;
+        Ok(u64::from_le_bytes(b))
+    }
+
     fn u128(&mut self) -> Result<u128, String> {
         let b: [u8; 16] = self.take(16)?.try_into().map_err(|_| "short hash".to_string())?;
         Ok(u128::from_le_bytes(b))
@@ -184,7 +223,7 @@ mod tests {
     type Rec<'a> = (RawHash, &'a str, &'a [(&'a str, &'a str)]);
 
     fn memo(digest: Option<RawHash>, recs: &[Rec<'_>]) -> FileMemo {
-        let mut m = FileMemo { digest, recs: HashMap::default() };
+        let mut m = FileMemo { digest, stamp: None, recs: HashMap::default() };
         for (h, id, emails) in recs {
             let emails = emails.iter().map(|(f, v)| (Arc::from(*f), Arc::from(*v))).collect();
             m.recs.insert(*h, Arc::new(MemoRec::new(Arc::from(*id), emails)));
@@ -222,9 +261,17 @@ mod tests {
         let mut files = std::collections::BTreeMap::new();
         files.insert(
             "data/users.json".to_string(),
-            FileEntry { digest: Some(u128::MAX), group: "f:x".into(), records: 7 },
+            FileEntry { digest: Some(u128::MAX), stamp: None, group: "f:x".into(), records: 7 },
         );
-        files.insert("artifacts/jobs/a.json".to_string(), FileEntry { digest: None, group: String::new(), records: 0 });
+        let stamp = Stamp { len: 9, mtime_ns: -5, ctime_ns: i128::MAX, ino: u64::MAX, dev: 3 };
+        files.insert(
+            "artifacts/jobs/a.json".to_string(),
+            FileEntry { digest: Some(1), stamp: Some(stamp), group: "b:1".into(), records: 1 },
+        );
+        files.insert(
+            "artifacts/jobs/b.json".to_string(),
+            FileEntry { digest: None, stamp: None, group: String::new(), records: 0 },
+        );
         let bytes = encode_entries(&files);
         assert_eq!(decode_entries(&bytes).unwrap(), files);
         assert!(decode_entries(&bytes[..bytes.len() - 1]).is_err());

@@ -6,7 +6,11 @@
 //! 2. The stream, read from that position to now, names every document
 //!    anyone wrote or deleted since (the mirror included).
 //! 3. Each source file is hashed: one whose bytes match the checkpoint's
-//!    digest is what the proof read, and is not compared again.
+//!    digest is what the proof read, and is not compared again. A file whose
+//!    stamp (size, mtime, ctime, inode, device) is the one stored with that
+//!    digest is not even read: see [`crate::source::Stamp::settled`] for why
+//!    the stamp proves the bytes (on network filesystems, whose times come
+//!    from another machine's clock, every file is hashed).
 //! 4. The changed files, the files gone, and the files holding a touched
 //!    document are reconciled as watch reconciles a changed file: with the
 //!    memo loaded from the checkpoint, so only changed or touched records are
@@ -48,6 +52,8 @@ pub struct Warm {
     pub tail: Tail,
     /// Files compared, documents rechecked because the stream showed them.
     pub files: usize,
+    /// Files found unchanged by their stamp, without reading them.
+    pub by_stamp: usize,
     pub touched: usize,
 }
 
@@ -98,7 +104,10 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
     let t_stream = t0.elapsed();
     let tail = Tail::start(sink, from.clone(), collections(engine), PENDING_LIMIT);
     let e = engine.clone();
-    let now = tokio::task::spawn_blocking(move || digests(&e)).await.map_err(Fatal::task("digest"))??;
+    let stamped: HashMap<String, (source::Stamp, u128)> =
+        head.files.iter().filter_map(|(rel, f)| Some((rel.clone(), (f.stamp?, f.digest?)))).collect();
+    let (now, by_stamp) =
+        tokio::task::spawn_blocking(move || digests(&e, &stamped)).await.map_err(Fatal::task("digest"))??;
     let t_digest = t0.elapsed();
     let mut scan: BTreeMap<String, SourceFile> = BTreeMap::new();
     let mut same: Vec<(&String, u64)> = Vec::new();
@@ -138,6 +147,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         for (rel, ids) in &recheck {
             if let Some(fm) = memo.get_mut(rel) {
                 fm.digest = None;
+                fm.stamp = None;
                 let keys: Vec<RawHash> =
                     fm.recs.iter().filter(|(_, r)| ids.contains(&*r.id)).map(|(h, _)| *h).collect();
                 let mut placed = HashSet::new();
@@ -178,13 +188,14 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         head_and_stream_ms = ms(t_stream),
         stream_events = events,
         digests_ms = ms(t_digest - t_stream),
+        files_proven_by_stamp = by_stamp,
         touched_ms = ms(t_touched - t_digest),
         groups_ms = ms(t_groups - t_touched),
         groups = groups.len(),
         reconcile_ms = ms(t0.elapsed() - t_groups),
         "Warm start steps"
     );
-    Ok(Start::Warm(Box::new(Warm { summary, head, loaded: groups, from, tail, files: n, touched })))
+    Ok(Start::Warm(Box::new(Warm { summary, head, loaded: groups, from, tail, files: n, by_stamp, touched })))
 }
 
 /// The files that hold the touched documents (by the `_mirror.source` MongoDB
@@ -247,37 +258,68 @@ fn groups_to_load<'a>(
 
 /// Files with their digests.
 type Digested = Vec<(SourceFile, Option<u128>)>;
+/// Every source file by its label, with its digest.
+type Now = BTreeMap<String, (SourceFile, Option<u128>)>;
 
-/// Every source file now, with the digest of its bytes (`None`: unreadable).
+/// Every source file now, with the digest of its bytes (`None`: unreadable),
+/// and how many of them were proven by their stamp instead of read: a file
+/// whose stamp is in `stamped` gets the digest stored with it.
 /// (Read and hashed on every core: 20,000 small files are mostly system calls.)
-fn digests(engine: &Engine) -> Result<BTreeMap<String, (SourceFile, Option<u128>)>, Fatal> {
+fn digests(engine: &Engine, stamped: &HashMap<String, (source::Stamp, u128)>) -> Result<(Now, usize), Fatal> {
     let mut files = Vec::new();
     for i in 0..engine.layout.sources.len() {
         files.extend(source::discover(&engine.layout, &engine.roots, i).map_err(|(rel, problem)| {
             Fatal::Source(format!("{rel} ({}): {problem}", engine.roots.dir(engine.layout.sources[i].root).display()))
         })?);
     }
+    // Times on a network filesystem come from the server's clock: no stamp proves anything there.
+    let local: Vec<bool> =
+        engine.layout.sources.iter().map(|s| source::fstype::network_fs(engine.roots.dir(s.root)).is_none()).collect();
+    let proven = |f: &SourceFile| {
+        let (stamp, digest) = stamped.get(&f.rel).filter(|_| local.get(f.spec) == Some(&true))?;
+        let now = std::fs::metadata(&f.path).ok()?;
+        (now.is_file() && source::Stamp::of(&now) == *stamp).then_some(*digest)
+    };
+    let digest = |f: &SourceFile| {
+        if let Some(d) = proven(f) {
+            return Some((Some(d), true));
+        }
+        match source::read_stable(&f.path, engine.limits) {
+            Ok(None) => None,
+            Ok(Some(read)) => Some((Some(xxhash_rust::xxh3::xxh3_128(&read.bytes)), false)),
+            Err(_) => Some((None, false)),
+        }
+    };
     let threads = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 8);
     let per = files.len().div_ceil(threads).max(1);
-    let digest = |f: &SourceFile| match source::read_stable(&f.path, engine.limits) {
-        Ok(None) => None,
-        Ok(Some((bytes, _))) => Some(Some(xxhash_rust::xxh3::xxh3_128(&bytes))),
-        Err(_) => Some(None),
-    };
-    let found: Vec<Option<Digested>> = std::thread::scope(|scope| {
+    let found: Vec<Option<(Digested, usize)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = files
             .chunks(per)
-            .map(|chunk| scope.spawn(move || chunk.iter().filter_map(|f| Some((f.clone(), digest(f)?))).collect()))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    let mut by_stamp = 0;
+                    let mut part = Vec::with_capacity(chunk.len());
+                    for f in chunk {
+                        if let Some((d, stamp)) = digest(f) {
+                            by_stamp += usize::from(stamp);
+                            part.push((f.clone(), d));
+                        }
+                    }
+                    (part, by_stamp)
+                })
+            })
             .collect();
         // A thread that panicked must not make its files look gone.
         handles.into_iter().map(|h| h.join().ok()).collect()
     });
     let mut out = BTreeMap::new();
+    let mut by_stamp = 0;
     for part in found {
-        let part = part.ok_or_else(|| Fatal::Internal("a file digest thread failed".into()))?;
+        let (part, n) = part.ok_or_else(|| Fatal::Internal("a file digest thread failed".into()))?;
+        by_stamp += n;
         out.extend(part.into_iter().map(|(f, d)| (f.rel.clone(), (f, d))));
     }
-    Ok(out)
+    Ok((out, by_stamp))
 }
 
 /// The source file a label names (`data/users.json`), wherever it is now.
@@ -390,6 +432,7 @@ pub async fn run(
                 tracing::info!(
                     checkpoint_at = %w.head.at.try_to_rfc3339_string().unwrap_or_default(),
                     files_compared = w.files,
+                    files_proven_by_stamp = w.by_stamp,
                     documents_changed_in_mongodb = w.touched,
                     "Started from the checkpoint: only what changed since was compared"
                 );

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::{events, fstype, poll, Hint, WatchOptions};
+use super::{events, poll, Hint, WatchOptions};
 use crate::error::Fatal;
+use crate::source::fstype;
 use crate::source::Tree;
 
 /// Where change hints come from: file events, or a poller.

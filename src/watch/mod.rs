@@ -11,7 +11,6 @@
 
 mod changes;
 pub mod events;
-pub mod fstype;
 mod mirror;
 mod mongo;
 pub mod poll;
