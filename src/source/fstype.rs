@@ -6,6 +6,24 @@ use std::path::Path;
 const NETWORK: &[&str] =
     &["nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "afs", "ceph", "glusterfs", "fuse.sshfs", "fuse.rclone", "lustre"];
 
+/// Local filesystems whose change time (ctime) the kernel sets on every
+/// write, from its own clock: a file's stamp can prove its bytes there.
+const LOCAL_WITH_CTIME: &[&str] =
+    &["ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay", "zfs", "f2fs", "bcachefs", "jfs", "reiserfs"];
+
+/// Whether `path` is on a filesystem where a stamp proves a file's bytes
+/// (see [`crate::source::Stamp::settled`]); unknown ones are not trusted.
+pub fn stamps_prove(path: &Path) -> bool {
+    let Ok(canonical) = std::fs::canonicalize(path) else { return false };
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    fs_type_of(&canonical, &mountinfo).is_some_and(|fs| keeps_ctime(&fs))
+}
+
+/// Whether a filesystem of this type is one of [`LOCAL_WITH_CTIME`].
+fn keeps_ctime(fs: &str) -> bool {
+    LOCAL_WITH_CTIME.contains(&fs)
+}
+
 /// The network filesystem type `path` is on, if it is on one.
 pub fn network_fs(path: &Path) -> Option<String> {
     let canonical = std::fs::canonicalize(path).ok()?;
@@ -48,5 +66,17 @@ mod tests {
         assert_eq!(fs_type_of(Path::new("/mnt/shared/data"), info).as_deref(), Some("nfs4"));
         assert_eq!(fs_type_of(Path::new("/mnt/with space/x"), info).as_deref(), Some("cifs"));
         assert_eq!(fs_type_of(Path::new("/mnt/sharedother"), info).as_deref(), Some("ext4"));
+    }
+
+    #[test]
+    fn stamps_are_trusted_only_on_local_filesystems_that_keep_a_ctime() {
+        for fs in ["ext4", "xfs", "btrfs", "tmpfs", "overlay"] {
+            assert!(keeps_ctime(fs), "{fs}");
+        }
+        for fs in ["nfs", "nfs4", "cifs", "fuse.sshfs", "fuse.gcsfuse", "9p", "vfat", "something-new"] {
+            assert!(!keeps_ctime(fs), "{fs}");
+        }
+        // This test's own folder (the integration tests rely on stamps there).
+        assert!(stamps_prove(&std::env::temp_dir()), "the temporary folder's filesystem keeps no ctime?");
     }
 }

@@ -9,8 +9,8 @@
 //!    digest is what the proof read, and is not compared again. A file whose
 //!    stamp (size, mtime, ctime, inode, device) is the one stored with that
 //!    digest is not even read: see [`crate::source::Stamp::settled`] for why
-//!    the stamp proves the bytes (on network filesystems, whose times come
-//!    from another machine's clock, every file is hashed).
+//!    the stamp proves the bytes (only on the local filesystems known to
+//!    keep a ctime; on any other, a network one above all, every file is hashed).
 //! 4. The changed files, the files gone, and the files holding a touched
 //!    document are reconciled as watch reconciles a changed file: with the
 //!    memo loaded from the checkpoint, so only changed or touched records are
@@ -272,9 +272,11 @@ fn digests(engine: &Engine, stamped: &HashMap<String, (source::Stamp, u128)>) ->
             Fatal::Source(format!("{rel} ({}): {problem}", engine.roots.dir(engine.layout.sources[i].root).display()))
         })?);
     }
-    // Times on a network filesystem come from the server's clock: no stamp proves anything there.
+    // Times on a network filesystem come from the server's clock, and a FUSE
+    // filesystem may not keep a ctime at all: stamps prove files only on the
+    // local filesystems known to set it.
     let local: Vec<bool> =
-        engine.layout.sources.iter().map(|s| source::fstype::network_fs(engine.roots.dir(s.root)).is_none()).collect();
+        engine.layout.sources.iter().map(|s| source::fstype::stamps_prove(engine.roots.dir(s.root))).collect();
     let proven = |f: &SourceFile| {
         let (stamp, digest) = stamped.get(&f.rel).filter(|_| local.get(f.spec) == Some(&true))?;
         let now = std::fs::metadata(&f.path).ok()?;
