@@ -366,6 +366,7 @@ fn logged(run: &Run, line: &str, key: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn files_older_than_the_margin_are_proven_by_their_stamp_and_an_edit_that_keeps_size_and_mtime_is_still_caught() {
+    // (Sleeps twice past the 2 s margin: stamps are about time.)
     let db = TestDb::new("ckpt_stamps").await;
     let p = tree();
     // Last changed well before the sync reads them: their stamps prove their bytes.
@@ -394,5 +395,15 @@ async fn files_older_than_the_margin_are_proven_by_their_stamp_and_an_edit_that_
     assert_eq!(logged(&run, WARM, "files_proven_by_stamp"), Some(4), "{}", run.stderr);
     assert_eq!(run.count("updated"), 1, "{run:?}");
     assert_eq!(db.doc("users", "u2").await.unwrap().get_str("name").unwrap(), "Usex u2");
+
+    // The edit was read moments after it was made: its stamp proves nothing
+    // yet. Once it is older than the margin, the next start reads the file,
+    // finds the bytes as settled, and records the stamp it has now.
+    tokio::time::sleep(docmirror::source::STAMP_MARGIN + std::time::Duration::from_millis(200)).await;
+    let read_again = sync(&db, &p, &[]).await;
+    assert_eq!(logged(&read_again, WARM, "files_proven_by_stamp"), Some(4), "{}", read_again.stderr);
+    assert_eq!(read_again.count("unchanged"), 8, "{read_again:?}");
+    let proven = sync(&db, &p, &[]).await;
+    assert_eq!(logged(&proven, WARM, "files_proven_by_stamp"), Some(5), "{}", proven.stderr);
     assert_full_finds_nothing(&db, &p).await;
 }

@@ -79,7 +79,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
     let (engine, sink) = (core.engine, core.target);
     let t0 = std::time::Instant::now();
     let Some(memory) = core.memory else { return cold("no memory to start from") };
-    let Some(head) = checkpoint::load_head(sink).await? else { return cold("no checkpoint yet") };
+    let Some(mut head) = checkpoint::load_head(sink).await? else { return cold("no checkpoint yet") };
     if head.database_id != crate::state::database_id(sink).await? {
         return cold("the checkpoint was made for another database");
     }
@@ -111,9 +111,14 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
     let t_digest = t0.elapsed();
     let mut scan: BTreeMap<String, SourceFile> = BTreeMap::new();
     let mut same: Vec<(&String, u64)> = Vec::new();
-    for (rel, (file, digest)) in &now {
-        match head.files.get(rel) {
-            Some(f) if digest.is_some() && f.digest == *digest => same.push((rel, f.records)),
+    for (rel, (file, digest, stamp)) in &now {
+        match head.files.get_mut(rel) {
+            Some(f) if digest.is_some() && f.digest == *digest => {
+                // Read again and found as settled (touched, chmod'ed, rewritten
+                // with the same bytes): its stamp now is what proves them.
+                f.stamp = *stamp;
+                same.push((rel, f.records));
+            }
             _ => {
                 scan.insert(rel.clone(), file.clone());
             }
@@ -168,7 +173,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         }
     }
     for rel in recheck.keys() {
-        if let Some(f) = now.get(rel).map(|(f, _)| f.clone()).or_else(|| file_of(engine, rel)) {
+        if let Some(f) = now.get(rel).map(|(f, _, _)| f.clone()).or_else(|| file_of(engine, rel)) {
             scan.insert(rel.clone(), f);
         }
     }
@@ -256,14 +261,15 @@ fn groups_to_load<'a>(
     groups
 }
 
-/// Files with their digests.
-type Digested = Vec<(SourceFile, Option<u128>)>;
-/// Every source file by its label, with its digest.
-type Now = BTreeMap<String, (SourceFile, Option<u128>)>;
+/// Files with their digests, and the stamp that proves each digest now (if one does).
+type Digested = Vec<(SourceFile, Option<u128>, Option<source::Stamp>)>;
+/// Every source file by its label, with its digest and stamp.
+type Now = BTreeMap<String, (SourceFile, Option<u128>, Option<source::Stamp>)>;
 
-/// Every source file now, with the digest of its bytes (`None`: unreadable),
-/// and how many of them were proven by their stamp instead of read: a file
-/// whose stamp is in `stamped` gets the digest stored with it.
+/// Every source file now, with the digest of its bytes (`None`: unreadable)
+/// and the stamp that proves them where there is one, and how many files
+/// were proven by their stamp instead of read: a file whose stamp is in
+/// `stamped` gets the digest stored with it.
 /// (Read and hashed on every core: 20,000 small files are mostly system calls.)
 fn digests(engine: &Engine, stamped: &HashMap<String, (source::Stamp, u128)>) -> Result<(Now, usize), Fatal> {
     let mut files = Vec::new();
@@ -280,16 +286,16 @@ fn digests(engine: &Engine, stamped: &HashMap<String, (source::Stamp, u128)>) ->
     let proven = |f: &SourceFile| {
         let (stamp, digest) = stamped.get(&f.rel).filter(|_| local.get(f.spec) == Some(&true))?;
         let now = std::fs::metadata(&f.path).ok()?;
-        (now.is_file() && source::Stamp::of(&now) == *stamp).then_some(*digest)
+        (now.is_file() && source::Stamp::of(&now) == *stamp).then_some((*digest, *stamp))
     };
     let digest = |f: &SourceFile| {
-        if let Some(d) = proven(f) {
-            return Some((Some(d), true));
+        if let Some((d, stamp)) = proven(f) {
+            return Some((Some(d), Some(stamp), true));
         }
         match source::read_stable(&f.path, engine.limits) {
             Ok(None) => None,
-            Ok(Some(read)) => Some((Some(xxhash_rust::xxh3::xxh3_128(&read.bytes)), false)),
-            Err(_) => Some((None, false)),
+            Ok(Some(read)) => Some((Some(xxhash_rust::xxh3::xxh3_128(&read.bytes)), read.settled, false)),
+            Err(_) => Some((None, None, false)),
         }
     };
     let threads = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 8);
@@ -302,9 +308,9 @@ fn digests(engine: &Engine, stamped: &HashMap<String, (source::Stamp, u128)>) ->
                     let mut by_stamp = 0;
                     let mut part = Vec::with_capacity(chunk.len());
                     for f in chunk {
-                        if let Some((d, stamp)) = digest(f) {
-                            by_stamp += usize::from(stamp);
-                            part.push((f.clone(), d));
+                        if let Some((d, stamp, proven)) = digest(f) {
+                            by_stamp += usize::from(proven);
+                            part.push((f.clone(), d, stamp));
                         }
                     }
                     (part, by_stamp)
@@ -319,7 +325,7 @@ fn digests(engine: &Engine, stamped: &HashMap<String, (source::Stamp, u128)>) ->
     for part in found {
         let (part, n) = part.ok_or_else(|| Fatal::Internal("a file digest thread failed".into()))?;
         by_stamp += n;
-        out.extend(part.into_iter().map(|(f, d)| (f.rel.clone(), (f, d))));
+        out.extend(part.into_iter().map(|(f, d, stamp)| (f.rel.clone(), (f, d, stamp))));
     }
     Ok((out, by_stamp))
 }
