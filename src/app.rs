@@ -72,7 +72,7 @@ fn report(fatal: &Fatal, json: bool) {
 async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) -> Result<u8, Fatal> {
     let started = Instant::now();
     let mut settings = args.common.settings(false)?;
-    args.write.apply(&mut settings.engine)?;
+    args.write.apply(&mut settings.engine, args.common.connection.target)?;
     args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
     let opts = RunOptions {
@@ -222,7 +222,7 @@ async fn watch_cmd(args: WatchArgs, cancel: CancellationToken) -> Result<u8, Fat
     common.data_dir = Some(std::path::absolute(common.data_dir()).map_err(|e| Fatal::Source(e.to_string()))?);
     common.artifacts_dir = Some(std::path::absolute(common.artifacts_dir()).map_err(|e| Fatal::Source(e.to_string()))?);
     let mut settings = common.settings(true)?;
-    args.write.apply(&mut settings.engine)?;
+    args.write.apply(&mut settings.engine, common.connection.target)?;
     let engine = Arc::new(settings.engine);
     if let Some(addr) = args.metrics_addr {
         // /progress reads mirror_state in MongoDB (on PostgreSQL, `status` shows the same).

@@ -238,9 +238,10 @@ pub struct WriteArgs {
     pub checkpoint_max_changes: u64,
 
     /// Records mapped, compared and written together while a whole source is
-    /// scanned: bounds memory (a few KB per record), not the write batch size.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub chunk_records: u32,
+    /// scanned: bounds memory (a few KB per record), not the write batch size
+    /// [default: 1000 for MongoDB, 5000 for PostgreSQL]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub chunk_records: Option<u32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -566,7 +567,7 @@ impl ConnectionArgs {
 }
 
 impl WriteArgs {
-    pub fn apply(&self, engine: &mut Engine) -> Result<(), Fatal> {
+    pub fn apply(&self, engine: &mut Engine, target: TargetKind) -> Result<(), Fatal> {
         if !(self.mass_delete_fraction > 0.0 && self.mass_delete_fraction <= 1.0) {
             return Err(Fatal::Config("--mass-delete-fraction must be above 0 and at most 1".into()));
         }
@@ -575,7 +576,16 @@ impl WriteArgs {
         engine.allow_mass_delete = self.allow_mass_delete;
         engine.mass_delete_fraction = self.mass_delete_fraction;
         engine.mass_delete_window = std::time::Duration::from_secs(self.mass_delete_window_secs);
-        engine.chunk = usize::try_from(self.chunk_records).unwrap_or(crate::reconcile::CHUNK);
+        // PostgreSQL loads a chunk as one COPY per lane and table: 5,000 records
+        // took an initial sync of the 130k tree from 4.2 s to 3.3 s (three runs
+        // each, side by side; 10,000 and 20,000 were no faster). MongoDB's writes
+        // go in batches of --batch-size anyway: no difference there, and watch's
+        // memory stays as it was.
+        let default = match target {
+            TargetKind::Mongodb => crate::reconcile::CHUNK,
+            TargetKind::Postgres => crate::postgres::CHUNK,
+        };
+        engine.chunk = self.chunk_records.and_then(|n| usize::try_from(n).ok()).unwrap_or(default);
         engine.checkpoint_max_changes = usize::try_from(self.checkpoint_max_changes).unwrap_or(usize::MAX);
         Ok(())
     }

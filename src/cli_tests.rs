@@ -35,3 +35,21 @@ fn defaults_follow_the_guide() {
     assert!(!s.dry_run);
     assert_eq!(s.write.on_delete, OnDelete::Archive);
 }
+
+#[test]
+fn chunks_are_larger_on_postgres_unless_given() {
+    let chunk = |args: &[&str], target: TargetKind| {
+        let mut all = vec!["docmirror", "sync"];
+        all.extend_from_slice(args);
+        let cli = Cli::try_parse_from(all).unwrap();
+        let Command::Sync(s) = cli.command else { panic!() };
+        let mut settings = s.common.settings(false).unwrap();
+        s.write.apply(&mut settings.engine, target).unwrap();
+        settings.engine.chunk
+    };
+    assert_eq!(chunk(&[], TargetKind::Mongodb), crate::reconcile::CHUNK);
+    assert_eq!(chunk(&[], TargetKind::Postgres), crate::postgres::CHUNK);
+    assert_eq!((crate::reconcile::CHUNK, crate::postgres::CHUNK), (1000, 5000), "README gives these numbers");
+    assert_eq!(chunk(&["--chunk-records", "70"], TargetKind::Postgres), 70);
+    assert_eq!(chunk(&["--chunk-records", "70"], TargetKind::Mongodb), 70);
+}

@@ -28,6 +28,10 @@ use crate::layout::Layout;
 use crate::redact::{redact_uri, Scrubber};
 
 /// The guide's schema and docmirror's tables (all `IF NOT EXISTS`).
+/// Records per chunk of a full scan on this target, unless `--chunk-records`
+/// says otherwise (see `WriteArgs::apply`).
+pub const CHUNK: usize = 5_000;
+
 pub const SCHEMA: &str = include_str!("schema.sql");
 
 /// COPY connections: a batch of new rows is loaded in this many parts at
