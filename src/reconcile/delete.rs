@@ -33,16 +33,18 @@ pub(super) async fn find<T: Target>(
     existing: &HashMap<String, Existing>,
     ids_in_files: HashSet<String>,
 ) -> Result<Deletes, Fatal> {
-    let mut gone: Vec<String> = existing
-        .keys()
-        .filter(|id| !ids_in_files.contains(*id) && !scanned.protected_ids.contains(*id))
-        .cloned()
-        .collect();
+    // Borrowed until the survivors are known: on a re-sync where every record
+    // is unchanged, every id of the collection is a candidate at first.
+    let mut gone: Vec<&String> =
+        existing.keys().filter(|id| !ids_in_files.contains(*id) && !scanned.protected_ids.contains(*id)).collect();
     drop(ids_in_files);
     if !gone.is_empty() && !scanned.unchanged.is_empty() {
-        let unchanged: HashSet<&str> = scanned.unchanged.iter().map(|u| &*u.rec.id).collect();
+        let mut unchanged: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+        unchanged.reserve(scanned.unchanged.len());
+        unchanged.extend(scanned.unchanged.iter().map(|u| &*u.rec.id));
         gone.retain(|id| !unchanged.contains(id.as_str()));
     }
+    let gone: Vec<String> = gone.into_iter().cloned().collect();
     let details = if gone.is_empty() { HashMap::new() } else { target.existing(spec, &gone).await? };
     let mut deletes: Vec<(String, Existing)> = gone
         .iter()
