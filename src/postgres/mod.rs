@@ -28,11 +28,11 @@ use crate::layout::Layout;
 use crate::redact::{redact_uri, Scrubber};
 
 /// The guide's schema and docmirror's tables (all `IF NOT EXISTS`).
+pub const SCHEMA: &str = include_str!("schema.sql");
+
 /// Records per chunk of a full scan on this target, unless `--chunk-records`
 /// says otherwise (see `WriteArgs::apply`).
 pub const CHUNK: usize = 5_000;
-
-pub const SCHEMA: &str = include_str!("schema.sql");
 
 /// COPY connections: a batch of new rows is loaded in this many parts at
 /// once, each in a transaction of its own, so PostgreSQL loads one part (on a

@@ -1,5 +1,6 @@
-//! Which filesystem a folder is on, to warn when change events cannot be
-//! trusted (network filesystems deliver no events for remote writes).
+//! Which filesystem a folder is on: to warn when change events cannot be
+//! trusted (network filesystems deliver no events for remote writes), and to
+//! know whether a file's stamp can prove its bytes (a local one keeping a ctime).
 
 use std::path::Path;
 
@@ -14,9 +15,7 @@ const LOCAL_WITH_CTIME: &[&str] =
 /// Whether `path` is on a filesystem where a stamp proves a file's bytes
 /// (see [`crate::source::Stamp::settled`]); unknown ones are not trusted.
 pub fn stamps_prove(path: &Path) -> bool {
-    let Ok(canonical) = std::fs::canonicalize(path) else { return false };
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
-    fs_type_of(&canonical, &mountinfo).is_some_and(|fs| keeps_ctime(&fs))
+    fs_type(path).is_some_and(|fs| keeps_ctime(&fs))
 }
 
 /// Whether a filesystem of this type is one of [`LOCAL_WITH_CTIME`].
@@ -26,10 +25,14 @@ fn keeps_ctime(fs: &str) -> bool {
 
 /// The network filesystem type `path` is on, if it is on one.
 pub fn network_fs(path: &Path) -> Option<String> {
+    fs_type(path).filter(|fs| NETWORK.contains(&fs.as_str()))
+}
+
+/// The type of the filesystem `path` is on (`None`: it cannot be told).
+fn fs_type(path: &Path) -> Option<String> {
     let canonical = std::fs::canonicalize(path).ok()?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let fs = fs_type_of(&canonical, &mountinfo)?;
-    NETWORK.contains(&fs.as_str()).then_some(fs)
+    fs_type_of(&canonical, &mountinfo)
 }
 
 /// The type of the mount holding `path`, from `/proc/self/mountinfo` text.

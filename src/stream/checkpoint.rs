@@ -22,9 +22,9 @@
 //! write since is replayed, and a file whose bytes still match its digest is
 //! what the reconcile read (a file whose stamp is still the stamp stored with
 //! the digest has those bytes: its last change was seconds before they were
-//! read, so any later write changed its ctime). A group whose stored bytes do not match the hash
-//! the head names (a save cut short) is not used: its files are compared
-//! with MongoDB in full instead.
+//! read, so any later write changed its ctime). A group whose stored bytes do
+//! not match the hash the head names (a save cut short) is not used: its
+//! files are compared with MongoDB in full instead.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
