@@ -11,7 +11,7 @@
 //! - [`watch`]: the daemon: file events (or polling) feed changed paths into the same core;
 //! - [`cli`], [`config`] and [`app`]: the command line, the config file and the commands; [`progress`]: sync's bar;
 //! - [`metrics`] and [`http`]: Prometheus counters and the health endpoints; [`state`]: `mirror_state`;
-//! - [`redact`]: keeping credentials out of logs; [`error`]: fatal errors and exit codes.
+//! - [`memory`]: the allocator; [`redact`]: keeping credentials out of logs; [`error`]: fatal errors and exit codes.
 
 pub mod app;
 pub mod cli;
@@ -23,6 +23,7 @@ pub mod http;
 pub mod indexes;
 pub mod layout;
 pub mod mapping;
+pub mod memory;
 pub mod metrics;
 pub mod postgres;
 pub mod progress;

@@ -244,7 +244,7 @@ impl<T: Mirror> Daemon<T> {
         self.engine.metrics.set_ready();
         self.record_state(StateUpdate::Full(first.clone(), started.elapsed()));
         log_summary("Initial reconcile done; watching for changes", &first);
-        release_freed_memory();
+        crate::memory::release_freed();
         self.totals.add(&first);
         lifecycle.ready(&first);
         Ok(true)
@@ -355,7 +355,7 @@ impl<T: Mirror> Daemon<T> {
         self.in_flight = None;
         self.batch_started = None;
         let batch = self.batch.take();
-        release_freed_memory();
+        crate::memory::release_freed();
         let now = Instant::now();
         match done {
             Ok(Ok(mut s)) => {
@@ -502,20 +502,6 @@ impl<T: Mirror> Daemon<T> {
 fn stopped(totals: Summary) -> Summary {
     log_summary("Stopped", &totals);
     totals
-}
-
-/// Hand the memory a reconcile freed back to the system. A full scan of a
-/// large source frees tens of MB across the allocator's per-thread arenas;
-/// without this, the daemon's resident size stays at that high-water mark
-/// and every later change adds its own peak on top. (glibc only; elsewhere
-/// the allocator decides.)
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    #[allow(unsafe_code)]
-    // SAFETY: malloc_trim has no preconditions; it only returns free pages.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// One log line with a summary's counters as fields.
