@@ -15,7 +15,7 @@ use futures_util::SinkExt;
 use tokio_postgres::Client;
 
 use super::tables::Table;
-use super::write::{no_nul, Pending};
+use super::write::{extras_text, Pending};
 use super::Pg;
 
 /// A connection COPY runs on, opened on first use.
@@ -83,7 +83,7 @@ pub fn bookkeeping_data(t: &Table, rows: &[Pending]) -> String {
     let mut out = String::with_capacity(rows.len() * 160);
     for p in rows {
         let id = p.row.values.first().and_then(|v| v.as_deref());
-        let extras = no_nul(&serde_json::Value::Object(p.row.extras.clone()).to_string());
+        let extras = extras_text(&p.row.extras);
         let f = [
             Some(t.name),
             id,

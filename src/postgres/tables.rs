@@ -284,9 +284,20 @@ fn plain_decimal(f: f64) -> String {
 }
 
 /// A BSON date as `YYYY-MM-DD HH:MM:SS.mmm`, its UTC wall time.
+/// (Written by hand for the years 0 to 9999: chrono's `format` parses its
+/// pattern again for every value, a cost paid for every time of every row.)
 pub fn utc_wall_time(d: bson::DateTime) -> Option<String> {
-    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(d.timestamp_millis())?;
-    Some(t.naive_utc().format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+    use chrono::{Datelike, Timelike};
+    use std::fmt::Write;
+    let t = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(d.timestamp_millis())?.naive_utc();
+    if !(0..=9999).contains(&t.year()) {
+        return Some(t.format("%Y-%m-%d %H:%M:%S%.3f").to_string());
+    }
+    let mut s = String::with_capacity(23);
+    let millis = t.nanosecond() / 1_000_000;
+    let (y, mo, da, h, mi, se) = (t.year(), t.month(), t.day(), t.hour(), t.minute(), t.second());
+    write!(s, "{y:04}-{mo:02}-{da:02} {h:02}:{mi:02}:{se:02}.{millis:03}").ok()?;
+    Some(s)
 }
 
 fn kind_name(b: &Bson) -> &'static str {
@@ -388,6 +399,31 @@ fn column_bson(kind: Kind, v: &Value) -> Bson {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wall_times_are_written_as_chrono_writes_them_in_every_year() {
+        let chrono_text = |ms: i64| {
+            chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+                .map(|t| t.naive_utc().format("%Y-%m-%d %H:%M:%S%.3f").to_string())
+        };
+        // Around the epoch, leap days, the ends of years 0 and 9999, and beyond them.
+        let samples = [
+            0,
+            -1,
+            1,
+            951_782_400_000,
+            1_709_208_000_123,
+            -62_167_219_200_000,
+            -62_167_219_200_001,
+            253_402_300_799_999,
+            253_402_300_800_000,
+            -8_334_632_851_200_000,
+            8_210_266_876_799_999,
+        ];
+        for ms in samples.into_iter().chain((0..2000).map(|i| i * 7_777_777_777_i64 - 60_000_000_000_000)) {
+            assert_eq!(utc_wall_time(bson::DateTime::from_millis(ms)), chrono_text(ms), "{ms} ms");
+        }
+    }
+
     use super::*;
     use bson::doc;
 

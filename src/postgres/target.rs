@@ -355,7 +355,7 @@ impl Target for Pg {
                 Reject::EmailTaken { other_id, .. } => Some(text(other_id)),
                 _ => None,
             }),
-            col(&|r| r.record.as_ref().map(|b| no_nul(&tables::json_of(b).to_string()))),
+            col(&|r| r.record.as_ref().map(|b| no_nul(tables::json_of(b).to_string()))),
         ];
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         self.client()

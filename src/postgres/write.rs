@@ -133,7 +133,7 @@ fn params(t: &Table, rows: &[&Pending], with_check: bool) -> Vec<Vec<Option<Stri
     out.push(rows.iter().map(|p| p.position.clone()).collect());
     out.push(rows.iter().map(|p| Some(p.hash.clone())).collect());
     out.push(rows.iter().map(|p| Some(p.fields.clone())).collect());
-    out.push(rows.iter().map(|p| Some(no_nul(&serde_json::Value::Object(p.row.extras.clone()).to_string()))).collect());
+    out.push(rows.iter().map(|p| Some(extras_text(&p.row.extras))).collect());
     out.push(rows.iter().map(|p| p.raw.clone()).collect());
     out.push(rows.iter().map(|p| p.uniq.clone()).collect());
     if with_check {
@@ -144,8 +144,18 @@ fn params(t: &Table, rows: &[&Pending], with_check: bool) -> Vec<Vec<Option<Stri
 }
 
 /// JSON text PostgreSQL's `jsonb` accepts: it refuses `\u0000`.
-pub fn no_nul(json: &str) -> String {
-    json.replace("\\u0000", "\\ufffd")
+pub fn no_nul(json: String) -> String {
+    if json.contains("\\u0000") {
+        json.replace("\\u0000", "\\ufffd")
+    } else {
+        json
+    }
+}
+
+/// A record's extras as `jsonb` input text.
+pub fn extras_text(extras: &serde_json::Map<String, serde_json::Value>) -> String {
+    // A map with string keys always serializes; `Value`'s Display does the same.
+    no_nul(serde_json::to_string(extras).unwrap_or_else(|_| serde_json::Value::Object(extras.clone()).to_string()))
 }
 
 /// A refusal of one record as its outcome.

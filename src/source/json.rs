@@ -186,12 +186,20 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
         Ok(Value::Array(items))
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut obj = serde_json::Map::new();
+        // Room for a typical record's fields from the start: growing a map
+        // entry by entry copies it several times (JSON gives no size hint).
+        let mut obj = serde_json::Map::with_capacity(map.size_hint().unwrap_or(8));
         let mut duplicates: Vec<Value> = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             let Strict(v) = map.next_value()?;
-            if obj.insert(key.clone(), v).is_some() {
-                duplicates.push(Value::String(key));
+            match obj.entry(key) {
+                serde_json::map::Entry::Vacant(e) => {
+                    e.insert(v);
+                }
+                serde_json::map::Entry::Occupied(mut e) => {
+                    duplicates.push(Value::String(e.key().clone()));
+                    e.insert(v);
+                }
             }
         }
         if !duplicates.is_empty() {
