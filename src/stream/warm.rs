@@ -284,9 +284,8 @@ fn digests(engine: &Engine, stamped: &HashMap<String, (source::Stamp, u128)>) ->
     let local: Vec<bool> =
         engine.layout.sources.iter().map(|s| source::fstype::stamps_prove(engine.roots.dir(s.root))).collect();
     let proven = |f: &SourceFile| {
-        let (stamp, digest) = stamped.get(&f.rel).filter(|_| local.get(f.spec) == Some(&true))?;
-        let now = std::fs::metadata(&f.path).ok()?;
-        (now.is_file() && source::Stamp::of(&now) == *stamp).then_some((*digest, *stamp))
+        let now = || std::fs::metadata(&f.path).ok().map(|m| (m.is_file(), source::Stamp::of(&m)));
+        stamp_proof(stamped.get(&f.rel), local.get(f.spec) == Some(&true), now)
     };
     let digest = |f: &SourceFile| {
         if let Some((d, stamp)) = proven(f) {
@@ -328,6 +327,20 @@ fn digests(engine: &Engine, stamped: &HashMap<String, (source::Stamp, u128)>) ->
         out.extend(part.into_iter().map(|(f, d, stamp)| (f.rel.clone(), (f, d, stamp))));
     }
     Ok((out, by_stamp))
+}
+
+/// The digest a file's stamp proves, if it proves one: the checkpoint
+/// recorded this very stamp with the digest, the file's filesystem is one
+/// whose stamps are believed (`local`), and the file is still a regular file
+/// with that stamp (`now`, looked up only when the rest holds: a stat per file).
+fn stamp_proof(
+    recorded: Option<&(source::Stamp, u128)>,
+    local: bool,
+    now: impl FnOnce() -> Option<(bool, source::Stamp)>,
+) -> Option<(u128, source::Stamp)> {
+    let (stamp, digest) = recorded.filter(|_| local)?;
+    let (is_file, now) = now()?;
+    (is_file && now == *stamp).then_some((*digest, *stamp))
 }
 
 /// The source file a label names (`data/users.json`), wherever it is now.
@@ -545,4 +558,26 @@ async fn prove(
         save_after(engine, sink, memory, tail, &from, Known::All).await;
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stamp_proof;
+    use crate::source::Stamp;
+
+    #[test]
+    fn a_stamp_proves_a_file_only_on_a_filesystem_whose_stamps_are_believed() {
+        let stamp = Stamp { len: 10, mtime_ns: 1, ctime_ns: 2, ino: 3, dev: 4 };
+        let recorded = (stamp, 0xfeed_u128);
+        let same = || Some((true, stamp));
+        assert_eq!(stamp_proof(Some(&recorded), true, same), Some((0xfeed, stamp)));
+        // NFS, SMB, FUSE or unknown: hashed, and not even stat'ed.
+        assert_eq!(stamp_proof(Some(&recorded), false, || -> Option<(bool, Stamp)> { unreachable!() }), None);
+        // Any part of the stamp moved (here the ctime alone), or no longer a file, or gone.
+        assert_eq!(stamp_proof(Some(&recorded), true, || Some((true, Stamp { ctime_ns: 5, ..stamp }))), None);
+        assert_eq!(stamp_proof(Some(&recorded), true, || Some((false, stamp))), None);
+        assert_eq!(stamp_proof(Some(&recorded), true, || None), None);
+        // No stamp recorded (a file read too soon after its last change).
+        assert_eq!(stamp_proof(None, true, same), None);
+    }
 }
