@@ -405,7 +405,8 @@ mod tests {
             chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
                 .map(|t| t.naive_utc().format("%Y-%m-%d %H:%M:%S%.3f").to_string())
         };
-        // Around the epoch, leap days, the ends of years 0 and 9999, and beyond them.
+        // Around the epoch, leap days, the ends of years 0 and 9999, and beyond them; then
+        // 2,000 instants from about 90 BC to AD 10050, every part of the time varied.
         let samples = [
             0,
             -1,
@@ -419,7 +420,7 @@ mod tests {
             -8_334_632_851_200_000,
             8_210_266_876_799_999,
         ];
-        for ms in samples.into_iter().chain((0..2000).map(|i| i * 7_777_777_777_i64 - 60_000_000_000_000)) {
+        for ms in samples.into_iter().chain((0..2000).map(|i| i * 160_000_000_007_i64 - 65_000_000_000_000)) {
             assert_eq!(utc_wall_time(bson::DateTime::from_millis(ms)), chrono_text(ms), "{ms} ms");
         }
     }
