@@ -17,22 +17,23 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// top.
 pub fn release_freed() {
     #[cfg(not(target_env = "msvc"))]
-    #[allow(unsafe_code)]
-    // SAFETY: `arena.<MALLCTL_ARENAS_ALL>.purge` (4096 is "all arenas") reads
-    // and writes nothing, and both pointers are null as it requires; it only
-    // returns the unused dirty pages of every arena to the system.
-    let status = unsafe {
-        tikv_jemalloc_sys::mallctl(
-            c"arena.4096.purge".as_ptr(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            0,
-        )
-    };
-    #[cfg(not(target_env = "msvc"))]
-    if status != 0 {
-        tracing::debug!(status, "The allocator did not purge its free pages");
+    {
+        #[allow(unsafe_code)]
+        // SAFETY: `arena.<MALLCTL_ARENAS_ALL>.purge` (4096 is "all arenas")
+        // reads and writes nothing, and both pointers are null as it requires;
+        // it only returns the unused dirty pages of every arena to the system.
+        let status = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"arena.4096.purge".as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        if status != 0 {
+            tracing::debug!(status, "The allocator did not purge its free pages");
+        }
     }
 }
 

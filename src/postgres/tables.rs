@@ -399,6 +399,9 @@ fn column_bson(kind: Kind, v: &Value) -> Bson {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use bson::doc;
+
     #[test]
     fn wall_times_are_written_as_chrono_writes_them_in_every_year() {
         let chrono_text = |ms: i64| {
@@ -424,9 +427,6 @@ mod tests {
             assert_eq!(utc_wall_time(bson::DateTime::from_millis(ms)), chrono_text(ms), "{ms} ms");
         }
     }
-
-    use super::*;
-    use bson::doc;
 
     #[test]
     fn is_camel_says_what_camel_makes() {

@@ -154,8 +154,9 @@ pub fn no_nul(json: String) -> String {
 
 /// A record's extras as `jsonb` input text.
 pub fn extras_text(extras: &serde_json::Map<String, serde_json::Value>) -> String {
-    // A map with string keys always serializes; `Value`'s Display does the same.
-    no_nul(serde_json::to_string(extras).unwrap_or_else(|_| serde_json::Value::Object(extras.clone()).to_string()))
+    // A map with string keys always serializes. Were it ever not to, the empty
+    // text is not `jsonb`: PostgreSQL refuses the row, a reject with its reason.
+    no_nul(serde_json::to_string(extras).unwrap_or_default())
 }
 
 /// A refusal of one record as its outcome.
