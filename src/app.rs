@@ -73,6 +73,7 @@ async fn sync(args: SyncArgs, show_progress: bool, cancel: CancellationToken) ->
     let started = Instant::now();
     let mut settings = args.common.settings(false)?;
     args.write.apply(&mut settings.engine, args.common.connection.target)?;
+    settings.engine.exclusive_load = !args.no_exclusive_load;
     args.common.check_roots()?;
     let engine = Arc::new(settings.engine);
     let opts = RunOptions {

@@ -191,6 +191,12 @@ pub struct SyncArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// PostgreSQL: load empty tables in batches beside other users of them,
+    /// instead of in one transaction that locks them and makes their keys and
+    /// indexes after the load (faster; see README).
+    #[arg(long)]
+    pub no_exclusive_load: bool,
+
     #[command(flatten)]
     pub write: WriteArgs,
 }

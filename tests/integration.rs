@@ -23,6 +23,7 @@ mod model;
 mod poison;
 mod postgres;
 mod postgres_copy;
+mod postgres_fresh;
 mod postgres_texts;
 mod postgres_tls;
 mod property;

@@ -54,7 +54,8 @@ async fn pg_tls_sync_with_sslrootcert_is_encrypted_on_both_connections() {
     let db = TestPg::on(&server.url, "pg_tls_ok").await;
     let p = platform();
     let query = format!("sslmode=require&sslrootcert={}&application_name=dm_tls_ok", server.ca.display());
-    let run = docmirror_pg_env(&db, &p, &["sync"], &[("DATABASE_URL", &url_with(&db, &query))]).await;
+    let run =
+        docmirror_pg_env(&db, &p, &["sync", "--no-exclusive-load"], &[("DATABASE_URL", &url_with(&db, &query))]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.count("inserted"), 12, "{}", run.summary());
     assert_eq!(db.count("users").await, 12);
@@ -62,6 +63,17 @@ async fn pg_tls_sync_with_sslrootcert_is_encrypted_on_both_connections() {
     assert!(run.stderr.contains("Loaded a batch with COPY"), "{}", run.stderr);
     assert!(!run.stderr.contains(PASSWORD), "{}", run.stderr);
     let seen = docmirror_sessions(&db, "dm_tls_ok").await;
+    assert!(seen.len() >= 2, "docmirror's two connections should be in the server's log: {seen:?}");
+    assert!(seen.iter().all(|l| l.contains("SSL enabled")), "a session without TLS: {seen:?}");
+
+    // The load into empty tables has a connection of its own: over TLS too.
+    let fresh = TestPg::on(&server.url, "pg_tls_ok_fresh").await;
+    let query = format!("sslmode=require&sslrootcert={}&application_name=dm_tls_fresh", server.ca.display());
+    let run = docmirror_pg_env(&fresh, &p, &["sync"], &[("DATABASE_URL", &url_with(&fresh, &query))]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("Loading empty tables in one transaction"), "{}", run.stderr);
+    assert_eq!(fresh.count("users").await, 12);
+    let seen = docmirror_sessions(&fresh, "dm_tls_fresh").await;
     assert!(seen.len() >= 2, "docmirror's two connections should be in the server's log: {seen:?}");
     assert!(seen.iter().all(|l| l.contains("SSL enabled")), "a session without TLS: {seen:?}");
 

@@ -108,7 +108,7 @@ pub fn guide_copy_sql(t: &Table) -> String {
 pub const BOOKKEEPING_COPY_SQL: &str =
     "COPY docmirror_rows (tbl, id, source, position, hash, fields, extras, raw, uniq) FROM STDIN";
 
-async fn copy(client: &Client, sql: &str, data: String) -> Result<u64, tokio_postgres::Error> {
+pub async fn copy(client: &Client, sql: &str, data: String) -> Result<u64, tokio_postgres::Error> {
     let sink = client.copy_in::<_, Bytes>(sql).await?;
     let mut sink = std::pin::pin!(sink);
     sink.send(Bytes::from(data.into_bytes())).await?;

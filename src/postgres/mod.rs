@@ -10,6 +10,7 @@
 //! `sslmode` and `sslrootcert` and makes the TLS connector both connections use.
 
 mod copy;
+mod fresh;
 mod state;
 pub mod tables;
 mod target;
@@ -76,6 +77,8 @@ struct Inner {
     /// The COPY connections (two lanes, so that one batch's half is sent
     /// while PostgreSQL loads the other).
     bulk: [tokio::sync::Mutex<copy::Bulk>; LANES],
+    /// `sync`'s load into empty tables, while it is under way (`fresh.rs`).
+    fresh: std::sync::Mutex<Option<Arc<fresh::Fresh>>>,
     /// How both connections are made: the URL the driver reads, and TLS.
     dial: Dial,
 }
@@ -218,6 +221,7 @@ impl Pg {
                 state_lock: tokio::sync::Mutex::new(()),
                 blocked: 0.into(),
                 bulk: Default::default(),
+                fresh: std::sync::Mutex::new(None),
                 dial,
             }),
         })
@@ -229,6 +233,14 @@ impl Pg {
 
     /// The connection, made again first if it was lost.
     pub async fn client(&self) -> Result<Arc<Client>, Fatal> {
+        // During sync's load into empty tables, everything goes through its
+        // transaction (the tables are locked against other connections).
+        if let Some(f) = self.fresh() {
+            if f.client.is_closed() {
+                return Err(Fatal::Postgres("the connection of the load into empty tables was lost".into()));
+            }
+            return Ok(f.client.clone());
+        }
         let c = self.current();
         if !c.is_closed() {
             return Ok(c);

@@ -22,7 +22,7 @@ use crate::reconcile::REJECTS;
 /// Writes of one kind: their places in the request, and their rows.
 type Group = (Vec<usize>, Vec<Pending>);
 
-fn table_of(spec: &SourceSpec) -> Result<&'static Table, Fatal> {
+pub(super) fn table_of(spec: &SourceSpec) -> Result<&'static Table, Fatal> {
     tables::table(&spec.collection).ok_or_else(|| {
         Fatal::Config(format!(
             "{:?} is not one of the guide's tables (users, datasets, training_jobs)",
@@ -98,6 +98,12 @@ impl Pg {
 }
 
 impl Target for Pg {
+    async fn whole_source_done(&self, spec: &SourceSpec) {
+        if let (Some(fresh), Ok(t)) = (self.fresh(), table_of(spec)) {
+            fresh.table_done(t.name).await;
+        }
+    }
+
     async fn hashes(&self, spec: &SourceSpec) -> Result<HashMap<String, Existing>, Fatal> {
         // Only the hash, as on MongoDB: the core asks for the rest where it needs it.
         let t = table_of(spec)?;

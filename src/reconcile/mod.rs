@@ -98,6 +98,9 @@ pub struct Engine {
     /// A start from a checkpoint gives way to a full reconcile when more
     /// documents than this changed in MongoDB since (`--checkpoint-max-changes`).
     pub checkpoint_max_changes: usize,
+    /// `sync` into empty PostgreSQL tables may load them in one transaction
+    /// that locks them (`postgres/fresh.rs`); off with `--no-exclusive-load`.
+    pub exclusive_load: bool,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -117,6 +120,7 @@ impl Engine {
             allow_mass_delete: false,
             chunk: CHUNK,
             checkpoint_max_changes: 50_000,
+            exclusive_load: false,
             metrics: Arc::default(),
         }
     }
@@ -293,7 +297,9 @@ async fn reconcile_whole_source<T: Target>(
     tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged_by_text = scanned.unchanged.len(), elapsed_ms = started.elapsed().as_millis(), "Scanned");
     let last = std::mem::take(&mut scanned.candidates);
     run.chunk(last, &existing).await?;
-    run.finish(scanned, existing).await
+    let summary = run.finish(scanned, existing).await?;
+    core.target.whole_source_done(&core.engine.layout.sources[spec_idx]).await;
+    Ok(summary)
 }
 
 /// Some files of a source (watch): scanned in full (the memo keeps that

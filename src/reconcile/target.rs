@@ -82,6 +82,12 @@ pub enum Outcome {
 
 /// A database the core can mirror into.
 pub trait Target: Clone + Send + Sync + 'static {
+    /// A whole source was reconciled (every write of it is done): a target
+    /// loading it in bulk may finish what it deferred for its table.
+    fn whole_source_done(&self, _spec: &SourceSpec) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Every document's id and content hash (what a full scan compares with).
     fn hashes(&self, spec: &SourceSpec) -> impl Future<Output = Result<HashMap<String, Existing>, Fatal>> + Send;
 

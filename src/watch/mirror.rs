@@ -72,6 +72,28 @@ impl Mirror for crate::postgres::Pg {
         // sync: records whose text the rows were written from is unchanged are
         // not mapped again (the table keeps the texts' hashes); `--full` maps all.
         let opts = RunOptions { texts: !full, ..opts };
+        // sync into empty tables: one transaction, keys and indexes made after
+        // the load; whatever it refuses, it is undone and the rows go in again
+        // in batches, each refusal one record's reject (`postgres/fresh.rs`).
+        if memory.is_none() && !opts.dry_run && engine.exclusive_load && self.begin_fresh(engine).await {
+            let undone = match reconcile(Core { engine, target: self, memory }, Scope::Full, opts, cancel).await {
+                Ok(summary) => match self.finish_fresh().await {
+                    Ok(()) => return Ok(summary),
+                    Err(reason) => reason,
+                },
+                Err(e) => {
+                    self.abandon_fresh();
+                    match e {
+                        Fatal::Postgres(reason) if !cancel.is_cancelled() => reason,
+                        e => return Err(e),
+                    }
+                }
+            };
+            tracing::info!(
+                reason = %undone,
+                "The load into empty tables was rolled back: loading again in batches, where each refusal is one record's reject"
+            );
+        }
         reconcile(Core { engine, target: self, memory }, Scope::Full, opts, cancel).await
     }
 
