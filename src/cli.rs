@@ -191,9 +191,7 @@ pub struct SyncArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// PostgreSQL: load empty tables in batches beside other users of them,
-    /// instead of in one transaction that locks them and makes their keys and
-    /// indexes after the load (faster; see README).
+    /// PostgreSQL: load empty tables in batches, not in one transaction that locks them (README).
     #[arg(long)]
     pub no_exclusive_load: bool,
 
