@@ -1,6 +1,6 @@
 //! `--target postgres` against a real PostgreSQL server (the guide's tables).
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::{user, Platform, HASH_A};
 use crate::support_pg::{docmirror_pg, docmirror_pg_env, TestPg};
@@ -479,4 +479,43 @@ async fn pg_an_update_keeps_what_the_app_wrote_in_columns_the_record_lacks() {
     // The app's column stays; the column the mirror wrote and the record lost is emptied.
     assert_eq!(db.text("SELECT name || ' ' || role FROM users WHERE id = 'u1'").await, "Renamed reviewer");
     assert_eq!(db.text("SELECT COALESCE(role, 'NULL') FROM users WHERE id = 'u2'").await, "NULL");
+}
+
+/// `VmHWM` (peak) and `VmRSS` (now) of a process, in KiB.
+fn peak_and_resident(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name}: {status}"));
+        line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap()
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+#[tokio::test]
+async fn pg_watch_hands_the_memory_of_its_initial_reconcile_back_to_the_system() {
+    // README: after each reconcile, watch hands the memory it freed back to
+    // the system. A large initial reconcile (PostgreSQL's, to keep it short)
+    // peaks well above what watch keeps; idle, the allocator would keep the
+    // difference without the purge.
+    use crate::support_targets::{Db, Kind};
+    let db = Db::new(Kind::Pg, "pg_watch_memory").await;
+    let p = Platform::new();
+    let users: Vec<Value> = (0..60_000)
+        .map(|i| {
+            let mut u = user(&format!("u{i}"), &format!("user{i}@x.io"), "2025-10-01T00:00:00Z");
+            u["bio"] = json!("x".repeat(200));
+            u
+        })
+        .collect();
+    p.users(&json!(users));
+    let w = db.watch(&p, &["--rescan-interval-secs", "0"]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let pid = w.child.id().expect("watch exited");
+    let (peak, now) = peak_and_resident(pid);
+    w.stop().await;
+    // (Measured: peak about 165 MiB; resident 74 MiB with the purge, 139 MiB without.)
+    assert!(
+        now + 50 * 1024 < peak,
+        "watch still holds its initial reconcile's memory: resident {now} KiB, peak {peak} KiB"
+    );
 }
