@@ -298,6 +298,38 @@ async fn a_memo_stored_in_several_parts_comes_back_whole() {
     assert_eq!(db.doc("users", "u7").await.unwrap().get_str("name").unwrap(), "second");
 }
 
+/// The app rewrites a large `users.json` in another format while nobody
+/// watches (compact instead of pretty-printed): every record's text is new,
+/// so every record is compared. What MongoDB holds for them is read in one
+/// pass over the collection, not looked up 5,000 ids at a time (which the
+/// test server answers with a scan of the collection per lookup); the result
+/// is what a full reconcile gives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_file_rewritten_in_another_format_is_compared_from_one_read_of_its_collection() {
+    let db = TestDb::new("ckpt_reformat").await;
+    let p = Platform::new();
+    let users = |changed: &str| -> serde_json::Value {
+        (0..21_000)
+            .map(|i| {
+                let mut u = user(&format!("u{i}"), &format!("user{i}@example.com"), "2025-10-01T00:00:00.000Z");
+                if i == 7 {
+                    u["name"] = json!(changed);
+                }
+                u
+            })
+            .collect()
+    };
+    p.users(&users("first"));
+    sync(&db, &p, &[]).await;
+    p.write("data/users.json", serde_json::to_vec(&users("second")).unwrap());
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains(WARM), "{}", run.stderr);
+    assert!(run.stderr.contains("Reading the whole collection instead of looking ids up"), "{}", run.stderr);
+    assert_eq!((run.count("updated"), run.count("unchanged")), (1, 20_999), "{run:?}");
+    assert_eq!(db.doc("users", "u7").await.unwrap().get_str("name").unwrap(), "second");
+    assert_full_finds_nothing(&db, &p).await;
+}
+
 /// The app writes while the sync that makes the checkpoint is still running:
 /// replaces a document the sync already wrote, and deletes another. The sync's own
 /// writes are no proof of those: the next start from the checkpoint must

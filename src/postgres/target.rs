@@ -133,6 +133,10 @@ impl Target for Pg {
         self.read_existing(table_of(spec)?, "WHERE t.id = ANY($1)", &[&ids]).await
     }
 
+    async fn existing_all(&self, spec: &SourceSpec) -> Result<HashMap<String, Existing>, Fatal> {
+        self.read_existing(table_of(spec)?, "", &[]).await
+    }
+
     async fn existing_from_files(
         &self,
         spec: &SourceSpec,

@@ -108,6 +108,10 @@ pub trait Target: Clone + Send + Sync + 'static {
         ids: &[String],
     ) -> impl Future<Output = Result<HashMap<String, Existing>, Fatal>> + Send;
 
+    /// Everything [`Existing`] holds, for every document of the collection
+    /// (one read, where looking many ids up one batch at a time costs more).
+    fn existing_all(&self, spec: &SourceSpec) -> impl Future<Output = Result<HashMap<String, Existing>, Fatal>> + Send;
+
     /// Everything [`Existing`] holds, for every document mirrored from these files.
     fn existing_from_files(
         &self,

@@ -30,6 +30,12 @@ impl Target for Sink {
         Ok(docs.iter().filter_map(|d| existing_from(spec, d)).collect())
     }
 
+    async fn existing_all(&self, spec: &SourceSpec) -> Result<HashMap<String, Existing>, Fatal> {
+        Ok(self
+            .find_map(&spec.collection, doc! {}, Some(existing_projection(spec)), |d| existing_from(spec, &d))
+            .await?)
+    }
+
     async fn existing_from_files(
         &self,
         spec: &SourceSpec,
