@@ -257,23 +257,26 @@ async fn a_sync_that_writes_more_than_the_servers_history_still_leaves_a_checkpo
     assert_eq!(reads_of(&again, "training_jobs"), 0, "{}", documents_read(&again));
 }
 
+/// `n` users; `u7`'s name is `changed`.
+fn many_users(n: usize, changed: &str) -> serde_json::Value {
+    (0..n)
+        .map(|i| {
+            let mut u = user(&format!("u{i}"), &format!("user{i}@example.com"), "2025-10-01T00:00:00.000Z");
+            if i == 7 {
+                u["name"] = json!(changed);
+            }
+            u
+        })
+        .collect()
+}
+
 /// A large file's memo is stored in several parts (1 MB each) and comes back
 /// whole: a change to one of its records compares that record only.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memo_stored_in_several_parts_comes_back_whole() {
     let db = TestDb::new("ckpt_parts").await;
     let p = Platform::new();
-    let users = |changed: &str| -> serde_json::Value {
-        (0..16_000)
-            .map(|i| {
-                let mut u = user(&format!("u{i}"), &format!("user{i}@example.com"), "2025-10-01T00:00:00.000Z");
-                if i == 7 {
-                    u["name"] = json!(changed);
-                }
-                u
-            })
-            .collect()
-    };
+    let users = |changed: &str| many_users(16_000, changed);
     p.users(&users("first"));
     sync(&db, &p, &[]).await;
     let parts = db.db.collection::<bson::Document>("mirror_checkpoint");
@@ -308,17 +311,7 @@ async fn a_memo_stored_in_several_parts_comes_back_whole() {
 async fn a_large_file_rewritten_in_another_format_is_compared_from_one_read_of_its_collection() {
     let db = TestDb::new("ckpt_reformat").await;
     let p = Platform::new();
-    let users = |changed: &str| -> serde_json::Value {
-        (0..21_000)
-            .map(|i| {
-                let mut u = user(&format!("u{i}"), &format!("user{i}@example.com"), "2025-10-01T00:00:00.000Z");
-                if i == 7 {
-                    u["name"] = json!(changed);
-                }
-                u
-            })
-            .collect()
-    };
+    let users = |changed: &str| many_users(21_000, changed);
     p.users(&users("first"));
     sync(&db, &p, &[]).await;
     p.write("data/users.json", serde_json::to_vec(&users("second")).unwrap());

@@ -79,6 +79,10 @@ async fn pg_sync_into_empty_tables_loads_in_one_transaction_and_leaves_what_batc
     p.users(&users);
 
     let fresh = TestPg::new("pg_fresh_ok").await;
+    // A dry run writes nothing, so it never starts the load.
+    let dry = docmirror_pg(&fresh, &p, &["sync", "--dry-run"]).await;
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(!dry.stderr.contains("Loading empty tables"), "{}", dry.stderr);
     let run = docmirror_pg(&fresh, &p, &["sync"]).await;
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stderr.contains("Loading empty tables in one transaction"), "{}", run.stderr);

@@ -134,14 +134,8 @@ impl Pg {
         if bulk.client.as_ref().is_none_or(Client::is_closed) {
             // One attempt, no retries: without a second connection, the
             // statements on the shared one do the work.
-            match self.dial().connect().await {
-                Ok((client, connection)) => {
-                    let scrub = self.scrubber();
-                    let task = tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %scrub.scrub(&e.to_string()), "PostgreSQL COPY connection lost");
-                        }
-                    });
+            match self.extra_connection("COPY").await {
+                Ok((client, task)) => {
                     if let Some(old) = bulk.task.replace(task) {
                         old.abort();
                     }

@@ -25,7 +25,7 @@ use super::copy::{bookkeeping_data, copy, guide_copy_sql, guide_data, BOOKKEEPIN
 use super::tables::Table;
 use super::target::table_of;
 use super::write::Pending;
-use super::{describe, Pg};
+use super::{describe, Pg, WORK_MEM};
 use crate::error::Fatal;
 use crate::reconcile::Engine;
 
@@ -203,9 +203,9 @@ impl Pg {
         std::mem::replace(&mut *self.inner.fresh.lock().unwrap_or_else(std::sync::PoisonError::into_inner), f)
     }
 
-    /// Start the load into `tables` if they and docmirror's bookkeeping are
-    /// empty: `Ok(false)` (and a line in the log saying why) when it cannot
-    /// start, and the caller loads as into any tables.
+    /// Start the load into the layout's tables if they and docmirror's
+    /// bookkeeping are empty: `false` (with a line in the log saying why, when
+    /// something stopped it) and the caller loads as into any tables.
     pub async fn begin_fresh(&self, engine: &Engine) -> bool {
         let mut tables: Vec<&str> = Vec::new();
         for spec in &engine.layout.sources {
@@ -234,13 +234,7 @@ impl Pg {
     }
 
     async fn try_begin(&self, tables: &[&str]) -> Result<Option<Fresh>, String> {
-        let (client, connection) = self.dial().connect().await.map_err(|e| self.scrub(&describe(&e)))?;
-        let scrub = self.scrubber();
-        let task = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %scrub.scrub(&e.to_string()), "PostgreSQL bulk-load connection lost");
-            }
-        });
+        let (client, task) = self.extra_connection("first load").await.map_err(|e| self.scrub(&describe(&e)))?;
         let client = Arc::new(client);
         let (tx, rx) = tokio::sync::mpsc::channel(AHEAD);
         let loader = tokio::spawn(send_batches(client.clone(), rx, self.scrubber()));
@@ -258,13 +252,8 @@ impl Pg {
         if c.query_one(ODD_SQL, &[&all]).await.map_err(err)?.get::<_, i64>(0) > 0 {
             return Err("a table is partitioned or not a plain table".into());
         }
-        c.batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = '{LOCK_WAIT}'; \
-             SELECT set_config('work_mem', '65536kB', true) FROM pg_settings \
-             WHERE name = 'work_mem' AND setting::bigint < 65536"
-        ))
-        .await
-        .map_err(err)?;
+        c.batch_execute(WORK_MEM).await.map_err(err)?;
+        c.batch_execute(&format!("BEGIN; SET LOCAL lock_timeout = '{LOCK_WAIT}'")).await.map_err(err)?;
         let referring: Vec<String> =
             c.query(REFERRING_SQL, &[&all]).await.map_err(err)?.iter().map(|r| r.get(0)).collect();
         let mut locked = all.clone();
@@ -294,18 +283,15 @@ impl Pg {
     /// PostgreSQL said) means nothing of the load was kept.
     pub async fn finish_fresh(&self) -> Result<(), String> {
         let Some(f) = self.set_fresh(None) else { return Ok(()) };
-        f.stopped(self).await?;
-        let c = &f.client;
+        // What is left (foreign keys, `docmirror_rows`' keys) goes last, by the loader.
         let rest = std::mem::take(&mut *f.remake.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
-        for r in &rest {
-            let started = std::time::Instant::now();
-            if let Err(e) = c.batch_execute(&r.sql).await {
-                return Err(self.scrub(&describe(&e)));
-            }
-            tracing::debug!(statement = %r.sql, elapsed_ms = started.elapsed().as_millis(), "Made a key or index again");
+        if !rest.is_empty() {
+            // A loader that stopped says why below.
+            let _ = f.send(Batch::Remake(rest.into_iter().map(|r| r.sql).collect())).await;
         }
+        f.stopped(self).await?;
         let started = std::time::Instant::now();
-        c.batch_execute("COMMIT").await.map_err(|e| self.scrub(&describe(&e)))?;
+        f.client.batch_execute("COMMIT").await.map_err(|e| self.scrub(&describe(&e)))?;
         tracing::debug!(elapsed_ms = started.elapsed().as_millis(), "Committed the load into empty tables");
         Ok(())
     }

@@ -269,6 +269,22 @@ impl Pg {
         &self.inner.state_lock
     }
 
+    /// A connection beside the main one (COPY's lanes, sync's first load),
+    /// driven by a task of its own; `what` names it when it is lost.
+    async fn extra_connection(
+        &self,
+        what: &'static str,
+    ) -> Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error> {
+        let (client, connection) = self.dial().connect().await?;
+        let scrub = self.scrubber();
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %scrub.scrub(&e.to_string()), connection = what, "PostgreSQL connection lost");
+            }
+        });
+        Ok((client, task))
+    }
+
     fn bulk(&self, lane: usize) -> &tokio::sync::Mutex<copy::Bulk> {
         &self.inner.bulk[lane % LANES]
     }
