@@ -276,7 +276,8 @@ fn many_users(n: usize, changed: &str) -> serde_json::Value {
 async fn a_memo_stored_in_several_parts_comes_back_whole() {
     let db = TestDb::new("ckpt_parts").await;
     let p = Platform::new();
-    let users = |changed: &str| many_users(16_000, changed);
+    // About 47 bytes of memo a user (its text's hash, id and email): over 1 MB.
+    let users = |changed: &str| many_users(24_000, changed);
     p.users(&users("first"));
     sync(&db, &p, &[]).await;
     let parts = db.db.collection::<bson::Document>("mirror_checkpoint");
@@ -296,9 +297,23 @@ async fn a_memo_stored_in_several_parts_comes_back_whole() {
         .unwrap_or_else(|| panic!("no stream_events in {}", run.stderr));
     assert!(events <= 3, "{events} events read back since the checkpoint: {}", run.stderr);
     assert_eq!(run.count("updated"), 1, "{run:?}");
-    // Its hash, then its fields and version for the update: not 16,000.
+    // Its hash, then its fields and version for the update: not 24,000.
     assert_eq!(reads_of(&run, "users"), 2, "only the changed user was read: {}", documents_read(&run));
     assert_eq!(db.doc("users", "u7").await.unwrap().get_str("name").unwrap(), "second");
+    // Once the file is older than the stamp margin, a start finds it proven by
+    // its stamp; after the next change, its stamp alone shows it changed, and
+    // its memo is loaded while the other files are proven (`groups_early`).
+    tokio::time::sleep(docmirror::source::STAMP_MARGIN + std::time::Duration::from_millis(200)).await;
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains(WARM), "{}", run.stderr);
+    assert_eq!(reads_of(&run, "users"), 0, "{}", documents_read(&run));
+    p.users(&users("third"));
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains(WARM), "{}", run.stderr);
+    assert!(run.stderr.contains("groups_early=1"), "{}", run.stderr);
+    assert_eq!(run.count("updated"), 1, "{run:?}");
+    assert_eq!(reads_of(&run, "users"), 2, "only the changed user was read: {}", documents_read(&run));
+    assert_eq!(db.doc("users", "u7").await.unwrap().get_str("name").unwrap(), "third");
 }
 
 /// The app rewrites a large `users.json` in another format while nobody

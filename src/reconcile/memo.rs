@@ -46,6 +46,10 @@ pub struct Memory {
     /// Their records are gone from the memo, so a start from a checkpoint
     /// would not look at them again: a checkpoint keeps them as pending.
     pub held: Mutex<HashMap<String, HashSet<String>>>,
+    /// Large files a start from the checkpoint read to prove them changed:
+    /// the scan that follows takes their bytes from here instead of reading
+    /// them a second time (by `rel`; see [`Memory::take_read`]).
+    pub read: Mutex<HashMap<String, crate::source::FileBytes>>,
 }
 
 impl Memory {
@@ -87,6 +91,12 @@ impl Memory {
                 picture.remove(&s.collection);
             }
         }
+    }
+
+    /// The bytes a start from the checkpoint read of this file, handed over
+    /// once (the file is read as usual when there are none).
+    pub fn take_read(&self, rel: &str) -> Option<crate::source::FileBytes> {
+        self.read.lock().ok()?.remove(rel)
     }
 
     /// Have the next reconcile of this document write it (see [`Memory::forced`]).

@@ -193,9 +193,12 @@ impl Work {
             }
             Scope::Files(files) => {
                 let mut per_spec: Vec<Vec<SourceFile>> = vec![Vec::new(); sources];
+                // Each file once, in the order given (a set: a start that
+                // compares 200,000 files must not compare them pairwise).
+                let mut seen = std::collections::HashSet::with_capacity(files.len());
                 for f in files {
                     if let Some(slot) = per_spec.get_mut(f.spec) {
-                        if !slot.contains(&f) {
+                        if seen.insert((f.spec, f.rel.clone())) {
                             slot.push(f);
                         }
                     }
@@ -352,4 +355,24 @@ struct SourceRun<'a, T: Target> {
     pub rels: HashMap<String, Arc<str>>,
     /// watch: what was written, for the picture.
     pub fresh: Vec<(String, Known)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Scope, Work};
+    use crate::source::SourceFile;
+
+    fn file(spec: usize, rel: &str) -> SourceFile {
+        SourceFile { spec, rel: rel.into(), path: rel.into() }
+    }
+
+    #[test]
+    fn a_scope_of_files_keeps_each_file_once_in_the_order_given() {
+        let files = vec![file(1, "b"), file(0, "x"), file(1, "a"), file(1, "b"), file(0, "x"), file(7, "gone")];
+        let work = Work::of(Scope::Files(files), 2);
+        assert!(work.whole.is_empty());
+        let got: Vec<(usize, Vec<&str>)> =
+            work.files.iter().map(|(s, f)| (*s, f.iter().map(|f| f.rel.as_str()).collect())).collect();
+        assert_eq!(got, vec![(0, vec!["x"]), (1, vec!["b", "a"])]);
+    }
 }

@@ -148,7 +148,7 @@ pub fn scan_source(
     };
     if files.len() < READ_AHEAD_FROM {
         for file in files {
-            let read = source::read_stable(&file.path, engine.limits);
+            let read = read_file(memory, &file, engine.limits);
             if !pass.file(&file, read, &mut texts, &mut out, &mut emit) {
                 break;
             }
@@ -169,7 +169,7 @@ pub fn scan_source(
                     .by_ref()
                     .take(READ_AHEAD)
                     .map(|f| {
-                        let read = source::read_stable(&f.path, limits);
+                        let read = read_file(memory, &f, limits);
                         (f, read)
                     })
                     .collect();
@@ -189,6 +189,14 @@ pub fn scan_source(
         let _ = reader.join();
     });
     Ok(out)
+}
+
+/// A file's bytes: those a start from the checkpoint read already, or read now.
+fn read_file(memory: Option<&Memory>, file: &SourceFile, limits: source::ReadLimits) -> Read {
+    match memory.and_then(|m| m.take_read(&file.rel)) {
+        Some(bytes) => Ok(Some(bytes)),
+        None => source::read_stable(&file.path, limits),
+    }
 }
 
 /// Scans of at least this many files read them on a second thread.

@@ -39,13 +39,15 @@ use crate::sink::{Sink, WriteOp};
 /// Where checkpoints live.
 pub const CHECKPOINTS: &str = "mirror_checkpoint";
 /// Bumped when the checkpoint's meaning changes: older ones are not used.
-const FORMAT: i64 = 5;
+const FORMAT: i64 = 6;
 /// A file whose memo is larger than this has a group of its own.
 const BIG_FILE: usize = 1 << 20;
 /// Parts of a group are at most this large, and written one at a time: a
 /// save's copies (the write, its command, the driver's message) are of one
 /// part, not of the whole group.
 const PART_BYTES: usize = 1 << 20;
+/// The start of the name of a group that holds one large file's memo.
+pub const OWN_GROUP: &str = "f:";
 /// Small files are spread over this many groups by a hash of their name.
 const BUCKETS: u64 = 64;
 
@@ -65,7 +67,8 @@ pub struct Head {
     pub fingerprint: String,
     pub token: Bson,
     pub at: bson::DateTime,
-    pub files: BTreeMap<String, FileEntry>,
+    /// Shared: a start proves the files on another thread while the memos load.
+    pub files: std::sync::Arc<BTreeMap<String, FileEntry>>,
     /// The stored file list: its hash and parts.
     pub list: GroupEntry,
     pub groups: BTreeMap<String, GroupEntry>,
@@ -127,7 +130,7 @@ pub async fn load_head(sink: &Sink) -> Result<Option<Head>, Fatal> {
     let mut parts = read_parts(sink, std::slice::from_ref(&(g.clone(), head.list.clone()))).await?;
     match whole(&g, &head.list, &mut parts).map(|b| memo_codec::decode_entries(&b)) {
         Some(Ok(files)) => {
-            head.files = files;
+            head.files = std::sync::Arc::new(files);
             Ok(Some(head))
         }
         _ => {
@@ -213,7 +216,7 @@ fn parse_head(d: &Document) -> Option<Head> {
         fingerprint: d.get_str("fingerprint").ok()?.to_string(),
         token: d.get("token")?.clone(),
         at: *d.get_datetime("at").ok()?,
-        files: BTreeMap::new(),
+        files: std::sync::Arc::default(),
         list,
         groups,
     })
@@ -292,7 +295,7 @@ pub async fn save(
         let memo = lock(memory)?;
         for (rel, m) in memo.iter() {
             let big = memo_codec::encoded_len(rel, m) > BIG_FILE;
-            let group = if big { format!("f:{rel}") } else { bucket(rel) };
+            let group = if big { format!("{OWN_GROUP}{rel}") } else { bucket(rel) };
             if !complete(&group) {
                 continue;
             }
@@ -302,7 +305,7 @@ pub async fn save(
         }
     }
     if let Known::Groups { prev, .. } = &known {
-        for (rel, f) in &prev.files {
+        for (rel, f) in prev.files.iter() {
             if !f.group.is_empty() && !complete(&f.group) {
                 files.entry(rel.clone()).or_insert_with(|| f.clone());
             }

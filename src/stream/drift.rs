@@ -219,7 +219,7 @@ impl Tracker {
             return;
         }
         let rel = d.source.split('[').next().unwrap_or_default();
-        let Some(file) = super::warm::file_of(&self.engine, rel) else { return };
+        let Some(file) = super::proof::file_of(&self.engine, rel) else { return };
         if let Ok(mut memo) = self.memory.memo.lock() {
             if let Some(fm) = memo.get_mut(rel) {
                 fm.digest = None;
@@ -321,7 +321,7 @@ impl Tracker {
                 }
             }
         }
-        let mut files: Vec<SourceFile> = rels.iter().filter_map(|r| super::warm::file_of(&self.engine, r)).collect();
+        let mut files: Vec<SourceFile> = rels.iter().filter_map(|r| super::proof::file_of(&self.engine, r)).collect();
         files.sort();
         files
     }

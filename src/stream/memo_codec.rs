@@ -2,7 +2,7 @@
 //! checkpoint: per file its name, the digest of its bytes as last settled,
 //! and per record the hash of its raw text, its id and its unique values.
 //!
-//! The format is length-prefixed and little-endian; a decoder that meets a
+//! The format is length-prefixed (LEB128 varints) and little-endian; a decoder that meets a
 //! short or malformed buffer says so instead of guessing.
 
 use std::collections::HashMap;
@@ -25,38 +25,59 @@ pub struct FileEntry {
     pub records: u64,
 }
 
-/// Append one file's memo to `out`.
+/// Append one file's memo to `out`: its name, digest and record count,
+/// the names of its unique fields (once per file), then per record the hash
+/// of its text, its id and its unique values (each by the index of its
+/// field). Lengths and counts are LEB128 varints: a million users' memo is
+/// mostly ids and emails, not the numbers around them.
 pub fn encode_file(rel: &str, memo: &FileMemo, out: &mut Vec<u8>) {
     put_str(out, rel);
     put_digest(out, memo.digest);
-    put_len(out, memo.recs.len());
+    put_varint(out, memo.recs.len());
+    let fields = field_names(memo);
+    put_varint(out, fields.len());
+    for f in &fields {
+        put_str(out, f);
+    }
     // Sorted, so that the same memo always gives the same bytes.
     let mut recs: Vec<(&RawHash, &Arc<MemoRec>)> = memo.recs.iter().collect();
     recs.sort_unstable_by_key(|(h, _)| **h);
     for (h, rec) in recs {
         out.extend_from_slice(&h.to_le_bytes());
         put_str(out, &rec.id);
-        put_len(out, rec.emails.len());
+        put_varint(out, rec.emails.len());
         for (field, value) in &rec.emails {
-            put_str(out, field);
+            put_varint(out, fields.binary_search(&&**field).unwrap_or(0));
             put_str(out, value);
         }
     }
 }
 
+/// The unique fields a file's records name, sorted (an index into this
+/// list stands for the name).
+fn field_names(memo: &FileMemo) -> Vec<&str> {
+    let mut fields: Vec<&str> = memo.recs.values().flat_map(|r| r.emails.iter().map(|(f, _)| &**f)).collect();
+    fields.sort_unstable();
+    fields.dedup();
+    fields
+}
+
 /// How many bytes [`encode_file`] writes for this file, without writing them.
 pub fn encoded_len(rel: &str, memo: &FileMemo) -> usize {
-    const LEN: usize = 8;
+    let str_len = |s: &str| varint_len(s.len()) + s.len();
     let digest = 1 + memo.digest.map_or(0, |d| d.to_le_bytes().len());
+    let fields = field_names(memo);
+    let names: usize = fields.iter().map(|f| str_len(f)).sum();
     let recs: usize = memo
         .recs
         .values()
         .map(|rec| {
-            let emails: usize = rec.emails.iter().map(|(f, v)| 2 * LEN + f.len() + v.len()).sum();
-            16 + LEN + rec.id.len() + LEN + emails
+            let emails: usize =
+                rec.emails.iter().map(|(f, v)| varint_len(fields.binary_search(&&**f).unwrap_or(0)) + str_len(v)).sum();
+            16 + str_len(&rec.id) + varint_len(rec.emails.len()) + emails
         })
         .sum();
-    LEN + rel.len() + digest + LEN + recs
+    str_len(rel) + digest + varint_len(memo.recs.len()) + varint_len(fields.len()) + names + recs
 }
 
 /// Every file memo in `bytes`.
@@ -66,17 +87,24 @@ pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
     while r.at < bytes.len() {
         let rel = r.string()?;
         let digest = r.digest()?;
-        let n = r.len()?;
+        let n = r.varint()?;
         let mut memo = FileMemo { digest, stamp: None, recs: HashMap::default() };
         memo.recs.reserve(n.min(1 << 20));
+        // Each field name once, shared by every record that has it.
+        let nf = r.varint()?;
+        let mut fields: Vec<Arc<str>> = Vec::with_capacity(nf.min(64));
+        for _ in 0..nf {
+            fields.push(Arc::from(r.str()?));
+        }
         for _ in 0..n {
             let h = r.u128()?;
-            let id: Arc<str> = Arc::from(r.string()?);
-            let m = r.len()?;
+            let id: Arc<str> = Arc::from(r.str()?);
+            let m = r.varint()?;
             let mut emails = Vec::with_capacity(m.min(16));
             for _ in 0..m {
-                let field: Arc<str> = Arc::from(r.string()?);
-                let value: Arc<str> = Arc::from(r.string()?);
+                let at = r.at;
+                let field = fields.get(r.varint()?).cloned().ok_or_else(|| format!("bad field index at byte {at}"))?;
+                let value: Arc<str> = Arc::from(r.str()?);
                 emails.push((field, value));
             }
             memo.recs.insert(h, Arc::new(MemoRec::new(id, emails)));
@@ -116,10 +144,6 @@ pub fn decode_entries(bytes: &[u8]) -> Result<std::collections::BTreeMap<String,
     Ok(out)
 }
 
-fn put_len(out: &mut Vec<u8>, n: usize) {
-    out.extend_from_slice(&u64::try_from(n).unwrap_or(u64::MAX).to_le_bytes());
-}
-
 /// A digest or none: a flag byte, then the digest's 16 bytes.
 fn put_digest(out: &mut Vec<u8>, digest: Option<RawHash>) {
     match digest {
@@ -147,8 +171,23 @@ fn put_stamp(out: &mut Vec<u8>, stamp: Option<Stamp>) {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_len(out, s.len());
+    put_varint(out, s.len());
     out.extend_from_slice(s.as_bytes());
+}
+
+/// LEB128: seven bits a byte, low bits first, the high bit set on every byte but the last.
+fn put_varint(out: &mut Vec<u8>, n: usize) {
+    let mut n = u64::try_from(n).unwrap_or(u64::MAX);
+    while n >= 0x80 {
+        out.push(u8::try_from(n & 0x7f).unwrap_or(0) | 0x80);
+        n >>= 7;
+    }
+    out.push(u8::try_from(n).unwrap_or(0));
+}
+
+fn varint_len(n: usize) -> usize {
+    let bits = usize::BITS - (n | 1).leading_zeros();
+    usize::try_from(bits.div_ceil(7)).unwrap_or(10)
 }
 
 struct Reader<'a> {
@@ -171,9 +210,18 @@ impl Reader<'_> {
         Ok(self.take(1)?[0])
     }
 
-    fn len(&mut self) -> Result<usize, String> {
-        let b: [u8; 8] = self.take(8)?.try_into().map_err(|_| "short length".to_string())?;
-        usize::try_from(u64::from_le_bytes(b)).map_err(|_| "length does not fit this machine".to_string())
+    /// What [`put_varint`] wrote.
+    fn varint(&mut self) -> Result<usize, String> {
+        let start = self.at;
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.byte()?;
+            n |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return usize::try_from(n).map_err(|_| format!("length at byte {start} does not fit this machine"));
+            }
+        }
+        Err(format!("bad length at byte {start}"))
     }
 
     /// What [`put_digest`] wrote.
@@ -210,9 +258,14 @@ impl Reader<'_> {
     }
 
     fn string(&mut self) -> Result<String, String> {
-        let n = self.len()?;
+        self.str().map(str::to_string)
+    }
+
+    /// A text, borrowed from the buffer.
+    fn str(&mut self) -> Result<&str, String> {
+        let n = self.varint()?;
         let at = self.at;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| format!("text at byte {at} is not UTF-8"))
+        std::str::from_utf8(self.take(n)?).map_err(|_| format!("text at byte {at} is not UTF-8"))
     }
 }
 
@@ -256,6 +309,42 @@ mod tests {
     }
 
     #[test]
+    fn long_texts_and_many_fields_come_back_as_they_went() {
+        // Lengths of one, two and three varint bytes, and fields shared or not.
+        let (id, email, huge) = ("i".repeat(127), "e".repeat(128), "h".repeat(20_000));
+        let recs: &[Rec<'_>] =
+            &[(1, &id, &[("email", &email), ("alt", &huge)]), (2, &huge, &[("email", "a@x.org")]), (3, "", &[])];
+        let a = memo(None, recs);
+        let mut bytes = Vec::new();
+        encode_file(&huge, &a, &mut bytes);
+        assert_eq!(encoded_len(&huge, &a), bytes.len());
+        let back = decode_files(&bytes).unwrap();
+        let (rel, m) = &back[0];
+        assert_eq!(rel, &huge);
+        assert_eq!(m.recs.len(), 3);
+        assert_eq!(&*m.recs[&1].id, id);
+        let fields: Vec<(&str, &str)> = m.recs[&1].emails.iter().map(|(f, v)| (&**f, &**v)).collect();
+        assert_eq!(fields, vec![("email", email.as_str()), ("alt", huge.as_str())]);
+        assert_eq!(&*m.recs[&2].id, huge);
+        assert_eq!(&*m.recs[&2].emails[0].0, "email");
+        assert!(m.recs[&3].emails.is_empty());
+        for n in [0, 1, 127, 128, 16_383, 16_384, usize::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, n);
+            assert_eq!(out.len(), varint_len(n), "{n}");
+            assert_eq!(Reader { bytes: &out, at: 0 }.varint(), Ok(n));
+        }
+        // A field index past the file's list of names is refused.
+        // (The first record's first value is its email: its field's index is
+        // the byte before the value's two length bytes.)
+        let mut bad = bytes.clone();
+        let index = bytes.windows(email.len()).position(|w| w == email.as_bytes()).unwrap() - 2 - 1;
+        assert_eq!(bad[index], 1, "the index of \"email\" among [alt, email]");
+        bad[index] = 9;
+        assert!(decode_files(&bad).unwrap_err().contains("field index"), "{:?}", decode_files(&bad).err());
+    }
+
+    #[test]
     fn a_file_list_comes_back_as_it_went() {
         use super::FileEntry;
         let mut files = std::collections::BTreeMap::new();
@@ -286,7 +375,7 @@ mod tests {
             assert!(decode_files(&bytes[..cut]).is_err(), "cut at {cut}");
         }
         let mut flag = bytes.clone();
-        flag[8 + "data/users.json".len()] = 9;
+        flag[1 + "data/users.json".len()] = 9;
         assert!(decode_files(&flag).unwrap_err().contains("digest flag"));
     }
 }

@@ -14,6 +14,7 @@ pub mod checkpoint;
 pub mod drift;
 pub mod follow;
 pub mod memo_codec;
+pub mod proof;
 pub mod tail;
 pub mod warm;
 

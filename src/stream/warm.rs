@@ -27,6 +27,7 @@ use bson::Bson;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{self, Head, Known, Proof};
+use super::proof::{changed_large_files, digests, file_of};
 use super::tail::Tail;
 use super::{drain, open, position, Events};
 use crate::error::Fatal;
@@ -104,20 +105,28 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
     let t_stream = t0.elapsed();
     let tail = Tail::start(sink, from.clone(), collections(engine), PENDING_LIMIT);
     let e = engine.clone();
-    let stamped: HashMap<String, (source::Stamp, u128)> =
-        head.files.iter().filter_map(|(rel, f)| Some((rel.clone(), (f.stamp?, f.digest?)))).collect();
-    let (now, by_stamp) =
-        tokio::task::spawn_blocking(move || digests(&e, &stamped)).await.map_err(Fatal::task("digest"))??;
+    // A large file's memo (a group of its own) is the slowest part to load:
+    // where its stamp already shows the file changed, the load runs while
+    // every file is proven.
+    let early = changed_large_files(engine, &head);
+    let list = head.files.clone();
+    let proving = tokio::task::spawn_blocking(move || digests(&e, &list));
+    let (proven, early_loaded) = tokio::join!(proving, checkpoint::load_groups(sink, &head, &early));
+    let (now, by_stamp, mut read) = proven.map_err(Fatal::task("digest"))??;
+    let early_loaded = early_loaded?;
     let t_digest = t0.elapsed();
     let mut scan: BTreeMap<String, SourceFile> = BTreeMap::new();
     let mut same: Vec<(&String, u64)> = Vec::new();
+    // The proving thread is done with the list: this is its only holder again.
+    let list = Arc::make_mut(&mut head.files);
     for (rel, (file, digest, stamp)) in &now {
-        match head.files.get_mut(rel) {
+        match list.get_mut(rel) {
             Some(f) if digest.is_some() && f.digest == *digest => {
                 // Read again and found as settled (touched, chmod'ed, rewritten
                 // with the same bytes): its stamp now is what proves them.
                 f.stamp = *stamp;
                 same.push((rel, f.records));
+                read.retain(|(r, _)| r != rel);
             }
             _ => {
                 scan.insert(rel.clone(), file.clone());
@@ -130,9 +139,13 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         }
     }
     let (mut recheck, unresolved) = touched_files(engine, sink, &touched.ids).await?;
-    let groups = groups_to_load(engine, &head, scan.keys().chain(recheck.keys()), &unresolved);
+    let mut groups = groups_to_load(engine, &head, scan.keys().chain(recheck.keys()), &unresolved);
     let t_touched = t0.elapsed();
-    let loaded = checkpoint::load_groups(sink, &head, &groups).await?;
+    let rest: HashSet<String> = groups.difference(&early).cloned().collect();
+    let mut loaded = checkpoint::load_groups(sink, &head, &rest).await?;
+    loaded.extend(early_loaded);
+    let groups_early = early.len();
+    groups.extend(early);
     let t_groups = t0.elapsed();
     memory.partial.store(true, std::sync::atomic::Ordering::Relaxed);
     {
@@ -177,10 +190,21 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
             scan.insert(rel.clone(), f);
         }
     }
+    // The large changed files' bytes, read above, are what the scan reads.
+    if let Ok(mut taken) = memory.read.lock() {
+        taken.extend(read.into_iter().filter(|(rel, _)| scan.contains_key(rel)));
+    }
     let files: Vec<SourceFile> = scan.into_values().collect();
     let n = files.len();
-    let mut summary =
-        if files.is_empty() { Summary::default() } else { reconcile(core, Scope::Files(files), opts, cancel).await? };
+    let summary = if files.is_empty() {
+        Ok(Summary::default())
+    } else {
+        reconcile(core, Scope::Files(files), opts, cancel).await
+    };
+    if let Ok(mut left) = memory.read.lock() {
+        left.clear();
+    }
+    let mut summary = summary?;
     // Files found as the proof read them: read (their bytes) and unchanged.
     for (_, records) in same.iter().filter(|(rel, _)| !recheck.contains_key(*rel)) {
         summary.files += 1;
@@ -197,6 +221,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         touched_ms = ms(t_touched - t_digest),
         groups_ms = ms(t_groups - t_touched),
         groups = groups.len(),
+        groups_early,
         reconcile_ms = ms(t0.elapsed() - t_groups),
         "Warm start steps"
     );
@@ -259,95 +284,6 @@ fn groups_to_load<'a>(
         );
     }
     groups
-}
-
-/// Files with their digests, and the stamp that proves each digest now (if one does).
-type Digested = Vec<(SourceFile, Option<u128>, Option<source::Stamp>)>;
-/// Every source file by its label, with its digest and stamp.
-type Now = BTreeMap<String, (SourceFile, Option<u128>, Option<source::Stamp>)>;
-
-/// Every source file now, with the digest of its bytes (`None`: unreadable)
-/// and the stamp that proves them where there is one, and how many files
-/// were proven by their stamp instead of read: a file whose stamp is in
-/// `stamped` gets the digest stored with it.
-/// (Read and hashed on every core: 20,000 small files are mostly system calls.)
-fn digests(engine: &Engine, stamped: &HashMap<String, (source::Stamp, u128)>) -> Result<(Now, usize), Fatal> {
-    let mut files = Vec::new();
-    for i in 0..engine.layout.sources.len() {
-        files.extend(source::discover(&engine.layout, &engine.roots, i).map_err(|(rel, problem)| {
-            Fatal::Source(format!("{rel} ({}): {problem}", engine.roots.dir(engine.layout.sources[i].root).display()))
-        })?);
-    }
-    // Times on a network filesystem come from the server's clock, and a FUSE
-    // filesystem may not keep a ctime at all: stamps prove files only on the
-    // local filesystems known to set it.
-    let local: Vec<bool> =
-        engine.layout.sources.iter().map(|s| source::fstype::stamps_prove(engine.roots.dir(s.root))).collect();
-    let proven = |f: &SourceFile| {
-        let now = || std::fs::metadata(&f.path).ok().map(|m| (m.is_file(), source::Stamp::of(&m)));
-        stamp_proof(stamped.get(&f.rel), local.get(f.spec) == Some(&true), now)
-    };
-    let digest = |f: &SourceFile| {
-        if let Some((d, stamp)) = proven(f) {
-            return Some((Some(d), Some(stamp), true));
-        }
-        match source::read_stable(&f.path, engine.limits) {
-            Ok(None) => None,
-            Ok(Some(read)) => Some((Some(xxhash_rust::xxh3::xxh3_128(&read.bytes)), read.settled, false)),
-            Err(_) => Some((None, None, false)),
-        }
-    };
-    let threads = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 8);
-    let per = files.len().div_ceil(threads).max(1);
-    let found: Vec<Option<(Digested, usize)>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(per)
-            .map(|chunk| {
-                scope.spawn(move || {
-                    let mut by_stamp = 0;
-                    let mut part = Vec::with_capacity(chunk.len());
-                    for f in chunk {
-                        if let Some((d, stamp, proven)) = digest(f) {
-                            by_stamp += usize::from(proven);
-                            part.push((f.clone(), d, stamp));
-                        }
-                    }
-                    (part, by_stamp)
-                })
-            })
-            .collect();
-        // A thread that panicked must not make its files look gone.
-        handles.into_iter().map(|h| h.join().ok()).collect()
-    });
-    let mut out = BTreeMap::new();
-    let mut by_stamp = 0;
-    for part in found {
-        let (part, n) = part.ok_or_else(|| Fatal::Internal("a file digest thread failed".into()))?;
-        by_stamp += n;
-        out.extend(part.into_iter().map(|(f, d, stamp)| (f.rel.clone(), (f, d, stamp))));
-    }
-    Ok((out, by_stamp))
-}
-
-/// The digest a file's stamp proves, if it proves one: the checkpoint
-/// recorded this very stamp with the digest, the file's filesystem is one
-/// whose stamps are believed (`local`), and the file is still a regular file
-/// with that stamp (`now`, looked up only when the rest holds: a stat per file).
-fn stamp_proof(
-    recorded: Option<&(source::Stamp, u128)>,
-    local: bool,
-    now: impl FnOnce() -> Option<(bool, source::Stamp)>,
-) -> Option<(u128, source::Stamp)> {
-    let (stamp, digest) = recorded.filter(|_| local)?;
-    let (is_file, now) = now()?;
-    (is_file && now == *stamp).then_some((*digest, *stamp))
-}
-
-/// The source file a label names (`data/users.json`), wherever it is now.
-pub fn file_of(engine: &Engine, rel: &str) -> Option<SourceFile> {
-    let (i, spec) = engine.layout.sources.iter().enumerate().find(|(_, s)| s.owns_rel(rel))?;
-    let inner = rel.strip_prefix(spec.root.label())?.strip_prefix('/')?;
-    Some(source::source_file(i, spec, engine.roots.dir(spec.root), inner))
 }
 
 /// After a run that proved the files and MongoDB agree as of `from` (a full
@@ -490,8 +426,9 @@ pub async fn load_rest(sink: &Sink, memory: &Memory) {
 }
 
 async fn try_load_rest(sink: &Sink, memory: &Memory) -> Result<(), Fatal> {
-    // After a full start the memo is whole already.
-    if !memory.partial.swap(false, std::sync::atomic::Ordering::Relaxed) {
+    // After a full start the memo is whole already. (Marked whole only once
+    // loaded: a stop before that keeps the last checkpoint, see [`save_on_stop`].)
+    if !memory.partial.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
     }
     let Some(head) = checkpoint::load_head(sink).await? else { return Ok(()) };
@@ -501,6 +438,7 @@ async fn try_load_rest(sink: &Sink, memory: &Memory) -> Result<(), Fatal> {
     for (rel, m) in loaded {
         memo.entry(rel).or_insert(m);
     }
+    memory.partial.store(false, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
@@ -519,6 +457,14 @@ pub async fn stopping(engine: &Arc<Engine>, sink: &Sink, memory: &Memory) {
 /// MongoDB since the last checkpoint is kept as pending, with the pending
 /// that checkpoint carried (watch does not recheck them itself).
 pub async fn save_on_stop(engine: &Arc<Engine>, sink: &Sink, memory: &Memory) -> Result<(), Fatal> {
+    // Stopped before the rest of the memo was loaded after a start from the
+    // checkpoint: a save now would store only the memos loaded, and the next
+    // start would compare every other file in full. The last checkpoint
+    // stays; the stream since shows the next start what watch wrote.
+    if memory.partial.load(std::sync::atomic::Ordering::Relaxed) {
+        tracing::debug!("The memo is not all loaded yet; the last checkpoint stays");
+        return Ok(());
+    }
     let Some(head) = checkpoint::load_head_bare(sink).await? else { return Ok(()) };
     if head.fingerprint != checkpoint::fingerprint(engine) {
         return Ok(());
@@ -553,31 +499,14 @@ async fn prove(
     cancel: &CancellationToken,
 ) -> Result<Summary, Fatal> {
     let tail = from.as_ref().map(|f| Tail::start(sink, f.clone(), collections(engine), PENDING_LIMIT));
+    let whole = matches!(scope, Scope::Full);
     let summary = reconcile(Core { engine, target: sink, memory: Some(memory) }, scope, opts, cancel).await?;
+    if whole {
+        // A full reconcile leaves every file's memo.
+        memory.partial.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
     if let (Some(from), Some(tail)) = (from, tail) {
         save_after(engine, sink, memory, tail, &from, Known::All).await;
     }
     Ok(summary)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::stamp_proof;
-    use crate::source::Stamp;
-
-    #[test]
-    fn a_stamp_proves_a_file_only_on_a_filesystem_whose_stamps_are_believed() {
-        let stamp = Stamp { len: 10, mtime_ns: 1, ctime_ns: 2, ino: 3, dev: 4 };
-        let recorded = (stamp, 0xfeed_u128);
-        let same = || Some((true, stamp));
-        assert_eq!(stamp_proof(Some(&recorded), true, same), Some((0xfeed, stamp)));
-        // NFS, SMB, FUSE or unknown: hashed, and not even stat'ed.
-        assert_eq!(stamp_proof(Some(&recorded), false, || -> Option<(bool, Stamp)> { unreachable!() }), None);
-        // Any part of the stamp moved (here the ctime alone), or no longer a file, or gone.
-        assert_eq!(stamp_proof(Some(&recorded), true, || Some((true, Stamp { ctime_ns: 5, ..stamp }))), None);
-        assert_eq!(stamp_proof(Some(&recorded), true, || Some((false, stamp))), None);
-        assert_eq!(stamp_proof(Some(&recorded), true, || None), None);
-        // No stamp recorded (a file read too soon after its last change).
-        assert_eq!(stamp_proof(None, true, same), None);
-    }
 }

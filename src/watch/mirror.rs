@@ -117,7 +117,7 @@ impl Mirror for crate::postgres::Pg {
                 .waiting_for_parents()
                 .await?
                 .iter()
-                .filter_map(|rel| crate::stream::warm::file_of(engine, rel))
+                .filter_map(|rel| crate::stream::proof::file_of(engine, rel))
                 .collect();
             if !files.is_empty() {
                 tracing::info!(files = files.len(), "Trying again the records that waited for a parent");
