@@ -161,7 +161,8 @@ async fn read_parts(sink: &Sink, groups: &[(String, GroupEntry)]) -> Result<Hash
 
 /// A group's bytes, when every part is there and they match its hash.
 fn whole(g: &str, entry: &GroupEntry, parts: &mut HashMap<String, Vec<u8>>) -> Option<Vec<u8>> {
-    let mut bytes = Vec::new();
+    let len: usize = (0..entry.parts).filter_map(|i| parts.get(&part_id(g, i)).map(Vec::len)).sum();
+    let mut bytes = Vec::with_capacity(len);
     let all = (0..entry.parts).all(|i| parts.remove(&part_id(g, i)).map(|p| bytes.extend(p)).is_some());
     (all && hex(xxhash_rust::xxh3::xxh3_128(&bytes)) == entry.hash).then_some(bytes)
 }
@@ -228,9 +229,25 @@ fn parse_head(d: &Document) -> Option<Head> {
 pub async fn load_groups(sink: &Sink, head: &Head, groups: &HashSet<String>) -> Result<Vec<(String, FileMemo)>, Fatal> {
     let wanted: Vec<(String, GroupEntry)> =
         groups.iter().filter_map(|g| head.groups.get(g).map(|e| (g.clone(), e.clone()))).collect();
-    let mut parts = read_parts(sink, &wanted).await?;
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parts = read_parts(sink, &wanted).await?;
+    // Hashing and decoding a million records' memo is CPU work: off the async workers.
+    let files = head.files.clone();
+    tokio::task::spawn_blocking(move || decode_groups(&wanted, parts, &files))
+        .await
+        .map_err(Fatal::task("checkpoint memo"))
+}
+
+/// [`load_groups`]' work on the bytes read.
+fn decode_groups(
+    wanted: &[(String, GroupEntry)],
+    mut parts: HashMap<String, Vec<u8>>,
+    files: &BTreeMap<String, FileEntry>,
+) -> Vec<(String, FileMemo)> {
     let mut out = Vec::new();
-    for (g, entry) in &wanted {
+    for (g, entry) in wanted {
         let Some(bytes) = whole(g, entry, &mut parts) else {
             tracing::info!(group = %g, "A checkpoint group does not match its hash (a save was cut short); its files are compared in full");
             continue;
@@ -238,8 +255,8 @@ pub async fn load_groups(sink: &Sink, head: &Head, groups: &HashSet<String>) -> 
         match memo_codec::decode_files(&bytes) {
             // The stamps are in the file list only (a group is rewritten
             // when its records change, not when a file is touched).
-            Ok(files) => out.extend(files.into_iter().filter_map(|(rel, mut m)| {
-                let f = head.files.get(&rel)?;
+            Ok(decoded) => out.extend(decoded.into_iter().filter_map(|(rel, mut m)| {
+                let f = files.get(&rel)?;
                 let same = f.group == *g && (f.digest.is_none() || f.digest == m.digest);
                 m.stamp = f.stamp.filter(|_| f.digest.is_some() && f.digest == m.digest);
                 same.then_some((rel, m))
@@ -249,7 +266,7 @@ pub async fn load_groups(sink: &Sink, head: &Head, groups: &HashSet<String>) -> 
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// What a save knows: everything (after a full reconcile), or only the

@@ -3,6 +3,7 @@
 //! them and by their digest where it does not (see [`super::warm`]).
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::checkpoint::{self, FileEntry, Head};
 use crate::error::Fatal;
@@ -27,8 +28,9 @@ pub fn changed_large_files(engine: &Engine, head: &Head) -> HashSet<String> {
     out
 }
 
-/// Files with their digests, and the stamp that proves each digest now (if one does).
-type Digested = Vec<(SourceFile, Option<u128>, Option<source::Stamp>)>;
+/// Files (by their index in the list) with their digests, and the stamp
+/// that proves each digest now (if one does).
+type Digested = Vec<(usize, Option<u128>, Option<source::Stamp>)>;
 /// What one digest thread gives: its files, how many its stamps proved, the bytes it kept.
 type Part = (Digested, usize, Kept);
 /// The bytes of the large files read, by label.
@@ -74,21 +76,32 @@ pub fn digests(engine: &Engine, recorded: &BTreeMap<String, FileEntry>) -> Resul
             Err(_) => Some((None, None, false, None)),
         }
     };
+    // Files handed out in blocks as threads ask: the large file one thread
+    // reads does not leave the others idle.
     let threads = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 8);
-    let per = files.len().div_ceil(threads).max(1);
+    let next = AtomicUsize::new(0);
     let found: Vec<Option<Part>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = files
-            .chunks(per)
-            .map(|chunk| {
+        let (next, digest, files) = (&next, &digest, &files);
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
                 scope.spawn(move || {
                     let mut by_stamp = 0;
-                    let mut part = Vec::with_capacity(chunk.len());
+                    let mut part = Vec::new();
                     let mut kept = Vec::new();
-                    for f in chunk {
-                        if let Some((d, stamp, proven, keep)) = digest(f) {
-                            by_stamp += usize::from(proven);
-                            kept.extend(keep.map(|b| (f.rel.clone(), b)));
-                            part.push((f.clone(), d, stamp));
+                    loop {
+                        let start = next.fetch_add(BLOCK, Ordering::Relaxed);
+                        let Some(block) = files.get(start..files.len().min(start.saturating_add(BLOCK))) else {
+                            break;
+                        };
+                        if block.is_empty() {
+                            break;
+                        }
+                        for (i, f) in block.iter().enumerate() {
+                            if let Some((d, stamp, proven, keep)) = digest(f) {
+                                by_stamp += usize::from(proven);
+                                kept.extend(keep.map(|b| (f.rel.clone(), b)));
+                                part.push((start + i, d, stamp));
+                            }
                         }
                     }
                     (part, by_stamp, kept)
@@ -98,17 +111,29 @@ pub fn digests(engine: &Engine, recorded: &BTreeMap<String, FileEntry>) -> Resul
         // A thread that panicked must not make its files look gone.
         handles.into_iter().map(|h| h.join().ok()).collect()
     });
-    let mut out = BTreeMap::new();
+    let mut slots: Vec<Option<(Option<u128>, Option<source::Stamp>)>> = vec![None; files.len()];
     let mut by_stamp = 0;
     let mut read = Vec::new();
     for part in found {
         let (part, n, kept) = part.ok_or_else(|| Fatal::Internal("a file digest thread failed".into()))?;
         by_stamp += n;
         read.extend(kept);
-        out.extend(part.into_iter().map(|(f, d, stamp)| (f.rel.clone(), (f, d, stamp))));
+        for (i, d, stamp) in part {
+            if let Some(slot) = slots.get_mut(i) {
+                *slot = Some((d, stamp));
+            }
+        }
     }
+    let out = files
+        .into_iter()
+        .zip(slots)
+        .filter_map(|(f, slot)| slot.map(|(d, stamp)| (f.rel.clone(), (f, d, stamp))))
+        .collect();
     Ok((out, by_stamp, read))
 }
+
+/// Files a digest thread takes at a time.
+const BLOCK: usize = 256;
 
 /// A changed file at least this large is read once, not twice (see [`digests`]).
 const KEEP_READ_FROM: usize = 1 << 20;
