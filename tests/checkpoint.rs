@@ -447,3 +447,34 @@ async fn files_older_than_the_margin_are_proven_by_their_stamp_and_an_edit_that_
     assert_eq!(logged(&proven, WARM, "files_proven_by_stamp"), Some(5), "{}", proven.stderr);
     assert_full_finds_nothing(&db, &p).await;
 }
+
+/// SIGTERM lands just after watch started from the checkpoint, before it
+/// loaded the memos the start did not need: what it stores on the way out
+/// is still a whole checkpoint, and the next start compares nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigterm_right_after_a_start_from_the_checkpoint_still_stores_a_whole_one() {
+    let db = TestDb::new("ckpt_early_stop").await;
+    let p = tree();
+    // Job files in many of the checkpoint's groups, and a users.json whose
+    // memo is a group of its own (over 1 MB): the start loads only the group
+    // of the one job that changed.
+    for i in 0..200 {
+        let id = format!("k{i:03}");
+        p.job(&id, &job(&id, "running", "2025-10-12T09:00:00.000Z"));
+    }
+    p.users(&many_users(24_000, "first"));
+    sync(&db, &p, &[]).await;
+    p.job("k007", &job("k007", "completed", "2025-10-14T09:00:00.000Z"));
+    let w = WatchProc::spawn(&db.uri(), &p, &[]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&w.log).unwrap_or_default().contains(WARM) {
+        assert!(std::time::Instant::now() < deadline, "no start from the checkpoint: {}", w.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let log = w.stop().await;
+    assert_eq!(db.doc("training_jobs", "k007").await.unwrap().get_str("status").unwrap(), "completed");
+    let run = sync(&db, &p, &[]).await;
+    assert!(run.stderr.contains(WARM), "{}", run.stderr);
+    assert_eq!(logged(&run, WARM, "files_compared"), Some(0), "{}\nthe watch before it: {log}", run.stderr);
+    assert_full_finds_nothing(&db, &p).await;
+}

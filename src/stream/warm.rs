@@ -427,7 +427,7 @@ pub async fn load_rest(sink: &Sink, memory: &Memory) {
 
 async fn try_load_rest(sink: &Sink, memory: &Memory) -> Result<(), Fatal> {
     // After a full start the memo is whole already. (Marked whole only once
-    // loaded: a stop before that keeps the last checkpoint, see [`save_on_stop`].)
+    // loaded: a stop before that loads it first, see [`save_on_stop`].)
     if !memory.partial.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
     }
@@ -458,11 +458,13 @@ pub async fn stopping(engine: &Arc<Engine>, sink: &Sink, memory: &Memory) {
 /// that checkpoint carried (watch does not recheck them itself).
 pub async fn save_on_stop(engine: &Arc<Engine>, sink: &Sink, memory: &Memory) -> Result<(), Fatal> {
     // Stopped before the rest of the memo was loaded after a start from the
-    // checkpoint: a save now would store only the memos loaded, and the next
-    // start would compare every other file in full. The last checkpoint
-    // stays; the stream since shows the next start what watch wrote.
+    // checkpoint: a save of only the memos loaded would have the next start
+    // compare every other file in full. The rest is loaded first (if that
+    // fails, the last checkpoint stays: the stream since shows the next
+    // start what watch wrote).
+    try_load_rest(sink, memory).await?;
     if memory.partial.load(std::sync::atomic::Ordering::Relaxed) {
-        tracing::debug!("The memo is not all loaded yet; the last checkpoint stays");
+        tracing::debug!("The memo is not all loaded; the last checkpoint stays");
         return Ok(());
     }
     let Some(head) = checkpoint::load_head_bare(sink).await? else { return Ok(()) };
