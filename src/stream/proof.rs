@@ -76,41 +76,7 @@ pub fn digests(engine: &Engine, recorded: &BTreeMap<String, FileEntry>) -> Resul
             Err(_) => Some((None, None, false, None)),
         }
     };
-    // Files handed out in blocks as threads ask: the large file one thread
-    // reads does not leave the others idle.
-    let threads = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 8);
-    let next = AtomicUsize::new(0);
-    let found: Vec<Option<Part>> = std::thread::scope(|scope| {
-        let (next, digest, files) = (&next, &digest, &files);
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(move || {
-                    let mut by_stamp = 0;
-                    let mut part = Vec::new();
-                    let mut kept = Vec::new();
-                    loop {
-                        let start = next.fetch_add(BLOCK, Ordering::Relaxed);
-                        let Some(block) = files.get(start..files.len().min(start.saturating_add(BLOCK))) else {
-                            break;
-                        };
-                        if block.is_empty() {
-                            break;
-                        }
-                        for (i, f) in block.iter().enumerate() {
-                            if let Some((d, stamp, proven, keep)) = digest(f) {
-                                by_stamp += usize::from(proven);
-                                kept.extend(keep.map(|b| (f.rel.clone(), b)));
-                                part.push((start + i, d, stamp));
-                            }
-                        }
-                    }
-                    (part, by_stamp, kept)
-                })
-            })
-            .collect();
-        // A thread that panicked must not make its files look gone.
-        handles.into_iter().map(|h| h.join().ok()).collect()
-    });
+    let found = in_blocks(&files, &digest);
     let mut slots: Vec<Option<(Option<u128>, Option<source::Stamp>)>> = vec![None; files.len()];
     let mut by_stamp = 0;
     let mut read = Vec::new();
@@ -130,6 +96,46 @@ pub fn digests(engine: &Engine, recorded: &BTreeMap<String, FileEntry>) -> Resul
         .filter_map(|(f, slot)| slot.map(|(d, stamp)| (f.rel.clone(), (f, d, stamp))))
         .collect();
     Ok((out, by_stamp, read))
+}
+
+/// What [`digests`] learns of one file: its digest, the stamp that proves
+/// it, whether the stamp alone did, and the bytes kept (a large file read).
+type Proven = (Option<u128>, Option<source::Stamp>, bool, Option<source::FileBytes>);
+
+/// `digest` over every file, on every core. Files are handed out in blocks
+/// as threads ask: the large file one thread reads does not leave the
+/// others idle. `None` for a thread that panicked (its files must not look gone).
+fn in_blocks(files: &[SourceFile], digest: &(dyn Fn(&SourceFile) -> Option<Proven> + Sync)) -> Vec<Option<Part>> {
+    let threads = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 8);
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let next = &next;
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(move || {
+                    let mut by_stamp = 0;
+                    let mut part = Vec::new();
+                    let mut kept = Vec::new();
+                    loop {
+                        let start = next.fetch_add(BLOCK, Ordering::Relaxed);
+                        let block = files.get(start..files.len().min(start.saturating_add(BLOCK))).unwrap_or(&[]);
+                        if block.is_empty() {
+                            break;
+                        }
+                        for (i, f) in block.iter().enumerate() {
+                            if let Some((d, stamp, proven, keep)) = digest(f) {
+                                by_stamp += usize::from(proven);
+                                kept.extend(keep.map(|b| (f.rel.clone(), b)));
+                                part.push((start + i, d, stamp));
+                            }
+                        }
+                    }
+                    (part, by_stamp, kept)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().ok()).collect()
+    })
 }
 
 /// Files a digest thread takes at a time.
