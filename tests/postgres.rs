@@ -115,9 +115,8 @@ async fn pg_newer_rows_are_kept_under_newer_wins() {
 #[tokio::test]
 async fn pg_refusals_are_per_record_rejects_and_a_late_parent_is_retried() {
     let db = TestPg::new("pg_refusals").await;
+    db.make_tables().await;
     let p = Platform::new();
-    p.users(&json!([]));
-    assert_eq!(docmirror_pg(&db, &p, &["sync"]).await.code, 0);
     // A row the application wrote itself holds u4's email.
     db.exec(&format!(
         "INSERT INTO users (id, email, name, password) VALUES ('app-user', 'taken@x.io', 'App', '{HASH_A}')"

@@ -152,9 +152,7 @@ async fn pg_a_load_postgresql_refuses_is_rolled_back_and_done_in_batches_rejecti
 #[tokio::test]
 async fn pg_a_load_that_cannot_lock_the_tables_goes_in_batches_beside_the_lock_holder() {
     let db = TestPg::new("pg_fresh_locked").await;
-    let empty = Platform::new();
-    empty.users(&json!([]));
-    assert_eq!(docmirror_pg(&db, &empty, &["sync"]).await.code, 0);
+    db.make_tables().await;
     // Someone reads users in a long transaction: the load cannot have the table to itself.
     let holder = crate::support_pg::connect(&db.url).await;
     holder.batch_execute("BEGIN; LOCK TABLE users IN ACCESS SHARE MODE").await.unwrap();
@@ -175,9 +173,7 @@ async fn pg_a_load_that_stops_midway_leaves_the_tables_as_they_were_and_others_w
     let p = platform(60_000, 4);
     let db = TestPg::new("pg_fresh_killed").await;
     let reference = TestPg::new("pg_fresh_killed_ref").await;
-    let empty = Platform::new();
-    empty.users(&json!([]));
-    assert_eq!(docmirror_pg(&reference, &empty, &["sync"]).await.code, 0);
+    reference.make_tables().await;
     let before = shape(&reference).await;
 
     let logdir = tempfile::tempdir().unwrap();

@@ -312,6 +312,15 @@ impl TestPg {
         all.into_iter().next().unwrap()
     }
 
+    /// The layout's tables, made as a user's first run makes them: a sync
+    /// of a tree with no records.
+    pub async fn make_tables(&self) {
+        let empty = Platform::new();
+        empty.users(&serde_json::json!([]));
+        let run = docmirror_pg(self, &empty, &["sync"]).await;
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+
     pub async fn exec(&self, sql: &str) {
         self.client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     }

@@ -112,7 +112,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
     let list = head.files.clone();
     let proving = tokio::task::spawn_blocking(move || digests(&e, &list));
     let (proven, early_loaded) = tokio::join!(proving, checkpoint::load_groups(sink, &head, &early));
-    let (now, by_stamp, mut read) = proven.map_err(Fatal::task("digest"))??;
+    let (now, by_stamp, read) = proven.map_err(Fatal::task("digest"))??;
     let early_loaded = early_loaded?;
     let t_digest = t0.elapsed();
     let mut scan: BTreeMap<String, SourceFile> = BTreeMap::new();
@@ -126,7 +126,6 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
                 // with the same bytes): its stamp now is what proves them.
                 f.stamp = *stamp;
                 same.push((rel, f.records));
-                read.retain(|(r, _)| r != rel);
             }
             _ => {
                 scan.insert(rel.clone(), file.clone());
@@ -190,7 +189,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
             scan.insert(rel.clone(), f);
         }
     }
-    // The large changed files' bytes, read above, are what the scan reads.
+    // The bytes of the large files read above, for those the scan reads.
     if let Ok(mut taken) = memory.read.lock() {
         taken.extend(read.into_iter().filter(|(rel, _)| scan.contains_key(rel)));
     }
