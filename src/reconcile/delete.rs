@@ -31,13 +31,11 @@ pub(super) async fn find<T: Target>(
     spec: &SourceSpec,
     scanned: &Scanned,
     existing: &HashMap<String, Existing>,
-    ids_in_files: HashSet<String>,
 ) -> Result<Deletes, Fatal> {
     // Borrowed until the survivors are known: on a re-sync where every record
     // is unchanged, every id of the collection is a candidate at first.
     let mut gone: Vec<&String> =
-        existing.keys().filter(|id| !ids_in_files.contains(*id) && !scanned.protected_ids.contains(*id)).collect();
-    drop(ids_in_files);
+        existing.keys().filter(|id| !scanned.firsts.has(id) && !scanned.protected_ids.contains(*id)).collect();
     if !gone.is_empty() && !scanned.unchanged.is_empty() {
         let mut unchanged: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
         unchanged.reserve(scanned.unchanged.len());

@@ -9,6 +9,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use std::sync::Arc;
+
 use super::memo::{Known, Memory};
 use super::scan::Scanned;
 use super::target::{Existing, Target};
@@ -93,16 +95,16 @@ const LOOKUP_MAX: usize = 20_000;
 
 /// What the picture knows of a document.
 fn known(k: &Known) -> Existing {
-    Existing { hash: Some(k.hash.clone()), source: Some(k.source.to_string()), ..Default::default() }
+    Existing { hash: Some(k.hash_text()), source: Some(k.source.to_string()), ..Default::default() }
 }
 
 /// The same, from watch's picture of the collection (`None` without one).
 fn from_picture(memory: &Memory, collection: &str, scanned: &Scanned) -> Option<HashMap<String, Existing>> {
     let picture = memory.picture.lock().ok()?;
-    let coll: &HashMap<String, Known> = picture.get(collection)?;
+    let coll: &HashMap<Arc<str>, Known> = picture.get(collection)?;
     let mut out = HashMap::new();
     for c in &scanned.candidates {
-        if let Some(k) = coll.get(&c.mapped.id) {
+        if let Some(k) = coll.get(c.mapped.id.as_str()) {
             out.insert(c.mapped.id.clone(), known(k));
         }
     }
@@ -125,10 +127,8 @@ fn from_picture(memory: &Memory, collection: &str, scanned: &Scanned) -> Option<
         .chain(scanned.unchanged.iter().map(|u| &*u.rec.id))
         .collect();
     for (id, k) in coll {
-        if (scanned.read_ok.contains(&*k.source) || scanned.missing.contains(&*k.source))
-            && !present.contains(id.as_str())
-        {
-            out.entry(id.clone()).or_insert_with(|| known(k));
+        if (scanned.read_ok.contains(&*k.source) || scanned.missing.contains(&*k.source)) && !present.contains(&**id) {
+            out.entry(id.to_string()).or_insert_with(|| known(k));
         }
     }
     Some(out)

@@ -25,7 +25,7 @@ use crate::source::SourceFile;
 #[derive(Debug, Default)]
 pub struct Memory {
     /// Per collection: id → what the mirror last left there.
-    pub picture: Mutex<HashMap<String, HashMap<String, Known>>>,
+    pub picture: Mutex<HashMap<String, HashMap<Arc<str>, Known>>>,
     /// Per source file (`rel`): the records mirrored from it.
     pub memo: Mutex<Memo>,
     /// Numbers the passes of scans over the memo (marks in [`MemoRec::seen`]).
@@ -159,11 +159,36 @@ impl Memory {
     }
 }
 
-/// One document as the mirror last left it.
+/// One document as the mirror last left it: 32 bytes, kept for every
+/// document of every mirrored collection.
 #[derive(Debug, Clone)]
 pub struct Known {
-    pub hash: String,
+    /// The content hash (`_mirror.hash`, 32 hex digits) as a number; see [`Known::new`].
+    pub hash: u128,
     pub source: Arc<str>,
+}
+
+impl Known {
+    /// A hash the target holds in any other form than the mirror's 32
+    /// lowercase hex digits (an app's or an operator's write): kept as this
+    /// value, which [`Known::hash_text`] turns into a text no record's content
+    /// hash ever equals, so the document is written again, as it would be
+    /// with the text itself.
+    const ODD: u128 = 0;
+
+    pub fn new(hash: &str, source: Arc<str>) -> Known {
+        let lower_hex = hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let hash = if lower_hex { u128::from_str_radix(hash, 16).unwrap_or(Known::ODD) } else { Known::ODD };
+        Known { hash, source }
+    }
+
+    /// The content hash as the target holds it (as the mapping writes it).
+    pub fn hash_text(&self) -> String {
+        if self.hash == Known::ODD {
+            return "?".to_string();
+        }
+        format!("{:032x}", self.hash)
+    }
 }
 
 /// What watch remembers of a record it mirrored, keyed by the hash of the
@@ -249,6 +274,21 @@ pub struct MemoEntry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_known_hash_comes_back_as_the_text_it_was_and_an_odd_one_never_matches() {
+        let hash = crate::mapping::hex(&[0x00, 0x1f, 0xa0, 0xff, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 0xee]);
+        let source: Arc<str> = Arc::from("data/users.json");
+        assert_eq!(Known::new(&hash, source.clone()).hash_text(), hash);
+        let zeros = "0".repeat(32);
+        assert_eq!(Known::new(&"0".repeat(31), source.clone()).hash_text(), "?");
+        for odd in [hash.to_uppercase(), format!("{hash}0"), hash[1..].to_string(), "+".repeat(32), String::new()] {
+            let text = Known::new(&odd, source.clone()).hash_text();
+            assert!(text != odd && text.len() != 32, "{odd:?} became {text:?}");
+        }
+        // The one hash that shares the odd value is not mistaken for an equal one either.
+        assert_ne!(Known::new(&zeros, source).hash_text(), zeros);
+    }
 
     #[test]
     fn a_text_under_other_rules_is_another_text() {

@@ -23,6 +23,7 @@
 pub mod cores;
 pub mod delete;
 pub mod existing;
+pub mod firsts;
 pub mod memo;
 pub mod plan;
 pub mod rejects;
@@ -195,7 +196,7 @@ impl Work {
                 let mut per_spec: Vec<Vec<SourceFile>> = vec![Vec::new(); sources];
                 // Each file once, in the order given (a set: a start that
                 // compares 200,000 files must not compare them pairwise).
-                let mut seen = std::collections::HashSet::with_capacity(files.len());
+                let mut seen = HashSet::with_capacity(files.len());
                 for f in files {
                     if let Some(slot) = per_spec.get_mut(f.spec) {
                         if seen.insert((f.spec, f.rel.clone())) {
@@ -347,14 +348,12 @@ struct SourceRun<'a, T: Target> {
     pub summary: Summary,
     /// Rejects found while comparing and writing (the scan's come at the end).
     pub rejects: Vec<RejectRecord>,
-    pub ids_in_files: HashSet<String>,
     /// watch: the memo entries of the candidates, committed once settled.
     pub memo_pending: Vec<MemoEntry>,
-    /// watch: which file each candidate came from, for the picture.
-    pub rel_of: HashMap<String, Arc<str>>,
+    /// watch: one shared name per file (see [`SourceRun::rel_arc`]).
     pub rels: HashMap<String, Arc<str>>,
     /// watch: what was written, for the picture.
-    pub fresh: Vec<(String, Known)>,
+    pub fresh: Vec<(Arc<str>, Known)>,
 }
 
 #[cfg(test)]

@@ -39,9 +39,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
             opts,
             summary: Summary::default(),
             rejects: Vec::new(),
-            ids_in_files: HashSet::new(),
             memo_pending: Vec::new(),
-            rel_of: HashMap::new(),
             rels: HashMap::new(),
             fresh: Vec::new(),
         }
@@ -80,29 +78,28 @@ impl<'a, T: Target> SourceRun<'a, T> {
         self.apply_writes(plan.inserts, plan.updates).await
     }
 
-    /// Remember the ids in the files, and for watch, where each candidate came from.
+    /// watch: the memo entries of the candidates, committed once settled.
     fn note(&mut self, candidates: &[Candidate]) {
-        for c in candidates {
-            self.ids_in_files.insert(c.mapped.id.clone());
-        }
         if self.memory.is_none() {
             return;
         }
         for c in candidates {
-            let rel = match self.rels.get(c.rel.as_str()) {
-                Some(r) => r.clone(),
-                None => {
-                    let r: Arc<str> = Arc::from(c.rel.as_str());
-                    self.rels.insert(c.rel.clone(), r.clone());
-                    r
-                }
-            };
-            self.rel_of.insert(c.mapped.id.clone(), rel.clone());
+            let rel = self.rel_arc(&c.rel);
             if let Some(h) = c.raw_hash {
-                let rec = MemoRec::new(Arc::from(c.mapped.id.as_str()), c.emails.clone());
+                let rec = MemoRec::new(c.id.clone(), c.emails.clone());
                 self.memo_pending.push(MemoEntry { rel, raw_hash: h, rec: Arc::new(rec) });
             }
         }
+    }
+
+    /// The file's name, shared by every record of it that watch remembers.
+    pub(super) fn rel_arc(&mut self, rel: &str) -> Arc<str> {
+        if let Some(r) = self.rels.get(rel) {
+            return r.clone();
+        }
+        let r: Arc<str> = Arc::from(rel);
+        self.rels.insert(rel.to_string(), r.clone());
+        r
     }
 
     /// Deletes, watch's memory and the rejects, once every chunk is in.
@@ -112,9 +109,8 @@ impl<'a, T: Target> SourceRun<'a, T> {
         self.summary.unchanged += count(scanned.unchanged.len());
         let mut rejects = std::mem::take(&mut scanned.rejects);
         rejects.append(&mut self.rejects);
-        let ids_in_files = std::mem::take(&mut self.ids_in_files);
         let started = std::time::Instant::now();
-        let found = delete::find(self.target, &self.spec, &scanned, &existing, ids_in_files).await?;
+        let found = delete::find(self.target, &self.spec, &scanned, &existing).await?;
         let found_at = started.elapsed();
         // A whole source's `existing` is the whole collection; some files' is not.
         let whole = scanned.complete.then_some(existing.len());
@@ -206,7 +202,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
             complete: scanned.complete,
             existing,
             details,
-            rel_of: &self.rel_of,
+            firsts: &scanned.firsts,
             written: std::mem::take(&mut self.fresh),
             removed,
         };

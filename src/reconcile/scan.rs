@@ -14,6 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::firsts::{ClashKeys, Firsts};
 use super::memo::{raw_hash, text_seed, FileMemo, Memo, MemoEntry, MemoRec, Memory, RawHash};
 use super::rejects::{file_reject, mapped_reject, record_reject, unparsable_reject, RejectRecord};
 use super::Engine;
@@ -36,13 +37,17 @@ pub struct Candidate {
     pub stored_text: Option<RawHash>,
     /// The record's unique values (`(field, value)`), shared with the memo.
     pub emails: Vec<(Arc<str>, Arc<str>)>,
+    /// `mapped.id`, shared by the scan's first-keeps-it table, the memo and
+    /// the picture (one copy of each id however many remember it).
+    pub id: Arc<str>,
 }
 
 impl Candidate {
     /// A mapped record from outside a scan (no raw-text hashes, no unique
     /// values noted): what tests hand a target directly.
     pub fn unhashed(mapped: Mapped, rel: &str, position: Option<usize>) -> Candidate {
-        Candidate { mapped, rel: rel.to_string(), position, raw_hash: None, stored_text: None, emails: Vec::new() }
+        let id = Arc::from(mapped.id.as_str());
+        Candidate { mapped, rel: rel.to_string(), position, raw_hash: None, stored_text: None, emails: Vec::new(), id }
     }
 
     pub fn locate(&self) -> String {
@@ -90,6 +95,8 @@ pub struct Scanned {
     /// The hash of every file read in full (watch), with its stamp where
     /// the stamp proves those bytes ([`source::Stamp::settled`]).
     pub digests: HashMap<String, (RawHash, Option<source::Stamp>)>,
+    /// The ids the records kept, and their files (see [`Firsts`]).
+    pub firsts: Firsts,
 }
 
 /// By default, candidates are handed on in chunks of this many during a full
@@ -139,6 +146,7 @@ pub fn scan_source(
         fingerprint: &engine.fingerprints[spec_idx],
         seed: text_seed(&engine.fingerprints[spec_idx]),
         firsts: Firsts::default(),
+        unique_fields: spec.normalize_email.iter().map(|f| Arc::from(f.as_str())).collect(),
         single_file: files.len() == 1,
         ahead,
         mark: ahead + 1,
@@ -153,42 +161,58 @@ pub fn scan_source(
                 break;
             }
         }
-        return Ok(out);
+    } else {
+        pass.read_ahead(files, &mut texts, &mut out, &mut emit);
     }
-    // Many files (a folder of job files): a second thread reads them in
-    // order while this one maps, so the system calls of one file overlap
-    // the mapping of the one before. A bounded queue: at most a few files
-    // wait in memory.
-    std::thread::scope(|scope| {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(SourceFile, Read)>>(2);
-        let limits = engine.limits;
-        let reader = scope.spawn(move || {
-            let mut files = files.into_iter().peekable();
-            while files.peek().is_some() {
-                let batch: Vec<_> = files
-                    .by_ref()
-                    .take(READ_AHEAD)
-                    .map(|f| {
-                        let read = read_file(memory, &f, limits);
-                        (f, read)
-                    })
-                    .collect();
-                if tx.send(batch).is_err() {
-                    return; // The scan stopped.
-                }
-            }
-        });
-        'all: for batch in rx.iter() {
-            for (file, read) in batch {
-                if !pass.file(&file, read, &mut texts, &mut out, &mut emit) {
-                    break 'all;
-                }
-            }
-        }
-        drop(rx);
-        let _ = reader.join();
-    });
+    out.firsts = std::mem::take(&mut pass.firsts);
+    out.firsts.done();
     Ok(out)
+}
+
+impl Pass<'_> {
+    /// The files of a scan of many, read on a second thread (see below).
+    fn read_ahead(
+        &mut self,
+        files: Vec<SourceFile>,
+        texts: &mut Texts,
+        out: &mut Scanned,
+        emit: &mut Option<Emit<'_>>,
+    ) {
+        let memory = self.memory;
+        // Many files (a folder of job files): a second thread reads them in
+        // order while this one maps, so the system calls of one file overlap
+        // the mapping of the one before. A bounded queue: at most a few files
+        // wait in memory.
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<(SourceFile, Read)>>(2);
+            let limits = self.engine.limits;
+            let reader = scope.spawn(move || {
+                let mut files = files.into_iter().peekable();
+                while files.peek().is_some() {
+                    let batch: Vec<_> = files
+                        .by_ref()
+                        .take(READ_AHEAD)
+                        .map(|f| {
+                            let read = read_file(memory, &f, limits);
+                            (f, read)
+                        })
+                        .collect();
+                    if tx.send(batch).is_err() {
+                        return; // The scan stopped.
+                    }
+                }
+            });
+            'all: for batch in rx.iter() {
+                for (file, read) in batch {
+                    if !self.file(&file, read, texts, out, emit) {
+                        break 'all;
+                    }
+                }
+            }
+            drop(rx);
+            let _ = reader.join();
+        });
+    }
 }
 
 /// A file's bytes: those a start from the checkpoint read already, or read now.
@@ -240,6 +264,8 @@ struct Pass<'a> {
     /// [`raw_hash`]'s seed for this source's rules.
     seed: u64,
     firsts: Firsts,
+    /// The names of the unique fields, made once and shared by every record.
+    unique_fields: Vec<Arc<str>>,
     single_file: bool,
     /// Marks of this pass in [`super::memo::MemoRec::seen`].
     ahead: u64,
@@ -331,7 +357,9 @@ impl Pass<'_> {
         // that is not a hit need the first-keeps-it check. (The target's texts
         // were not necessarily settled together: every hit is checked.)
         let clash_keys = match memo {
-            Some(_) if self.single_file && from_memory => Some(clash_keys(spec, &salt, &raws, &found, self.ahead)),
+            Some(_) if self.single_file && from_memory => {
+                Some(clash_keys((spec, &self.unique_fields), &salt, &raws, &found, self.ahead))
+            }
             _ => None,
         };
         for (i, (position, text)) in raws.into_iter().enumerate() {
@@ -361,7 +389,7 @@ impl Pass<'_> {
                 }
             };
             let raw = source::RawRecord { position, value };
-            add_record(spec, &salt, &file.rel, file_idx, raw, raw_hash, &mut self.firsts, out);
+            self.add_record((&salt, &file.rel, file_idx), raw, raw_hash, out);
             if out.candidates.len() >= self.engine.chunk.max(1) {
                 if let Some(emit) = emit.as_mut() {
                     if !emit(std::mem::take(&mut out.candidates)) {
@@ -385,39 +413,6 @@ impl Pass<'_> {
     }
 }
 
-/// The keys [`clash_keys`] finds, asked once per memo hit (a million times
-/// for a million-user file). Usually a handful (one changed record's id and
-/// email): compared one by one, which costs less than hashing the question;
-/// a set once there are many.
-#[derive(Default)]
-struct ClashKeys {
-    few: Vec<Arc<str>>,
-    many: HashSet<Arc<str>, foldhash::fast::RandomState>,
-}
-
-impl ClashKeys {
-    const FEW: usize = 16;
-
-    fn insert(&mut self, key: Arc<str>) {
-        if !self.many.is_empty() {
-            self.many.insert(key);
-        } else if !self.few.contains(&key) {
-            self.few.push(key);
-            if self.few.len() > Self::FEW {
-                self.many.extend(self.few.drain(..));
-            }
-        }
-    }
-
-    fn contains(&self, key: &str) -> bool {
-        if self.many.is_empty() {
-            self.few.iter().any(|k| &**k == key)
-        } else {
-            self.many.contains(key)
-        }
-    }
-}
-
 /// Where a file's known texts come from.
 #[derive(Clone, Copy)]
 enum Hits {
@@ -432,7 +427,7 @@ enum Hits {
 /// (changed or new), and those of texts that occur twice. The hits of a file
 /// were settled together in its last scan, so they cannot clash with each other.
 fn clash_keys(
-    spec: &SourceSpec,
+    (spec, fields): (&SourceSpec, &[Arc<str>]),
     salt: &str,
     raws: &[(Option<usize>, &str)],
     found: &[Option<&Arc<MemoRec>>],
@@ -450,7 +445,7 @@ fn clash_keys(
                 // Mapped here only for its keys; the scan maps it again in order.
                 let Ok(value) = source::parse_value(text) else { continue };
                 if let Ok(m) = map_record(spec, salt, &value) {
-                    emails_of(spec, &m).into_iter().for_each(|(_, v)| keys.insert(v));
+                    emails_of(fields, &m).into_iter().for_each(|(_, v)| keys.insert(v));
                     keys.insert(Arc::from(m.id));
                 }
             }
@@ -459,124 +454,57 @@ fn clash_keys(
     keys
 }
 
-/// Where a record sits: file (index into [`Firsts::rels`]) and position.
-type Loc = (usize, Option<usize>);
-
-/// Which record first used each id and each unique value: the first keeps it.
-/// (Looked up several times per record: foldhash, seeded per process, is
-/// several times faster than the standard SipHash on these short keys.)
-#[derive(Default)]
-struct Firsts {
-    rels: Vec<String>,
-    by_id: HashMap<Arc<str>, Loc, foldhash::fast::RandomState>,
-    /// By (field, value).
-    by_unique: HashMap<(Arc<str>, Arc<str>), Loc, foldhash::fast::RandomState>,
+/// The record's unique values, under the scan's shared field names.
+fn emails_of(fields: &[Arc<str>], m: &Mapped) -> Vec<(Arc<str>, Arc<str>)> {
+    fields.iter().filter_map(|f| m.doc.get_str(f).ok().map(|v| (f.clone(), Arc::from(v)))).collect()
 }
 
-impl Firsts {
-    fn file(&mut self, rel: &str) -> usize {
-        self.rels.push(rel.to_string());
-        self.rels.len() - 1
-    }
-
-    fn locate(&self, (file, position): Loc) -> String {
-        let rel = self.rels.get(file).map(String::as_str).unwrap_or("?");
-        match position {
-            Some(p) => format!("{rel}[{p}]"),
-            None => rel.to_string(),
-        }
-    }
-
-    fn clash(&self, id: &str, emails: &[(Arc<str>, Arc<str>)]) -> Option<Reject> {
-        if let Some(first) = self.by_id.get(id) {
-            return Some(Reject::DuplicateId { id: id.to_string(), first: self.locate(*first) });
-        }
-        emails.iter().find_map(|(field, v)| {
-            let first = self.by_unique.get(&(field.clone(), v.clone()))?;
-            Some(Reject::DuplicateEmail { email: v.to_string(), first: self.locate(*first) })
-        })
-    }
-
-    fn claim(&mut self, id: &Arc<str>, emails: &[(Arc<str>, Arc<str>)], file: usize, position: Option<usize>) {
-        self.by_id.insert(id.clone(), (file, position));
-        for (field, v) in emails {
-            self.by_unique.insert((field.clone(), v.clone()), (file, position));
-        }
-    }
-}
-
-fn emails_of(spec: &SourceSpec, m: &Mapped) -> Vec<(Arc<str>, Arc<str>)> {
-    spec.normalize_email
-        .iter()
-        .filter_map(|f| m.doc.get_str(f).ok().map(|v| (Arc::from(f.as_str()), Arc::from(v))))
-        .collect()
-}
-
-/// Map one record and file it as a candidate or a reject.
-#[allow(clippy::too_many_arguments)]
-fn add_record(
-    spec: &SourceSpec,
-    salt: &str,
-    rel: &str,
-    file_idx: usize,
-    raw: source::RawRecord,
-    raw_hash: RawHash,
-    firsts: &mut Firsts,
-    out: &mut Scanned,
-) {
-    out.records += 1;
-    match map_record(spec, salt, &raw.value) {
-        Ok(m) => {
-            let emails = emails_of(spec, &m);
-            if let Some(reason) = firsts.clash(&m.id, &emails) {
-                out.protected_ids.insert(m.id.clone());
-                let id = Some(m.id.clone());
+impl Pass<'_> {
+    /// Map one record and file it as a candidate or a reject.
+    fn add_record(
+        &mut self,
+        (salt, rel, file_idx): (&str, &str, usize),
+        raw: source::RawRecord,
+        raw_hash: RawHash,
+        out: &mut Scanned,
+    ) {
+        let spec = self.spec;
+        out.records += 1;
+        match map_record(spec, salt, &raw.value) {
+            Ok(m) => {
+                let emails = emails_of(&self.unique_fields, &m);
+                if let Some(reason) = self.firsts.clash(&m.id, &emails) {
+                    out.protected_ids.insert(m.id.clone());
+                    let id = Some(m.id.clone());
+                    out.rejects.push(record_reject(spec, rel, raw.position, id, reason, &raw.value));
+                    return;
+                }
+                let id: Arc<str> = Arc::from(m.id.as_str());
+                self.firsts.claim(&id, &emails, file_idx, raw.position);
+                let stored_text = m.plaintext.is_none().then_some(raw_hash);
+                out.candidates.push(Candidate {
+                    mapped: m,
+                    rel: rel.to_string(),
+                    position: raw.position,
+                    raw_hash: Some(raw_hash),
+                    stored_text,
+                    emails,
+                    id,
+                });
+            }
+            Err(reason) => {
+                let id = raw.value.get(&spec.id_field).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
+                match id {
+                    Some(id) => {
+                        out.protected_ids.insert(id.to_string());
+                    }
+                    None => {
+                        out.no_deletes.insert(rel.to_string());
+                    }
+                }
+                let id = id.map(str::to_string);
                 out.rejects.push(record_reject(spec, rel, raw.position, id, reason, &raw.value));
-                return;
             }
-            firsts.claim(&Arc::from(m.id.as_str()), &emails, file_idx, raw.position);
-            let stored_text = m.plaintext.is_none().then_some(raw_hash);
-            out.candidates.push(Candidate {
-                mapped: m,
-                rel: rel.to_string(),
-                position: raw.position,
-                raw_hash: Some(raw_hash),
-                stored_text,
-                emails,
-            });
         }
-        Err(reason) => {
-            let id = raw.value.get(&spec.id_field).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
-            match id {
-                Some(id) => {
-                    out.protected_ids.insert(id.to_string());
-                }
-                None => {
-                    out.no_deletes.insert(rel.to_string());
-                }
-            }
-            let id = id.map(str::to_string);
-            out.rejects.push(record_reject(spec, rel, raw.position, id, reason, &raw.value));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clash_keys_answer_alike_when_few_and_when_many() {
-        let mut keys = ClashKeys::default();
-        for i in 0..40 {
-            keys.insert(Arc::from(format!("k{i}").as_str()));
-            keys.insert(Arc::from(format!("k{i}").as_str()));
-            for j in 0..=i {
-                assert!(keys.contains(&format!("k{j}")), "k{j} after {i}");
-            }
-            assert!(!keys.contains(&format!("k{}", i + 1)));
-            assert!(!keys.contains(""));
-        }
-        assert!(!keys.many.is_empty() && keys.few.is_empty());
     }
 }

@@ -124,10 +124,10 @@ pub struct Learnt<'a> {
     pub existing: &'a HashMap<String, Existing>,
     /// Full details read later (sources of documents that were looked up).
     pub details: &'a HashMap<String, Existing>,
-    /// The file each mapped record came from.
-    pub rel_of: &'a HashMap<String, Arc<str>>,
+    /// The ids in the files, and the file each came from.
+    pub firsts: &'a super::firsts::Firsts,
     /// What was written.
-    pub written: Vec<(String, Known)>,
+    pub written: Vec<(Arc<str>, Known)>,
     /// What was deleted.
     pub removed: Vec<String>,
 }
@@ -155,16 +155,17 @@ pub fn remember(memory: &Memory, spec: &SourceSpec, learnt: Learnt<'_>) {
             .get(id)
             .and_then(|d| d.source.as_deref())
             .map(Arc::from)
-            .or_else(|| learnt.rel_of.get(id).cloned());
+            .or_else(|| learnt.firsts.source_of(id).map(|(_, rel)| rel.clone()));
         if let Some(source) = source {
-            coll.insert(id.clone(), Known { hash: hash.clone(), source });
+            let id = learnt.firsts.source_of(id).map_or_else(|| Arc::from(id.as_str()), |(id, _)| id.clone());
+            coll.insert(id, Known::new(hash, source));
         }
     }
     for (id, k) in learnt.written {
         coll.insert(id, k);
     }
     for id in learnt.removed {
-        coll.remove(&id);
+        coll.remove(id.as_str());
     }
 }
 
@@ -222,7 +223,7 @@ mod tests {
             memo.insert("data/users.json".into(), FileMemo { digest: Some(7), stamp: None, recs: Default::default() });
             memo.insert("artifacts/jobs/j1.json".into(), FileMemo::default());
             let mut picture = memory.picture.lock().unwrap();
-            let k = Known { hash: "h".into(), source: Arc::from("data/users.json") };
+            let k = Known::new("h", Arc::from("data/users.json"));
             picture.entry("users".into()).or_default().insert("u1".into(), k.clone());
             picture.entry("training_jobs".into()).or_default().insert("j1".into(), k);
         }
@@ -235,13 +236,13 @@ mod tests {
             assert!(!picture.contains_key("users") && picture.contains_key("training_jobs"));
         }
         // No picture is started again by a partial reconcile.
-        let written = vec![("u2".to_string(), Known { hash: "h2".into(), source: Arc::from("data/users.json") })];
-        let (existing, details, rel_of) = (HashMap::new(), HashMap::new(), HashMap::new());
+        let written = vec![(Arc::from("u2"), Known::new("h2", Arc::from("data/users.json")))];
+        let (existing, details, firsts) = (HashMap::new(), HashMap::new(), Default::default());
         let learnt = Learnt {
             complete: false,
             existing: &existing,
             details: &details,
-            rel_of: &rel_of,
+            firsts: &firsts,
             written,
             removed: vec![],
         };

@@ -9,7 +9,6 @@
 //! skipped-newer or rejected, never silently dropped.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
@@ -224,8 +223,8 @@ impl<T: Target> SourceRun<'_, T> {
             tracing::info!(collection = %self.spec.collection, id = %c.mapped.id, source = %c.locate(), action, "Mirrored change");
         }
         if self.memory.is_some() {
-            let known = Known { hash: c.mapped.hash.clone(), source: Arc::from(c.rel.as_str()) };
-            self.fresh.push((c.mapped.id.clone(), known));
+            let known = Known::new(&c.mapped.hash, self.rel_arc(&c.rel));
+            self.fresh.push((c.id.clone(), known));
         }
     }
 

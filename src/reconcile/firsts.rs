@@ -1,0 +1,157 @@
+//! The first-keeps-it rule's bookkeeping for a scan: which record first
+//! used each id and unique value ([`Firsts`]), and the keys a changed file's
+//! memo hits are checked against ([`ClashKeys`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::mapping::Reject;
+
+/// Where a record sits: file (index into [`Firsts::rels`]) and position
+/// ([`Loc::NONE`] for a file that is one record). Eight bytes: a scan of a
+/// million records keeps one per id and per unique value.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Loc {
+    file: u32,
+    position: u32,
+}
+
+impl Loc {
+    const NONE: u32 = u32::MAX;
+
+    fn new(file: usize, position: Option<usize>) -> Loc {
+        // A file of 2^32 records would be far over any read limit (1 GiB by default).
+        let file = u32::try_from(file).unwrap_or(u32::MAX);
+        let position = position.map_or(Loc::NONE, |p| u32::try_from(p).unwrap_or(Loc::NONE - 1));
+        Loc { file, position }
+    }
+}
+
+/// Which record first used each id and each unique value: the first keeps it.
+/// (Looked up several times per record: foldhash, seeded per process, is
+/// several times faster than the standard SipHash on these short keys.)
+/// Handed on in [`Scanned::firsts`] once the scan is in: its ids are the
+/// ids in the files (for the deletes) and where each came from (for the
+/// picture), so the run keeps no second table of a million ids.
+#[derive(Default)]
+pub struct Firsts {
+    rels: Vec<Arc<str>>,
+    by_id: HashMap<Arc<str>, Loc, foldhash::fast::RandomState>,
+    /// By (field, value); only while the scan runs.
+    by_unique: HashMap<(Arc<str>, Arc<str>), Loc, foldhash::fast::RandomState>,
+}
+
+impl std::fmt::Debug for Firsts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Firsts").field("files", &self.rels.len()).field("ids", &self.by_id.len()).finish()
+    }
+}
+
+impl Firsts {
+    pub(super) fn file(&mut self, rel: &str) -> usize {
+        self.rels.push(Arc::from(rel));
+        self.rels.len() - 1
+    }
+
+    fn locate(&self, loc: Loc) -> String {
+        let rel = self.rels.get(usize::try_from(loc.file).unwrap_or(usize::MAX)).map_or("?", |r| &**r);
+        match loc.position {
+            Loc::NONE => rel.to_string(),
+            p => format!("{rel}[{p}]"),
+        }
+    }
+
+    pub(super) fn clash(&self, id: &str, emails: &[(Arc<str>, Arc<str>)]) -> Option<Reject> {
+        if let Some(first) = self.by_id.get(id) {
+            return Some(Reject::DuplicateId { id: id.to_string(), first: self.locate(*first) });
+        }
+        emails.iter().find_map(|(field, v)| {
+            let first = self.by_unique.get(&(field.clone(), v.clone()))?;
+            Some(Reject::DuplicateEmail { email: v.to_string(), first: self.locate(*first) })
+        })
+    }
+
+    pub(super) fn claim(
+        &mut self,
+        id: &Arc<str>,
+        emails: &[(Arc<str>, Arc<str>)],
+        file: usize,
+        position: Option<usize>,
+    ) {
+        let loc = Loc::new(file, position);
+        self.by_id.insert(id.clone(), loc);
+        for (field, v) in emails {
+            self.by_unique.insert((field.clone(), v.clone()), loc);
+        }
+    }
+
+    /// The scan is over: only the ids are needed from here on.
+    pub(super) fn done(&mut self) {
+        self.by_unique = HashMap::default();
+    }
+
+    /// A record of the scanned files kept this id (mapped, or unchanged and
+    /// checked). Records that lost it to an earlier one are not counted.
+    pub fn has(&self, id: &str) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// The id as the scan shares it, and the file its record came from.
+    pub fn source_of(&self, id: &str) -> Option<(&Arc<str>, &Arc<str>)> {
+        let (id, loc) = self.by_id.get_key_value(id)?;
+        Some((id, self.rels.get(usize::try_from(loc.file).ok()?)?))
+    }
+}
+
+/// The keys [`clash_keys`] finds, asked once per memo hit (a million times
+/// for a million-user file). Usually a handful (one changed record's id and
+/// email): compared one by one, which costs less than hashing the question;
+/// a set once there are many.
+#[derive(Default)]
+pub(super) struct ClashKeys {
+    few: Vec<Arc<str>>,
+    many: HashSet<Arc<str>, foldhash::fast::RandomState>,
+}
+
+impl ClashKeys {
+    const FEW: usize = 16;
+
+    pub(super) fn insert(&mut self, key: Arc<str>) {
+        if !self.many.is_empty() {
+            self.many.insert(key);
+        } else if !self.few.contains(&key) {
+            self.few.push(key);
+            if self.few.len() > Self::FEW {
+                self.many.extend(self.few.drain(..));
+            }
+        }
+    }
+
+    pub(super) fn contains(&self, key: &str) -> bool {
+        if self.many.is_empty() {
+            self.few.iter().any(|k| &**k == key)
+        } else {
+            self.many.contains(key)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clash_keys_answer_alike_when_few_and_when_many() {
+        let mut keys = ClashKeys::default();
+        for i in 0..40 {
+            keys.insert(Arc::from(format!("k{i}").as_str()));
+            keys.insert(Arc::from(format!("k{i}").as_str()));
+            for j in 0..=i {
+                assert!(keys.contains(&format!("k{j}")), "k{j} after {i}");
+            }
+            assert!(!keys.contains(&format!("k{}", i + 1)));
+            assert!(!keys.contains(""));
+        }
+        assert!(!keys.many.is_empty() && keys.few.is_empty());
+    }
+}
