@@ -12,7 +12,7 @@ use crate::indexes::IndexSet;
 use crate::layout::Layout;
 use crate::reconcile::{Conflict, Engine, OnDelete};
 use crate::sink::{SinkOptions, WriteMode};
-use crate::source::{ReadLimits, Roots};
+use crate::source::{stream, ReadLimits, Roots};
 
 pub const DEFAULT_URI: &str = "mongodb://localhost:27017/ml_training_platform";
 
@@ -456,7 +456,7 @@ impl CommonArgs {
         };
         let roots = Roots { data: self.data_dir(), artifacts: self.artifacts_dir() };
         let mut engine = Engine::new(layout, roots, indexes);
-        engine.limits = ReadLimits { max_file_bytes: self.max_file_bytes };
+        engine.limits = ReadLimits { max_file_bytes: self.max_file_bytes, stream_from: stream::stream_from_env() };
         let mut sink = self.connection.sink_options(retry_forever, engine.metrics.clone())?;
         sink.write_mode = self.write_mode;
         sink.batch_size = usize::try_from(self.batch_size).unwrap_or(1000);

@@ -417,3 +417,78 @@ async fn newer_wins_compares_versions_the_app_stored_as_strings_or_numbers() {
     assert_eq!(rejects[0].get_str("reason_code").unwrap(), "version_uncomparable");
     assert!(rejects[0].get_str("reason").unwrap().contains("updatedAt"), "{:?}", rejects[0]);
 }
+
+/// The users of the streaming test: one duplicate email (rejected), one
+/// unparsable record (rejected), enough records for several blocks.
+fn many_users(n: usize) -> serde_json::Value {
+    let mut users: Vec<serde_json::Value> =
+        (0..n).map(|i| user(&format!("u{i}"), &format!("user{i}@example.com"), "2025-10-01T00:00:00.000Z")).collect();
+    users.push(user("dup", "user7@example.com", "2025-10-01T00:00:00.000Z"));
+    users.push(json!({"id": "bad", "email": "bad@example.com", "createdAt": "not a date"}));
+    serde_json::Value::Array(users)
+}
+
+/// Every document of a collection without the mirror's time stamps.
+async fn contents(db: &TestDb, coll: &str) -> Vec<Document> {
+    let mut docs = db.docs(coll).await;
+    for d in &mut docs {
+        if let Ok(m) = d.get_document_mut("_mirror") {
+            m.remove("at");
+        }
+    }
+    docs.sort_by_key(|d| d.get_str("_id").unwrap_or_default().to_string());
+    docs
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_file_read_in_a_stream_gives_what_a_whole_read_gives_and_a_broken_one_is_refused_whole() {
+    let (whole, streamed) = (TestDb::new("stream_whole").await, TestDb::new("stream_streamed").await);
+    let p = Platform::new();
+    p.users(&many_users(1_500)); // two blocks of 1,024
+    p.datasets(&json!([dataset("d1", 12)]));
+    let stream = [("DOCMIRROR_STREAM_FROM_BYTES", "0")];
+    let a = docmirror(&whole, &p, &["sync"]).await;
+    let b = docmirror_env(&streamed, &p, &["sync"], &stream).await;
+    assert_eq!((a.code, b.code), (3, 3), "records were rejected: {a:?}\n{b:?}");
+    assert!(!a.stderr.contains("in a stream"), "a small file is read whole by default");
+    assert!(b.stderr.contains("Reading a large file in a stream") && b.stderr.contains("data/users.json"), "{b:?}");
+    let untimed = |r: &Run| r.summary().rsplit_once(';').map(|(s, _)| s.to_string());
+    assert_eq!(untimed(&a), untimed(&b));
+    assert_eq!(b.count("inserted"), 1_501, "{b:?}");
+    assert_eq!(b.count("rejected"), 2, "{b:?}");
+    for coll in ["users", "datasets"] {
+        assert_eq!(contents(&whole, coll).await, contents(&streamed, coll).await, "{coll}");
+    }
+    let reasons = |rejects: Vec<Document>| {
+        let mut r: Vec<String> = rejects
+            .iter()
+            .map(|d| format!("{} {}", d.get_str("source").unwrap_or(""), d.get_str("reason").unwrap_or("")))
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(reasons(whole.rejects().await), reasons(streamed.rejects().await));
+
+    // A syntax error at the very end: nothing of the file is written or
+    // deleted, and the problem is worded as for a file read whole.
+    let mut text = serde_json::to_string_pretty(&many_users(1_500)).unwrap();
+    text = text.replace("\"u3\"", "\"u3-renamed\"").replace("\"u1499\"", "\"u1499-renamed\"");
+    text.truncate(text.len() - 1);
+    text.push_str(",]");
+    p.write("data/users.json", &text);
+    // (`--full`: a start from the checkpoint compares a changed file with its memo, whole.)
+    let a = docmirror(&whole, &p, &["sync", "--full"]).await;
+    let b = docmirror_env(&streamed, &p, &["sync", "--full"], &stream).await;
+    assert!(b.stderr.contains("Reading a large file in a stream"), "{b:?}");
+    assert_eq!(b.count("inserted") + b.count("updated") + b.count("deleted") + b.count("archived"), 0, "{b:?}");
+    for id in ["u3", "u1499"] {
+        assert!(streamed.doc("users", id).await.is_some(), "{id} was not deleted");
+        assert!(
+            streamed.doc("users", &format!("{id}-renamed")).await.is_none(),
+            "nothing of the broken file is written"
+        );
+    }
+    assert_eq!(streamed.count("users").await, 1_500);
+    assert_eq!(reasons(whole.rejects().await), reasons(streamed.rejects().await), "{a:?}\n{b:?}");
+    assert!(reasons(streamed.rejects().await).iter().any(|r| r.contains("not valid JSON")), "{b:?}");
+}

@@ -48,7 +48,11 @@ impl std::fmt::Debug for Firsts {
 }
 
 impl Firsts {
+    /// The index of a file (the last one again while its records come in blocks).
     pub(super) fn file(&mut self, rel: &str) -> usize {
+        if self.rels.last().is_some_and(|r| &**r == rel) {
+            return self.rels.len() - 1;
+        }
         self.rels.push(Arc::from(rel));
         self.rels.len() - 1
     }

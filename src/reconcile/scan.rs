@@ -156,6 +156,12 @@ pub fn scan_source(
     };
     if files.len() < READ_AHEAD_FROM {
         for file in files {
+            if pass.streams(&file) {
+                if !pass.stream_file(&file, &mut texts, &mut out, &mut emit) {
+                    break;
+                }
+                continue;
+            }
             let read = read_file(memory, &file, engine.limits);
             if !pass.file(&file, read, &mut texts, &mut out, &mut emit) {
                 break;
@@ -170,6 +176,90 @@ pub fn scan_source(
 }
 
 impl Pass<'_> {
+    /// Whether this file is read in a stream ([`source::stream`]): a large
+    /// array file, in a scan that looks no record up in watch's memo (the
+    /// look-ahead of a changed file's memo hits needs every record at once).
+    fn streams(&self, file: &SourceFile) -> bool {
+        let limits = self.engine.limits;
+        self.spec.shape == crate::layout::Shape::Array
+            && !self.use_hits
+            && self.memory.is_none_or(|m| m.read.lock().is_ok_and(|r| !r.contains_key(&file.rel)))
+            && std::fs::metadata(&file.path).is_ok_and(|m| source::stream::worth_it(m.len(), limits))
+    }
+
+    /// One large array file, checked whole and then read record by record
+    /// in blocks; `false` when nobody listens any more.
+    fn stream_file(
+        &mut self,
+        file: &SourceFile,
+        texts: &mut Texts,
+        out: &mut Scanned,
+        emit: &mut Option<Emit<'_>>,
+    ) -> bool {
+        let mut streamed = match source::stream::open(&file.path, self.engine.limits) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                out.files += 1;
+                out.missing.insert(file.rel.clone());
+                return true;
+            }
+            // Not an array after all (or not a file): read whole, as usual.
+            Err(None) => return self.file(file, read_file(self.memory, file, self.engine.limits), texts, out, emit),
+            Err(Some(problem)) => {
+                out.files += 1;
+                return self.refuse(file, problem, out);
+            }
+        };
+        tracing::debug!(file = %file.rel, "Reading a large file in a stream (checked whole first)");
+        out.files += 1;
+        out.read_ok.insert(file.rel.clone());
+        let known = texts.get().and_then(|t| t.get(&file.rel));
+        let mut block: Vec<(usize, Box<serde_json::value::RawValue>)> = Vec::with_capacity(STREAM_BLOCK);
+        let mut going = true;
+        let mut flush = |pass: &mut Self, block: &mut Vec<(usize, Box<serde_json::value::RawValue>)>| {
+            let raws: Vec<(Option<usize>, &str)> = block.iter().map(|(i, r)| (Some(*i), r.get())).collect();
+            let going = pass.records(file, raws, known.map(|m| (m, Hits::Target)), out, emit);
+            block.clear();
+            going
+        };
+        let read = streamed.records(&mut |i, raw| {
+            block.push((i, raw));
+            if block.len() >= STREAM_BLOCK {
+                going = flush(self, &mut block);
+            }
+            going
+        });
+        if going && read.is_ok() && !block.is_empty() {
+            going = flush(self, &mut block);
+        }
+        if !going {
+            return false;
+        }
+        // Written in place between the passes: what was mirrored from it
+        // stands, but it is judged again (no deletes from it, no digest).
+        let read = read.and_then(|()| if streamed.changed() { Err(source::FileProblem::Unstable) } else { Ok(()) });
+        match read {
+            Err(problem) => {
+                out.read_ok.remove(&file.rel);
+                self.refuse(file, problem, out)
+            }
+            Ok(()) => {
+                if self.memory.is_some() {
+                    let settled = streamed.settled().ok().flatten();
+                    out.digests.insert(file.rel.clone(), (streamed.digest, settled));
+                }
+                true
+            }
+        }
+    }
+
+    /// A file that could not be read or parsed: a reject, and its documents left alone.
+    fn refuse(&mut self, file: &SourceFile, problem: source::FileProblem, out: &mut Scanned) -> bool {
+        out.bad.insert(file.rel.clone());
+        out.rejects.push(file_reject(self.spec, &file.rel, problem));
+        true
+    }
+
     /// The files of a scan of many, read on a second thread (see below).
     fn read_ahead(
         &mut self,
@@ -222,6 +312,9 @@ fn read_file(memory: Option<&Memory>, file: &SourceFile, limits: source::ReadLim
         None => source::read_stable(&file.path, limits),
     }
 }
+
+/// Records of a streamed file mapped together (see [`Pass::stream_file`]).
+const STREAM_BLOCK: usize = 1_024;
 
 /// Scans of at least this many files read them on a second thread.
 const READ_AHEAD_FROM: usize = 64;
@@ -290,11 +383,7 @@ impl Pass<'_> {
                 return true;
             }
             Ok(Some(f)) => (f.bytes, f.settled),
-            Err(problem) => {
-                out.bad.insert(file.rel.clone());
-                out.rejects.push(file_reject(self.spec, &file.rel, problem));
-                return true;
-            }
+            Err(problem) => return self.refuse(file, problem, out),
         };
         let memory = self.memory;
         // A changed file's bytes may be just as they were last settled (a writer
@@ -311,11 +400,7 @@ impl Pass<'_> {
         // time: a 100,000-record file never exists as 100,000 values at once.
         let raws = match source::parse_raw(&bytes, self.spec.shape) {
             Ok(r) => r,
-            Err(problem) => {
-                out.bad.insert(file.rel.clone());
-                out.rejects.push(file_reject(self.spec, &file.rel, problem));
-                return true;
-            }
+            Err(problem) => return self.refuse(file, problem, out),
         };
         out.read_ok.insert(file.rel.clone());
         if let Some(d) = digest {

@@ -210,7 +210,7 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
 }
 
 /// serde_json's message without its trailing " at line L column C".
-fn json_reason(e: &serde_json::Error) -> String {
+pub(crate) fn json_reason(e: &serde_json::Error) -> String {
     let s = e.to_string();
     match s.rfind(" at line ") {
         Some(i) => s[..i].to_string(),

@@ -5,6 +5,7 @@
 
 pub mod fstype;
 pub mod json;
+pub mod stream;
 
 use std::fs;
 use std::io::Read;
@@ -54,11 +55,15 @@ pub struct SourceFile {
 #[derive(Debug, Clone, Copy)]
 pub struct ReadLimits {
     pub max_file_bytes: u64,
+    /// Array files this large or larger are read in a stream, not held
+    /// whole, where a scan has no memo to look records up in
+    /// ([`stream`]).
+    pub stream_from: u64,
 }
 
 impl Default for ReadLimits {
     fn default() -> Self {
-        Self { max_file_bytes: 1 << 30 }
+        Self { max_file_bytes: 1 << 30, stream_from: stream::STREAM_FROM }
     }
 }
 
@@ -216,7 +221,7 @@ mod tests {
         assert_eq!(got.stamp.len, 7);
         assert_eq!(got.settled, None, "a file written just now does not prove its next change");
         assert!(matches!(
-            read_stable(&q, ReadLimits { max_file_bytes: 3 }),
+            read_stable(&q, ReadLimits { max_file_bytes: 3, ..ReadLimits::default() }),
             Err(FileProblem::TooLarge { size: 7, limit: 3 })
         ));
     }
