@@ -111,8 +111,19 @@ pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, next: 
             m.recs.remove(&v.raw_hash);
         }
     }
+    // Each file's table sized once: grown by doubling, a million-record
+    // file's table would exist twice at the end (the old beside the new).
+    let mut sizes: HashMap<&str, usize> = HashMap::new();
+    for e in &next {
+        *sizes.entry(&*e.rel).or_default() += 1;
+    }
+    for (rel, n) in sizes {
+        memo.entry(rel.to_string()).or_default().recs.reserve(n);
+    }
     for e in next {
-        memo.entry(e.rel.to_string()).or_default().recs.insert(e.raw_hash, e.rec);
+        if let Some(m) = memo.get_mut(&*e.rel) {
+            m.recs.insert(e.raw_hash, e.rec);
+        }
     }
 }
 
@@ -147,6 +158,8 @@ pub fn remember(memory: &Memory, spec: &SourceSpec, learnt: Learnt<'_>) {
             None => return,
         }
     };
+    // Sized once (see `commit_memo`).
+    coll.reserve(if learnt.complete { learnt.existing.len() } else { 0 } + learnt.written.len());
     // After a partial scan the picture already holds everything but what changed.
     for (id, ex) in learnt.existing.iter().filter(|_| learnt.complete) {
         let Some(hash) = &ex.hash else { continue };
