@@ -163,14 +163,16 @@ pub fn remember(memory: &Memory, spec: &SourceSpec, learnt: Learnt<'_>) {
     // After a partial scan the picture already holds everything but what changed.
     for (id, ex) in learnt.existing.iter().filter(|_| learnt.complete) {
         let Some(hash) = &ex.hash else { continue };
+        // The scan's shared id and file, looked up once per document.
+        let scanned = learnt.firsts.source_of(id);
         let source = learnt
             .details
             .get(id)
             .and_then(|d| d.source.as_deref())
             .map(Arc::from)
-            .or_else(|| learnt.firsts.source_of(id).map(|(_, rel)| rel.clone()));
+            .or_else(|| scanned.map(|(_, rel)| rel.clone()));
         if let Some(source) = source {
-            let id = learnt.firsts.source_of(id).map_or_else(|| Arc::from(id.as_str()), |(id, _)| id.clone());
+            let id = scanned.map_or_else(|| Arc::from(id.as_str()), |(id, _)| id.clone());
             coll.insert(id, Known::new(hash, source));
         }
     }
