@@ -70,9 +70,13 @@ fn start_secantus() -> Result<String, String> {
     let port = free_port();
     let log = std::fs::File::create(std::env::temp_dir().join(format!("docmirror-test-server-{port}.log")))
         .map_err(|e| e.to_string())?;
+    // The whole suite shares this server and writes a few hundred thousand
+    // changes into its history in minutes; SecantusDB keeps 100,000 by
+    // default (a real mongod's oplog holds millions), so a test's change
+    // stream could lose its position to other tests' writes.
     let child = Command::new("sh")
         .arg("-c")
-        .arg("\"$0\" --port \"$1\" --storage-path :memory: & pid=$!; cat >/dev/null; kill $pid; wait $pid")
+        .arg("\"$0\" --port \"$1\" --storage-path :memory: --oplog-max-entries 5000000 & pid=$!; cat >/dev/null; kill $pid; wait $pid")
         .arg(&exe)
         .arg(port.to_string())
         .stdin(Stdio::piped())
