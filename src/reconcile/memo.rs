@@ -50,9 +50,24 @@ pub struct Memory {
     /// the scan that follows takes their bytes from here instead of reading
     /// them a second time (by `rel`; see [`Memory::take_read`]).
     pub read: Mutex<HashMap<String, crate::source::FileBytes>>,
+    /// `sync`: the memo is kept (the checkpoint stores it) but no picture,
+    /// which only watch's later changes use: at a million records it is a
+    /// table of a million ids and hashes, and the list of every write that
+    /// fills it.
+    pub memo_only: bool,
 }
 
 impl Memory {
+    /// What `sync` keeps: the memo for the checkpoint, no picture.
+    pub fn memo_only() -> Memory {
+        Memory { memo_only: true, ..Memory::default() }
+    }
+
+    /// Whether writes are remembered in the picture.
+    pub fn keeps_picture(&self) -> bool {
+        !self.memo_only
+    }
+
     /// Forget what the memo and the picture say about these files (all, with
     /// `None`): a reconcile that failed may have written part of its changes,
     /// so they may no longer match the target. The next reconcile of them

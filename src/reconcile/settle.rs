@@ -145,6 +145,9 @@ pub struct Learnt<'a> {
 
 /// Update the picture of the collection after a reconcile.
 pub fn remember(memory: &Memory, spec: &SourceSpec, learnt: Learnt<'_>) {
+    if !memory.keeps_picture() {
+        return;
+    }
     let Ok(mut picture) = memory.picture.lock() else { return };
     // A picture is only ever started by a full scan; until then (at start, or
     // after a failure made watch forget it) changes are compared with the target.
@@ -271,5 +274,38 @@ mod tests {
         memory.forget(&layout, None);
         assert!(memory.memo.lock().unwrap().is_empty());
         assert!(memory.picture.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn sync_keeps_the_memo_and_no_picture() {
+        let layout = Layout::builtin();
+        let (users, users_spec) = spec_of(&layout, "users");
+        for (memory, pictured) in [(Memory::default(), true), (Memory::memo_only(), false)] {
+            let scanned = Scanned {
+                spec: users,
+                complete: true,
+                read_ok: HashSet::from(["data/users.json".to_string()]),
+                ..Default::default()
+            };
+            commit_memo(
+                &users_spec,
+                &mut memory.memo.lock().unwrap(),
+                &scanned,
+                vec![entry("data/users.json", 1, "u1")],
+            );
+            let written = vec![(Arc::from("u1"), Known::new("h1", Arc::from("data/users.json")))];
+            let (existing, details) = (HashMap::new(), HashMap::new());
+            let learnt = Learnt {
+                complete: true,
+                existing: &existing,
+                details: &details,
+                firsts: &scanned.firsts,
+                written,
+                removed: vec![],
+            };
+            remember(&memory, &users_spec, learnt);
+            assert_eq!(memory.memo.lock().unwrap().get("data/users.json").map(|m| m.recs.len()), Some(1));
+            assert_eq!(memory.documents("users"), pictured.then_some(1), "picture kept: {pictured}");
+        }
     }
 }

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use tokio_util::sync::CancellationToken;
 
 use super::cores::on_all_cores;
-use super::memo::Known;
+use super::memo::{Known, Memory};
 use super::plan::{verdict, Verdict};
 use super::scan::Candidate;
 use super::target::{Existing, Outcome, Target, Write};
@@ -222,7 +222,7 @@ impl<T: Target> SourceRun<'_, T> {
         if self.opts.log_changes {
             tracing::info!(collection = %self.spec.collection, id = %c.mapped.id, source = %c.locate(), action, "Mirrored change");
         }
-        if self.memory.is_some() {
+        if self.memory.is_some_and(Memory::keeps_picture) {
             let known = Known::new(&c.mapped.hash, self.rel_arc(&c.rel));
             self.fresh.push((c.id.clone(), known));
         }

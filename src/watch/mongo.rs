@@ -74,7 +74,7 @@ impl super::Mirror for Sink {
         let memory = match memory {
             Some(m) => m,
             None => {
-                fresh = Arc::new(Memory::default());
+                fresh = Arc::new(Memory::memo_only());
                 &fresh
             }
         };
