@@ -278,6 +278,11 @@ pub type BuildRawHasher = std::hash::BuildHasherDefault<RawHasher>;
 /// Per source file (`rel`), what watch remembers of it.
 pub type Memo = HashMap<String, FileMemo>;
 
+/// Per source file, the records a run mirrored, by raw-text hash: kept as
+/// the tables the memo will hold, so a million-record file's entries never
+/// exist twice (as a list and as the table made from it).
+pub type Staged = HashMap<Arc<str>, HashMap<RawHash, Arc<MemoRec>, BuildRawHasher>>;
+
 /// A memoised record met in a scan: found again unchanged, or gone.
 #[derive(Debug, Clone)]
 pub struct MemoEntry {

@@ -45,7 +45,7 @@ use crate::layout::Layout;
 use crate::layout::SourceSpec;
 use crate::source::{ReadLimits, Roots, SourceFile};
 use crate::summary::Summary;
-use memo::{Known, Memo, MemoEntry, Memory};
+use memo::{Known, Memo, Memory};
 use rejects::RejectRecord;
 use scan::{scan_source, Candidate, Texts};
 use target::{Existing, Target};
@@ -349,7 +349,7 @@ struct SourceRun<'a, T: Target> {
     /// Rejects found while comparing and writing (the scan's come at the end).
     pub rejects: Vec<RejectRecord>,
     /// watch: the memo entries of the candidates, committed once settled.
-    pub memo_pending: Vec<MemoEntry>,
+    pub memo_pending: memo::Staged,
     /// watch: one shared name per file (see [`SourceRun::rel_arc`]).
     pub rels: HashMap<String, Arc<str>>,
     /// watch: what was written, for the picture.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::delete;
-use super::memo::{MemoEntry, MemoRec, Memory};
+use super::memo::{MemoRec, Memory};
 use super::plan::{plan, print_deletes, print_plan};
 use super::rejects::RejectRecord;
 use super::scan::{Candidate, Scanned};
@@ -39,7 +39,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
             opts,
             summary: Summary::default(),
             rejects: Vec::new(),
-            memo_pending: Vec::new(),
+            memo_pending: Default::default(),
             rels: HashMap::new(),
             fresh: Vec::new(),
         }
@@ -84,10 +84,15 @@ impl<'a, T: Target> SourceRun<'a, T> {
             return;
         }
         for c in candidates {
-            let rel = self.rel_arc(&c.rel);
             if let Some(h) = c.raw_hash {
                 let rec = MemoRec::new(c.id.clone(), c.emails.clone());
-                self.memo_pending.push(MemoEntry { rel, raw_hash: h, rec: Arc::new(rec) });
+                if !self.memo_pending.contains_key(c.rel.as_str()) {
+                    let rel = self.rel_arc(&c.rel);
+                    self.memo_pending.insert(rel, HashMap::default());
+                }
+                if let Some(recs) = self.memo_pending.get_mut(c.rel.as_str()) {
+                    recs.insert(h, Arc::new(rec));
+                }
             }
         }
     }
@@ -182,8 +187,12 @@ impl<'a, T: Target> SourceRun<'a, T> {
         // Every record that was settled (written, unchanged, or left alone because
         // the target is newer) is memoised; rejected ones are mapped again next time.
         let rejected: HashSet<&str> = rejects.iter().filter_map(|r| r.id.as_deref()).collect();
-        let next: Vec<MemoEntry> =
-            std::mem::take(&mut self.memo_pending).into_iter().filter(|e| !rejected.contains(&*e.rec.id)).collect();
+        let mut next = std::mem::take(&mut self.memo_pending);
+        if !rejected.is_empty() {
+            for recs in next.values_mut() {
+                recs.retain(|_, r| !rejected.contains(&*r.id));
+            }
+        }
         // A file with a rejected record is read again even when its bytes are
         // the same: a reject can clear without the file changing (an email
         // released by another document).

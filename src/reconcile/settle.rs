@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use bson::Bson;
 
-use super::memo::{Known, Memo, MemoEntry, Memory};
+use super::memo::{Known, Memo, Memory, Staged};
 use super::rejects::RejectRecord;
 use super::scan::Scanned;
 use super::target::{Existing, Target};
@@ -88,7 +88,7 @@ async fn safe_copies(spec: &SourceSpec, rejects: Vec<RejectRecord>) -> Result<Ve
 /// Make the memo of every file read in full hold what was mirrored from it:
 /// entries of records that are gone are dropped, new ones added (no copies of
 /// the entries that stay). O(changes) for a file the memo already covered.
-pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, next: Vec<MemoEntry>) {
+pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, next: Staged) {
     for rel in &scanned.missing {
         memo.remove(rel);
     }
@@ -111,18 +111,14 @@ pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, next: 
             m.recs.remove(&v.raw_hash);
         }
     }
-    // Each file's table sized once: grown by doubling, a million-record
-    // file's table would exist twice at the end (the old beside the new).
-    let mut sizes: HashMap<&str, usize> = HashMap::new();
-    for e in &next {
-        *sizes.entry(&*e.rel).or_default() += 1;
-    }
-    for (rel, n) in sizes {
-        memo.entry(rel.to_string()).or_default().recs.reserve(n);
-    }
-    for e in next {
-        if let Some(m) = memo.get_mut(&*e.rel) {
-            m.recs.insert(e.raw_hash, e.rec);
+    // A file's staged table becomes its memo when the memo holds nothing
+    // else of it (a whole file mapped): no copy, no second table.
+    for (rel, recs) in next {
+        let m = memo.entry(rel.to_string()).or_default();
+        if m.recs.is_empty() {
+            m.recs = recs;
+        } else {
+            m.recs.extend(recs);
         }
     }
 }
@@ -194,8 +190,9 @@ mod tests {
     use crate::reconcile::memo::{FileMemo, MemoRec, RawHash};
     use crate::source::SourceFile;
 
-    fn entry(rel: &str, h: RawHash, id: &str) -> MemoEntry {
-        MemoEntry { rel: Arc::from(rel), raw_hash: h, rec: Arc::new(MemoRec::new(Arc::from(id), Vec::new())) }
+    fn entry(rel: &str, h: RawHash, id: &str) -> Staged {
+        let recs = HashMap::from_iter([(h, Arc::new(MemoRec::new(Arc::from(id), Vec::new())))]);
+        Staged::from([(Arc::from(rel), recs)])
     }
 
     fn spec_of(layout: &Layout, collection: &str) -> (usize, SourceSpec) {
@@ -216,7 +213,7 @@ mod tests {
             read_ok: HashSet::from(["data/users.json".to_string()]),
             ..Default::default()
         };
-        commit_memo(&users_spec, &mut memo, &scanned, vec![entry("data/users.json", 1, "u1")]);
+        commit_memo(&users_spec, &mut memo, &scanned, entry("data/users.json", 1, "u1"));
         memo.insert("artifacts/jobs/gone.json".into(), FileMemo::default());
         let scanned = Scanned {
             spec: jobs,
@@ -224,10 +221,36 @@ mod tests {
             read_ok: HashSet::from(["artifacts/jobs/j1.json".to_string()]),
             ..Default::default()
         };
-        commit_memo(&jobs_spec, &mut memo, &scanned, vec![entry("artifacts/jobs/j1.json", 2, "j1")]);
+        commit_memo(&jobs_spec, &mut memo, &scanned, entry("artifacts/jobs/j1.json", 2, "j1"));
         assert_eq!(memo.get("data/users.json").map(|m| m.recs.len()), Some(1), "users' memo must survive");
         assert_eq!(memo.get("artifacts/jobs/j1.json").map(|m| m.recs.len()), Some(1));
         assert!(!memo.contains_key("artifacts/jobs/gone.json"), "a vanished file of the scanned source goes");
+    }
+
+    #[test]
+    fn a_file_read_whole_gets_the_staged_table_and_a_changed_one_keeps_its_hits() {
+        let layout = Layout::builtin();
+        let (users, users_spec) = spec_of(&layout, "users");
+        let mut memo = Memo::new();
+        let read_ok = HashSet::from(["data/users.json".to_string()]);
+        let whole = Scanned { spec: users, complete: true, read_ok: read_ok.clone(), ..Default::default() };
+        commit_memo(&users_spec, &mut memo, &whole, entry("data/users.json", 1, "u1"));
+        commit_memo(&users_spec, &mut memo, &whole, entry("data/users.json", 2, "u2"));
+        let keys = |memo: &Memo| -> Vec<RawHash> {
+            let mut k: Vec<RawHash> = memo["data/users.json"].recs.keys().copied().collect();
+            k.sort_unstable();
+            k
+        };
+        assert_eq!(keys(&memo), [2], "a file mapped whole is what its last run staged");
+        // A changed file looked up in the memo: u2 was a hit, u3 is new.
+        let covered = Scanned {
+            spec: users,
+            read_ok,
+            memo_covered: HashSet::from(["data/users.json".to_string()]),
+            ..Default::default()
+        };
+        commit_memo(&users_spec, &mut memo, &covered, entry("data/users.json", 3, "u3"));
+        assert_eq!(keys(&memo), [2, 3]);
     }
 
     #[test]
@@ -287,12 +310,7 @@ mod tests {
                 read_ok: HashSet::from(["data/users.json".to_string()]),
                 ..Default::default()
             };
-            commit_memo(
-                &users_spec,
-                &mut memory.memo.lock().unwrap(),
-                &scanned,
-                vec![entry("data/users.json", 1, "u1")],
-            );
+            commit_memo(&users_spec, &mut memory.memo.lock().unwrap(), &scanned, entry("data/users.json", 1, "u1"));
             let written = vec![(Arc::from("u1"), Known::new("h1", Arc::from("data/users.json")))];
             let (existing, details) = (HashMap::new(), HashMap::new());
             let learnt = Learnt {
