@@ -37,8 +37,10 @@ impl Loc {
 pub struct Firsts {
     rels: Vec<Arc<str>>,
     by_id: HashMap<Arc<str>, Loc, foldhash::fast::RandomState>,
-    /// By (field, value); only while the scan runs.
-    by_unique: HashMap<(Arc<str>, Arc<str>), Loc, foldhash::fast::RandomState>,
+    /// Per unique field (a handful: compared by pointer, then by name), by
+    /// value; only while the scan runs. One table per field keeps each
+    /// entry to a value and a location (a million emails: 24 bytes each).
+    by_unique: Vec<(Arc<str>, HashMap<Arc<str>, Loc, foldhash::fast::RandomState>)>,
 }
 
 impl std::fmt::Debug for Firsts {
@@ -70,9 +72,14 @@ impl Firsts {
             return Some(Reject::DuplicateId { id: id.to_string(), first: self.locate(*first) });
         }
         emails.iter().find_map(|(field, v)| {
-            let first = self.by_unique.get(&(field.clone(), v.clone()))?;
+            let first = self.unique(field)?.get(&**v)?;
             Some(Reject::DuplicateEmail { email: v.to_string(), first: self.locate(*first) })
         })
+    }
+
+    fn unique(&self, field: &Arc<str>) -> Option<&HashMap<Arc<str>, Loc, foldhash::fast::RandomState>> {
+        let same = |f: &Arc<str>| Arc::ptr_eq(f, field) || f == field;
+        self.by_unique.iter().find(|(f, _)| same(f)).map(|(_, m)| m)
     }
 
     pub(super) fn claim(
@@ -85,13 +92,23 @@ impl Firsts {
         let loc = Loc::new(file, position);
         self.by_id.insert(id.clone(), loc);
         for (field, v) in emails {
-            self.by_unique.insert((field.clone(), v.clone()), loc);
+            let same = |f: &Arc<str>| Arc::ptr_eq(f, field) || f == field;
+            let at = match self.by_unique.iter().position(|(f, _)| same(f)) {
+                Some(at) => at,
+                None => {
+                    self.by_unique.push((field.clone(), HashMap::default()));
+                    self.by_unique.len() - 1
+                }
+            };
+            if let Some((_, m)) = self.by_unique.get_mut(at) {
+                m.insert(v.clone(), loc);
+            }
         }
     }
 
     /// The scan is over: only the ids are needed from here on.
     pub(super) fn done(&mut self) {
-        self.by_unique = HashMap::default();
+        self.by_unique = Vec::new();
     }
 
     /// A record of the scanned files kept this id (mapped, or unchanged and
@@ -143,6 +160,28 @@ impl ClashKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_unique_value_is_first_kept_per_field() {
+        let mut firsts = Firsts::default();
+        let file = firsts.file("data/users.json");
+        let (email, backup): (Arc<str>, Arc<str>) = (Arc::from("email"), Arc::from("backupEmail"));
+        let a: Arc<str> = Arc::from("a@x.io");
+        firsts.claim(&Arc::from("u1"), &[(email.clone(), a.clone())], file, Some(0));
+        // The same value under another field is no clash; under the same
+        // field (named by another copy of its name) it is.
+        assert!(firsts.clash("u2", &[(backup.clone(), a.clone())]).is_none());
+        let again = [(Arc::from("email"), Arc::from("a@x.io"))];
+        assert!(matches!(
+            firsts.clash("u2", &again),
+            Some(Reject::DuplicateEmail { email, first }) if email == "a@x.io" && first == "data/users.json[0]"
+        ));
+        assert!(matches!(firsts.clash("u1", &[]), Some(Reject::DuplicateId { .. })));
+        firsts.claim(&Arc::from("u2"), &[(backup.clone(), a.clone())], file, Some(1));
+        assert!(firsts.clash("u3", &[(backup, a)]).is_some());
+        firsts.done();
+        assert!(firsts.clash("u3", &again).is_none() && firsts.has("u2"));
+    }
 
     #[test]
     fn clash_keys_answer_alike_when_few_and_when_many() {
