@@ -33,14 +33,17 @@ impl Loc {
 /// Handed on in [`Scanned::firsts`] once the scan is in: its ids are the
 /// ids in the files (for the deletes) and where each came from (for the
 /// picture), so the run keeps no second table of a million ids.
+/// Where each key was first used.
+type FirstUse = HashMap<Arc<str>, Loc, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 pub struct Firsts {
     rels: Vec<Arc<str>>,
-    by_id: HashMap<Arc<str>, Loc, foldhash::fast::RandomState>,
+    by_id: FirstUse,
     /// Per unique field (a handful: compared by pointer, then by name), by
     /// value; only while the scan runs. One table per field keeps each
     /// entry to a value and a location (a million emails: 24 bytes each).
-    by_unique: Vec<(Arc<str>, HashMap<Arc<str>, Loc, foldhash::fast::RandomState>)>,
+    by_unique: Vec<(Arc<str>, FirstUse)>,
 }
 
 impl std::fmt::Debug for Firsts {
@@ -77,7 +80,7 @@ impl Firsts {
         })
     }
 
-    fn unique(&self, field: &Arc<str>) -> Option<&HashMap<Arc<str>, Loc, foldhash::fast::RandomState>> {
+    fn unique(&self, field: &Arc<str>) -> Option<&FirstUse> {
         let same = |f: &Arc<str>| Arc::ptr_eq(f, field) || f == field;
         self.by_unique.iter().find(|(f, _)| same(f)).map(|(_, m)| m)
     }
