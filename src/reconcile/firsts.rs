@@ -27,15 +27,15 @@ impl Loc {
     }
 }
 
+/// Where each key was first used.
+type FirstUse = HashMap<Arc<str>, Loc, foldhash::fast::RandomState>;
+
 /// Which record first used each id and each unique value: the first keeps it.
 /// (Looked up several times per record: foldhash, seeded per process, is
 /// several times faster than the standard SipHash on these short keys.)
 /// Handed on in [`Scanned::firsts`] once the scan is in: its ids are the
 /// ids in the files (for the deletes) and where each came from (for the
 /// picture), so the run keeps no second table of a million ids.
-/// Where each key was first used.
-type FirstUse = HashMap<Arc<str>, Loc, foldhash::fast::RandomState>;
-
 #[derive(Default)]
 pub struct Firsts {
     rels: Vec<Arc<str>>,
