@@ -338,7 +338,10 @@ pub async fn save(
         rels.sort();
         let bytes = {
             let memo = lock(memory)?;
-            let mut bytes = Vec::new();
+            // Sized once: grown by doubling, a million-record group's bytes
+            // would take up to twice their size, and exist twice while moved.
+            let len = rels.iter().filter_map(|rel| Some(memo_codec::encoded_len(rel, memo.get(rel)?))).sum();
+            let mut bytes = Vec::with_capacity(len);
             for rel in &rels {
                 if let Some(m) = memo.get(rel) {
                     memo_codec::encode_file(rel, m, &mut bytes);
