@@ -175,14 +175,48 @@ async fn write_parts(sink: &Sink, g: &str, bytes: &[u8], parts: u32) -> Result<(
     for i in 0..parts {
         let at = usize::try_from(i).unwrap_or(usize::MAX).saturating_mul(PART_BYTES).min(bytes.len());
         let chunk = bytes[at..].get(..PART_BYTES).unwrap_or(&bytes[at..]);
-        let data = bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: chunk.to_vec() };
-        let op = WriteOp::Update {
-            coll: CHECKPOINTS.into(),
-            filter: doc! { "_id": part_id(g, i) },
-            update: doc! { "$set": { "data": Bson::Binary(data) } },
-            upsert: true,
-        };
-        sink.write(vec![op]).await?;
+        write_part(sink, g, i, chunk.to_vec()).await?;
+    }
+    Ok(())
+}
+
+async fn write_part(sink: &Sink, g: &str, i: u32, bytes: Vec<u8>) -> Result<(), Fatal> {
+    let data = bson::Binary { subtype: bson::spec::BinarySubtype::Generic, bytes };
+    let op = WriteOp::Update {
+        coll: CHECKPOINTS.into(),
+        filter: doc! { "_id": part_id(g, i) },
+        update: doc! { "$set": { "data": Bson::Binary(data) } },
+        upsert: true,
+    };
+    sink.write(vec![op]).await?;
+    Ok(())
+}
+
+/// The hash of a group's bytes and their length, a part's worth at a time.
+fn group_hash(files: &[memo_codec::Snapshot]) -> (u128, usize) {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let (mut encoder, mut buf, mut len) = (memo_codec::Encoder::new(files), Vec::with_capacity(2 * PART_BYTES), 0);
+    loop {
+        let more = encoder.fill(&mut buf, PART_BYTES);
+        hasher.update(&buf);
+        len += buf.len();
+        buf.clear();
+        if !more {
+            return (hasher.digest128(), len);
+        }
+    }
+}
+
+/// A group's parts, encoded as they are written (`parts` from [`group_hash`]'s length).
+async fn write_group(sink: &Sink, g: &str, files: &[memo_codec::Snapshot], parts: u32) -> Result<(), Fatal> {
+    let (mut encoder, mut buf) = (memo_codec::Encoder::new(files), Vec::with_capacity(2 * PART_BYTES));
+    for i in 0..parts {
+        encoder.fill(&mut buf, PART_BYTES);
+        let part: Vec<u8> = buf.drain(..buf.len().min(PART_BYTES)).collect();
+        write_part(sink, g, i, part).await?;
+    }
+    if !buf.is_empty() || encoder.fill(&mut buf, 1) {
+        return Err(Fatal::Internal(format!("checkpoint group {g} came out longer than its {parts} parts")));
     }
     Ok(())
 }
@@ -331,27 +365,20 @@ pub async fn save(
     for rel in others {
         files.entry(rel.clone()).or_insert(FileEntry { digest: None, stamp: None, group: String::new(), records: 0 });
     }
-    // Write the groups whose bytes changed, one group at a time: only one
-    // group's bytes exist at once, not the whole memo again.
+    // Write the groups whose bytes changed, one group at a time and one
+    // part at a time: a group's memos are held (shared) while it is hashed
+    // and written, its bytes never whole.
     let mut entries: BTreeMap<String, GroupEntry> = BTreeMap::new();
     for (g, mut rels) in members {
         rels.sort();
-        let bytes = {
+        let files: Vec<memo_codec::Snapshot> = {
             let memo = lock(memory)?;
-            // Sized once: grown by doubling, a million-record group's bytes
-            // would take up to twice their size, and exist twice while moved.
-            let len = rels.iter().filter_map(|rel| Some(memo_codec::encoded_len(rel, memo.get(rel)?))).sum();
-            let mut bytes = Vec::with_capacity(len);
-            for rel in &rels {
-                if let Some(m) = memo.get(rel) {
-                    memo_codec::encode_file(rel, m, &mut bytes);
-                }
-            }
-            bytes
+            rels.iter().filter_map(|rel| Some(memo_codec::Snapshot::of(rel, memo.get(rel)?))).collect()
         };
-        let entry = GroupEntry { hash: hex(xxhash_rust::xxh3::xxh3_128(&bytes)), parts: parts_for(&g, bytes.len())? };
+        let (hash, len) = group_hash(&files);
+        let entry = GroupEntry { hash: hex(hash), parts: parts_for(&g, len)? };
         if prev.as_ref().and_then(|p| p.groups.get(&g)) != Some(&entry) {
-            write_parts(sink, &g, &bytes, entry.parts).await?;
+            write_group(sink, &g, &files, entry.parts).await?;
         }
         entries.insert(g, entry);
     }
