@@ -375,7 +375,13 @@ pub async fn save(
             let memo = lock(memory)?;
             rels.iter().filter_map(|rel| Some(memo_codec::Snapshot::of(rel, memo.get(rel)?))).collect()
         };
-        let (hash, len) = group_hash(&files);
+        // Encoding a million records to hash them is CPU work: off the async workers.
+        let (files, (hash, len)) = tokio::task::spawn_blocking(move || {
+            let hashed = group_hash(&files);
+            (files, hashed)
+        })
+        .await
+        .map_err(Fatal::task("checkpoint"))?;
         let entry = GroupEntry { hash: hex(hash), parts: parts_for(&g, len)? };
         if prev.as_ref().and_then(|p| p.groups.get(&g)) != Some(&entry) {
             write_group(sink, &g, &files, entry.parts).await?;
