@@ -351,7 +351,7 @@ struct SourceRun<'a, T: Target> {
     /// watch: the memo entries of the candidates, committed once settled.
     pub memo_pending: memo::Staged,
     /// watch: one shared name per file (see [`SourceRun::rel_arc`]).
-    pub rels: HashMap<String, Arc<str>>,
+    pub rels: HashSet<Arc<str>>,
     /// watch: what was written, for the picture.
     pub fresh: Vec<(Arc<str>, Known)>,
 }

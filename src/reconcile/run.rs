@@ -40,7 +40,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
             summary: Summary::default(),
             rejects: Vec::new(),
             memo_pending: Default::default(),
-            rels: HashMap::new(),
+            rels: HashSet::new(),
             fresh: Vec::new(),
         }
     }
@@ -103,7 +103,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
             return r.clone();
         }
         let r: Arc<str> = Arc::from(rel);
-        self.rels.insert(rel.to_string(), r.clone());
+        self.rels.insert(r.clone());
         r
     }
 
