@@ -81,8 +81,12 @@ impl Firsts {
     }
 
     fn unique(&self, field: &Arc<str>) -> Option<&FirstUse> {
-        let same = |f: &Arc<str>| Arc::ptr_eq(f, field) || f == field;
-        self.by_unique.iter().find(|(f, _)| same(f)).map(|(_, m)| m)
+        self.by_unique.get(self.field_at(field)?).map(|(_, m)| m)
+    }
+
+    /// Where a field's table is (compared by pointer first: the scan shares one name per field).
+    fn field_at(&self, field: &Arc<str>) -> Option<usize> {
+        self.by_unique.iter().position(|(f, _)| Arc::ptr_eq(f, field) || f == field)
     }
 
     pub(super) fn claim(
@@ -95,14 +99,10 @@ impl Firsts {
         let loc = Loc::new(file, position);
         self.by_id.insert(id.clone(), loc);
         for (field, v) in emails {
-            let same = |f: &Arc<str>| Arc::ptr_eq(f, field) || f == field;
-            let at = match self.by_unique.iter().position(|(f, _)| same(f)) {
-                Some(at) => at,
-                None => {
-                    self.by_unique.push((field.clone(), HashMap::default()));
-                    self.by_unique.len() - 1
-                }
-            };
+            let at = self.field_at(field).unwrap_or_else(|| {
+                self.by_unique.push((field.clone(), HashMap::default()));
+                self.by_unique.len() - 1
+            });
             if let Some((_, m)) = self.by_unique.get_mut(at) {
                 m.insert(v.clone(), loc);
             }

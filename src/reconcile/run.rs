@@ -85,13 +85,12 @@ impl<'a, T: Target> SourceRun<'a, T> {
         }
         for c in candidates {
             if let Some(h) = c.raw_hash {
-                let rec = MemoRec::new(c.id.clone(), c.emails.clone());
-                if !self.memo_pending.contains_key(c.rel.as_str()) {
-                    let rel = self.rel_arc(&c.rel);
-                    self.memo_pending.insert(rel, HashMap::default());
-                }
+                let rec = Arc::new(MemoRec::new(c.id.clone(), c.emails.clone()));
                 if let Some(recs) = self.memo_pending.get_mut(c.rel.as_str()) {
-                    recs.insert(h, Arc::new(rec));
+                    recs.insert(h, rec);
+                } else {
+                    let rel = self.rel_arc(&c.rel);
+                    self.memo_pending.insert(rel, HashMap::from_iter([(h, rec)]));
                 }
             }
         }

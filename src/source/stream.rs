@@ -15,6 +15,13 @@
 
 use std::fs;
 use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+
+use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::json::FileProblem;
+use super::{ReadLimits, Stamp};
 
 /// Array files of at least this many bytes are streamed by default
 /// (`DOCMIRROR_STREAM_FROM_BYTES` sets another size; 0 streams every one).
@@ -25,13 +32,6 @@ pub const STREAM_FROM: u64 = 8 << 20;
 pub fn stream_from_env() -> u64 {
     std::env::var("DOCMIRROR_STREAM_FROM_BYTES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(STREAM_FROM)
 }
-use std::path::Path;
-
-use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
-use serde_json::value::RawValue;
-
-use super::json::FileProblem;
-use super::{ReadLimits, Stamp};
 
 /// An array file that passed the first pass.
 pub struct Streamed {

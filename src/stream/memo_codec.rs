@@ -51,14 +51,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn of(rel: &str, memo: &FileMemo) -> Snapshot {
-        // A handful of names over a million records: a short list, not a sort.
-        let mut fields: Vec<Arc<str>> = Vec::new();
-        for (f, _) in memo.recs.values().flat_map(|r| r.emails.iter()) {
-            if !fields.contains(f) {
-                fields.push(f.clone());
-            }
-        }
-        fields.sort_unstable();
+        let fields = field_names(memo).into_iter().cloned().collect();
         let mut recs: Vec<(RawHash, Arc<MemoRec>)> = memo.recs.iter().map(|(h, r)| (*h, r.clone())).collect();
         recs.sort_unstable_by_key(|(h, _)| *h);
         Snapshot { rel: rel.to_string(), digest: memo.digest, fields, recs }
@@ -126,11 +119,13 @@ impl<'a> Encoder<'a> {
     }
 }
 
-/// The unique fields a file's records name, sorted.
-fn field_names(memo: &FileMemo) -> Vec<&str> {
-    let mut fields: Vec<&str> = Vec::new();
+/// The unique fields a file's records name, sorted (an index into this
+/// list stands for the name).
+fn field_names(memo: &FileMemo) -> Vec<&Arc<str>> {
+    // A handful of names over a million records: a short list, not a sort.
+    let mut fields: Vec<&Arc<str>> = Vec::new();
     for (f, _) in memo.recs.values().flat_map(|r| r.emails.iter()) {
-        if !fields.contains(&&**f) {
+        if !fields.contains(&f) {
             fields.push(f);
         }
     }
@@ -149,7 +144,7 @@ pub fn encoded_len(rel: &str, memo: &FileMemo) -> usize {
         .values()
         .map(|rec| {
             let emails: usize =
-                rec.emails.iter().map(|(f, v)| varint_len(fields.binary_search(&&**f).unwrap_or(0)) + str_len(v)).sum();
+                rec.emails.iter().map(|(f, v)| varint_len(fields.binary_search(&f).unwrap_or(0)) + str_len(v)).sum();
             16 + str_len(&rec.id) + varint_len(rec.emails.len()) + emails
         })
         .sum();
