@@ -155,7 +155,7 @@ async fn rejected<T: Inspect>(
     for d in &stored_rejects {
         let key = d.get_str("_id").unwrap_or_default().to_string();
         let source = d.get_str("source").unwrap_or_default().to_string();
-        let still_there = scanned.read_ok.contains(&source) || scanned.bad.contains(&source);
+        let still_there = scanned.read_ok.contains(source.as_str()) || scanned.bad.contains(source.as_str());
         if seen_keys.contains(&key) || !still_there || d.get_str("reason_code").unwrap_or_default().starts_with("file_")
         {
             continue;

@@ -191,7 +191,7 @@ impl Target for Pg {
             let (raw, uniq) = stored_text(c);
             let p = Pending {
                 row,
-                source: c.rel.clone(),
+                source: c.rel.to_string(),
                 position,
                 hash: c.mapped.hash.clone(),
                 fields,

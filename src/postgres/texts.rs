@@ -97,7 +97,7 @@ impl Pg {
             if let Some((h, source)) = text {
                 if let Some(emails) = uniq_from_json(r.try_get(4).ok().flatten(), &mut fields) {
                     if !memo.contains_key(source) {
-                        memo.insert(source.to_string(), FileMemo::default());
+                        memo.insert(Arc::from(source), FileMemo::default());
                     }
                     if let Some(file) = memo.get_mut(source) {
                         file.recs.insert(h, Arc::new(MemoRec::new(Arc::from(id), emails)));

@@ -49,6 +49,7 @@ pub(super) async fn find<T: Target>(
         .filter_map(|id| {
             let ex = details.get(id)?;
             let src = ex.source.as_ref()?;
+            let src = src.as_str();
             let authoritative = !scanned.no_deletes.contains(src)
                 && (scanned.read_ok.contains(src)
                     || scanned.missing.contains(src)

@@ -64,7 +64,7 @@ async fn held<T: Target>(
         .iter()
         .filter(|r| !scanned.memo_covered.contains(*r))
         .chain(&scanned.missing)
-        .cloned()
+        .map(|r| r.to_string())
         .collect();
     if ids.len() > LOOKUP_MAX {
         // Most of a large file changed (an app that rewrote it in another

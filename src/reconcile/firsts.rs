@@ -53,12 +53,13 @@ impl std::fmt::Debug for Firsts {
 }
 
 impl Firsts {
-    /// The index of a file (the last one again while its records come in blocks).
-    pub(super) fn file(&mut self, rel: &str) -> usize {
-        if self.rels.last().is_some_and(|r| &**r == rel) {
+    /// The index of a file (the last one again while its records come in
+    /// blocks); its name is the scan's own, shared.
+    pub(super) fn file(&mut self, rel: &Arc<str>) -> usize {
+        if self.rels.last().is_some_and(|r| r == rel) {
             return self.rels.len() - 1;
         }
-        self.rels.push(Arc::from(rel));
+        self.rels.push(rel.clone());
         self.rels.len() - 1
     }
 
@@ -167,7 +168,7 @@ mod tests {
     #[test]
     fn a_unique_value_is_first_kept_per_field() {
         let mut firsts = Firsts::default();
-        let file = firsts.file("data/users.json");
+        let file = firsts.file(&Arc::from("data/users.json"));
         let (email, backup): (Arc<str>, Arc<str>) = (Arc::from("email"), Arc::from("backupEmail"));
         let a: Arc<str> = Arc::from("a@x.io");
         firsts.claim(&Arc::from("u1"), &[(email.clone(), a.clone())], file, Some(0));

@@ -350,8 +350,6 @@ struct SourceRun<'a, T: Target> {
     pub rejects: Vec<RejectRecord>,
     /// watch: the memo entries of the candidates, committed once settled.
     pub memo_pending: memo::Staged,
-    /// watch: one shared name per file (see [`SourceRun::rel_arc`]).
-    pub rels: HashSet<Arc<str>>,
     /// watch: what was written, for the picture.
     pub fresh: Vec<(Arc<str>, Known)>,
 }
@@ -371,7 +369,7 @@ mod tests {
         let work = Work::of(Scope::Files(files), 2);
         assert!(work.whole.is_empty());
         let got: Vec<(usize, Vec<&str>)> =
-            work.files.iter().map(|(s, f)| (*s, f.iter().map(|f| f.rel.as_str()).collect())).collect();
+            work.files.iter().map(|(s, f)| (*s, f.iter().map(|f| &*f.rel).collect())).collect();
         assert_eq!(got, vec![(0, vec!["x"]), (1, vec!["b", "a"])]);
     }
 }

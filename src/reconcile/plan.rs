@@ -126,7 +126,7 @@ pub async fn plan<T: Target>(
 /// For one-record-per-file sources: another file that still exists already holds this id.
 fn other_live_source(engine: &Engine, spec: &SourceSpec, c: &Candidate, ex: &Existing) -> Option<String> {
     let src = ex.source.as_ref()?;
-    if src == &c.rel || !spec.is_pattern() || !spec.owns_rel(src) {
+    if **src == *c.rel || !spec.is_pattern() || !spec.owns_rel(src) {
         return None;
     }
     let rel = src.strip_prefix(&format!("{}/", spec.root.label()))?;

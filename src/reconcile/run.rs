@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::delete;
-use super::memo::{MemoRec, Memory};
+use super::memo::{MemoRec, Memory, Recs};
 use super::plan::{plan, print_deletes, print_plan};
 use super::rejects::RejectRecord;
 use super::scan::{Candidate, Scanned};
@@ -40,7 +40,6 @@ impl<'a, T: Target> SourceRun<'a, T> {
             summary: Summary::default(),
             rejects: Vec::new(),
             memo_pending: Default::default(),
-            rels: HashSet::new(),
             fresh: Vec::new(),
         }
     }
@@ -86,24 +85,14 @@ impl<'a, T: Target> SourceRun<'a, T> {
         for c in candidates {
             if let Some(h) = c.raw_hash {
                 let rec = Arc::new(MemoRec::new(c.id.clone(), c.emails.clone()));
-                if let Some(recs) = self.memo_pending.get_mut(c.rel.as_str()) {
+                if let Some(recs) = self.memo_pending.get_mut(&*c.rel) {
                     recs.insert(h, rec);
                 } else {
-                    let rel = self.rel_arc(&c.rel);
-                    self.memo_pending.insert(rel, HashMap::from_iter([(h, rec)]));
+                    // The scan's shared name of the file: the memo keeps it.
+                    self.memo_pending.insert(c.rel.clone(), Recs::one(h, rec));
                 }
             }
         }
-    }
-
-    /// The file's name, shared by every record of it that watch remembers.
-    pub(super) fn rel_arc(&mut self, rel: &str) -> Arc<str> {
-        if let Some(r) = self.rels.get(rel) {
-            return r.clone();
-        }
-        let r: Arc<str> = Arc::from(rel);
-        self.rels.insert(r.clone());
-        r
     }
 
     /// Deletes, watch's memory and the rejects, once every chunk is in.
@@ -196,7 +185,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
         // the same: a reject can clear without the file changing (an email
         // released by another document).
         for r in rejects {
-            scanned.digests.remove(&r.rel);
+            scanned.digests.remove(r.rel.as_str());
         }
         // Deletes held back by the guard are not settled either: the files are
         // read again until they are applied (or released).
@@ -222,7 +211,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
         let (engine, spec) = (self.engine, &self.spec);
         let mut summary = std::mem::take(&mut self.summary);
         summary.bad_files = count(scanned.bad.len());
-        let mut bad_paths: Vec<&String> = scanned.bad.iter().collect();
+        let mut bad_paths: Vec<&Arc<str>> = scanned.bad.iter().collect();
         bad_paths.sort();
         let prefix = format!("{}/", spec.root.label());
         summary.bad_paths = bad_paths

@@ -27,7 +27,7 @@ use crate::source::{self, SourceFile};
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub mapped: Mapped,
-    pub rel: String,
+    pub rel: Arc<str>,
     pub position: Option<usize>,
     /// Hash of the record's raw JSON text (watch's per-file memo).
     pub raw_hash: Option<RawHash>,
@@ -47,13 +47,13 @@ impl Candidate {
     /// values noted): what tests hand a target directly.
     pub fn unhashed(mapped: Mapped, rel: &str, position: Option<usize>) -> Candidate {
         let id = Arc::from(mapped.id.as_str());
-        Candidate { mapped, rel: rel.to_string(), position, raw_hash: None, stored_text: None, emails: Vec::new(), id }
+        Candidate { mapped, rel: Arc::from(rel), position, raw_hash: None, stored_text: None, emails: Vec::new(), id }
     }
 
     pub fn locate(&self) -> String {
         match self.position {
             Some(p) => format!("{}[{p}]", self.rel),
-            None => self.rel.clone(),
+            None => self.rel.to_string(),
         }
     }
 
@@ -70,15 +70,15 @@ pub struct Scanned {
     pub candidates: Vec<Candidate>,
     pub rejects: Vec<RejectRecord>,
     /// Files read completely (their records are the whole truth for them).
-    pub read_ok: HashSet<String>,
+    pub read_ok: HashSet<Arc<str>>,
     /// Files confirmed absent.
-    pub missing: HashSet<String>,
+    pub missing: HashSet<Arc<str>>,
     /// Files that could not be read or parsed: documents from them are left alone.
-    pub bad: HashSet<String>,
+    pub bad: HashSet<Arc<str>>,
     /// Ids of rejected records: never deleted because of the reject.
     pub protected_ids: HashSet<String>,
     /// Files with a rejected record that has no usable id: no deletes from them.
-    pub no_deletes: HashSet<String>,
+    pub no_deletes: HashSet<Arc<str>>,
     /// Whether the scan covered every file of the source.
     pub complete: bool,
     pub files: u64,
@@ -86,15 +86,15 @@ pub struct Scanned {
     /// Records whose raw text is the same as when they were last mirrored.
     pub unchanged: Vec<MemoEntry>,
     /// Files whose every mirrored record is in the memo.
-    pub memo_covered: HashSet<String>,
+    pub memo_covered: HashSet<Arc<str>>,
     /// Memoised records of those files whose text is gone (changed or removed),
     /// or that are no longer settled (now a duplicate).
     pub vanished: Vec<MemoEntry>,
     /// Files found byte-for-byte as last settled (watch): not read further.
-    pub identical: HashSet<String>,
+    pub identical: HashSet<Arc<str>>,
     /// The hash of every file read in full (watch), with its stamp where
     /// the stamp proves those bytes ([`source::Stamp::settled`]).
-    pub digests: HashMap<String, (RawHash, Option<source::Stamp>)>,
+    pub digests: HashMap<Arc<str>, (RawHash, Option<source::Stamp>)>,
     /// The ids the records kept, and their files (see [`Firsts`]).
     pub firsts: Firsts,
 }
@@ -183,7 +183,7 @@ impl Pass<'_> {
         let limits = self.engine.limits;
         self.spec.shape == crate::layout::Shape::Array
             && !self.use_hits
-            && self.memory.is_none_or(|m| m.read.lock().is_ok_and(|r| !r.contains_key(&file.rel)))
+            && self.memory.is_none_or(|m| m.read.lock().is_ok_and(|r| !r.contains_key(&*file.rel)))
             && std::fs::metadata(&file.path).is_ok_and(|m| source::stream::worth_it(m.len(), limits))
     }
 
@@ -431,7 +431,7 @@ impl Pass<'_> {
         // to another file is written again (its `_mirror.source` changes).
         let salt = format!("{}\u{0}{}", self.fingerprint, file.rel);
         let file_idx = self.firsts.file(&file.rel);
-        let rel_arc: Arc<str> = Arc::from(file.rel.as_str());
+        let rel_arc: Arc<str> = file.rel.clone();
         let hashes: Vec<RawHash> = raws.iter().map(|(_, t)| raw_hash(self.seed, t)).collect();
         // Each text looked up once (both passes below use the answer).
         let found: Vec<Option<&Arc<MemoRec>>> = match memo {
@@ -548,7 +548,7 @@ impl Pass<'_> {
     /// Map one record and file it as a candidate or a reject.
     fn add_record(
         &mut self,
-        (salt, rel, file_idx): (&str, &str, usize),
+        (salt, rel, file_idx): (&str, &Arc<str>, usize),
         raw: source::RawRecord,
         raw_hash: RawHash,
         out: &mut Scanned,
@@ -569,7 +569,7 @@ impl Pass<'_> {
                 let stored_text = m.plaintext.is_none().then_some(raw_hash);
                 out.candidates.push(Candidate {
                     mapped: m,
-                    rel: rel.to_string(),
+                    rel: rel.clone(),
                     position: raw.position,
                     raw_hash: Some(raw_hash),
                     stored_text,
@@ -584,7 +584,7 @@ impl Pass<'_> {
                         out.protected_ids.insert(id.to_string());
                     }
                     None => {
-                        out.no_deletes.insert(rel.to_string());
+                        out.no_deletes.insert(rel.clone());
                     }
                 }
                 let id = id.map(str::to_string);

@@ -20,12 +20,12 @@ use crate::mapping::{self, Reject};
 
 /// The files whose rejects a reconcile is the authority on.
 pub struct RejectScope<'a> {
-    pub read_ok: &'a HashSet<String>,
-    pub bad: &'a HashSet<String>,
-    pub missing: &'a HashSet<String>,
+    pub read_ok: &'a HashSet<Arc<str>>,
+    pub bad: &'a HashSet<Arc<str>>,
+    pub missing: &'a HashSet<Arc<str>>,
     /// Files byte-for-byte as last settled, when every record of them was
     /// mirrored: they have no rejects now, whatever an earlier version had.
-    pub settled: &'a HashSet<String>,
+    pub settled: &'a HashSet<Arc<str>>,
     /// Every file of the source (rejects of vanished files are cleared too).
     pub complete: bool,
 }
@@ -39,8 +39,9 @@ pub async fn store_rejects<T: Target>(
     rejects: Vec<RejectRecord>,
     opts: RunOptions,
 ) -> Result<(), Fatal> {
-    let files: Option<Vec<String>> = (!scope.complete)
-        .then(|| scope.read_ok.iter().chain(scope.bad).chain(scope.missing).chain(scope.settled).cloned().collect());
+    let files: Option<Vec<String>> = (!scope.complete).then(|| {
+        scope.read_ok.iter().chain(scope.bad).chain(scope.missing).chain(scope.settled).map(|r| r.to_string()).collect()
+    });
     let stored = target.reject_keys(&spec.collection, files.as_deref()).await?;
     let current: HashSet<&str> = rejects.iter().map(|r| r.key.as_str()).collect();
     let mut new = Vec::new();
@@ -114,7 +115,7 @@ pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, next: 
     // A file's staged table becomes its memo when the memo holds nothing
     // else of it (a whole file mapped): no copy, no second table.
     for (rel, recs) in next {
-        let m = memo.entry(rel.to_string()).or_default();
+        let m = memo.entry(rel).or_default();
         if m.recs.is_empty() {
             m.recs = recs;
         } else {
@@ -187,11 +188,11 @@ pub fn remember(memory: &Memory, spec: &SourceSpec, learnt: Learnt<'_>) {
 mod tests {
     use super::*;
     use crate::layout::Layout;
-    use crate::reconcile::memo::{FileMemo, MemoRec, RawHash};
+    use crate::reconcile::memo::{FileMemo, MemoRec, RawHash, Recs};
     use crate::source::SourceFile;
 
     fn entry(rel: &str, h: RawHash, id: &str) -> Staged {
-        let recs = HashMap::from_iter([(h, Arc::new(MemoRec::new(Arc::from(id), Vec::new())))]);
+        let recs = Recs::one(h, Arc::new(MemoRec::new(Arc::from(id), Vec::new())));
         Staged::from([(Arc::from(rel), recs)])
     }
 
@@ -210,7 +211,7 @@ mod tests {
         let scanned = Scanned {
             spec: users,
             complete: true,
-            read_ok: HashSet::from(["data/users.json".to_string()]),
+            read_ok: HashSet::from([Arc::from("data/users.json")]),
             ..Default::default()
         };
         commit_memo(&users_spec, &mut memo, &scanned, entry("data/users.json", 1, "u1"));
@@ -218,7 +219,7 @@ mod tests {
         let scanned = Scanned {
             spec: jobs,
             complete: true,
-            read_ok: HashSet::from(["artifacts/jobs/j1.json".to_string()]),
+            read_ok: HashSet::from([Arc::from("artifacts/jobs/j1.json")]),
             ..Default::default()
         };
         commit_memo(&jobs_spec, &mut memo, &scanned, entry("artifacts/jobs/j1.json", 2, "j1"));
@@ -232,7 +233,7 @@ mod tests {
         let layout = Layout::builtin();
         let (users, users_spec) = spec_of(&layout, "users");
         let mut memo = Memo::new();
-        let read_ok = HashSet::from(["data/users.json".to_string()]);
+        let read_ok = HashSet::from([Arc::from("data/users.json")]);
         let whole = Scanned { spec: users, complete: true, read_ok: read_ok.clone(), ..Default::default() };
         commit_memo(&users_spec, &mut memo, &whole, entry("data/users.json", 1, "u1"));
         commit_memo(&users_spec, &mut memo, &whole, entry("data/users.json", 2, "u2"));
@@ -246,7 +247,7 @@ mod tests {
         let covered = Scanned {
             spec: users,
             read_ok,
-            memo_covered: HashSet::from(["data/users.json".to_string()]),
+            memo_covered: HashSet::from([Arc::from("data/users.json")]),
             ..Default::default()
         };
         commit_memo(&users_spec, &mut memo, &covered, entry("data/users.json", 3, "u3"));
@@ -307,7 +308,7 @@ mod tests {
             let scanned = Scanned {
                 spec: users,
                 complete: true,
-                read_ok: HashSet::from(["data/users.json".to_string()]),
+                read_ok: HashSet::from([Arc::from("data/users.json")]),
                 ..Default::default()
             };
             commit_memo(&users_spec, &mut memory.memo.lock().unwrap(), &scanned, entry("data/users.json", 1, "u1"));

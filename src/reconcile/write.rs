@@ -126,8 +126,7 @@ impl<T: Target> SourceRun<'_, T> {
             };
             match held {
                 Some(ex)
-                    if ex.hash.as_deref() == Some(c.mapped.hash.as_str())
-                        && ex.source.as_deref() == Some(c.rel.as_str()) =>
+                    if ex.hash.as_deref() == Some(c.mapped.hash.as_str()) && ex.source.as_deref() == Some(&*c.rel) =>
                 {
                     // Our write is there (an earlier attempt of a retried batch, or a
                     // command that reports no per-op counts).
@@ -223,7 +222,7 @@ impl<T: Target> SourceRun<'_, T> {
             tracing::info!(collection = %self.spec.collection, id = %c.mapped.id, source = %c.locate(), action, "Mirrored change");
         }
         if self.memory.is_some_and(Memory::keeps_picture) {
-            let known = Known::new(&c.mapped.hash, self.rel_arc(&c.rel));
+            let known = Known::new(&c.mapped.hash, c.rel.clone());
             self.fresh.push((c.id.clone(), known));
         }
     }

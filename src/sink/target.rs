@@ -308,7 +308,7 @@ fn existing_from(spec: &SourceSpec, d: &Document) -> Option<(String, Existing)> 
 
 fn mirror_doc(c: &Candidate) -> Document {
     doc! {
-        "source": &c.rel,
+        "source": &*c.rel,
         "hash": &c.mapped.hash,
         "fields": c.mapped.fields(),
         "at": bson::DateTime::now(),

@@ -46,7 +46,9 @@ pub struct SourceFile {
     /// Index of the source in the layout.
     pub spec: usize,
     /// Stable name, used in `_mirror.source` and in messages: `data/users.json`.
-    pub rel: String,
+    /// Shared: every table a run keeps per file (the memo, the digests, the
+    /// files read) holds this one copy of it.
+    pub rel: Arc<str>,
     /// Where it is on disk.
     pub path: PathBuf,
 }
@@ -71,10 +73,11 @@ impl Default for ReadLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     pub len: u64,
-    pub mtime_ns: i128,
+    /// Nanoseconds since 1970 (see [`nanos`]).
+    pub mtime_ns: i64,
     /// The last change of the file or its metadata: set by the kernel on
     /// every write, and not settable by any program (unlike the mtime).
-    pub ctime_ns: i128,
+    pub ctime_ns: i64,
     pub ino: u64,
     pub dev: u64,
 }
@@ -91,8 +94,8 @@ impl Stamp {
         use std::os::unix::fs::MetadataExt;
         Stamp {
             len: meta.len(),
-            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            mtime_ns: nanos(meta.mtime(), meta.mtime_nsec()),
+            ctime_ns: nanos(meta.ctime(), meta.ctime_nsec()),
             ino: meta.ino(),
             dev: meta.dev(),
         }
@@ -103,9 +106,22 @@ impl Stamp {
     /// began (`began`, on the same clock as the file times).
     pub fn settled(self, began: std::time::SystemTime) -> Option<Stamp> {
         let began = began.duration_since(std::time::UNIX_EPOCH).ok()?;
-        let limit = i128::try_from(began.saturating_sub(STAMP_MARGIN).as_nanos()).ok()?;
+        let limit = i64::try_from(began.saturating_sub(STAMP_MARGIN).as_nanos()).ok()?;
         (self.ctime_ns < limit).then_some(self)
     }
+}
+
+/// A file time in nanoseconds since 1970, in 64 bits (eight bytes less in
+/// each of a stamp's two times, kept for every file). That spans the years
+/// 1678 to 2262; a time outside is held at the end of the span, which costs
+/// nothing the proof needs: the change time, which proves the bytes, is set
+/// by the kernel from its clock on every write, so it is never outside.
+pub fn nanos(secs: i64, nsec: i64) -> i64 {
+    secs.checked_mul(1_000_000_000).and_then(|n| n.checked_add(nsec)).unwrap_or(if secs < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
 }
 
 /// A file read whole ([`read_stable`]).
@@ -159,7 +175,7 @@ fn rel_label(spec: &SourceSpec, rel: &str) -> String {
 
 /// The [`SourceFile`] for a path relative to the source's root.
 pub fn source_file(spec_idx: usize, spec: &SourceSpec, root: &Path, rel: &str) -> SourceFile {
-    SourceFile { spec: spec_idx, rel: rel_label(spec, rel), path: root.join(rel) }
+    SourceFile { spec: spec_idx, rel: Arc::from(rel_label(spec, rel)), path: root.join(rel) }
 }
 
 /// Read a whole file, retrying while it changes under us. `Ok(None)` when it
@@ -206,6 +222,14 @@ pub fn read_stable(path: &Path, limits: ReadLimits) -> Result<Option<FileBytes>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_time_is_nanoseconds_held_at_the_ends_of_64_bits() {
+        assert_eq!(nanos(1, 5), 1_000_000_005);
+        assert_eq!(nanos(-1, 0), -1_000_000_000);
+        assert_eq!(nanos(i64::MAX / 1_000_000_000 + 1, 0), i64::MAX);
+        assert_eq!(nanos(i64::MIN / 1_000_000_000 - 1, 0), i64::MIN);
+    }
 
     #[test]
     fn read_stable_reports_missing_dirs_and_limits() {

@@ -317,7 +317,7 @@ impl Tracker {
         if let Ok(memo) = self.memory.memo.lock() {
             for (rel, fm) in memo.iter().filter(|(rel, _)| spec.owns_rel(rel)) {
                 if fm.recs.values().any(|r| ids.contains(&*r.id)) {
-                    rels.insert(rel.clone());
+                    rels.insert(rel.to_string());
                 }
             }
         }

@@ -5,10 +5,9 @@
 //! The format is length-prefixed (LEB128 varints) and little-endian; a decoder that meets a
 //! short or malformed buffer says so instead of guessing.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::reconcile::memo::{FileMemo, MemoRec, RawHash};
+use crate::reconcile::memo::{FileMemo, MemoRec, RawHash, Recs};
 use crate::source::Stamp;
 
 /// One file as the checkpoint knows it.
@@ -71,7 +70,7 @@ impl Snapshot {
         out.extend_from_slice(&h.to_le_bytes());
         put_str(out, &rec.id);
         put_varint(out, rec.emails.len());
-        for (field, value) in &rec.emails {
+        for (field, value) in rec.emails.iter() {
             put_varint(out, self.fields.binary_search(field).unwrap_or(0));
             put_str(out, value);
         }
@@ -159,8 +158,7 @@ pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
         let rel = r.string()?;
         let digest = r.digest()?;
         let n = r.varint()?;
-        let mut memo = FileMemo { digest, stamp: None, recs: HashMap::default() };
-        memo.recs.reserve(n.min(1 << 20));
+        let mut memo = FileMemo { digest, stamp: None, recs: Recs::with_capacity(n.min(1 << 20)) };
         // Each field name once, shared by every record that has it.
         let nf = r.varint()?;
         let mut fields: Vec<Arc<str>> = Vec::with_capacity(nf.min(64));
@@ -188,10 +186,10 @@ pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
 /// The checkpoint head's file list, packed: per file its name, digest, the
 /// group of its memo and its record count. (One binary value: a server
 /// stores and returns it without walking 20,000 small documents.)
-pub fn encode_entries(files: &std::collections::BTreeMap<String, FileEntry>) -> Vec<u8> {
+pub fn encode_entries<K: AsRef<str>>(files: &std::collections::BTreeMap<K, FileEntry>) -> Vec<u8> {
     let mut out = Vec::with_capacity(files.len() * 96);
     for (rel, f) in files {
-        put_str(&mut out, rel);
+        put_str(&mut out, rel.as_ref());
         put_digest(&mut out, f.digest);
         put_stamp(&mut out, f.stamp);
         put_str(&mut out, &f.group);
@@ -232,8 +230,9 @@ fn put_stamp(out: &mut Vec<u8>, stamp: Option<Stamp>) {
         Some(s) => {
             out.push(1);
             out.extend_from_slice(&s.len.to_le_bytes());
-            out.extend_from_slice(&s.mtime_ns.to_le_bytes());
-            out.extend_from_slice(&s.ctime_ns.to_le_bytes());
+            // Stored in 128 bits, as when the times were kept so.
+            out.extend_from_slice(&i128::from(s.mtime_ns).to_le_bytes());
+            out.extend_from_slice(&i128::from(s.ctime_ns).to_le_bytes());
             out.extend_from_slice(&s.ino.to_le_bytes());
             out.extend_from_slice(&s.dev.to_le_bytes());
         }
@@ -312,7 +311,12 @@ impl Reader<'_> {
                 let len = self.u64()?;
                 let mtime_ns = i128::from_le_bytes(self.u128()?.to_le_bytes());
                 let ctime_ns = i128::from_le_bytes(self.u128()?.to_le_bytes());
-                Ok(Some(Stamp { len, mtime_ns, ctime_ns, ino: self.u64()?, dev: self.u64()? }))
+                let (ino, dev) = (self.u64()?, self.u64()?);
+                // A time no stamp holds now: no stamp (the file is hashed).
+                Ok(match (i64::try_from(mtime_ns), i64::try_from(ctime_ns)) {
+                    (Ok(mtime_ns), Ok(ctime_ns)) => Some(Stamp { len, mtime_ns, ctime_ns, ino, dev }),
+                    _ => None,
+                })
             }
             other => Err(format!("bad stamp flag {other} at byte {}", self.at)),
         }
@@ -347,7 +351,7 @@ mod tests {
     type Rec<'a> = (RawHash, &'a str, &'a [(&'a str, &'a str)]);
 
     fn memo(digest: Option<RawHash>, recs: &[Rec<'_>]) -> FileMemo {
-        let mut m = FileMemo { digest, stamp: None, recs: HashMap::default() };
+        let mut m = FileMemo { digest, stamp: None, recs: Recs::default() };
         for (h, id, emails) in recs {
             let emails = emails.iter().map(|(f, v)| (Arc::from(*f), Arc::from(*v))).collect();
             m.recs.insert(*h, Arc::new(MemoRec::new(Arc::from(*id), emails)));
@@ -449,7 +453,7 @@ mod tests {
             "data/users.json".to_string(),
             FileEntry { digest: Some(u128::MAX), stamp: None, group: "f:x".into(), records: 7 },
         );
-        let stamp = Stamp { len: 9, mtime_ns: -5, ctime_ns: i128::MAX, ino: u64::MAX, dev: 3 };
+        let stamp = Stamp { len: 9, mtime_ns: -5, ctime_ns: i64::MAX, ino: u64::MAX, dev: 3 };
         files.insert(
             "artifacts/jobs/a.json".to_string(),
             FileEntry { digest: Some(1), stamp: Some(stamp), group: "b:1".into(), records: 1 },
@@ -461,6 +465,21 @@ mod tests {
         let bytes = encode_entries(&files);
         assert_eq!(decode_entries(&bytes).unwrap(), files);
         assert!(decode_entries(&bytes[..bytes.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn a_stored_time_past_what_a_stamp_holds_is_no_stamp() {
+        use super::FileEntry;
+        let stamp = Stamp { len: 9, mtime_ns: 5, ctime_ns: 6, ino: 7, dev: 8 };
+        let entry = FileEntry { digest: Some(1), stamp: Some(stamp), group: "b:1".into(), records: 1 };
+        let files = std::collections::BTreeMap::from([("a.json".to_string(), entry)]);
+        let mut bytes = encode_entries(&files);
+        // The change time is the second 16-byte time after the stamp's length: make it 2^64.
+        let at = bytes.windows(16).position(|w| w == 6i128.to_le_bytes()).expect("the stored change time");
+        bytes[at..at + 16].copy_from_slice(&(1i128 << 64).to_le_bytes());
+        let back = decode_entries(&bytes).unwrap();
+        assert_eq!(back["a.json"].stamp, None, "the file is hashed, not proven by a time cut short");
+        assert_eq!(back["a.json"].digest, Some(1));
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub fn digests(engine: &Engine, recorded: &BTreeMap<String, FileEntry>) -> Resul
         engine.layout.sources.iter().map(|s| source::fstype::stamps_prove(engine.roots.dir(s.root))).collect();
     let proven = |f: &SourceFile| {
         let now = || std::fs::metadata(&f.path).ok().map(|m| (m.is_file(), source::Stamp::of(&m)));
-        let stamped = recorded.get(&f.rel).and_then(|e| Some((e.stamp?, e.digest?)));
+        let stamped = recorded.get(&*f.rel).and_then(|e| Some((e.stamp?, e.digest?)));
         stamp_proof(stamped.as_ref(), local.get(f.spec) == Some(&true), now)
     };
     let digest = |f: &SourceFile| {
@@ -93,7 +93,7 @@ pub fn digests(engine: &Engine, recorded: &BTreeMap<String, FileEntry>) -> Resul
     let out = files
         .into_iter()
         .zip(slots)
-        .filter_map(|(f, slot)| slot.map(|(d, stamp)| (f.rel.clone(), (f, d, stamp))))
+        .filter_map(|(f, slot)| slot.map(|(d, stamp)| (f.rel.to_string(), (f, d, stamp))))
         .collect();
     Ok((out, by_stamp, read))
 }
@@ -125,7 +125,7 @@ fn in_blocks(files: &[SourceFile], digest: &(dyn Fn(&SourceFile) -> Option<Prove
                         for (i, f) in block.iter().enumerate() {
                             if let Some((d, stamp, proven, keep)) = digest(f) {
                                 by_stamp += usize::from(proven);
-                                kept.extend(keep.map(|b| (f.rel.clone(), b)));
+                                kept.extend(keep.map(|b| (f.rel.to_string(), b)));
                                 part.push((start + i, d, stamp));
                             }
                         }

@@ -154,7 +154,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
             let spec = &engine.layout.sources[*spec_idx];
             for (rel, fm) in memo.iter().filter(|(rel, _)| spec.owns_rel(rel)) {
                 for rec in fm.recs.values().filter(|r| ids.contains(&*r.id)) {
-                    recheck.entry(rel.clone()).or_default().insert(rec.id.to_string());
+                    recheck.entry(rel.to_string()).or_default().insert(rec.id.to_string());
                 }
             }
         }
@@ -162,7 +162,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         // to a key no text has, so the scan maps it again and the core compares
         // it with MongoDB (and sees it gone, if it is gone from the file).
         for (rel, ids) in &recheck {
-            if let Some(fm) = memo.get_mut(rel) {
+            if let Some(fm) = memo.get_mut(rel.as_str()) {
                 fm.digest = None;
                 fm.stamp = None;
                 let keys: Vec<RawHash> =
@@ -344,7 +344,7 @@ async fn try_save(
     .map_err(Fatal::task("discover"))?;
     let others: Vec<String> = {
         let memo = memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))?;
-        files.into_iter().filter(|r| !memo.contains_key(r)).collect()
+        files.into_iter().filter(|r| !memo.contains_key(r)).map(|r| r.to_string()).collect()
     };
     let database_id = crate::state::database_id(sink).await?;
     let proof = Proof { database_id: &database_id, token: &token, pending: &pending, others: &others };

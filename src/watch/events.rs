@@ -207,9 +207,9 @@ mod tests {
         let e = tree();
         let modify = EventKind::Modify(ModifyKind::Any);
         let h = hints_for(&e, &event(modify, "/p/artifacts/jobs/j1.json"));
-        assert!(matches!(&h[..], [Hint::File(f)] if f.rel == "artifacts/jobs/j1.json" && f.spec == 2));
+        assert!(matches!(&h[..], [Hint::File(f)] if &*f.rel == "artifacts/jobs/j1.json" && f.spec == 2));
         let h = hints_for(&e, &event(modify, "/p/data/users.json"));
-        assert!(matches!(&h[..], [Hint::File(f)] if f.rel == "data/users.json" && f.spec == 0));
+        assert!(matches!(&h[..], [Hint::File(f)] if &*f.rel == "data/users.json" && f.spec == 0));
         let closed = EventKind::Access(AccessKind::Close(AccessMode::Write));
         assert!(matches!(&hints_for(&e, &event(closed, "/p/data/users.json"))[..], [Hint::FileDone(_)]));
         let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::To));

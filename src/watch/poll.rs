@@ -129,14 +129,14 @@ mod tests {
         std::fs::write(&tmp, "{\"job_id\":\"j3\"}").unwrap();
         std::fs::rename(&tmp, &job).unwrap();
         let h = p.sweep(&tree);
-        assert!(matches!(&h[..], [Hint::File(f)] if f.rel == "artifacts/jobs/j1.json"), "{h:?}");
+        assert!(matches!(&h[..], [Hint::File(f)] if &*f.rel == "artifacts/jobs/j1.json"), "{h:?}");
         std::fs::write(roots.data.join("users.json"), "[]").unwrap();
         std::fs::remove_file(&job).unwrap();
         let mut rels: Vec<String> = p
             .sweep(&tree)
             .into_iter()
             .filter_map(|h| match h {
-                Hint::File(f) => Some(f.rel),
+                Hint::File(f) => Some(f.rel.to_string()),
                 _ => None,
             })
             .collect();

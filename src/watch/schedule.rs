@@ -236,12 +236,16 @@ mod tests {
     }
 
     fn file(name: &str) -> SourceFile {
-        SourceFile { spec: 2, rel: format!("artifacts/jobs/{name}"), path: PathBuf::from(format!("/p/jobs/{name}")) }
+        SourceFile {
+            spec: 2,
+            rel: std::sync::Arc::from(format!("artifacts/jobs/{name}")),
+            path: PathBuf::from(format!("/p/jobs/{name}")),
+        }
     }
 
     fn files(b: &Option<Batch>) -> Vec<String> {
         match b {
-            Some(Batch::Files { files, .. }) => files.iter().map(|(f, _)| f.rel.clone()).collect(),
+            Some(Batch::Files { files, .. }) => files.iter().map(|(f, _)| f.rel.to_string()).collect(),
             _ => Vec::new(),
         }
     }
