@@ -175,7 +175,11 @@ fn rel_label(spec: &SourceSpec, rel: &str) -> String {
 
 /// The [`SourceFile`] for a path relative to the source's root.
 pub fn source_file(spec_idx: usize, spec: &SourceSpec, root: &Path, rel: &str) -> SourceFile {
-    SourceFile { spec: spec_idx, rel: Arc::from(rel_label(spec, rel)), path: root.join(rel) }
+    // Sized to the path: a join grows the root's buffer by doubling, and a
+    // folder of 200,000 job files keeps every path until it is read.
+    let mut path = root.join(rel);
+    path.shrink_to_fit();
+    SourceFile { spec: spec_idx, rel: Arc::from(rel_label(spec, rel)), path }
 }
 
 /// Read a whole file, retrying while it changes under us. `Ok(None)` when it

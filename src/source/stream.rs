@@ -28,9 +28,22 @@ use super::{ReadLimits, Stamp};
 pub const STREAM_FROM: u64 = 8 << 20;
 
 /// The size from which array files are streamed: [`STREAM_FROM`], or the
-/// environment's `DOCMIRROR_STREAM_FROM_BYTES`.
+/// environment's `DOCMIRROR_STREAM_FROM_BYTES` (a value that is not a
+/// number of bytes is warned about, and the default used).
 pub fn stream_from_env() -> u64 {
-    std::env::var("DOCMIRROR_STREAM_FROM_BYTES").ok().and_then(|v| v.trim().parse().ok()).unwrap_or(STREAM_FROM)
+    let set = std::env::var("DOCMIRROR_STREAM_FROM_BYTES").ok();
+    stream_from(set.as_deref()).unwrap_or_else(|value| {
+        tracing::warn!(%value, default = STREAM_FROM, "DOCMIRROR_STREAM_FROM_BYTES is not a number of bytes; using the default");
+        STREAM_FROM
+    })
+}
+
+/// [`stream_from_env`]'s reading of the variable's value (`Err`: the value, not a number).
+fn stream_from(value: Option<&str>) -> Result<u64, String> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(STREAM_FROM),
+        Some(v) => v.parse().map_err(|_| v.to_string()),
+    }
 }
 
 /// An array file that passed the first pass.
@@ -283,6 +296,16 @@ mod tests {
 
     fn whole(bytes: &[u8]) -> Result<Vec<String>, FileProblem> {
         parse_raw(bytes, Shape::Array).map(|r| r.into_iter().map(|(_, t)| t.to_string()).collect())
+    }
+
+    #[test]
+    fn the_stream_size_is_a_number_of_bytes_or_the_default_and_a_word_is_refused() {
+        assert_eq!(stream_from(None), Ok(STREAM_FROM));
+        assert_eq!(stream_from(Some(" ")), Ok(STREAM_FROM));
+        assert_eq!(stream_from(Some("0")), Ok(0));
+        assert_eq!(stream_from(Some(" 1048576\n")), Ok(1 << 20));
+        assert_eq!(stream_from(Some("8MiB")), Err("8MiB".to_string()));
+        assert_eq!(stream_from(Some("-1")), Err("-1".to_string()));
     }
 
     #[test]

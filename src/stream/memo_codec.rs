@@ -187,7 +187,18 @@ pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
 /// group of its memo and its record count. (One binary value: a server
 /// stores and returns it without walking 20,000 small documents.)
 pub fn encode_entries<K: AsRef<str>>(files: &std::collections::BTreeMap<K, FileEntry>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(files.len() * 96);
+    // Sized once, exactly: 200,000 job files' list is about 27 MB, which
+    // grown by doubling would for a moment exist twice.
+    let str_len = |s: &str| varint_len(s.len()) + s.len();
+    let len: usize = files
+        .iter()
+        .map(|(rel, f)| {
+            let digest = 1 + f.digest.map_or(0, |_| 16);
+            let stamp = 1 + f.stamp.map_or(0, |_| 8 + 16 + 16 + 8 + 8);
+            str_len(rel.as_ref()) + digest + stamp + str_len(&f.group) + 8
+        })
+        .sum();
+    let mut out = Vec::with_capacity(len);
     for (rel, f) in files {
         put_str(&mut out, rel.as_ref());
         put_digest(&mut out, f.digest);
@@ -463,6 +474,7 @@ mod tests {
             FileEntry { digest: None, stamp: None, group: String::new(), records: 0 },
         );
         let bytes = encode_entries(&files);
+        assert_eq!(bytes.capacity(), bytes.len(), "the list is sized once, exactly");
         assert_eq!(decode_entries(&bytes).unwrap(), files);
         assert!(decode_entries(&bytes[..bytes.len() - 1]).is_err());
     }
