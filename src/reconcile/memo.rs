@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use super::recs::RawHash;
 use crate::layout::Layout;
 use crate::source::SourceFile;
 
@@ -255,10 +256,8 @@ impl std::ops::Deref for Uniques {
     }
 }
 
-/// A 128-bit hash of a record's (or file's) raw text: XXH3, fast enough to
-/// run over a 30 MB file on every change, wide enough that two different
-/// texts sharing one is not a practical concern.
-pub type RawHash = u128;
+/// A file's memo entries (see [`super::recs::Recs`]).
+pub type Recs = super::recs::Recs<Arc<MemoRec>>;
 
 /// The hash of a record's raw text under one source's mapping rules
 /// (`seed`: [`text_seed`] of the rules' fingerprint), so a text mapped under
@@ -284,189 +283,6 @@ pub struct FileMemo {
     /// The records mirrored from it, by raw-text hash.
     pub recs: Recs,
 }
-
-/// A file's memo entries, by raw-text hash. Most files hold one record (a
-/// job's status file): a handful are kept in a list sized to them (one entry
-/// is 32 bytes, where the smallest hash table is 160), a table beyond.
-#[derive(Debug)]
-pub enum Recs {
-    Few(Vec<(RawHash, Arc<MemoRec>)>),
-    Many(HashMap<RawHash, Arc<MemoRec>, BuildRawHasher>),
-}
-
-impl Default for Recs {
-    fn default() -> Self {
-        Recs::Few(Vec::new())
-    }
-}
-
-impl Recs {
-    /// Entries kept in a list at most (found by comparing each hash).
-    const FEW: usize = 8;
-
-    /// Room for `n` entries, in the form that many want.
-    pub fn with_capacity(n: usize) -> Recs {
-        if n <= Recs::FEW {
-            Recs::Few(Vec::with_capacity(n))
-        } else {
-            Recs::Many(HashMap::with_capacity_and_hasher(n, BuildRawHasher::default()))
-        }
-    }
-
-    /// One entry.
-    pub fn one(h: RawHash, rec: Arc<MemoRec>) -> Recs {
-        Recs::Few(vec![(h, rec)])
-    }
-
-    pub fn len(&self) -> usize {
-        match self {
-            Recs::Few(v) => v.len(),
-            Recs::Many(m) => m.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub fn clear(&mut self) {
-        *self = Recs::default();
-    }
-
-    pub fn get(&self, h: &RawHash) -> Option<&Arc<MemoRec>> {
-        match self {
-            Recs::Few(v) => v.iter().find(|(k, _)| k == h).map(|(_, r)| r),
-            Recs::Many(m) => m.get(h),
-        }
-    }
-
-    /// Add or replace an entry; a list that would pass [`Recs::FEW`] becomes a table.
-    pub fn insert(&mut self, h: RawHash, rec: Arc<MemoRec>) {
-        match self {
-            Recs::Few(v) => {
-                if let Some(slot) = v.iter_mut().find(|(k, _)| *k == h) {
-                    slot.1 = rec;
-                } else if v.len() < Recs::FEW {
-                    // Grown one entry at a time: a list of one is 32 bytes, not 128.
-                    v.reserve_exact(1);
-                    v.push((h, rec));
-                } else {
-                    let mut m = HashMap::with_capacity_and_hasher(v.len() * 2, BuildRawHasher::default());
-                    m.extend(v.drain(..));
-                    m.insert(h, rec);
-                    *self = Recs::Many(m);
-                }
-            }
-            Recs::Many(m) => {
-                m.insert(h, rec);
-            }
-        }
-    }
-
-    pub fn remove(&mut self, h: &RawHash) -> Option<Arc<MemoRec>> {
-        match self {
-            Recs::Few(v) => {
-                let at = v.iter().position(|(k, _)| k == h)?;
-                Some(v.swap_remove(at).1)
-            }
-            Recs::Many(m) => m.remove(h),
-        }
-    }
-
-    /// Room for `n` more (a table once they would pass [`Recs::FEW`]).
-    pub fn reserve(&mut self, n: usize) {
-        match self {
-            Recs::Few(v) if v.len() + n <= Recs::FEW => v.reserve_exact(n),
-            Recs::Few(v) => {
-                let mut m = HashMap::with_capacity_and_hasher(v.len() + n, BuildRawHasher::default());
-                m.extend(v.drain(..));
-                *self = Recs::Many(m);
-            }
-            Recs::Many(m) => m.reserve(n),
-        }
-    }
-
-    /// Keep only the entries `keep` says yes to.
-    pub fn retain(&mut self, mut keep: impl FnMut(&RawHash, &Arc<MemoRec>) -> bool) {
-        match self {
-            Recs::Few(v) => v.retain(|(h, r)| keep(h, r)),
-            Recs::Many(m) => m.retain(|h, r| keep(h, r)),
-        }
-    }
-
-    pub fn extend(&mut self, other: Recs) {
-        self.reserve(other.len());
-        for (h, r) in other {
-            self.insert(h, r);
-        }
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&RawHash, &Arc<MemoRec>)> {
-        let (few, many) = match self {
-            Recs::Few(v) => (Some(v.iter().map(|(h, r)| (h, r))), None),
-            Recs::Many(m) => (None, Some(m.iter())),
-        };
-        few.into_iter().flatten().chain(many.into_iter().flatten())
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = &RawHash> {
-        self.iter().map(|(h, _)| h)
-    }
-
-    pub fn values(&self) -> impl Iterator<Item = &Arc<MemoRec>> {
-        self.iter().map(|(_, r)| r)
-    }
-}
-
-impl IntoIterator for Recs {
-    type Item = (RawHash, Arc<MemoRec>);
-    type IntoIter = std::iter::Chain<
-        std::iter::Flatten<std::option::IntoIter<std::vec::IntoIter<(RawHash, Arc<MemoRec>)>>>,
-        std::iter::Flatten<std::option::IntoIter<std::collections::hash_map::IntoIter<RawHash, Arc<MemoRec>>>>,
-    >;
-    fn into_iter(self) -> Self::IntoIter {
-        let (few, many) = match self {
-            Recs::Few(v) => (Some(v.into_iter()), None),
-            Recs::Many(m) => (None, Some(m.into_iter())),
-        };
-        few.into_iter().flatten().chain(many.into_iter().flatten())
-    }
-}
-
-#[cfg(test)]
-impl std::ops::Index<&RawHash> for Recs {
-    type Output = Arc<MemoRec>;
-    /// Panics where the entry is missing, as a map's index does.
-    fn index(&self, h: &RawHash) -> &Arc<MemoRec> {
-        match self.get(h) {
-            Some(r) => r,
-            None => panic!("no memo entry for {h:032x}"),
-        }
-    }
-}
-
-/// Raw-text hashes are already uniformly random: a hash map keyed by them
-/// needs no second hash (SipHash over 100,000 keys per change is measurable).
-#[derive(Default)]
-pub struct RawHasher(u64);
-
-impl std::hash::Hasher for RawHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        // Only reached for keys other than u128; fold them in (FNV-1a).
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn write_u128(&mut self, n: u128) {
-        // The low 64 bits of the XXH3-128 hash: the truncation is the point.
-        self.0 ^= u64::try_from(n & u128::from(u64::MAX)).unwrap_or_default();
-    }
-}
-
-pub type BuildRawHasher = std::hash::BuildHasherDefault<RawHasher>;
 
 /// Per source file (`rel`), what watch remembers of it.
 pub type Memo = HashMap<Arc<str>, FileMemo>;
@@ -501,48 +317,6 @@ mod tests {
         }
         // The one hash that shares the odd value is not mistaken for an equal one either.
         assert_ne!(Known::new(&zeros, source).hash_text(), zeros);
-    }
-
-    #[test]
-    fn a_files_entries_are_the_same_kept_in_a_list_or_in_a_table() {
-        let rec = |id: &str| Arc::new(MemoRec::new(Arc::from(id), Vec::new()));
-        let mut recs = Recs::default();
-        let mut model: HashMap<RawHash, String> = HashMap::new();
-        let mut table = false;
-        // Past the list's size and back below it, replacing, removing and retaining on the way.
-        for i in 0..(Recs::FEW as u128 * 3) {
-            recs.insert(i * 31, rec(&format!("r{i}")));
-            model.insert(i * 31, format!("r{i}"));
-            table |= model.len() > Recs::FEW;
-            if i % 5 == 0 {
-                recs.insert(i * 31, rec(&format!("again{i}")));
-                model.insert(i * 31, format!("again{i}"));
-            }
-            if i % 7 == 3 {
-                assert_eq!(recs.remove(&((i - 1) * 31)).map(|r| r.id.to_string()), model.remove(&((i - 1) * 31)));
-            }
-            assert_eq!(recs.len(), model.len());
-            assert_eq!(matches!(recs, Recs::Many(_)), table, "a list up to {} entries, then a table", Recs::FEW);
-        }
-        let got =
-            |recs: &Recs| -> HashMap<RawHash, String> { recs.iter().map(|(h, r)| (*h, r.id.to_string())).collect() };
-        assert_eq!(got(&recs), model);
-        assert!(recs.get(&1).is_none() && recs.remove(&1).is_none());
-        recs.retain(|h, _| h % 2 == 0);
-        model.retain(|h, _| h % 2 == 0);
-        assert_eq!(got(&recs), model);
-        // A list of one is sized to one entry (the point of the list).
-        let one = Recs::one(7, rec("j1"));
-        assert!(matches!(&one, Recs::Few(v) if v.capacity() == 1));
-        let mut few = Recs::default();
-        few.insert(1, rec("a"));
-        assert!(matches!(&few, Recs::Few(v) if v.capacity() == 1), "grown one entry at a time");
-        few.extend(recs);
-        let mut all = model.clone();
-        all.insert(1, "a".into());
-        assert_eq!(got(&few), all);
-        let back: HashMap<RawHash, String> = few.into_iter().map(|(h, r)| (h, r.id.to_string())).collect();
-        assert_eq!(back, all);
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod existing;
 pub mod firsts;
 pub mod memo;
 pub mod plan;
+pub mod recs;
 pub mod rejects;
 mod run;
 pub mod scan;

@@ -489,7 +489,7 @@ impl Pass<'_> {
             out.vanished.extend(
                 m.recs.iter().filter(|(_, r)| r.seen.load(Ordering::Relaxed) != self.mark).map(|(h, rec)| MemoEntry {
                     rel: rel_arc.clone(),
-                    raw_hash: *h,
+                    raw_hash: h,
                     rec: rec.clone(),
                 }),
             );

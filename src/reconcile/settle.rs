@@ -238,7 +238,7 @@ mod tests {
         commit_memo(&users_spec, &mut memo, &whole, entry("data/users.json", 1, "u1"));
         commit_memo(&users_spec, &mut memo, &whole, entry("data/users.json", 2, "u2"));
         let keys = |memo: &Memo| -> Vec<RawHash> {
-            let mut k: Vec<RawHash> = memo["data/users.json"].recs.keys().copied().collect();
+            let mut k: Vec<RawHash> = memo["data/users.json"].recs.keys().collect();
             k.sort_unstable();
             k
         };

@@ -224,7 +224,7 @@ impl Tracker {
             if let Some(fm) = memo.get_mut(rel) {
                 fm.digest = None;
                 fm.stamp = None;
-                let keys: Vec<u128> = fm.recs.iter().filter(|(_, r)| *r.id == *key.1).map(|(h, _)| *h).collect();
+                let keys: Vec<u128> = fm.recs.iter().filter(|(_, r)| *r.id == *key.1).map(|(h, _)| h).collect();
                 for h in keys {
                     if let Some(r) = fm.recs.remove(&h) {
                         fm.recs.insert(!h, r);

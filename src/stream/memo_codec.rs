@@ -51,7 +51,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn of(rel: &str, memo: &FileMemo) -> Snapshot {
         let fields = field_names(memo).into_iter().cloned().collect();
-        let mut recs: Vec<(RawHash, Arc<MemoRec>)> = memo.recs.iter().map(|(h, r)| (*h, r.clone())).collect();
+        let mut recs: Vec<(RawHash, Arc<MemoRec>)> = memo.recs.iter().map(|(h, r)| (h, r.clone())).collect();
         recs.sort_unstable_by_key(|(h, _)| *h);
         Snapshot { rel: rel.to_string(), digest: memo.digest, fields, recs }
     }

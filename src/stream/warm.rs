@@ -165,8 +165,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
             if let Some(fm) = memo.get_mut(rel.as_str()) {
                 fm.digest = None;
                 fm.stamp = None;
-                let keys: Vec<RawHash> =
-                    fm.recs.iter().filter(|(_, r)| ids.contains(&*r.id)).map(|(h, _)| *h).collect();
+                let keys: Vec<RawHash> = fm.recs.iter().filter(|(_, r)| ids.contains(&*r.id)).map(|(h, _)| h).collect();
                 let mut placed = HashSet::new();
                 for h in keys {
                     if let Some(r) = fm.recs.remove(&h) {

@@ -1,0 +1,307 @@
+//! A file's memo entries ([`Recs`]): a list for the few of most files, a
+//! table keyed by the raw hash's halves for the large ones.
+
+use std::collections::HashMap;
+
+/// A 128-bit hash of a record's (or file's) raw text: XXH3, fast enough to
+/// run over a 30 MB file on every change, wide enough that two different
+/// texts sharing one is not a practical concern.
+pub type RawHash = u128;
+
+/// Entries kept in a list at most (found by comparing each hash).
+const FEW: usize = 8;
+
+/// A file's memo entries, by raw-text hash. Most files hold one record (a
+/// job's status file): a handful are kept in a list sized to them (one entry
+/// is 32 bytes, where the smallest hash table is 160), a table beyond. The
+/// hash is kept as two 64-bit halves ([`Key`]): an entry is then 24 bytes,
+/// not 32 (a 128-bit number is aligned to 16), which at a million users is
+/// a table of 48 MB instead of 64.
+#[derive(Debug)]
+pub enum Recs<V> {
+    Few(Vec<(Key, V)>),
+    Many(HashMap<Key, V, BuildRawHasher>),
+}
+
+/// A [`RawHash`] as its low and high 64 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Key(u64, u64);
+
+impl Key {
+    fn of(h: RawHash) -> Key {
+        let low = u64::try_from(h & u128::from(u64::MAX)).unwrap_or_default();
+        let high = u64::try_from(h >> 64).unwrap_or_default();
+        Key(low, high)
+    }
+
+    fn hash(self) -> RawHash {
+        u128::from(self.1) << 64 | u128::from(self.0)
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // The low half, as [`RawHasher`] takes a whole raw hash.
+        state.write_u64(self.0);
+    }
+}
+
+impl<V> Default for Recs<V> {
+    fn default() -> Self {
+        Recs::Few(Vec::new())
+    }
+}
+
+impl<V> Recs<V> {
+    /// Room for `n` entries, in the form that many want.
+    pub fn with_capacity(n: usize) -> Recs<V> {
+        if n <= FEW {
+            Recs::Few(Vec::with_capacity(n))
+        } else {
+            Recs::Many(HashMap::with_capacity_and_hasher(n, BuildRawHasher::default()))
+        }
+    }
+
+    /// One entry.
+    pub fn one(h: RawHash, rec: V) -> Recs<V> {
+        Recs::Few(vec![(Key::of(h), rec)])
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Recs::Few(v) => v.len(),
+            Recs::Many(m) => m.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&mut self) {
+        *self = Recs::default();
+    }
+
+    pub fn get(&self, h: &RawHash) -> Option<&V> {
+        let k = Key::of(*h);
+        match self {
+            Recs::Few(v) => v.iter().find(|(x, _)| *x == k).map(|(_, r)| r),
+            Recs::Many(m) => m.get(&k),
+        }
+    }
+
+    /// Add or replace an entry; a list that would pass [`FEW`] becomes a table.
+    pub fn insert(&mut self, h: RawHash, rec: V) {
+        let k = Key::of(h);
+        match self {
+            Recs::Few(v) => {
+                if let Some(slot) = v.iter_mut().find(|(x, _)| *x == k) {
+                    slot.1 = rec;
+                } else if v.len() < FEW {
+                    // Grown one entry at a time: a list of one is 32 bytes, not 96.
+                    v.reserve_exact(1);
+                    v.push((k, rec));
+                } else {
+                    let mut m = HashMap::with_capacity_and_hasher(v.len() * 2, BuildRawHasher::default());
+                    m.extend(v.drain(..));
+                    m.insert(k, rec);
+                    *self = Recs::Many(m);
+                }
+            }
+            Recs::Many(m) => {
+                m.insert(k, rec);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, h: &RawHash) -> Option<V> {
+        let k = Key::of(*h);
+        match self {
+            Recs::Few(v) => {
+                let at = v.iter().position(|(x, _)| *x == k)?;
+                Some(v.swap_remove(at).1)
+            }
+            Recs::Many(m) => m.remove(&k),
+        }
+    }
+
+    /// Room for `n` more (a table once they would pass [`FEW`]).
+    pub fn reserve(&mut self, n: usize) {
+        match self {
+            Recs::Few(v) if v.len() + n <= FEW => v.reserve_exact(n),
+            Recs::Few(v) => {
+                let mut m = HashMap::with_capacity_and_hasher(v.len() + n, BuildRawHasher::default());
+                m.extend(v.drain(..));
+                *self = Recs::Many(m);
+            }
+            Recs::Many(m) => m.reserve(n),
+        }
+    }
+
+    /// Keep only the entries `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(RawHash, &V) -> bool) {
+        match self {
+            Recs::Few(v) => v.retain(|(k, r)| keep(k.hash(), r)),
+            Recs::Many(m) => m.retain(|k, r| keep(k.hash(), r)),
+        }
+    }
+
+    pub fn extend(&mut self, other: Recs<V>) {
+        self.reserve(other.len());
+        for (h, r) in other {
+            self.insert(h, r);
+        }
+    }
+
+    /// The entries, with their hashes (made whole again from their halves).
+    pub fn iter(&self) -> impl Iterator<Item = (RawHash, &V)> {
+        let (few, many) = match self {
+            Recs::Few(v) => (Some(v.iter().map(|(k, r)| (k.hash(), r))), None),
+            Recs::Many(m) => (None, Some(m.iter().map(|(k, r)| (k.hash(), r)))),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = RawHash> + '_ {
+        self.iter().map(|(h, _)| h)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &V> {
+        self.iter().map(|(_, r)| r)
+    }
+}
+
+/// An entry with its hash made whole again.
+fn whole<V>((k, v): (Key, V)) -> (RawHash, V) {
+    (k.hash(), v)
+}
+
+type Whole<I, V> = std::iter::Map<I, fn((Key, V)) -> (RawHash, V)>;
+
+impl<V> IntoIterator for Recs<V> {
+    type Item = (RawHash, V);
+    type IntoIter = std::iter::Chain<
+        std::iter::Flatten<std::option::IntoIter<Whole<std::vec::IntoIter<(Key, V)>, V>>>,
+        std::iter::Flatten<std::option::IntoIter<Whole<std::collections::hash_map::IntoIter<Key, V>, V>>>,
+    >;
+    fn into_iter(self) -> Self::IntoIter {
+        let (few, many) = match self {
+            Recs::Few(v) => (Some(v.into_iter().map(whole as fn((Key, V)) -> (RawHash, V))), None),
+            Recs::Many(m) => (None, Some(m.into_iter().map(whole as fn((Key, V)) -> (RawHash, V)))),
+        };
+        few.into_iter().flatten().chain(many.into_iter().flatten())
+    }
+}
+
+#[cfg(test)]
+impl<V> std::ops::Index<&RawHash> for Recs<V> {
+    type Output = V;
+    /// Panics where the entry is missing, as a map's index does.
+    fn index(&self, h: &RawHash) -> &V {
+        match self.get(h) {
+            Some(r) => r,
+            None => panic!("no memo entry for {h:032x}"),
+        }
+    }
+}
+
+/// Raw-text hashes are already uniformly random: a hash map keyed by them
+/// needs no second hash (SipHash over 100,000 keys per change is measurable).
+#[derive(Default)]
+pub struct RawHasher(u64);
+
+impl std::hash::Hasher for RawHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for keys other than u128; fold them in (FNV-1a).
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn write_u128(&mut self, n: u128) {
+        // The low 64 bits of the XXH3-128 hash: the truncation is the point.
+        self.0 ^= u64::try_from(n & u128::from(u64::MAX)).unwrap_or_default();
+    }
+    fn write_u64(&mut self, n: u64) {
+        // The low half of a raw hash kept as two ([`Key`]).
+        self.0 ^= n;
+    }
+}
+
+pub type BuildRawHasher = std::hash::BuildHasherDefault<RawHasher>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_files_entries_are_the_same_kept_in_a_list_or_in_a_table() {
+        let rec = |id: &str| id.to_string();
+        let mut recs: Recs<String> = Recs::default();
+        let mut model: HashMap<RawHash, String> = HashMap::new();
+        let mut table = false;
+        // Past the list's size and back below it, replacing, removing and retaining on the way.
+        for i in 0..(FEW as u128 * 3) {
+            recs.insert(i * 31, rec(&format!("r{i}")));
+            model.insert(i * 31, format!("r{i}"));
+            table |= model.len() > FEW;
+            if i % 5 == 0 {
+                recs.insert(i * 31, rec(&format!("again{i}")));
+                model.insert(i * 31, format!("again{i}"));
+            }
+            if i % 7 == 3 {
+                assert_eq!(recs.remove(&((i - 1) * 31)).map(|r| r.to_string()), model.remove(&((i - 1) * 31)));
+            }
+            assert_eq!(recs.len(), model.len());
+            assert_eq!(matches!(recs, Recs::Many(_)), table, "a list up to {} entries, then a table", FEW);
+        }
+        let got = |recs: &Recs<String>| -> HashMap<RawHash, String> {
+            recs.iter().map(|(h, r)| (h, r.to_string())).collect()
+        };
+        assert_eq!(got(&recs), model);
+        assert!(recs.get(&1).is_none() && recs.remove(&1).is_none());
+        recs.retain(|h, _| h % 2 == 0);
+        model.retain(|h, _| h % 2 == 0);
+        assert_eq!(got(&recs), model);
+        // A list of one is sized to one entry (the point of the list).
+        let one = Recs::one(7, rec("j1"));
+        assert!(matches!(&one, Recs::Few(v) if v.capacity() == 1));
+        let mut few: Recs<String> = Recs::default();
+        few.insert(1, rec("a"));
+        assert!(matches!(&few, Recs::Few(v) if v.capacity() == 1), "grown one entry at a time");
+        few.extend(recs);
+        let mut all = model.clone();
+        all.insert(1, "a".into());
+        assert_eq!(got(&few), all);
+        let back: HashMap<RawHash, String> = few.into_iter().map(|(h, r)| (h, r.to_string())).collect();
+        assert_eq!(back, all);
+    }
+
+    #[test]
+    fn a_hash_kept_as_two_halves_is_the_same_hash() {
+        let rec = |id: &str| id.to_string();
+        // Hashes that differ only in their high half, or only in their low half.
+        let hashes = [0, 1, u128::MAX, 1 << 64, (1 << 64) | 1, u128::from(u64::MAX), u128::MAX - (1 << 64)];
+        for n in [hashes.len(), FEW + hashes.len()] {
+            let mut recs: Recs<String> = Recs::default();
+            for (i, h) in hashes.iter().enumerate() {
+                recs.insert(*h, rec(&format!("h{i}")));
+            }
+            for i in 0..n.saturating_sub(hashes.len()) {
+                recs.insert(u128::try_from(i + 1).unwrap() << 70, rec("filler"));
+            }
+            for (i, h) in hashes.iter().enumerate() {
+                assert_eq!(recs.get(h).map(|r| r.to_string()), Some(format!("h{i}")), "{h:#x} among {n}");
+            }
+            let mut keys: Vec<RawHash> = recs.keys().filter(|h| hashes.contains(h)).collect();
+            keys.sort_unstable();
+            let mut want = hashes.to_vec();
+            want.sort_unstable();
+            assert_eq!(keys, want);
+        }
+        // The point of the halves: an entry of 24 bytes, not 32.
+        assert_eq!(std::mem::size_of::<(Key, std::sync::Arc<String>)>(), 24);
+    }
+}
