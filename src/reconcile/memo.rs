@@ -235,14 +235,13 @@ pub enum Uniques {
 
 impl From<Vec<(Arc<str>, Arc<str>)>> for Uniques {
     fn from(mut v: Vec<(Arc<str>, Arc<str>)>) -> Self {
-        match (v.pop(), v.is_empty()) {
-            (Some(one), true) => Uniques::One([one]),
-            (Some(last), false) => {
-                v.push(last);
-                Uniques::Other(v.into_boxed_slice())
+        if v.len() == 1 {
+            if let Some(one) = v.pop() {
+                return Uniques::One([one]);
             }
-            (None, _) => Uniques::Other(Box::default()),
         }
+        // None (an empty box allocates nothing) or several.
+        Uniques::Other(v.into_boxed_slice())
     }
 }
 

@@ -365,6 +365,37 @@ mod tests {
     }
 
     #[test]
+    fn a_scans_tables_hold_each_files_one_name() {
+        use super::memo::Memory;
+        use super::scan::{scan_source, Texts};
+        use std::sync::Arc;
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = crate::source::Roots { data: tmp.path().join("data"), artifacts: tmp.path().join("artifacts") };
+        std::fs::create_dir_all(roots.artifacts.join("jobs")).unwrap();
+        for j in ["j1", "j2"] {
+            let job = format!(r#"{{"job_id":"{j}","status":"running","created_at":"2025-01-01T00:00:00Z"}}"#);
+            std::fs::write(roots.artifacts.join(format!("jobs/{j}.json")), job).unwrap();
+        }
+        let layout = crate::layout::Layout::builtin();
+        let jobs = layout.sources.iter().position(|s| s.collection == "training_jobs").unwrap();
+        let files = crate::source::discover(&layout, &roots, jobs).unwrap();
+        let names: Vec<Arc<str>> = files.iter().map(|f| f.rel.clone()).collect();
+        let engine = super::Engine::new(layout, roots, crate::indexes::IndexSet::builtin());
+        let memory = Memory::default();
+        let scanned = scan_source(&engine, Some(&memory), Texts::None, jobs, Some(files), None).unwrap();
+        assert_eq!(scanned.candidates.len(), 2, "{:?}", scanned.rejects);
+        // Each table that keeps something per file holds the file's own name, not a copy.
+        for name in &names {
+            let same = |r: Option<&Arc<str>>| r.is_some_and(|r| Arc::ptr_eq(r, name));
+            assert!(same(scanned.read_ok.get(&**name)), "files read: {name}");
+            assert!(same(scanned.digests.get_key_value(&**name).map(|(k, _)| k)), "digests: {name}");
+            let c = scanned.candidates.iter().find(|c| c.rel == *name).unwrap();
+            assert!(Arc::ptr_eq(&c.rel, name), "the candidate of {name}");
+            assert!(same(scanned.firsts.source_of(&c.mapped.id).map(|(_, rel)| rel)), "first-keeps-it: {name}");
+        }
+    }
+
+    #[test]
     fn a_scope_of_files_keeps_each_file_once_in_the_order_given() {
         let files = vec![file(1, "b"), file(0, "x"), file(1, "a"), file(1, "b"), file(0, "x"), file(7, "gone")];
         let work = Work::of(Scope::Files(files), 2);

@@ -41,7 +41,7 @@ impl Key {
 
 impl std::hash::Hash for Key {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // The low half, as [`RawHasher`] takes a whole raw hash.
+        // The low half: raw hashes are uniformly random already (see [`RawHasher`]).
         state.write_u64(self.0);
     }
 }
@@ -93,21 +93,16 @@ impl<V> Recs<V> {
     /// Add or replace an entry; a list that would pass [`FEW`] becomes a table.
     pub fn insert(&mut self, h: RawHash, rec: V) {
         let k = Key::of(h);
-        match self {
-            Recs::Few(v) => {
-                if let Some(slot) = v.iter_mut().find(|(x, _)| *x == k) {
-                    slot.1 = rec;
-                } else if v.len() < FEW {
-                    // Grown one entry at a time: a list of one is 32 bytes, not 96.
-                    v.reserve_exact(1);
-                    v.push((k, rec));
-                } else {
-                    let mut m = HashMap::with_capacity_and_hasher(v.len() * 2, BuildRawHasher::default());
-                    m.extend(v.drain(..));
-                    m.insert(k, rec);
-                    *self = Recs::Many(m);
-                }
+        if let Recs::Few(v) = self {
+            if let Some(slot) = v.iter_mut().find(|(x, _)| *x == k) {
+                slot.1 = rec;
+                return;
             }
+        }
+        // A list grows one entry at a time: a list of one is 32 bytes, not 96.
+        self.reserve(1);
+        match self {
+            Recs::Few(v) => v.push((k, rec)),
             Recs::Many(m) => {
                 m.insert(k, rec);
             }
@@ -215,17 +210,13 @@ impl std::hash::Hasher for RawHasher {
         self.0
     }
     fn write(&mut self, bytes: &[u8]) {
-        // Only reached for keys other than u128; fold them in (FNV-1a).
+        // Only reached for keys other than [`Key`]; fold them in (FNV-1a).
         for b in bytes {
             self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
         }
     }
-    fn write_u128(&mut self, n: u128) {
-        // The low 64 bits of the XXH3-128 hash: the truncation is the point.
-        self.0 ^= u64::try_from(n & u128::from(u64::MAX)).unwrap_or_default();
-    }
     fn write_u64(&mut self, n: u64) {
-        // The low half of a raw hash kept as two ([`Key`]).
+        // The low half of a raw hash ([`Key`]): the truncation is the point.
         self.0 ^= n;
     }
 }

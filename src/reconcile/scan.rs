@@ -431,7 +431,6 @@ impl Pass<'_> {
         // to another file is written again (its `_mirror.source` changes).
         let salt = format!("{}\u{0}{}", self.fingerprint, file.rel);
         let file_idx = self.firsts.file(&file.rel);
-        let rel_arc: Arc<str> = file.rel.clone();
         let hashes: Vec<RawHash> = raws.iter().map(|(_, t)| raw_hash(self.seed, t)).collect();
         // Each text looked up once (both passes below use the answer).
         let found: Vec<Option<&Arc<MemoRec>>> = match memo {
@@ -459,7 +458,7 @@ impl Pass<'_> {
                     if check {
                         self.firsts.claim(&rec.id, &rec.emails, file_idx, position);
                     }
-                    out.unchanged.push(MemoEntry { rel: rel_arc.clone(), raw_hash, rec: rec.clone() });
+                    out.unchanged.push(MemoEntry { rel: file.rel.clone(), raw_hash, rec: rec.clone() });
                     continue;
                 }
                 // Now a duplicate of an earlier record: no longer settled, mapped again below.
@@ -488,7 +487,7 @@ impl Pass<'_> {
             out.memo_covered.insert(file.rel.clone());
             out.vanished.extend(
                 m.recs.iter().filter(|(_, r)| r.seen.load(Ordering::Relaxed) != self.mark).map(|(h, rec)| MemoEntry {
-                    rel: rel_arc.clone(),
+                    rel: file.rel.clone(),
                     raw_hash: h,
                     rec: rec.clone(),
                 }),

@@ -134,7 +134,6 @@ fn field_names(memo: &FileMemo) -> Vec<&Arc<str>> {
 
 /// How many bytes [`encode_file`] writes for this file, without writing them.
 pub fn encoded_len(rel: &str, memo: &FileMemo) -> usize {
-    let str_len = |s: &str| varint_len(s.len()) + s.len();
     let digest = 1 + memo.digest.map_or(0, |d| d.to_le_bytes().len());
     let fields = field_names(memo);
     let names: usize = fields.iter().map(|f| str_len(f)).sum();
@@ -189,7 +188,6 @@ pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
 pub fn encode_entries<K: AsRef<str>>(files: &std::collections::BTreeMap<K, FileEntry>) -> Vec<u8> {
     // Sized once, exactly: 200,000 job files' list is about 27 MB, which
     // grown by doubling would for a moment exist twice.
-    let str_len = |s: &str| varint_len(s.len()) + s.len();
     let len: usize = files
         .iter()
         .map(|(rel, f)| {
@@ -264,6 +262,11 @@ fn put_varint(out: &mut Vec<u8>, n: usize) {
         n >>= 7;
     }
     out.push(u8::try_from(n).unwrap_or(0));
+}
+
+/// How many bytes [`put_str`] writes for `s`.
+fn str_len(s: &str) -> usize {
+    varint_len(s.len()) + s.len()
 }
 
 fn varint_len(n: usize) -> usize {
