@@ -123,7 +123,7 @@ async fn a_row_whose_email_is_released_loses_its_text() {
     assert_eq!(pg.write(users, &[Write::Insert(&c)], true).await.unwrap(), [Outcome::Applied { matched: Some(1) }]);
     let (_, texts) = pg.hashes_and_texts(users).await.unwrap();
     let recs = &texts.unwrap()["data/users.json"].recs;
-    assert_eq!(recs.get(&0x1234).map(|r| &*r.id), Some("u1"), "the text the row was written from");
+    assert_eq!(recs.get(&0x1234).map(|r| r.id()), Some("u1"), "the text the row was written from");
     assert_eq!(db.text("SELECT uniq FROM docmirror_rows WHERE id = 'u1'").await, r#"["email","a@x.io"]"#);
     // The first step of a swap: the row gives its email up for a moment.
     pg.release(users, &[Write::Insert(&c)], &["email".to_string()], true).await.unwrap();

@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::tables::Table;
 use super::Pg;
 use crate::error::Fatal;
-use crate::reconcile::memo::{FileMemo, Memo, MemoRec, RawHash};
+use crate::reconcile::memo::{FileMemo, Memo, RawHash};
 use crate::reconcile::scan::Candidate;
 use crate::reconcile::target::Existing;
 
@@ -100,7 +100,7 @@ impl Pg {
                         memo.insert(Arc::from(source), FileMemo::default());
                     }
                     if let Some(file) = memo.get_mut(source) {
-                        file.recs.insert(h, Arc::new(MemoRec::new(Arc::from(id), emails)));
+                        file.recs.insert(h, id, emails.iter().map(|(f, v)| (&**f, &**v)));
                     }
                 }
             }

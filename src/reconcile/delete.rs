@@ -39,7 +39,7 @@ pub(super) async fn find<T: Target>(
     if !gone.is_empty() && !scanned.unchanged.is_empty() {
         let mut unchanged: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
         unchanged.reserve(scanned.unchanged.len());
-        unchanged.extend(scanned.unchanged.iter().map(|u| &*u.rec.id));
+        unchanged.extend(scanned.unchanged.iter());
         gone.retain(|id| !unchanged.contains(id.as_str()));
     }
     let gone: Vec<String> = gone.into_iter().cloned().collect();

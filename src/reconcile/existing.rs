@@ -54,9 +54,7 @@ async fn held<T: Target>(
     // whose records are gone. Where the memo covers a file, those are its
     // vanished records; other files are asked for whole.
     let mut ids: Vec<String> = scanned.candidates.iter().map(|c| c.mapped.id.clone()).collect();
-    ids.extend(
-        scanned.vanished.iter().filter(|v| scanned.memo_covered.contains(&*v.rel)).map(|v| v.rec.id.to_string()),
-    );
+    ids.extend(scanned.vanished.iter().filter(|v| scanned.memo_covered.contains(&*v.rel)).map(|v| v.id.to_string()));
     ids.sort();
     ids.dedup();
     let rels: Vec<String> = scanned
@@ -114,18 +112,14 @@ fn from_picture(memory: &Memory, collection: &str, scanned: &Scanned) -> Option<
     let covered = scanned.read_ok.iter().all(|r| scanned.memo_covered.contains(r)) && scanned.missing.is_empty();
     if covered {
         for v in &scanned.vanished {
-            if let Some(k) = coll.get(&*v.rec.id) {
-                out.entry(v.rec.id.to_string()).or_insert_with(|| known(k));
+            if let Some(k) = coll.get(&*v.id) {
+                out.entry(v.id.to_string()).or_insert_with(|| known(k));
             }
         }
         return Some(out);
     }
-    let present: HashSet<&str> = scanned
-        .candidates
-        .iter()
-        .map(|c| c.mapped.id.as_str())
-        .chain(scanned.unchanged.iter().map(|u| &*u.rec.id))
-        .collect();
+    let present: HashSet<&str> =
+        scanned.candidates.iter().map(|c| c.mapped.id.as_str()).chain(scanned.unchanged.iter()).collect();
     for (id, k) in coll {
         if (scanned.read_ok.contains(&*k.source) || scanned.missing.contains(&*k.source)) && !present.contains(&**id) {
             out.entry(id.to_string()).or_insert_with(|| known(k));

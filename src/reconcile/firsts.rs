@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use super::recs::{BuildRawHasher, Key};
 use crate::mapping::Reject;
 
 /// Where a record sits: file (index into [`Firsts::rels`]) and position
@@ -27,17 +28,19 @@ impl Loc {
     }
 }
 
-/// Where each key was first used.
-type FirstUse = HashMap<Arc<str>, Loc, foldhash::fast::RandomState>;
+/// Where each key was first used, by the key's [`Firsts::key`] hash: 24
+/// bytes an entry, and no copy of the key.
+type FirstUse = HashMap<Key, Loc, BuildRawHasher>;
 
 /// Which record first used each id and each unique value: the first keeps it.
-/// (Looked up several times per record: foldhash, seeded per process, is
-/// several times faster than the standard SipHash on these short keys.)
+/// Keys are kept as 128-bit hashes (XXH3, seeded at random per scan, so no
+/// one can pick a value that shares another's), as the memo keeps texts:
+/// the ids and emails themselves live in the records and the memo, once.
 /// Handed on in [`Scanned::firsts`] once the scan is in: its ids are the
 /// ids in the files (for the deletes) and where each came from (for the
 /// picture), so the run keeps no second table of a million ids.
-#[derive(Default)]
 pub struct Firsts {
+    seed: u64,
     rels: Vec<Arc<str>>,
     by_id: FirstUse,
     /// Per unique field (a handful: compared by pointer, then by name), by
@@ -52,7 +55,19 @@ impl std::fmt::Debug for Firsts {
     }
 }
 
+impl Default for Firsts {
+    fn default() -> Self {
+        use std::hash::BuildHasher;
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0u64);
+        Firsts { seed, rels: Vec::new(), by_id: FirstUse::default(), by_unique: Vec::new() }
+    }
+}
+
 impl Firsts {
+    fn key(&self, text: &str) -> Key {
+        Key::of(xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), self.seed))
+    }
+
     /// The index of a file (the last one again while its records come in
     /// blocks); its name is the scan's own, shared.
     pub(super) fn file(&mut self, rel: &Arc<str>) -> usize {
@@ -71,12 +86,16 @@ impl Firsts {
         }
     }
 
-    pub(super) fn clash(&self, id: &str, emails: &[(Arc<str>, Arc<str>)]) -> Option<Reject> {
-        if let Some(first) = self.by_id.get(id) {
+    pub(super) fn clash<'a>(
+        &self,
+        id: &str,
+        mut uniques: impl Iterator<Item = (&'a Arc<str>, &'a str)>,
+    ) -> Option<Reject> {
+        if let Some(first) = self.by_id.get(&self.key(id)) {
             return Some(Reject::DuplicateId { id: id.to_string(), first: self.locate(*first) });
         }
-        emails.iter().find_map(|(field, v)| {
-            let first = self.unique(field)?.get(&**v)?;
+        uniques.find_map(|(field, v)| {
+            let first = self.unique(field)?.get(&self.key(v))?;
             Some(Reject::DuplicateEmail { email: v.to_string(), first: self.locate(*first) })
         })
     }
@@ -90,22 +109,23 @@ impl Firsts {
         self.by_unique.iter().position(|(f, _)| Arc::ptr_eq(f, field) || f == field)
     }
 
-    pub(super) fn claim(
+    pub(super) fn claim<'a>(
         &mut self,
-        id: &Arc<str>,
-        emails: &[(Arc<str>, Arc<str>)],
+        id: &str,
+        uniques: impl Iterator<Item = (&'a Arc<str>, &'a str)>,
         file: usize,
         position: Option<usize>,
     ) {
         let loc = Loc::new(file, position);
-        self.by_id.insert(id.clone(), loc);
-        for (field, v) in emails {
+        self.by_id.insert(self.key(id), loc);
+        for (field, v) in uniques {
             let at = self.field_at(field).unwrap_or_else(|| {
                 self.by_unique.push((field.clone(), HashMap::default()));
                 self.by_unique.len() - 1
             });
+            let key = self.key(v);
             if let Some((_, m)) = self.by_unique.get_mut(at) {
-                m.insert(v.clone(), loc);
+                m.insert(key, loc);
             }
         }
     }
@@ -118,13 +138,13 @@ impl Firsts {
     /// A record of the scanned files kept this id (mapped, or unchanged and
     /// checked). Records that lost it to an earlier one are not counted.
     pub fn has(&self, id: &str) -> bool {
-        self.by_id.contains_key(id)
+        self.by_id.contains_key(&self.key(id))
     }
 
-    /// The id as the scan shares it, and the file its record came from.
-    pub fn source_of(&self, id: &str) -> Option<(&Arc<str>, &Arc<str>)> {
-        let (id, loc) = self.by_id.get_key_value(id)?;
-        Some((id, self.rels.get(usize::try_from(loc.file).ok()?)?))
+    /// The file the record that kept this id came from (its shared name).
+    pub fn source_of(&self, id: &str) -> Option<&Arc<str>> {
+        let loc = self.by_id.get(&self.key(id))?;
+        self.rels.get(usize::try_from(loc.file).ok()?)
     }
 }
 
@@ -165,26 +185,44 @@ impl ClashKeys {
 mod tests {
     use super::*;
 
+    /// (field, value) pairs as a record hands them over.
+    fn u<'a>(pairs: &'a [(Arc<str>, &'a str)]) -> impl Iterator<Item = (&'a Arc<str>, &'a str)> {
+        pairs.iter().map(|(f, v)| (f, *v))
+    }
+
     #[test]
     fn a_unique_value_is_first_kept_per_field() {
         let mut firsts = Firsts::default();
         let file = firsts.file(&Arc::from("data/users.json"));
         let (email, backup): (Arc<str>, Arc<str>) = (Arc::from("email"), Arc::from("backupEmail"));
-        let a: Arc<str> = Arc::from("a@x.io");
-        firsts.claim(&Arc::from("u1"), &[(email.clone(), a.clone())], file, Some(0));
+        firsts.claim("u1", u(&[(email.clone(), "a@x.io")]), file, Some(0));
         // The same value under another field is no clash; under the same
         // field (named by another copy of its name) it is.
-        assert!(firsts.clash("u2", &[(backup.clone(), a.clone())]).is_none());
-        let again = [(Arc::from("email"), Arc::from("a@x.io"))];
+        assert!(firsts.clash("u2", u(&[(backup.clone(), "a@x.io")])).is_none());
+        let again = [(Arc::from("email"), "a@x.io")];
         assert!(matches!(
-            firsts.clash("u2", &again),
+            firsts.clash("u2", u(&again)),
             Some(Reject::DuplicateEmail { email, first }) if email == "a@x.io" && first == "data/users.json[0]"
         ));
-        assert!(matches!(firsts.clash("u1", &[]), Some(Reject::DuplicateId { .. })));
-        firsts.claim(&Arc::from("u2"), &[(backup.clone(), a.clone())], file, Some(1));
-        assert!(firsts.clash("u3", &[(backup, a)]).is_some());
+        assert!(matches!(firsts.clash("u1", u(&[])), Some(Reject::DuplicateId { id, .. }) if id == "u1"));
+        // Only the same text is the same key.
+        assert!(firsts.clash("u1 ", u(&[(email, "a@x.io ")])).is_none() && !firsts.has("U1"));
+        firsts.claim("u2", u(&[(backup.clone(), "a@x.io")]), file, Some(1));
+        assert!(firsts.clash("u3", u(&[(backup, "a@x.io")])).is_some());
         firsts.done();
-        assert!(firsts.clash("u3", &again).is_none() && firsts.has("u2"));
+        assert!(firsts.clash("u3", u(&again)).is_none() && firsts.has("u2"));
+        assert_eq!(firsts.source_of("u2").map(|r| &**r), Some("data/users.json"));
+        assert!(firsts.source_of("u9").is_none());
+    }
+
+    #[test]
+    fn keys_are_hashed_under_a_seed_of_each_scans_own() {
+        let (a, b) = (Firsts::default(), Firsts::default());
+        assert_eq!(a.key("u1"), a.key("u1"));
+        assert_ne!(a.key("u1"), a.key("u2"));
+        assert_ne!(a.key("u1"), b.key("u1"), "two scans, two seeds");
+        // A key and its location: 24 bytes a table entry.
+        assert_eq!(std::mem::size_of::<(Key, Loc)>(), 24);
     }
 
     #[test]

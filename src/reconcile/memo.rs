@@ -29,7 +29,7 @@ pub struct Memory {
     pub picture: Mutex<HashMap<String, HashMap<Arc<str>, Known>>>,
     /// Per source file (`rel`): the records mirrored from it.
     pub memo: Mutex<Memo>,
-    /// Numbers the passes of scans over the memo (marks in [`MemoRec::seen`]).
+    /// Numbers the passes of scans over the memo (marks in [`Rec::seen`]).
     pub scans: AtomicU64,
     /// Per collection, the deletes of the last while (when, how many), for
     /// the mass-delete guard: a folder emptied one file at a time adds up.
@@ -207,56 +207,8 @@ impl Known {
     }
 }
 
-/// What watch remembers of a record it mirrored, keyed by the hash of the
-/// record's raw JSON text.
-#[derive(Debug)]
-pub struct MemoRec {
-    pub id: Arc<str>,
-    pub emails: Uniques,
-    /// The last scan pass that met this record (see [`Memory::scans`]).
-    pub seen: AtomicU64,
-}
-
-impl MemoRec {
-    pub fn new(id: Arc<str>, emails: Vec<(Arc<str>, Arc<str>)>) -> Self {
-        MemoRec { id, emails: Uniques::from(emails), seen: AtomicU64::new(0) }
-    }
-}
-
-/// A record's unique values (field, value), read as a slice. The usual one
-/// (a user's email) is kept in place: a memo entry of a million users is
-/// then one allocation fewer each (80 bytes where it was 64 and 32).
-#[derive(Debug)]
-pub enum Uniques {
-    One([(Arc<str>, Arc<str>); 1]),
-    /// None (no allocation) or several.
-    Other(Box<[(Arc<str>, Arc<str>)]>),
-}
-
-impl From<Vec<(Arc<str>, Arc<str>)>> for Uniques {
-    fn from(mut v: Vec<(Arc<str>, Arc<str>)>) -> Self {
-        if v.len() == 1 {
-            if let Some(one) = v.pop() {
-                return Uniques::One([one]);
-            }
-        }
-        // None (an empty box allocates nothing) or several.
-        Uniques::Other(v.into_boxed_slice())
-    }
-}
-
-impl std::ops::Deref for Uniques {
-    type Target = [(Arc<str>, Arc<str>)];
-    fn deref(&self) -> &Self::Target {
-        match self {
-            Uniques::One(one) => one,
-            Uniques::Other(v) => v,
-        }
-    }
-}
-
-/// A file's memo entries (see [`super::recs::Recs`]).
-pub type Recs = super::recs::Recs<Arc<MemoRec>>;
+/// A file's memo records (see [`super::packed::Recs`]).
+pub use super::packed::{Rec, Recs};
 
 /// The hash of a record's raw text under one source's mapping rules
 /// (`seed`: [`text_seed`] of the rules' fingerprint), so a text mapped under
@@ -291,12 +243,40 @@ pub type Memo = HashMap<Arc<str>, FileMemo>;
 /// exist twice (as a list and as the table made from it).
 pub type Staged = HashMap<Arc<str>, Recs>;
 
-/// A memoised record met in a scan: found again unchanged, or gone.
+/// A memoised record met in a scan whose text is gone: changed or deleted.
 #[derive(Debug, Clone)]
 pub struct MemoEntry {
     pub rel: Arc<str>,
     pub raw_hash: RawHash,
-    pub rec: Arc<MemoRec>,
+    pub id: Box<str>,
+}
+
+/// Ids in one text, one after the other: a scan's unchanged records (a
+/// million of them for a one-user change in a million-user file).
+#[derive(Debug, Default)]
+pub struct Ids {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl Ids {
+    pub fn push(&mut self, id: &str) {
+        self.text.push_str(id);
+        self.ends.push(self.text.len());
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).filter_map(|(a, b)| self.text.get(a..*b))
+    }
 }
 
 #[cfg(test)]
@@ -319,15 +299,12 @@ mod tests {
     }
 
     #[test]
-    fn a_records_unique_values_read_back_as_they_were_given() {
-        let pair = |f: &str, v: &str| (Arc::<str>::from(f), Arc::<str>::from(v));
-        for given in [vec![], vec![pair("email", "a@x.io")], vec![pair("email", "a@x.io"), pair("backup", "b@x.io")]] {
-            let rec = MemoRec::new(Arc::from("u1"), given.clone());
-            assert_eq!(&rec.emails[..], &given[..]);
-            assert_eq!(matches!(rec.emails, Uniques::One(_)), given.len() == 1, "one value is kept in place");
-        }
-        // The point of keeping one in place: an entry and its values in one 80-byte allocation.
-        assert!(std::mem::size_of::<MemoRec>() + 16 <= 80, "{}", std::mem::size_of::<MemoRec>());
+    fn ids_read_back_in_the_order_they_were_given() {
+        let mut ids = Ids::default();
+        let given = ["u1", "", "é-2", "u1"];
+        given.iter().for_each(|i| ids.push(i));
+        assert_eq!(ids.iter().collect::<Vec<_>>(), given);
+        assert_eq!(ids.len(), 4);
     }
 
     #[test]

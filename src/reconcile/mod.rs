@@ -25,6 +25,7 @@ pub mod delete;
 pub mod existing;
 pub mod firsts;
 pub mod memo;
+pub mod packed;
 pub mod plan;
 pub mod recs;
 pub mod rejects;
@@ -391,7 +392,7 @@ mod tests {
             assert!(same(scanned.digests.get_key_value(&**name).map(|(k, _)| k)), "digests: {name}");
             let c = scanned.candidates.iter().find(|c| c.rel == *name).unwrap();
             assert!(Arc::ptr_eq(&c.rel, name), "the candidate of {name}");
-            assert!(same(scanned.firsts.source_of(&c.mapped.id).map(|(_, rel)| rel)), "first-keeps-it: {name}");
+            assert!(same(scanned.firsts.source_of(&c.mapped.id)), "first-keeps-it: {name}");
         }
     }
 

@@ -28,13 +28,13 @@ pub enum Recs<V> {
 pub struct Key(u64, u64);
 
 impl Key {
-    fn of(h: RawHash) -> Key {
+    pub fn of(h: RawHash) -> Key {
         let low = u64::try_from(h & u128::from(u64::MAX)).unwrap_or_default();
         let high = u64::try_from(h >> 64).unwrap_or_default();
         Key(low, high)
     }
 
-    fn hash(self) -> RawHash {
+    pub fn hash(self) -> RawHash {
         u128::from(self.1) << 64 | u128::from(self.0)
     }
 }

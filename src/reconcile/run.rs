@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::delete;
-use super::memo::{MemoRec, Memory, Recs};
+use super::memo::{Memory, Recs};
 use super::plan::{plan, print_deletes, print_plan};
 use super::rejects::RejectRecord;
 use super::scan::{Candidate, Scanned};
@@ -84,12 +84,14 @@ impl<'a, T: Target> SourceRun<'a, T> {
         }
         for c in candidates {
             if let Some(h) = c.raw_hash {
-                let rec = Arc::new(MemoRec::new(c.id.clone(), c.emails.clone()));
+                let uniques = c.emails.iter().map(|(f, v)| (&**f, &**v));
                 if let Some(recs) = self.memo_pending.get_mut(&*c.rel) {
-                    recs.insert(h, rec);
+                    recs.insert(h, &c.id, uniques);
                 } else {
                     // The scan's shared name of the file: the memo keeps it.
-                    self.memo_pending.insert(c.rel.clone(), Recs::one(h, rec));
+                    let mut recs = Recs::default();
+                    recs.insert(h, &c.id, uniques);
+                    self.memo_pending.insert(c.rel.clone(), recs);
                 }
             }
         }
@@ -178,7 +180,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
         let mut next = std::mem::take(&mut self.memo_pending);
         if !rejected.is_empty() {
             for recs in next.values_mut() {
-                recs.retain(|_, r| !rejected.contains(&*r.id));
+                recs.retain(|_, r| !rejected.contains(r.id()));
             }
         }
         // A file with a rejected record is read again even when its bytes are

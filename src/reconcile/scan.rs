@@ -15,7 +15,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::firsts::{ClashKeys, Firsts};
-use super::memo::{raw_hash, text_seed, FileMemo, Memo, MemoEntry, MemoRec, Memory, RawHash};
+use super::memo::{raw_hash, text_seed, FileMemo, Ids, Memo, MemoEntry, Memory, RawHash, Rec};
+use super::packed::mark;
 use super::rejects::{file_reject, mapped_reject, record_reject, unparsable_reject, RejectRecord};
 use super::Engine;
 use crate::error::Fatal;
@@ -84,7 +85,7 @@ pub struct Scanned {
     pub files: u64,
     pub records: u64,
     /// Records whose raw text is the same as when they were last mirrored.
-    pub unchanged: Vec<MemoEntry>,
+    pub unchanged: Ids,
     /// Files whose every mirrored record is in the memo.
     pub memo_covered: HashSet<Arc<str>>,
     /// Memoised records of those files whose text is gone (changed or removed),
@@ -148,8 +149,8 @@ pub fn scan_source(
         firsts: Firsts::default(),
         unique_fields: spec.normalize_email.iter().map(|f| Arc::from(f.as_str())).collect(),
         single_file: files.len() == 1,
-        ahead,
-        mark: ahead + 1,
+        ahead: mark(ahead),
+        mark: mark(ahead + 1),
         // Memo hits are trusted only for changed files: full scans check every
         // record against the target, which is what makes them a safety net.
         use_hits: memory.is_some() && !out.complete,
@@ -360,9 +361,9 @@ struct Pass<'a> {
     /// The names of the unique fields, made once and shared by every record.
     unique_fields: Vec<Arc<str>>,
     single_file: bool,
-    /// Marks of this pass in [`super::memo::MemoRec::seen`].
-    ahead: u64,
-    mark: u64,
+    /// Marks of this pass in [`Rec::seen`].
+    ahead: u32,
+    mark: u32,
     use_hits: bool,
 }
 
@@ -409,7 +410,8 @@ impl Pass<'_> {
         // Held for this file's records only; reconciles run one at a time.
         let guard = if self.use_hits { memory.and_then(|m| m.memo.lock().ok()) } else { None };
         let memo = match guard.as_ref() {
-            Some(m) => m.get(&file.rel).map(|m| (m, Hits::Memo)),
+            // (A memo short of some records does not stand for the file.)
+            Some(m) => m.get(&file.rel).filter(|m| !m.recs.is_short()).map(|m| (m, Hits::Memo)),
             None => texts.get().and_then(|t| t.get(&file.rel)).map(|m| (m, Hits::Target)),
         };
         self.records(file, raws, memo, out, emit)
@@ -433,7 +435,7 @@ impl Pass<'_> {
         let file_idx = self.firsts.file(&file.rel);
         let hashes: Vec<RawHash> = raws.iter().map(|(_, t)| raw_hash(self.seed, t)).collect();
         // Each text looked up once (both passes below use the answer).
-        let found: Vec<Option<&Arc<MemoRec>>> = match memo {
+        let found: Vec<Option<Rec<'_>>> = match memo {
             Some(m) => hashes.iter().map(|h| m.recs.get(h)).collect(),
             None => Vec::new(),
         };
@@ -451,14 +453,14 @@ impl Pass<'_> {
             if let Some(rec) = found.get(i).copied().flatten() {
                 let check = clash_keys
                     .as_ref()
-                    .is_none_or(|k| k.contains(&rec.id) || rec.emails.iter().any(|(_, v)| k.contains(v)));
-                if !check || self.firsts.clash(&rec.id, &rec.emails).is_none() {
-                    rec.seen.store(self.mark, Ordering::Relaxed);
+                    .is_none_or(|k| k.contains(rec.id()) || rec.uniques().any(|(_, v)| k.contains(v)));
+                if !check || self.firsts.clash(rec.id(), rec.uniques()).is_none() {
+                    rec.seen().store(self.mark, Ordering::Relaxed);
                     out.records += 1;
                     if check {
-                        self.firsts.claim(&rec.id, &rec.emails, file_idx, position);
+                        self.firsts.claim(rec.id(), rec.uniques(), file_idx, position);
                     }
-                    out.unchanged.push(MemoEntry { rel: file.rel.clone(), raw_hash, rec: rec.clone() });
+                    out.unchanged.push(rec.id());
                     continue;
                 }
                 // Now a duplicate of an earlier record: no longer settled, mapped again below.
@@ -486,11 +488,10 @@ impl Pass<'_> {
         if let (Some(m), true) = (memo, from_memory) {
             out.memo_covered.insert(file.rel.clone());
             out.vanished.extend(
-                m.recs.iter().filter(|(_, r)| r.seen.load(Ordering::Relaxed) != self.mark).map(|(h, rec)| MemoEntry {
-                    rel: file.rel.clone(),
-                    raw_hash: h,
-                    rec: rec.clone(),
-                }),
+                m.recs
+                    .iter()
+                    .filter(|(_, r)| r.seen().load(Ordering::Relaxed) != self.mark)
+                    .map(|(h, rec)| MemoEntry { rel: file.rel.clone(), raw_hash: h, id: rec.id().into() }),
             );
         }
         true
@@ -514,16 +515,16 @@ fn clash_keys(
     (spec, fields): (&SourceSpec, &[Arc<str>]),
     salt: &str,
     raws: &[(Option<usize>, &str)],
-    found: &[Option<&Arc<MemoRec>>],
-    ahead: u64,
+    found: &[Option<Rec<'_>>],
+    ahead: u32,
 ) -> ClashKeys {
     let mut keys = ClashKeys::default();
     for ((_, text), rec) in raws.iter().zip(found) {
         match rec {
-            Some(rec) if rec.seen.swap(ahead, Ordering::Relaxed) != ahead => {}
+            Some(rec) if rec.seen().swap(ahead, Ordering::Relaxed) != ahead => {}
             Some(rec) => {
-                keys.insert(rec.id.clone());
-                rec.emails.iter().for_each(|(_, v)| keys.insert(v.clone()));
+                keys.insert(Arc::from(rec.id()));
+                rec.uniques().for_each(|(_, v)| keys.insert(Arc::from(v)));
             }
             None => {
                 // Mapped here only for its keys; the scan maps it again in order.
@@ -557,14 +558,14 @@ impl Pass<'_> {
         match map_record(spec, salt, &raw.value) {
             Ok(m) => {
                 let emails = emails_of(&self.unique_fields, &m);
-                if let Some(reason) = self.firsts.clash(&m.id, &emails) {
+                if let Some(reason) = self.firsts.clash(&m.id, emails.iter().map(|(f, v)| (f, &**v))) {
                     out.protected_ids.insert(m.id.clone());
                     let id = Some(m.id.clone());
                     out.rejects.push(record_reject(spec, rel, raw.position, id, reason, &raw.value));
                     return;
                 }
                 let id: Arc<str> = Arc::from(m.id.as_str());
-                self.firsts.claim(&id, &emails, file_idx, raw.position);
+                self.firsts.claim(&id, emails.iter().map(|(f, v)| (f, &**v)), file_idx, raw.position);
                 let stored_text = m.plaintext.is_none().then_some(raw_hash);
                 out.candidates.push(Candidate {
                     mapped: m,

@@ -163,17 +163,15 @@ pub fn remember(memory: &Memory, spec: &SourceSpec, learnt: Learnt<'_>) {
     // After a partial scan the picture already holds everything but what changed.
     for (id, ex) in learnt.existing.iter().filter(|_| learnt.complete) {
         let Some(hash) = &ex.hash else { continue };
-        // The scan's shared id and file, looked up once per document.
-        let scanned = learnt.firsts.source_of(id);
+        // The scan's shared name of the file.
         let source = learnt
             .details
             .get(id)
             .and_then(|d| d.source.as_deref())
             .map(Arc::from)
-            .or_else(|| scanned.map(|(_, rel)| rel.clone()));
+            .or_else(|| learnt.firsts.source_of(id).cloned());
         if let Some(source) = source {
-            let id = scanned.map_or_else(|| Arc::from(id.as_str()), |(id, _)| id.clone());
-            coll.insert(id, Known::new(hash, source));
+            coll.insert(Arc::from(id.as_str()), Known::new(hash, source));
         }
     }
     for (id, k) in learnt.written {
@@ -188,11 +186,12 @@ pub fn remember(memory: &Memory, spec: &SourceSpec, learnt: Learnt<'_>) {
 mod tests {
     use super::*;
     use crate::layout::Layout;
-    use crate::reconcile::memo::{FileMemo, MemoRec, RawHash, Recs};
+    use crate::reconcile::memo::{FileMemo, RawHash, Recs};
     use crate::source::SourceFile;
 
     fn entry(rel: &str, h: RawHash, id: &str) -> Staged {
-        let recs = Recs::one(h, Arc::new(MemoRec::new(Arc::from(id), Vec::new())));
+        let mut recs = Recs::default();
+        recs.insert(h, id, []);
         Staged::from([(Arc::from(rel), recs)])
     }
 

@@ -224,11 +224,9 @@ impl Tracker {
             if let Some(fm) = memo.get_mut(rel) {
                 fm.digest = None;
                 fm.stamp = None;
-                let keys: Vec<u128> = fm.recs.iter().filter(|(_, r)| *r.id == *key.1).map(|(h, _)| h).collect();
+                let keys: Vec<u128> = fm.recs.iter().filter(|(_, r)| r.id() == key.1).map(|(h, _)| h).collect();
                 for h in keys {
-                    if let Some(r) = fm.recs.remove(&h) {
-                        fm.recs.insert(!h, r);
-                    }
+                    fm.recs.rekey(&h, !h);
                 }
             }
         }
@@ -316,7 +314,7 @@ impl Tracker {
             .collect();
         if let Ok(memo) = self.memory.memo.lock() {
             for (rel, fm) in memo.iter().filter(|(rel, _)| spec.owns_rel(rel)) {
-                if fm.recs.values().any(|r| ids.contains(&*r.id)) {
+                if fm.recs.values().any(|r| ids.contains(r.id())) {
                     rels.insert(rel.to_string());
                 }
             }

@@ -7,7 +7,8 @@
 
 use std::sync::Arc;
 
-use crate::reconcile::memo::{FileMemo, MemoRec, RawHash, Recs};
+use crate::reconcile::memo::{FileMemo, RawHash, Recs};
+use crate::reconcile::packed::{put_str, put_varint, str_len, varint_len, Packed, Rec};
 use crate::source::Stamp;
 
 /// One file as the checkpoint knows it.
@@ -35,24 +36,23 @@ pub fn encode_file(rel: &str, memo: &FileMemo, out: &mut Vec<u8>) {
     while encoder.fill(out, usize::MAX) {}
 }
 
-/// One file's memo held for encoding without the memo's lock: its records
-/// shared (not copied: 24 bytes each, where their bytes are about 85), in
-/// the order [`encode_file`] writes them.
+/// One file's memo held for encoding without the memo's lock: its bytes
+/// shared (not copied), and its records in the order [`encode_file`] writes
+/// them (by hash, so that the same memo always gives the same bytes).
 pub struct Snapshot {
     rel: String,
     digest: Option<RawHash>,
     /// The unique fields its records name, sorted (an index into this list
     /// stands for the name).
     fields: Vec<Arc<str>>,
-    /// Sorted by hash, so that the same memo always gives the same bytes.
-    recs: Vec<(RawHash, Arc<MemoRec>)>,
+    recs: Packed,
 }
 
 impl Snapshot {
     pub fn of(rel: &str, memo: &FileMemo) -> Snapshot {
-        let fields = field_names(memo).into_iter().cloned().collect();
-        let mut recs: Vec<(RawHash, Arc<MemoRec>)> = memo.recs.iter().map(|(h, r)| (h, r.clone())).collect();
-        recs.sort_unstable_by_key(|(h, _)| *h);
+        let recs = memo.recs.packed();
+        let mut fields = recs.fields().to_vec();
+        fields.sort_unstable();
         Snapshot { rel: rel.to_string(), digest: memo.digest, fields, recs }
     }
 
@@ -66,11 +66,11 @@ impl Snapshot {
         }
     }
 
-    fn record(&self, (h, rec): &(RawHash, Arc<MemoRec>), out: &mut Vec<u8>) {
+    fn record(&self, (h, rec): (RawHash, Rec<'_>), out: &mut Vec<u8>) {
         out.extend_from_slice(&h.to_le_bytes());
-        put_str(out, &rec.id);
-        put_varint(out, rec.emails.len());
-        for (field, value) in rec.emails.iter() {
+        put_str(out, rec.id());
+        put_varint(out, rec.uniques().count());
+        for (field, value) in rec.uniques() {
             put_varint(out, self.fields.binary_search(field).unwrap_or(0));
             put_str(out, value);
         }
@@ -118,32 +118,19 @@ impl<'a> Encoder<'a> {
     }
 }
 
-/// The unique fields a file's records name, sorted (an index into this
-/// list stands for the name).
-fn field_names(memo: &FileMemo) -> Vec<&Arc<str>> {
-    // A handful of names over a million records: a short list, not a sort.
-    let mut fields: Vec<&Arc<str>> = Vec::new();
-    for (f, _) in memo.recs.values().flat_map(|r| r.emails.iter()) {
-        if !fields.contains(&f) {
-            fields.push(f);
-        }
-    }
-    fields.sort_unstable();
-    fields
-}
-
 /// How many bytes [`encode_file`] writes for this file, without writing them.
 pub fn encoded_len(rel: &str, memo: &FileMemo) -> usize {
     let digest = 1 + memo.digest.map_or(0, |d| d.to_le_bytes().len());
-    let fields = field_names(memo);
+    let mut fields = memo.recs.fields().to_vec();
+    fields.sort_unstable();
     let names: usize = fields.iter().map(|f| str_len(f)).sum();
     let recs: usize = memo
         .recs
         .values()
         .map(|rec| {
-            let emails: usize =
-                rec.emails.iter().map(|(f, v)| varint_len(fields.binary_search(&f).unwrap_or(0)) + str_len(v)).sum();
-            16 + str_len(&rec.id) + varint_len(rec.emails.len()) + emails
+            let uniques: usize =
+                rec.uniques().map(|(f, v)| varint_len(fields.binary_search(f).unwrap_or(0)) + str_len(v)).sum();
+            16 + str_len(rec.id()) + varint_len(rec.uniques().count()) + uniques
         })
         .sum();
     str_len(rel) + digest + varint_len(memo.recs.len()) + varint_len(fields.len()) + names + recs
@@ -164,18 +151,18 @@ pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
         for _ in 0..nf {
             fields.push(Arc::from(r.str()?));
         }
+        let mut uniques: Vec<(&str, &str)> = Vec::new();
         for _ in 0..n {
             let h = r.u128()?;
-            let id: Arc<str> = Arc::from(r.str()?);
+            let id = r.str()?;
             let m = r.varint()?;
-            let mut emails = Vec::with_capacity(m.min(16));
+            uniques.clear();
             for _ in 0..m {
                 let at = r.at;
-                let field = fields.get(r.varint()?).cloned().ok_or_else(|| format!("bad field index at byte {at}"))?;
-                let value: Arc<str> = Arc::from(r.str()?);
-                emails.push((field, value));
+                let field = fields.get(r.varint()?).ok_or_else(|| format!("bad field index at byte {at}"))?;
+                uniques.push((field, r.str()?));
             }
-            memo.recs.insert(h, Arc::new(MemoRec::new(id, emails)));
+            memo.recs.insert(h, id, uniques.iter().copied());
         }
         out.push((rel, memo));
     }
@@ -249,43 +236,19 @@ fn put_stamp(out: &mut Vec<u8>, stamp: Option<Stamp>) {
     }
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len());
-    out.extend_from_slice(s.as_bytes());
-}
-
-/// LEB128: seven bits a byte, low bits first, the high bit set on every byte but the last.
-fn put_varint(out: &mut Vec<u8>, n: usize) {
-    let mut n = u64::try_from(n).unwrap_or(u64::MAX);
-    while n >= 0x80 {
-        out.push(u8::try_from(n & 0x7f).unwrap_or(0) | 0x80);
-        n >>= 7;
-    }
-    out.push(u8::try_from(n).unwrap_or(0));
-}
-
-/// How many bytes [`put_str`] writes for `s`.
-fn str_len(s: &str) -> usize {
-    varint_len(s.len()) + s.len()
-}
-
-fn varint_len(n: usize) -> usize {
-    let bits = usize::BITS - (n | 1).leading_zeros();
-    usize::try_from(bits.div_ceil(7)).unwrap_or(10)
-}
-
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len());
         let Some(end) = end else {
             return Err(format!("truncated at byte {} (wanted {n} more)", self.at));
         };
-        let s = &self.bytes[self.at..end];
+        let bytes: &'a [u8] = self.bytes;
+        let s = &bytes[self.at..end];
         self.at = end;
         Ok(s)
     }
@@ -351,7 +314,7 @@ impl Reader<'_> {
     }
 
     /// A text, borrowed from the buffer.
-    fn str(&mut self) -> Result<&str, String> {
+    fn str(&mut self) -> Result<&'a str, String> {
         let n = self.varint()?;
         let at = self.at;
         std::str::from_utf8(self.take(n)?).map_err(|_| format!("text at byte {at} is not UTF-8"))
@@ -367,8 +330,7 @@ mod tests {
     fn memo(digest: Option<RawHash>, recs: &[Rec<'_>]) -> FileMemo {
         let mut m = FileMemo { digest, stamp: None, recs: Recs::default() };
         for (h, id, emails) in recs {
-            let emails = emails.iter().map(|(f, v)| (Arc::from(*f), Arc::from(*v))).collect();
-            m.recs.insert(*h, Arc::new(MemoRec::new(Arc::from(*id), emails)));
+            m.recs.insert(*h, id, emails.iter().copied());
         }
         m
     }
@@ -412,9 +374,10 @@ mod tests {
         let (rel, m) = &back[0];
         assert_eq!(rel, "data/users.json");
         assert_eq!(m.digest, Some(u128::MAX - 3));
-        assert_eq!(&*m.recs[&1].id, "u1");
-        assert_eq!(&*m.recs[&1].emails[0].1, "a@x.org");
-        assert_eq!(&*m.recs[&u128::MAX].id, "u-é");
+        let rec = |h: RawHash| m.recs.get(&h).unwrap();
+        assert_eq!(rec(1).id(), "u1");
+        assert_eq!(rec(1).uniques().next().map(|(_, v)| v), Some("a@x.org"));
+        assert_eq!(rec(u128::MAX).id(), "u-é");
         assert_eq!(back[1].1.digest, None);
         assert!(back[1].1.recs.is_empty());
         // The same memo gives the same bytes (records are sorted).
@@ -437,17 +400,17 @@ mod tests {
         let (rel, m) = &back[0];
         assert_eq!(rel, &huge);
         assert_eq!(m.recs.len(), 3);
-        assert_eq!(&*m.recs[&1].id, id);
-        let fields: Vec<(&str, &str)> = m.recs[&1].emails.iter().map(|(f, v)| (&**f, &**v)).collect();
+        let rec = |h: RawHash| m.recs.get(&h).unwrap();
+        assert_eq!(rec(1).id(), id);
+        let fields: Vec<(&str, &str)> = rec(1).uniques().map(|(f, v)| (&**f, v)).collect();
         assert_eq!(fields, vec![("email", email.as_str()), ("alt", huge.as_str())]);
-        assert_eq!(&*m.recs[&2].id, huge);
-        assert_eq!(&*m.recs[&2].emails[0].0, "email");
-        assert!(m.recs[&3].emails.is_empty());
+        assert_eq!(rec(2).id(), huge);
+        assert_eq!(rec(2).uniques().next().map(|(f, _)| &**f), Some("email"));
+        assert_eq!(rec(3).uniques().count(), 0);
         for n in [0, 1, 127, 128, 16_383, 16_384, usize::MAX] {
             let mut out = Vec::new();
             put_varint(&mut out, n);
-            assert_eq!(out.len(), varint_len(n), "{n}");
-            assert_eq!(Reader { bytes: &out, at: 0 }.varint(), Ok(n));
+            assert_eq!(Reader { bytes: &out, at: 0 }.varint(), Ok(n), "what the memo writes, the codec reads");
         }
         // A field index past the file's list of names is refused.
         // (The first record's first value is its email: its field's index is

@@ -31,7 +31,7 @@ use super::proof::{changed_large_files, digests, file_of};
 use super::tail::Tail;
 use super::{drain, open, position, Events};
 use crate::error::Fatal;
-use crate::reconcile::memo::{MemoRec, Memory, RawHash};
+use crate::reconcile::memo::{Memory, RawHash};
 use crate::reconcile::target::Target;
 use crate::reconcile::{reconcile, Core, Engine, RunOptions, Scope};
 use crate::sink::Sink;
@@ -153,8 +153,8 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         for (spec_idx, ids) in &unresolved {
             let spec = &engine.layout.sources[*spec_idx];
             for (rel, fm) in memo.iter().filter(|(rel, _)| spec.owns_rel(rel)) {
-                for rec in fm.recs.values().filter(|r| ids.contains(&*r.id)) {
-                    recheck.entry(rel.to_string()).or_default().insert(rec.id.to_string());
+                for rec in fm.recs.values().filter(|r| ids.contains(r.id())) {
+                    recheck.entry(rel.to_string()).or_default().insert(rec.id().to_string());
                 }
             }
         }
@@ -165,20 +165,23 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
             if let Some(fm) = memo.get_mut(rel.as_str()) {
                 fm.digest = None;
                 fm.stamp = None;
-                let keys: Vec<RawHash> = fm.recs.iter().filter(|(_, r)| ids.contains(&*r.id)).map(|(h, _)| h).collect();
+                let keys: Vec<(RawHash, String)> = fm
+                    .recs
+                    .iter()
+                    .filter(|(_, r)| ids.contains(r.id()))
+                    .map(|(h, r)| (h, r.id().to_string()))
+                    .collect();
                 let mut placed = HashSet::new();
-                for h in keys {
-                    if let Some(r) = fm.recs.remove(&h) {
-                        placed.insert(r.id.to_string());
-                        fm.recs.insert(!h, r);
-                    }
+                for (h, id) in keys {
+                    fm.recs.rekey(&h, !h);
+                    placed.insert(id);
                 }
                 // A document the mirror wrote from this file after the
                 // checkpoint: in the memo as a record to look for, so that
                 // if its record is gone now, its document goes too.
                 for id in ids.iter().filter(|id| !placed.contains(*id)) {
                     let key = xxhash_rust::xxh3::xxh3_128(format!("\u{0}touched\u{0}{id}").as_bytes());
-                    fm.recs.insert(key, Arc::new(MemoRec::new(Arc::from(id.as_str()), Vec::new())));
+                    fm.recs.insert(key, id, []);
                 }
             }
         }

@@ -1,0 +1,467 @@
+//! One file's memo records ([`Recs`]), packed: each record's id and unique
+//! values are bytes in one buffer per file, found through a table of
+//! raw-text hash → offset ([`super::recs::Recs`]). A million users' memo is
+//! then about 24 bytes of table and 66 of text each, where a record of its
+//! own (an entry, an id and an email, each allocated) took about 230.
+//!
+//! A record's bytes: its id, the number of its unique values, and each value
+//! with the number of its field (an index into [`Recs`]' own field names).
+//! Texts and numbers are LEB128-prefixed, as in the checkpoint's memo codec,
+//! which writes the same shape.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use super::recs::{self, RawHash};
+
+/// Where a record's bytes start, and the last scan pass that met it (see
+/// [`mark`]; 0 for none).
+#[derive(Debug)]
+pub struct Slot {
+    at: u32,
+    seen: AtomicU32,
+}
+
+/// One file's memo records, by raw-text hash; see the module docs.
+#[derive(Debug, Default)]
+pub struct Recs {
+    index: recs::Recs<Slot>,
+    /// The records' bytes, one after the other; shared with a checkpoint
+    /// save that encodes them without the memo's lock (an append while one
+    /// holds them copies them first). None until the first record.
+    bytes: Option<Arc<Vec<u8>>>,
+    /// The unique fields' names, by number.
+    fields: Box<[Arc<str>]>,
+    /// Bytes of records no entry points at any more (removed or replaced).
+    dead: usize,
+    /// A record was refused: the bytes would pass 4 GiB (offsets are 32-bit).
+    /// The memo then does not hold every record of the file.
+    short: bool,
+}
+
+/// A record as the memo holds it.
+#[derive(Debug, Clone, Copy)]
+pub struct Rec<'a> {
+    id: &'a str,
+    /// Its unique values, as written (see [`Rec::uniques`]).
+    rest: &'a [u8],
+    fields: &'a [Arc<str>],
+    seen: &'a AtomicU32,
+}
+
+impl<'a> Rec<'a> {
+    pub fn id(&self) -> &'a str {
+        self.id
+    }
+
+    /// Its unique values: (field, value).
+    pub fn uniques(&self) -> impl Iterator<Item = (&'a Arc<str>, &'a str)> + 'a {
+        let fields = self.fields;
+        let mut r = Cursor { bytes: self.rest, at: 0 };
+        let n = r.varint().unwrap_or(0);
+        (0..n).map_while(move |_| {
+            let field = fields.get(r.varint()?)?;
+            Some((field, r.str()?))
+        })
+    }
+
+    /// The scan pass that last met it (see [`Slot`]).
+    pub fn seen(&self) -> &'a AtomicU32 {
+        self.seen
+    }
+}
+
+/// A scan pass's number ([`super::memo::Memory::scans`]) as a [`Slot`]
+/// keeps it: 32 bits, never 0 (a new record's), two passes in a row never
+/// alike. A mark comes round again after four billion passes.
+pub fn mark(pass: u64) -> u32 {
+    u32::try_from(pass % u64::from(u32::MAX)).map_or(1, |m| m + 1)
+}
+
+impl Recs {
+    /// Room for `n` records.
+    pub fn with_capacity(n: usize) -> Recs {
+        Recs { index: recs::Recs::with_capacity(n), ..Recs::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Some record was refused (see [`Recs::insert`]): the memo does not
+    /// stand for the whole file.
+    pub fn is_short(&self) -> bool {
+        self.short
+    }
+
+    pub fn clear(&mut self) {
+        *self = Recs::default();
+    }
+
+    pub fn get(&self, h: &RawHash) -> Option<Rec<'_>> {
+        self.index.get(h).and_then(|s| self.rec(s))
+    }
+
+    /// The records' bytes.
+    fn bytes(&self) -> &[u8] {
+        self.bytes.as_deref().map_or(&[], Vec::as_slice)
+    }
+
+    fn rec<'a>(&'a self, slot: &'a Slot) -> Option<Rec<'a>> {
+        let at = usize::try_from(slot.at).ok()?;
+        let mut r = Cursor { bytes: self.bytes().get(at..)?, at: 0 };
+        let id = r.str()?;
+        Some(Rec { id, rest: r.bytes.get(r.at..)?, fields: &self.fields, seen: &slot.seen })
+    }
+
+    /// Add or replace a record. One whose bytes would take the file's memo
+    /// past 4 GiB is refused (`false`) and the memo is marked short.
+    pub fn insert<'a>(&mut self, h: RawHash, id: &str, uniques: impl IntoIterator<Item = (&'a str, &'a str)>) -> bool {
+        let uniques: Vec<(usize, &str)> = uniques.into_iter().map(|(f, v)| (self.field(f), v)).collect();
+        let len = str_len(id)
+            + varint_len(uniques.len())
+            + uniques.iter().map(|(f, v)| varint_len(*f) + str_len(v)).sum::<usize>();
+        let Some(at) = u32::try_from(self.bytes().len())
+            .ok()
+            .filter(|a| u32::try_from(len).is_ok_and(|l| a.checked_add(l).is_some()))
+        else {
+            self.short = true;
+            return false;
+        };
+        let bytes = Arc::make_mut(self.bytes.get_or_insert_with(|| Arc::new(Vec::new())));
+        reserve(bytes, len);
+        put_str(bytes, id);
+        put_varint(bytes, uniques.len());
+        for (f, v) in &uniques {
+            put_varint(bytes, *f);
+            put_str(bytes, v);
+        }
+        if let Some(old) = self.index.get(&h).map(|s| s.at) {
+            self.dead += self.len_at(old);
+        }
+        self.index.insert(h, Slot { at, seen: AtomicU32::new(0) });
+        true
+    }
+
+    /// The number of a unique field's name (added when new).
+    fn field(&mut self, name: &str) -> usize {
+        if let Some(i) = self.fields.iter().position(|f| &**f == name) {
+            return i;
+        }
+        let mut fields = std::mem::take(&mut self.fields).into_vec();
+        fields.push(Arc::from(name));
+        self.fields = fields.into_boxed_slice();
+        self.fields.len() - 1
+    }
+
+    /// The length of the record at `at`.
+    fn len_at(&self, at: u32) -> usize {
+        let Ok(at) = usize::try_from(at) else { return 0 };
+        let Some(bytes) = self.bytes().get(at..) else { return 0 };
+        let mut r = Cursor { bytes, at: 0 };
+        let ok = r.str().is_some() && {
+            let n = r.varint().unwrap_or(0);
+            (0..n).all(|_| r.varint().is_some() && r.str().is_some())
+        };
+        if ok {
+            r.at
+        } else {
+            0
+        }
+    }
+
+    /// Forget a record; `true` when there was one.
+    pub fn remove(&mut self, h: &RawHash) -> bool {
+        let Some(slot) = self.index.remove(h) else { return false };
+        self.dead += self.len_at(slot.at);
+        self.compact_if_sparse();
+        true
+    }
+
+    /// Move a record to another hash (a record that must be looked at again:
+    /// no text of the file hashes to `!h`).
+    pub fn rekey(&mut self, from: &RawHash, to: RawHash) {
+        if let Some(slot) = self.index.remove(from) {
+            if let Some(old) = self.index.get(&to).map(|s| s.at) {
+                self.dead += self.len_at(old);
+            }
+            self.index.insert(to, slot);
+        }
+    }
+
+    /// Keep only the records `keep` says yes to.
+    pub fn retain(&mut self, mut keep: impl FnMut(RawHash, Rec<'_>) -> bool) {
+        let mut gone: Vec<RawHash> = Vec::new();
+        for (h, slot) in self.index.iter() {
+            if !self.rec(slot).is_some_and(|r| keep(h, r)) {
+                gone.push(h);
+            }
+        }
+        for h in gone {
+            if let Some(slot) = self.index.remove(&h) {
+                self.dead += self.len_at(slot.at);
+            }
+        }
+        self.compact_if_sparse();
+    }
+
+    /// Add another memo's records (replacing those with the same hash).
+    pub fn extend(&mut self, other: Recs) {
+        if self.is_empty() && self.dead == 0 {
+            *self = other;
+            return;
+        }
+        self.index.reserve(other.len());
+        for (h, r) in other.iter() {
+            self.insert(h, r.id(), r.uniques().map(|(f, v)| (&**f, v)));
+        }
+        self.short |= other.short;
+        self.compact_if_sparse();
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (RawHash, Rec<'_>)> {
+        self.index.iter().filter_map(|(h, s)| Some((h, self.rec(s)?)))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = RawHash> + '_ {
+        self.index.keys()
+    }
+
+    /// The unique fields' names its records may use.
+    pub fn fields(&self) -> &[Arc<str>] {
+        &self.fields
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = Rec<'_>> {
+        self.iter().map(|(_, r)| r)
+    }
+
+    /// The records' bytes and where each starts, for encoding them without
+    /// the memo's lock (see [`Packed`]).
+    pub fn packed(&self) -> Packed {
+        let mut at: Vec<(recs::Key, u32)> = self.index.iter().map(|(h, s)| (recs::Key::of(h), s.at)).collect();
+        at.sort_unstable_by_key(|(k, _)| k.hash());
+        Packed { bytes: self.bytes.clone().unwrap_or_default(), fields: self.fields.clone(), at }
+    }
+
+    /// Rewrite the bytes without the dead ones once they are most of them.
+    fn compact_if_sparse(&mut self) {
+        if self.dead < 4096 || self.dead * 2 < self.bytes().len() {
+            return;
+        }
+        let mut bytes = Vec::with_capacity(self.bytes().len().saturating_sub(self.dead));
+        let mut index = recs::Recs::with_capacity(self.index.len());
+        for (h, slot) in self.index.iter() {
+            let len = self.len_at(slot.at);
+            let Some(rec) = usize::try_from(slot.at).ok().and_then(|a| self.bytes().get(a..a.checked_add(len)?)) else {
+                continue;
+            };
+            let Ok(at) = u32::try_from(bytes.len()) else { continue };
+            bytes.extend_from_slice(rec);
+            index.insert(h, Slot { at, seen: AtomicU32::new(slot.seen.load(Ordering::Relaxed)) });
+        }
+        self.bytes = Some(Arc::new(bytes));
+        self.index = index;
+        self.dead = 0;
+    }
+}
+
+/// A file's memo held for encoding: its bytes shared, and where each record
+/// starts, sorted by hash.
+pub struct Packed {
+    bytes: Arc<Vec<u8>>,
+    fields: Box<[Arc<str>]>,
+    at: Vec<(recs::Key, u32)>,
+}
+
+impl Packed {
+    pub fn len(&self) -> usize {
+        self.at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at.is_empty()
+    }
+
+    pub fn fields(&self) -> &[Arc<str>] {
+        &self.fields
+    }
+
+    /// The `i`th record by hash.
+    pub fn get(&self, i: usize) -> Option<(RawHash, Rec<'_>)> {
+        let (k, at) = self.at.get(i)?;
+        let mut r = Cursor { bytes: self.bytes.get(usize::try_from(*at).ok()?..)?, at: 0 };
+        let id = r.str()?;
+        Some((k.hash(), Rec { id, rest: r.bytes.get(r.at..)?, fields: &self.fields, seen: &NEVER }))
+    }
+}
+
+/// The mark of a record read from a [`Packed`] (never a scan's).
+static NEVER: AtomicU32 = AtomicU32::new(0);
+
+/// Grow a buffer by a quarter at a time, not double: a million users' memo
+/// is about 66 MB, which doubling could leave half empty.
+fn reserve(bytes: &mut Vec<u8>, more: usize) {
+    if bytes.capacity() - bytes.len() < more {
+        // A file of one record (a job's status file): exactly its bytes.
+        let want = (bytes.len() / 4).max(more);
+        bytes.reserve_exact(want);
+    }
+}
+
+/// Append a LEB128 varint.
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let low = u8::try_from(n & 0x7f).unwrap_or_default();
+        n >>= 7;
+        if n == 0 {
+            out.push(low);
+            return;
+        }
+        out.push(low | 0x80);
+    }
+}
+
+/// Append a text, length first.
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_varint(out, s.len());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// How many bytes [`put_str`] writes.
+pub(crate) fn str_len(s: &str) -> usize {
+    varint_len(s.len()) + s.len()
+}
+
+/// How many bytes [`put_varint`] writes.
+pub(crate) fn varint_len(n: usize) -> usize {
+    let bits = usize::BITS - n.leading_zeros();
+    usize::try_from(bits.max(1).div_ceil(7)).unwrap_or(10)
+}
+
+/// Reads what this module wrote; `None` where the bytes end early.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn varint(&mut self) -> Option<usize> {
+        let mut n: usize = 0;
+        for shift in (0..usize::BITS).step_by(7) {
+            let b = *self.bytes.get(self.at)?;
+            self.at += 1;
+            n |= usize::from(b & 0x7f).checked_shl(shift)?;
+            if b & 0x80 == 0 {
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let n = self.varint()?;
+        let end = self.at.checked_add(n)?;
+        let s = std::str::from_utf8(self.bytes.get(self.at..end)?).ok()?;
+        self.at = end;
+        Some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    type Model = HashMap<RawHash, (String, Vec<(String, String)>)>;
+
+    fn got(recs: &Recs) -> Model {
+        recs.iter()
+            .map(|(h, r)| (h, (r.id().to_string(), r.uniques().map(|(f, v)| (f.to_string(), v.to_string())).collect())))
+            .collect()
+    }
+
+    #[test]
+    fn a_files_records_read_back_as_they_were_given_through_replacements_removals_and_compaction() {
+        let mut recs = Recs::default();
+        let mut model = Model::new();
+        for i in 0..3000u128 {
+            let id = format!("user-{i}-{}", "é".repeat(usize::try_from(i % 5).unwrap()));
+            let uniques: Vec<(String, String)> = match i % 3 {
+                0 => vec![],
+                1 => vec![("email".into(), format!("u{i}@x.io"))],
+                _ => vec![("email".into(), format!("u{i}@x.io")), ("backup".into(), format!("b{i}@y.io"))],
+            };
+            assert!(recs.insert(i, &id, uniques.iter().map(|(f, v)| (f.as_str(), v.as_str()))));
+            model.insert(i, (id, uniques));
+            if i % 4 == 0 {
+                // Replaced: the old bytes are dead.
+                assert!(recs.insert(i, "again", [("email", "again@x.io")]));
+                model.insert(i, ("again".into(), vec![("email".into(), "again@x.io".into())]));
+            }
+        }
+        assert_eq!(got(&recs), model);
+        // Most removed: the bytes are compacted, and what is left reads the same.
+        let before = recs.bytes().len();
+        for i in 0..2500u128 {
+            assert_eq!(recs.remove(&i), model.remove(&i).is_some());
+        }
+        assert!(!recs.remove(&1) && recs.bytes().len() < before / 2, "{} of {before}", recs.bytes().len());
+        assert_eq!(got(&recs), model);
+        recs.retain(|h, r| h % 2 == 0 || r.id().ends_with('é'));
+        model.retain(|h, (id, _)| h % 2 == 0 || id.ends_with('é'));
+        assert_eq!(got(&recs), model);
+        // Moved to another hash, then added to another memo.
+        recs.rekey(&2998, !2998);
+        let moved = model.remove(&2998).unwrap();
+        model.insert(!2998, moved);
+        let mut other = Recs::default();
+        other.insert(7, "seven", []);
+        other.extend(recs);
+        model.insert(7, ("seven".into(), vec![]));
+        assert_eq!(got(&other), model);
+        assert!(!other.is_short());
+        // Encoded in hash order, as read.
+        let packed = other.packed();
+        let hashes: Vec<RawHash> = (0..packed.len()).filter_map(|i| packed.get(i).map(|(h, _)| h)).collect();
+        let mut want: Vec<RawHash> = model.keys().copied().collect();
+        want.sort_unstable();
+        assert_eq!(hashes, want);
+        let (h, r) = packed.get(0).unwrap();
+        assert_eq!(r.id(), model[&h].0);
+    }
+
+    #[test]
+    fn a_mark_is_the_low_half_of_a_pass_and_each_record_keeps_its_own() {
+        let max = u64::from(u32::MAX);
+        for pass in [0, 1, 7, max - 2, max - 1, max, max + 1, u64::MAX - 1] {
+            assert_ne!(mark(pass), 0, "{pass}");
+            assert_ne!(mark(pass), mark(pass + 1), "{pass}");
+        }
+        let mut recs = Recs::default();
+        recs.insert(1, "a", []);
+        recs.insert(2, "b", []);
+        recs.get(&1).unwrap().seen().store(mark(9), Ordering::Relaxed);
+        assert_eq!(recs.get(&1).unwrap().seen().load(Ordering::Relaxed), mark(9));
+        assert_eq!(recs.get(&2).unwrap().seen().load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn varints_and_texts_read_back() {
+        for n in [0usize, 1, 127, 128, 300, 16_383, 16_384, usize::MAX] {
+            let mut out = Vec::new();
+            put_varint(&mut out, n);
+            assert_eq!(out.len(), varint_len(n), "{n}");
+            assert_eq!(Cursor { bytes: &out, at: 0 }.varint(), Some(n));
+        }
+        let mut out = Vec::new();
+        put_str(&mut out, "héllo");
+        assert_eq!(out.len(), str_len("héllo"));
+        assert_eq!(Cursor { bytes: &out, at: 0 }.str(), Some("héllo"));
+        assert_eq!(Cursor { bytes: &out[..3], at: 0 }.str(), None, "cut short");
+    }
+}
