@@ -279,7 +279,9 @@ async fn a_memo_stored_in_several_parts_comes_back_whole() {
     // About 47 bytes of memo a user (its text's hash, id and email): over 1 MB.
     let users = |changed: &str| many_users(24_000, changed);
     p.users(&users("first"));
-    sync(&db, &p, &[]).await;
+    let first = sync(&db, &p, &[]).await;
+    // Stored as soon as the users were settled, not held to the end of the run.
+    assert!(first.stderr.contains("Stored a large memo early file=data/users.json"), "{}", first.stderr);
     let parts = db.db.collection::<bson::Document>("mirror_checkpoint");
     let users_parts = parts.count_documents(doc! { "_id": { "$regex": "^f:data/users.json" } }).await.unwrap();
     let ids: Vec<String> = parts.distinct("_id", doc! {}).await.unwrap().iter().map(|b| b.to_string()).collect();

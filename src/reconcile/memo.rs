@@ -56,12 +56,40 @@ pub struct Memory {
     /// table of a million ids and hashes, and the list of every write that
     /// fills it.
     pub memo_only: bool,
+    /// `sync`: where a large file's memo goes once its source is settled
+    /// (see [`Spill`]); none otherwise.
+    pub spill: Mutex<Option<Arc<dyn Spill>>>,
+}
+
+/// Where `sync` hands over a file's memo once its source is settled: the
+/// checkpoint stores a large one then, so a million users' memo is not held
+/// while the other sources are read. (watch keeps its memo: it looks records
+/// up in it.)
+pub trait Spill: Send + Sync + std::fmt::Debug {
+    /// Whether this file's memo is taken.
+    fn wants(&self, rel: &str, memo: &FileMemo) -> bool;
+    /// Take it: it is no longer in the memo.
+    fn take(&self, rel: Arc<str>, memo: FileMemo);
 }
 
 impl Memory {
     /// What `sync` keeps: the memo for the checkpoint, no picture.
     pub fn memo_only() -> Memory {
         Memory { memo_only: true, ..Memory::default() }
+    }
+
+    /// `sync`: hand the memos of these settled files that [`Spill`] wants
+    /// over to it, out of the memo.
+    pub fn spill_settled<'a>(&self, rels: impl Iterator<Item = &'a Arc<str>>) {
+        let Some(spill) = self.spill.lock().ok().and_then(|s| s.clone()) else { return };
+        let Ok(mut memo) = self.memo.lock() else { return };
+        for rel in rels {
+            if memo.get(rel).is_some_and(|m| spill.wants(rel, m)) {
+                if let Some(m) = memo.remove(rel) {
+                    spill.take(rel.clone(), m);
+                }
+            }
+        }
     }
 
     /// Whether writes are remembered in the picture.
@@ -239,9 +267,10 @@ pub struct FileMemo {
 pub type Memo = HashMap<Arc<str>, FileMemo>;
 
 /// Per source file, the records a run mirrored, by raw-text hash: kept as
-/// the tables the memo will hold, so a million-record file's entries never
-/// exist twice (as a list and as the table made from it).
-pub type Staged = HashMap<Arc<str>, Recs>;
+/// the entries the memo will hold, so a million-record file's entries never
+/// exist twice (as a list and as the table made from it), nor 200,000 job
+/// files' entries (see [`super::settle::commit_memo`]).
+pub type Staged = HashMap<Arc<str>, FileMemo>;
 
 /// A memoised record met in a scan whose text is gone: changed or deleted.
 #[derive(Debug, Clone)]
@@ -296,6 +325,39 @@ mod tests {
         }
         // The one hash that shares the odd value is not mistaken for an equal one either.
         assert_ne!(Known::new(&zeros, source).hash_text(), zeros);
+    }
+
+    /// Takes the memos of files whose name says "big".
+    #[derive(Debug, Default)]
+    struct Taker(Mutex<Vec<(Arc<str>, usize)>>);
+
+    impl Spill for Taker {
+        fn wants(&self, rel: &str, _: &FileMemo) -> bool {
+            rel.contains("big")
+        }
+        fn take(&self, rel: Arc<str>, memo: FileMemo) {
+            self.0.lock().unwrap().push((rel, memo.recs.len()));
+        }
+    }
+
+    #[test]
+    fn a_settled_memo_that_the_spill_wants_leaves_the_memo_for_it() {
+        let memory = Memory::memo_only();
+        let (big, small): (Arc<str>, Arc<str>) = (Arc::from("data/big.json"), Arc::from("data/small.json"));
+        for rel in [&big, &small] {
+            let mut recs = Recs::default();
+            recs.insert(1, "u1", []);
+            memory.memo.lock().unwrap().insert(rel.clone(), FileMemo { recs, ..FileMemo::default() });
+        }
+        // Without a spill nothing moves.
+        memory.spill_settled([&big, &small].into_iter());
+        assert_eq!(memory.memo.lock().unwrap().len(), 2);
+        let taker = Arc::new(Taker::default());
+        *memory.spill.lock().unwrap() = Some(taker.clone());
+        memory.spill_settled([&big, &small].into_iter());
+        assert_eq!(*taker.0.lock().unwrap(), vec![(big.clone(), 1)]);
+        let memo = memory.memo.lock().unwrap();
+        assert!(!memo.contains_key(&big) && memo.contains_key(&small));
     }
 
     #[test]

@@ -84,6 +84,18 @@ impl Recs {
         Recs { index: recs::Recs::with_capacity(n), ..Recs::default() }
     }
 
+    /// Records to come in bulk (a whole file mapped): added as they come,
+    /// without looking for the same hash, until [`Recs::seal`].
+    pub fn bulk() -> Recs {
+        Recs { index: recs::Recs::bulk(), ..Recs::default() }
+    }
+
+    /// The bulk is in: the table becomes a list sorted by hash (see
+    /// [`super::recs::Recs::seal`]).
+    pub fn seal(&mut self) {
+        self.index.seal();
+    }
+
     pub fn len(&self) -> usize {
         self.index.len()
     }
@@ -140,8 +152,12 @@ impl Recs {
             put_varint(bytes, *f);
             put_str(bytes, v);
         }
-        if let Some(old) = self.index.get(&h).map(|s| s.at) {
-            self.dead += self.len_at(old);
+        // (A bulk does not look: a file's same text twice is the same id twice,
+        // and the scan lets only the first of them through.)
+        if !self.index.is_bulk() {
+            if let Some(old) = self.index.get(&h).map(|s| s.at) {
+                self.dead += self.len_at(old);
+            }
         }
         self.index.insert(h, Slot { at, seen: AtomicU32::new(0) });
         true
@@ -264,6 +280,7 @@ impl Recs {
             bytes.extend_from_slice(rec);
             index.insert(h, Slot { at, seen: AtomicU32::new(slot.seen.load(Ordering::Relaxed)) });
         }
+        index.seal();
         self.bytes = Some(Arc::new(bytes));
         self.index = index;
         self.dead = 0;
@@ -433,6 +450,24 @@ mod tests {
         assert_eq!(hashes, want);
         let (h, r) = packed.get(0).unwrap();
         assert_eq!(r.id(), model[&h].0);
+    }
+
+    #[test]
+    fn a_bulk_reads_back_as_given_once_sealed_and_changes_after() {
+        let mut recs = Recs::bulk();
+        let mut model = Model::new();
+        for i in (0..500u128).rev() {
+            let h = i.wrapping_mul(0x2545_f491_4f6c_dd1d_9e37_79b9_7f4a_7c15);
+            recs.insert(h, &format!("u{i}"), [("email", format!("u{i}@x.io").as_str())]);
+            model.insert(h, (format!("u{i}"), vec![("email".into(), format!("u{i}@x.io"))]));
+        }
+        recs.seal();
+        assert_eq!(got(&recs), model);
+        assert!(model.keys().all(|h| recs.get(h).is_some()));
+        let h = *model.keys().next().unwrap();
+        recs.insert(h, "changed", []);
+        model.insert(h, ("changed".into(), vec![]));
+        assert_eq!(got(&recs), model);
     }
 
     #[test]

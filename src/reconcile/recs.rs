@@ -13,19 +13,38 @@ const FEW: usize = 8;
 
 /// A file's memo entries, by raw-text hash. Most files hold one record (a
 /// job's status file): a handful are kept in a list sized to them (one entry
-/// is 32 bytes, where the smallest hash table is 160), a table beyond. The
-/// hash is kept as two 64-bit halves ([`Key`]): an entry is then 24 bytes,
-/// not 32 (a 128-bit number is aligned to 16), which at a million users is
-/// a table of 48 MB instead of 64.
+/// is 32 bytes, where the smallest hash table is 160). A file mapped or
+/// loaded whole is built as a list sorted by hash once [`Recs::seal`]ed
+/// (24 bytes an entry, looked up by binary search); a table (about twice
+/// that: its size is a power of two) only once such a list is changed (watch,
+/// after the file changed). The hash is kept as two 64-bit halves ([`Key`]):
+/// an entry is then 24 bytes, not 32 (a 128-bit number is aligned to 16).
 #[derive(Debug)]
 pub enum Recs<V> {
     Few(Vec<(Key, V)>),
+    /// Built in bulk: in the order given until sealed, then sorted by hash.
+    Sorted {
+        list: Vec<(Key, V)>,
+        sealed: bool,
+    },
     Many(HashMap<Key, V, BuildRawHasher>),
 }
 
-/// A [`RawHash`] as its low and high 64 bits.
+/// A [`RawHash`] as its low and high 64 bits (ordered as the hash).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Key(u64, u64);
+
+impl Ord for Key {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.1, self.0).cmp(&(other.1, other.0))
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl Key {
     pub fn of(h: RawHash) -> Key {
@@ -53,13 +72,23 @@ impl<V> Default for Recs<V> {
 }
 
 impl<V> Recs<V> {
-    /// Room for `n` entries, in the form that many want.
+    /// Room for `n` entries: a list, or a list built in bulk (see [`Recs::seal`]).
     pub fn with_capacity(n: usize) -> Recs<V> {
         if n <= FEW {
             Recs::Few(Vec::with_capacity(n))
         } else {
-            Recs::Many(HashMap::with_capacity_and_hasher(n, BuildRawHasher::default()))
+            Recs::Sorted { list: Vec::with_capacity(n), sealed: false }
         }
+    }
+
+    /// Entries to come in bulk, added as they come until [`Recs::seal`].
+    pub fn bulk() -> Recs<V> {
+        Recs::Sorted { list: Vec::new(), sealed: false }
+    }
+
+    /// Being built in bulk: entries are added without looking for the same hash.
+    pub fn is_bulk(&self) -> bool {
+        matches!(self, Recs::Sorted { sealed: false, .. })
     }
 
     /// One entry.
@@ -69,7 +98,7 @@ impl<V> Recs<V> {
 
     pub fn len(&self) -> usize {
         match self {
-            Recs::Few(v) => v.len(),
+            Recs::Few(v) | Recs::Sorted { list: v, .. } => v.len(),
             Recs::Many(m) => m.len(),
         }
     }
@@ -82,17 +111,55 @@ impl<V> Recs<V> {
         *self = Recs::default();
     }
 
+    /// The bulk is in: sort it by hash (of entries given twice, the last
+    /// stays) and size it to its entries. A few go back to a plain list.
+    pub fn seal(&mut self) {
+        let Recs::Sorted { list, sealed } = self else { return };
+        if !*sealed {
+            if !list.is_sorted_by(|a, b| a.0 < b.0) {
+                // Stable, after a reversal: of equal hashes the last given comes first and stays.
+                list.reverse();
+                list.sort_by_key(|(k, _)| *k);
+                list.dedup_by(|a, b| a.0 == b.0);
+            }
+            *sealed = true;
+        }
+        if list.len() <= FEW {
+            *self = Recs::Few(std::mem::take(list));
+        }
+        if let Recs::Few(list) | Recs::Sorted { list, .. } = self {
+            list.shrink_to_fit();
+        }
+    }
+
     pub fn get(&self, h: &RawHash) -> Option<&V> {
         let k = Key::of(*h);
         match self {
             Recs::Few(v) => v.iter().find(|(x, _)| *x == k).map(|(_, r)| r),
+            Recs::Sorted { list, sealed: true } => list.binary_search_by(|(x, _)| x.cmp(&k)).ok().map(|i| &list[i].1),
+            Recs::Sorted { list, sealed: false } => list.iter().rev().find(|(x, _)| *x == k).map(|(_, r)| r),
             Recs::Many(m) => m.get(&k),
         }
     }
 
-    /// Add or replace an entry; a list that would pass [`FEW`] becomes a table.
+    /// A sealed list that is changed becomes a table (or a plain list, when short).
+    fn loosen(&mut self) {
+        if let Recs::Sorted { list, sealed: true } = self {
+            let list = std::mem::take(list);
+            *self = if list.len() <= FEW {
+                Recs::Few(list)
+            } else {
+                let mut m = HashMap::with_capacity_and_hasher(list.len(), BuildRawHasher::default());
+                m.extend(list);
+                Recs::Many(m)
+            };
+        }
+    }
+
+    /// Add or replace an entry (in bulk: add); a list that would pass [`FEW`] becomes a table.
     pub fn insert(&mut self, h: RawHash, rec: V) {
         let k = Key::of(h);
+        self.loosen();
         if let Recs::Few(v) = self {
             if let Some(slot) = v.iter_mut().find(|(x, _)| *x == k) {
                 slot.1 = rec;
@@ -102,7 +169,7 @@ impl<V> Recs<V> {
         // A list grows one entry at a time: a list of one is 32 bytes, not 96.
         self.reserve(1);
         match self {
-            Recs::Few(v) => v.push((k, rec)),
+            Recs::Few(v) | Recs::Sorted { list: v, .. } => v.push((k, rec)),
             Recs::Many(m) => {
                 m.insert(k, rec);
             }
@@ -111,17 +178,27 @@ impl<V> Recs<V> {
 
     pub fn remove(&mut self, h: &RawHash) -> Option<V> {
         let k = Key::of(*h);
+        if let Recs::Sorted { list, sealed: false } = self {
+            // (Not while a bulk comes in: sealed first.)
+            if list.iter().any(|(x, _)| *x == k) {
+                self.seal();
+            }
+        }
+        self.loosen();
         match self {
             Recs::Few(v) => {
                 let at = v.iter().position(|(x, _)| *x == k)?;
                 Some(v.swap_remove(at).1)
             }
+            Recs::Sorted { .. } => None,
             Recs::Many(m) => m.remove(&k),
         }
     }
 
-    /// Room for `n` more (a table once they would pass [`FEW`]).
+    /// Room for `n` more (a table once a list would pass [`FEW`]; a bulk
+    /// grows by a quarter, not double: a million entries are 24 MB).
     pub fn reserve(&mut self, n: usize) {
+        self.loosen();
         match self {
             Recs::Few(v) if v.len() + n <= FEW => v.reserve_exact(n),
             Recs::Few(v) => {
@@ -129,14 +206,19 @@ impl<V> Recs<V> {
                 m.extend(v.drain(..));
                 *self = Recs::Many(m);
             }
+            Recs::Sorted { list, .. } => {
+                if list.capacity() - list.len() < n {
+                    list.reserve_exact((list.len() / 4).max(n));
+                }
+            }
             Recs::Many(m) => m.reserve(n),
         }
     }
 
-    /// Keep only the entries `keep` says yes to.
+    /// Keep only the entries `keep` says yes to (a sealed list stays sealed).
     pub fn retain(&mut self, mut keep: impl FnMut(RawHash, &V) -> bool) {
         match self {
-            Recs::Few(v) => v.retain(|(k, r)| keep(k.hash(), r)),
+            Recs::Few(v) | Recs::Sorted { list: v, .. } => v.retain(|(k, r)| keep(k.hash(), r)),
             Recs::Many(m) => m.retain(|k, r| keep(k.hash(), r)),
         }
     }
@@ -151,7 +233,7 @@ impl<V> Recs<V> {
     /// The entries, with their hashes (made whole again from their halves).
     pub fn iter(&self) -> impl Iterator<Item = (RawHash, &V)> {
         let (few, many) = match self {
-            Recs::Few(v) => (Some(v.iter().map(|(k, r)| (k.hash(), r))), None),
+            Recs::Few(v) | Recs::Sorted { list: v, .. } => (Some(v.iter().map(|(k, r)| (k.hash(), r))), None),
             Recs::Many(m) => (None, Some(m.iter().map(|(k, r)| (k.hash(), r)))),
         };
         few.into_iter().flatten().chain(many.into_iter().flatten())
@@ -181,7 +263,9 @@ impl<V> IntoIterator for Recs<V> {
     >;
     fn into_iter(self) -> Self::IntoIter {
         let (few, many) = match self {
-            Recs::Few(v) => (Some(v.into_iter().map(whole as fn((Key, V)) -> (RawHash, V))), None),
+            Recs::Few(v) | Recs::Sorted { list: v, .. } => {
+                (Some(v.into_iter().map(whole as fn((Key, V)) -> (RawHash, V))), None)
+            }
             Recs::Many(m) => (None, Some(m.into_iter().map(whole as fn((Key, V)) -> (RawHash, V)))),
         };
         few.into_iter().flatten().chain(many.into_iter().flatten())
@@ -271,18 +355,64 @@ mod tests {
     }
 
     #[test]
+    fn a_bulk_is_sorted_once_sealed_and_found_as_a_table_finds_it() {
+        let mut recs: Recs<String> = Recs::bulk();
+        let mut model: HashMap<RawHash, String> = HashMap::new();
+        // Hashes in no order, high halves and low halves mixed, one given twice.
+        let hashes: Vec<RawHash> =
+            (1..200u128).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835) ^ (i << 64)).collect();
+        for (i, h) in hashes.iter().enumerate() {
+            recs.insert(*h, format!("r{i}"));
+            model.insert(*h, format!("r{i}"));
+        }
+        recs.insert(hashes[3], "last".into());
+        model.insert(hashes[3], "last".into());
+        assert!(recs.is_bulk());
+        assert_eq!(recs.get(&hashes[3]).map(String::as_str), Some("last"), "found before it is sealed too");
+        recs.seal();
+        assert!(
+            matches!(&recs, Recs::Sorted { list, sealed: true } if list.len() == model.len() && list.capacity() == list.len())
+        );
+        let keys: Vec<RawHash> = recs.keys().collect();
+        assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted by hash");
+        for (h, r) in &model {
+            assert_eq!(recs.get(h), Some(r));
+        }
+        assert!(recs.get(&0).is_none() && recs.get(&u128::MAX).is_none());
+        // Kept to some: still sealed, still found.
+        recs.retain(|h, _| h % 3 != 0);
+        model.retain(|h, _| h % 3 != 0);
+        assert!(matches!(&recs, Recs::Sorted { sealed: true, .. }));
+        assert!(model.iter().all(|(h, r)| recs.get(h) == Some(r)));
+        // Changed: a table, with the same entries.
+        let gone = *model.keys().next().unwrap();
+        assert_eq!(recs.remove(&gone), model.remove(&gone));
+        assert!(matches!(&recs, Recs::Many(_)));
+        recs.insert(5, "new".into());
+        model.insert(5, "new".into());
+        let got: HashMap<RawHash, String> = recs.into_iter().collect();
+        assert_eq!(got, model);
+        // A bulk of a few is a plain list once sealed.
+        let mut few: Recs<String> = Recs::bulk();
+        few.insert(9, "a".into());
+        few.seal();
+        assert!(matches!(&few, Recs::Few(v) if v.len() == 1));
+    }
+
+    #[test]
     fn a_hash_kept_as_two_halves_is_the_same_hash() {
         let rec = |id: &str| id.to_string();
         // Hashes that differ only in their high half, or only in their low half.
         let hashes = [0, 1, u128::MAX, 1 << 64, (1 << 64) | 1, u128::from(u64::MAX), u128::MAX - (1 << 64)];
-        for n in [hashes.len(), FEW + hashes.len()] {
-            let mut recs: Recs<String> = Recs::default();
+        for (n, bulk) in [(hashes.len(), false), (FEW + hashes.len(), false), (FEW + hashes.len(), true)] {
+            let mut recs: Recs<String> = if bulk { Recs::bulk() } else { Recs::default() };
             for (i, h) in hashes.iter().enumerate() {
                 recs.insert(*h, rec(&format!("h{i}")));
             }
             for i in 0..n.saturating_sub(hashes.len()) {
                 recs.insert(u128::try_from(i + 1).unwrap() << 70, rec("filler"));
             }
+            recs.seal();
             for (i, h) in hashes.iter().enumerate() {
                 assert_eq!(recs.get(h).map(|r| r.to_string()), Some(format!("h{i}")), "{h:#x} among {n}");
             }

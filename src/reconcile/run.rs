@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::delete;
-use super::memo::{Memory, Recs};
+use super::memo::{FileMemo, Memory, Recs};
 use super::plan::{plan, print_deletes, print_plan};
 use super::rejects::RejectRecord;
 use super::scan::{Candidate, Scanned};
@@ -85,13 +85,13 @@ impl<'a, T: Target> SourceRun<'a, T> {
         for c in candidates {
             if let Some(h) = c.raw_hash {
                 let uniques = c.emails.iter().map(|(f, v)| (&**f, &**v));
-                if let Some(recs) = self.memo_pending.get_mut(&*c.rel) {
-                    recs.insert(h, &c.id, uniques);
+                if let Some(staged) = self.memo_pending.get_mut(&*c.rel) {
+                    staged.recs.insert(h, &c.id, uniques);
                 } else {
                     // The scan's shared name of the file: the memo keeps it.
-                    let mut recs = Recs::default();
+                    let mut recs = Recs::bulk();
                     recs.insert(h, &c.id, uniques);
-                    self.memo_pending.insert(c.rel.clone(), recs);
+                    self.memo_pending.insert(c.rel.clone(), FileMemo { recs, ..FileMemo::default() });
                 }
             }
         }
@@ -179,8 +179,8 @@ impl<'a, T: Target> SourceRun<'a, T> {
         let rejected: HashSet<&str> = rejects.iter().filter_map(|r| r.id.as_deref()).collect();
         let mut next = std::mem::take(&mut self.memo_pending);
         if !rejected.is_empty() {
-            for recs in next.values_mut() {
-                recs.retain(|_, r| !rejected.contains(r.id()));
+            for staged in next.values_mut() {
+                staged.recs.retain(|_, r| !rejected.contains(r.id()));
             }
         }
         // A file with a rejected record is read again even when its bytes are
@@ -197,6 +197,7 @@ impl<'a, T: Target> SourceRun<'a, T> {
         if let Ok(mut memo) = memory.memo.lock() {
             commit_memo(&self.spec, &mut memo, scanned, next);
         }
+        memory.spill_settled(scanned.read_ok.iter());
         let learnt = Learnt {
             complete: scanned.complete,
             existing,

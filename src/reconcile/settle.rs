@@ -4,12 +4,13 @@
 //! passwords hashed, cleared ones removed), and watch's memory is brought up
 //! to date: the memo of every file read in full, and the picture.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bson::Bson;
 
-use super::memo::{Known, Memo, Memory, Staged};
+use super::memo::{FileMemo, Known, Memo, Memory, Staged};
 use super::rejects::RejectRecord;
 use super::scan::Scanned;
 use super::target::{Existing, Target};
@@ -89,7 +90,7 @@ async fn safe_copies(spec: &SourceSpec, rejects: Vec<RejectRecord>) -> Result<Ve
 /// Make the memo of every file read in full hold what was mirrored from it:
 /// entries of records that are gone are dropped, new ones added (no copies of
 /// the entries that stay). O(changes) for a file the memo already covered.
-pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, next: Staged) {
+pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, mut next: Staged) {
     for rel in &scanned.missing {
         memo.remove(rel);
     }
@@ -97,13 +98,9 @@ pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, next: 
         // Files of this source that are gone (the memo holds every source's files).
         memo.retain(|rel, _| !spec.owns_rel(rel) || scanned.read_ok.contains(rel) || scanned.bad.contains(rel));
     }
-    for rel in &scanned.read_ok {
-        let m = memo.entry(rel.clone()).or_default();
-        let d = scanned.digests.get(rel);
-        m.digest = d.map(|(digest, _)| *digest);
-        m.stamp = d.and_then(|(_, stamp)| *stamp);
-        if !scanned.memo_covered.contains(rel) {
-            // Not looked up in this scan: everything it holds now is in `next`.
+    for rel in scanned.read_ok.iter().filter(|r| !scanned.memo_covered.contains(*r)) {
+        // Not looked up in this scan: everything it holds now is in `next`.
+        if let Some(m) = memo.get_mut(rel) {
             m.recs.clear();
         }
     }
@@ -112,14 +109,36 @@ pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, next: 
             m.recs.remove(&v.raw_hash);
         }
     }
-    // A file's staged table becomes its memo when the memo holds nothing
-    // else of it (a whole file mapped): no copy, no second table.
-    for (rel, recs) in next {
-        let m = memo.entry(rel).or_default();
-        if m.recs.is_empty() {
-            m.recs = recs;
-        } else {
-            m.recs.extend(recs);
+    // The staged files join the memo. When they are the more (200,000 job
+    // files mapped whole), the memo's few join them instead: the large
+    // table is kept as it is, never built a second time beside it.
+    if next.len() > memo.len() {
+        std::mem::swap(memo, &mut next);
+        for (rel, known) in next {
+            match memo.entry(rel) {
+                Entry::Occupied(mut e) => {
+                    let staged = std::mem::replace(e.get_mut(), known);
+                    e.get_mut().recs.extend(staged.recs);
+                }
+                Entry::Vacant(e) => {
+                    e.insert(known);
+                }
+            }
+        }
+    } else {
+        for (rel, staged) in next {
+            memo.entry(rel).or_default().recs.extend(staged.recs);
+        }
+    }
+    for rel in &scanned.read_ok {
+        if !memo.contains_key(rel) {
+            memo.insert(rel.clone(), FileMemo::default());
+        }
+        if let Some(m) = memo.get_mut(rel) {
+            let d = scanned.digests.get(rel);
+            m.digest = d.map(|(digest, _)| *digest);
+            m.stamp = d.and_then(|(_, stamp)| *stamp);
+            m.recs.seal();
         }
     }
 }
@@ -192,7 +211,7 @@ mod tests {
     fn entry(rel: &str, h: RawHash, id: &str) -> Staged {
         let mut recs = Recs::default();
         recs.insert(h, id, []);
-        Staged::from([(Arc::from(rel), recs)])
+        Staged::from([(Arc::from(rel), FileMemo { recs, ..FileMemo::default() })])
     }
 
     fn spec_of(layout: &Layout, collection: &str) -> (usize, SourceSpec) {
@@ -225,6 +244,56 @@ mod tests {
         assert_eq!(memo.get("data/users.json").map(|m| m.recs.len()), Some(1), "users' memo must survive");
         assert_eq!(memo.get("artifacts/jobs/j1.json").map(|m| m.recs.len()), Some(1));
         assert!(!memo.contains_key("artifacts/jobs/gone.json"), "a vanished file of the scanned source goes");
+    }
+
+    #[test]
+    fn staged_files_that_outnumber_the_memo_keep_their_table_and_take_in_the_memo() {
+        let layout = Layout::builtin();
+        let (jobs, jobs_spec) = spec_of(&layout, "training_jobs");
+        let mut memo = Memo::new();
+        let mut users = Recs::default();
+        users.insert(1, "u1", [("email", "a@x.io")]);
+        memo.insert("data/users.json".into(), FileMemo { digest: Some(11), recs: users, ..FileMemo::default() });
+        let mut j1 = Recs::default();
+        j1.insert(5, "j1", []);
+        j1.insert(4, "j1-old", []);
+        memo.insert("artifacts/jobs/j1.json".into(), FileMemo { digest: Some(12), recs: j1, ..FileMemo::default() });
+        // j1 changed (looked up in the memo: 5 a hit, 4 gone, 6 new); j2 and j3 are new files.
+        let mut next = Staged::with_capacity(1000);
+        for (rel, h, id) in [
+            ("artifacts/jobs/j1.json", 6, "j1-new"),
+            ("artifacts/jobs/j2.json", 7, "j2"),
+            ("artifacts/jobs/j3.json", 8, "j3"),
+        ] {
+            next.extend(entry(rel, h, id));
+        }
+        let rels = ["artifacts/jobs/j1.json", "artifacts/jobs/j2.json", "artifacts/jobs/j3.json"].map(Arc::<str>::from);
+        let scanned = Scanned {
+            spec: jobs,
+            read_ok: rels.iter().cloned().collect(),
+            memo_covered: HashSet::from([rels[0].clone()]),
+            vanished: vec![crate::reconcile::memo::MemoEntry {
+                rel: rels[0].clone(),
+                raw_hash: 4,
+                id: "j1-old".into(),
+            }],
+            digests: rels.iter().enumerate().map(|(i, r)| (r.clone(), (100 + i as u128, None))).collect(),
+            ..Default::default()
+        };
+        commit_memo(&jobs_spec, &mut memo, &scanned, next);
+        assert!(memo.capacity() >= 1000, "the staged table is the memo now ({})", memo.capacity());
+        let keys = |rel: &str| -> Vec<RawHash> {
+            let mut k: Vec<RawHash> = memo[rel].recs.keys().collect();
+            k.sort_unstable();
+            k
+        };
+        assert_eq!(keys("data/users.json"), [1], "another source's memo is kept");
+        assert_eq!(memo["data/users.json"].digest, Some(11));
+        assert_eq!(memo["data/users.json"].recs.get(&1).map(|r| r.uniques().count()), Some(1));
+        assert_eq!(keys("artifacts/jobs/j1.json"), [5, 6], "its hit stays, the gone one goes, the new one comes");
+        assert_eq!(keys("artifacts/jobs/j3.json"), [8]);
+        assert_eq!(memo["artifacts/jobs/j2.json"].digest, Some(101), "digests of the files read");
+        assert_eq!(memo.len(), 4);
     }
 
     #[test]

@@ -138,19 +138,36 @@ pub struct FileBytes {
 pub fn discover(layout: &Layout, roots: &Roots, spec_idx: usize) -> Result<Vec<SourceFile>, (String, FileProblem)> {
     let spec = &layout.sources[spec_idx];
     let root = roots.dir(spec.root);
+    let mut files = Vec::new();
+    visit(layout, roots, spec_idx, &mut |rel| files.push(source_file(spec_idx, spec, root, rel)))?;
+    files.sort();
+    Ok(files)
+}
+
+/// The names of a source's files (relative to its root, unlabelled), in no
+/// particular order, one at a time: what [`discover`] finds, without a
+/// [`SourceFile`] each (a checkpoint's save lists 200,000 job files).
+pub fn visit(
+    layout: &Layout,
+    roots: &Roots,
+    spec_idx: usize,
+    found: &mut dyn FnMut(&str),
+) -> Result<(), (String, FileProblem)> {
+    let spec = &layout.sources[spec_idx];
+    let root = roots.dir(spec.root);
     let (dir, _) = spec.split_path();
     if !spec.is_pattern() {
-        return Ok(vec![source_file(spec_idx, spec, root, &spec.path)]);
+        found(&spec.path);
+        return Ok(());
     }
     let folder = root.join(dir);
     let entries = match fs::read_dir(&folder) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => {
             return Err((rel_label(spec, dir), FileProblem::Io(e.to_string())));
         }
     };
-    let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| (rel_label(spec, dir), FileProblem::Io(e.to_string())))?;
         let name = entry.file_name();
@@ -158,11 +175,19 @@ pub fn discover(layout: &Layout, roots: &Roots, spec_idx: usize) -> Result<Vec<S
         if !spec.matches_file_name(name) {
             continue;
         }
-        let rel = if dir.is_empty() { name.to_string() } else { format!("{dir}/{name}") };
-        files.push(source_file(spec_idx, spec, root, &rel));
+        if dir.is_empty() {
+            found(name);
+        } else {
+            found(&format!("{dir}/{name}"));
+        }
     }
-    files.sort();
-    Ok(files)
+    Ok(())
+}
+
+/// The name a file of this source goes by (`_mirror.source`, the memo):
+/// its path under the root, after the root's label.
+pub fn labelled(spec: &SourceSpec, rel: &str) -> String {
+    rel_label(spec, rel)
 }
 
 fn rel_label(spec: &SourceSpec, rel: &str) -> String {
@@ -226,6 +251,29 @@ pub fn read_stable(path: &Path, limits: ReadLimits) -> Result<Option<FileBytes>,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_visit_names_the_files_discover_finds() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = Roots { data: tmp.path().join("data"), artifacts: tmp.path().join("artifacts") };
+        fs::create_dir_all(roots.artifacts.join("jobs")).unwrap();
+        for name in ["j1.json", "j2.json", "notes.txt"] {
+            fs::write(roots.artifacts.join("jobs").join(name), "{}").unwrap();
+        }
+        let layout = Layout::builtin();
+        for (i, spec) in layout.sources.iter().enumerate() {
+            let mut seen = Vec::new();
+            visit(&layout, &roots, i, &mut |rel| seen.push(labelled(spec, rel))).unwrap();
+            seen.sort();
+            let found: Vec<String> = discover(&layout, &roots, i).unwrap().iter().map(|f| f.rel.to_string()).collect();
+            assert_eq!(seen, found, "{}", spec.name);
+        }
+        let jobs = layout.sources.iter().position(|s| s.collection == "training_jobs").unwrap();
+        let mut seen = Vec::new();
+        visit(&layout, &roots, jobs, &mut |rel| seen.push(labelled(&layout.sources[jobs], rel))).unwrap();
+        seen.sort();
+        assert_eq!(seen, ["artifacts/jobs/j1.json", "artifacts/jobs/j2.json"]);
+    }
 
     #[test]
     fn a_file_time_is_nanoseconds_held_at_the_ends_of_64_bits() {

@@ -324,6 +324,44 @@ pub struct Proof<'a> {
     pub pending: &'a [(String, String)],
     /// Files that exist but have no memo: compared in full next time.
     pub others: &'a [String],
+    /// Large files' memos stored before the save ([`Stored`]).
+    pub stored: &'a [Stored],
+}
+
+/// A large file's memo that `sync` stored once its source was settled (see
+/// [`crate::reconcile::memo::Spill`]): its entry in the file list and its group.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub rel: Arc<str>,
+    pub file: FileEntry,
+    pub entry: GroupEntry,
+}
+
+/// Whether a file's memo is large enough for a group of its own, and its name.
+pub fn own_group(rel: &str, memo: &FileMemo) -> Option<String> {
+    (memo_codec::encoded_len(rel, memo) > BIG_FILE).then(|| format!("{OWN_GROUP}{rel}"))
+}
+
+/// Store one group of memos, a part at a time, unless the previous head
+/// names it with these very bytes; its entry for the head.
+pub async fn store_group(
+    sink: &Sink,
+    g: &str,
+    files: Vec<memo_codec::Snapshot>,
+    prev: Option<&Head>,
+) -> Result<GroupEntry, Fatal> {
+    // Encoding a million records to hash them is CPU work: off the async workers.
+    let (files, (hash, len)) = tokio::task::spawn_blocking(move || {
+        let hashed = group_hash(&files);
+        (files, hashed)
+    })
+    .await
+    .map_err(Fatal::task("checkpoint"))?;
+    let entry = GroupEntry { hash: hex(hash), parts: parts_for(g, len)? };
+    if prev.and_then(|p| p.groups.get(g)) != Some(&entry) {
+        write_group(sink, g, &files, entry.parts).await?;
+    }
+    Ok(entry)
 }
 
 /// Store a checkpoint: `memory`'s memo and the `proof`.
@@ -351,8 +389,7 @@ pub async fn save(
     {
         let memo = lock(memory)?;
         for (rel, m) in memo.iter() {
-            let big = memo_codec::encoded_len(rel, m) > BIG_FILE;
-            let group = if big { format!("{OWN_GROUP}{rel}") } else { bucket(rel) };
+            let group = own_group(rel, m).unwrap_or_else(|| bucket(rel));
             if !complete(&group) {
                 continue;
             }
@@ -386,18 +423,13 @@ pub async fn save(
             let memo = lock(memory)?;
             rels.iter().filter_map(|rel| Some(memo_codec::Snapshot::of(rel, memo.get(&**rel)?))).collect()
         };
-        // Encoding a million records to hash them is CPU work: off the async workers.
-        let (files, (hash, len)) = tokio::task::spawn_blocking(move || {
-            let hashed = group_hash(&files);
-            (files, hashed)
-        })
-        .await
-        .map_err(Fatal::task("checkpoint"))?;
-        let entry = GroupEntry { hash: hex(hash), parts: parts_for(&g, len)? };
-        if prev.as_ref().and_then(|p| p.groups.get(&g)) != Some(&entry) {
-            write_group(sink, &g, &files, entry.parts).await?;
-        }
+        let entry = store_group(sink, &g, files, prev.as_ref()).await?;
         entries.insert(g, entry);
+    }
+    // Large files' memos `sync` stored as their sources settled.
+    for s in proof.stored {
+        files.insert(s.rel.clone(), s.file.clone());
+        entries.insert(s.file.group.clone(), s.entry.clone());
     }
     if let Known::Groups { prev, .. } = &known {
         for (g, e) in &prev.groups {

@@ -164,6 +164,8 @@ pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
             }
             memo.recs.insert(h, id, uniques.iter().copied());
         }
+        // Stored in hash order: sealed as it is.
+        memo.recs.seal();
         out.push((rel, memo));
     }
     Ok(out)

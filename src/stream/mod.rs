@@ -15,6 +15,7 @@ pub mod drift;
 pub mod follow;
 pub mod memo_codec;
 pub mod proof;
+pub mod spill;
 pub mod tail;
 pub mod warm;
 

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use bson::Bson;
 use tokio_util::sync::CancellationToken;
 
-use super::checkpoint::{self, Head, Known, Proof};
+use super::checkpoint::{self, Head, Known, Proof, Stored};
 use super::proof::{changed_large_files, digests, file_of};
 use super::tail::Tail;
 use super::{drain, open, position, Events};
@@ -292,7 +292,15 @@ fn groups_to_load<'a>(
 /// now, past the run's own writes; what others wrote meanwhile is kept as
 /// `pending`, checked on the next start. Problems are logged, never fatal:
 /// without a checkpoint the next start is a full one.
-pub async fn save_after(engine: &Arc<Engine>, sink: &Sink, memory: &Memory, tail: Tail, from: &Bson, known: Known<'_>) {
+pub async fn save_after(
+    engine: &Arc<Engine>,
+    sink: &Sink,
+    memory: &Memory,
+    tail: Tail,
+    from: &Bson,
+    known: Known<'_>,
+    stored: Vec<Stored>,
+) {
     let caught = match tail.finish(sink).await {
         Ok(c) => Ok(c),
         Err(why) => {
@@ -302,7 +310,7 @@ pub async fn save_after(engine: &Arc<Engine>, sink: &Sink, memory: &Memory, tail
             catch_up(sink, from, &collections(engine)).await
         }
     };
-    if let Err(e) = try_save(engine, sink, memory, (from, caught), known, Vec::new()).await {
+    if let Err(e) = try_save(engine, sink, memory, (from, caught), known, (Vec::new(), &stored)).await {
         tracing::warn!(error = %e, "Cannot store the checkpoint; the next start reconciles in full");
     }
 }
@@ -318,7 +326,7 @@ async fn try_save(
     memory: &Memory,
     (from, caught): Caught<'_>,
     known: Known<'_>,
-    carry: Vec<(String, String)>,
+    (carry, stored): (Vec<(String, String)>, &[Stored]),
 ) -> Result<(), Fatal> {
     let (token, mut pending) = match caught {
         Ok(t) => t,
@@ -334,22 +342,30 @@ async fn try_save(
     pending.extend(memory.held_deletes());
     pending.sort();
     pending.dedup();
+    // Files on disk without a memo: listed name by name against the names
+    // the memo (and the memos stored early) have, not as a list of every file.
+    let named: HashSet<Arc<str>> = {
+        let memo = memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))?;
+        memo.keys().chain(stored.iter().map(|s| &s.rel)).cloned().collect()
+    };
     let e = engine.clone();
-    let files = tokio::task::spawn_blocking(move || {
-        (0..e.layout.sources.len())
-            .filter_map(|i| source::discover(&e.layout, &e.roots, i).ok())
-            .flatten()
-            .map(|f| f.rel)
-            .collect::<Vec<_>>()
+    let others = tokio::task::spawn_blocking(move || {
+        let mut others = Vec::new();
+        for (i, spec) in e.layout.sources.iter().enumerate() {
+            // (A folder that cannot be listed now: its files keep what the memo says.)
+            let _ = source::visit(&e.layout, &e.roots, i, &mut |rel| {
+                let rel = source::labelled(spec, rel);
+                if !named.contains(rel.as_str()) {
+                    others.push(rel);
+                }
+            });
+        }
+        others
     })
     .await
     .map_err(Fatal::task("discover"))?;
-    let others: Vec<String> = {
-        let memo = memory.memo.lock().map_err(|_| Fatal::Internal("the memo lock is poisoned".into()))?;
-        files.into_iter().filter(|r| !memo.contains_key(r)).map(|r| r.to_string()).collect()
-    };
     let database_id = crate::state::database_id(sink).await?;
-    let proof = Proof { database_id: &database_id, token: &token, pending: &pending, others: &others };
+    let proof = Proof { database_id: &database_id, token: &token, pending: &pending, others: &others, stored };
     checkpoint::save(sink, engine, memory, proof, known).await
 }
 
@@ -396,7 +412,7 @@ pub async fn run(
                 );
                 let w = *w;
                 let known = Known::Groups { prev: &w.head, loaded: &w.loaded };
-                save_after(engine, sink, memory, w.tail, &w.from, known).await;
+                save_after(engine, sink, memory, w.tail, &w.from, known, Vec::new()).await;
                 return Ok(w.summary);
             }
             Start::Cold(reason) => reason,
@@ -473,7 +489,7 @@ pub async fn save_on_stop(engine: &Arc<Engine>, sink: &Sink, memory: &Memory) ->
         return Ok(());
     }
     let caught = catch_up(sink, &head.token, &collections(engine)).await;
-    try_save(engine, sink, memory, (&head.token, caught), Known::All, head.pending.clone()).await
+    try_save(engine, sink, memory, (&head.token, caught), Known::All, (head.pending.clone(), &[])).await
 }
 
 /// watch's reconciles: a full one is a proof like the first, so it stores a
@@ -503,13 +519,23 @@ async fn prove(
 ) -> Result<Summary, Fatal> {
     let tail = from.as_ref().map(|f| Tail::start(sink, f.clone(), collections(engine), PENDING_LIMIT));
     let whole = matches!(scope, Scope::Full);
-    let summary = reconcile(Core { engine, target: sink, memory: Some(memory) }, scope, opts, cancel).await?;
+    // sync: large memos stored as their sources settle, not held to the end.
+    let spilling = (whole && memory.memo_only && tail.is_some()).then(|| super::spill::start(sink, memory));
+    let summary = reconcile(Core { engine, target: sink, memory: Some(memory) }, scope, opts, cancel).await;
+    let stored = match spilling {
+        Some(s) => s.finish(memory).await,
+        None => Ok(Vec::new()),
+    };
+    let summary = summary?;
     if whole {
         // A full reconcile leaves every file's memo.
         memory.partial.store(false, std::sync::atomic::Ordering::Relaxed);
     }
     if let (Some(from), Some(tail)) = (from, tail) {
-        save_after(engine, sink, memory, tail, &from, Known::All).await;
+        match stored {
+            Ok(stored) => save_after(engine, sink, memory, tail, &from, Known::All, stored).await,
+            Err(e) => tracing::warn!(error = %e, "Cannot store the checkpoint; the next start reconciles in full"),
+        }
     }
     Ok(summary)
 }
