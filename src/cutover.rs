@@ -111,7 +111,7 @@ fn newest_change(engine: &Engine) -> SystemTime {
     for i in 0..engine.layout.sources.len() {
         let files = crate::source::discover(&engine.layout, &engine.roots, i).unwrap_or_default();
         let folders = [engine.roots.data.clone(), engine.roots.artifacts.clone()];
-        for path in files.iter().map(|f| f.path.clone()).chain(folders) {
+        for path in files.iter().map(|f| f.path()).chain(folders) {
             if let Ok(t) = std::fs::metadata(&path).and_then(|m| m.modified()) {
                 newest = newest.max(t);
             }

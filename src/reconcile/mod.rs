@@ -362,7 +362,7 @@ mod tests {
     use crate::source::SourceFile;
 
     fn file(spec: usize, rel: &str) -> SourceFile {
-        SourceFile { spec, rel: rel.into(), path: rel.into() }
+        SourceFile::at(spec, rel, rel)
     }
 
     #[test]

@@ -26,10 +26,8 @@ pub struct Slot {
 #[derive(Debug, Default)]
 pub struct Recs {
     index: recs::Recs<Slot>,
-    /// The records' bytes, one after the other; shared with a checkpoint
-    /// save that encodes them without the memo's lock (an append while one
-    /// holds them copies them first). None until the first record.
-    bytes: Option<Arc<Vec<u8>>>,
+    /// The records' bytes, one after the other.
+    bytes: Chunks,
     /// The unique fields' names, by number.
     fields: Box<[Arc<str>]>,
     /// Bytes of records no entry points at any more (removed or replaced).
@@ -118,14 +116,8 @@ impl Recs {
         self.index.get(h).and_then(|s| self.rec(s))
     }
 
-    /// The records' bytes.
-    fn bytes(&self) -> &[u8] {
-        self.bytes.as_deref().map_or(&[], Vec::as_slice)
-    }
-
     fn rec<'a>(&'a self, slot: &'a Slot) -> Option<Rec<'a>> {
-        let at = usize::try_from(slot.at).ok()?;
-        let mut r = Cursor { bytes: self.bytes().get(at..)?, at: 0 };
+        let mut r = Cursor { bytes: self.bytes.at(slot.at)?, at: 0 };
         let id = r.str()?;
         Some(Rec { id, rest: r.bytes.get(r.at..)?, fields: &self.fields, seen: &slot.seen })
     }
@@ -137,21 +129,18 @@ impl Recs {
         let len = str_len(id)
             + varint_len(uniques.len())
             + uniques.iter().map(|(f, v)| varint_len(*f) + str_len(v)).sum::<usize>();
-        let Some(at) = u32::try_from(self.bytes().len())
-            .ok()
-            .filter(|a| u32::try_from(len).is_ok_and(|l| a.checked_add(l).is_some()))
-        else {
+        let write = |out: &mut Vec<u8>| {
+            put_str(out, id);
+            put_varint(out, uniques.len());
+            for (f, v) in &uniques {
+                put_varint(out, *f);
+                put_str(out, v);
+            }
+        };
+        let Some(at) = self.bytes.push(len, write) else {
             self.short = true;
             return false;
         };
-        let bytes = Arc::make_mut(self.bytes.get_or_insert_with(|| Arc::new(Vec::new())));
-        reserve(bytes, len);
-        put_str(bytes, id);
-        put_varint(bytes, uniques.len());
-        for (f, v) in &uniques {
-            put_varint(bytes, *f);
-            put_str(bytes, v);
-        }
         // (A bulk does not look: a file's same text twice is the same id twice,
         // and the scan lets only the first of them through.)
         if !self.index.is_bulk() {
@@ -176,8 +165,7 @@ impl Recs {
 
     /// The length of the record at `at`.
     fn len_at(&self, at: u32) -> usize {
-        let Ok(at) = usize::try_from(at) else { return 0 };
-        let Some(bytes) = self.bytes().get(at..) else { return 0 };
+        let Some(bytes) = self.bytes.at(at) else { return 0 };
         let mut r = Cursor { bytes, at: 0 };
         let ok = r.str().is_some() && {
             let n = r.varint().unwrap_or(0);
@@ -261,27 +249,27 @@ impl Recs {
     pub fn packed(&self) -> Packed {
         let mut at: Vec<(recs::Key, u32)> = self.index.iter().map(|(h, s)| (recs::Key::of(h), s.at)).collect();
         at.sort_unstable_by_key(|(k, _)| k.hash());
-        Packed { bytes: self.bytes.clone().unwrap_or_default(), fields: self.fields.clone(), at }
+        Packed { bytes: self.bytes.clone(), fields: self.fields.clone(), at }
     }
 
     /// Rewrite the bytes without the dead ones once they are most of them.
     fn compact_if_sparse(&mut self) {
-        if self.dead < 4096 || self.dead * 2 < self.bytes().len() {
+        if self.dead < 4096 || self.dead * 2 < self.bytes.len {
             return;
         }
-        let mut bytes = Vec::with_capacity(self.bytes().len().saturating_sub(self.dead));
+        let mut bytes = Chunks::default();
         let mut index = recs::Recs::with_capacity(self.index.len());
         for (h, slot) in self.index.iter() {
             let len = self.len_at(slot.at);
-            let Some(rec) = usize::try_from(slot.at).ok().and_then(|a| self.bytes().get(a..a.checked_add(len)?)) else {
+            let Some(rec) = self.bytes.at(slot.at).and_then(|b| b.get(..len)) else { continue };
+            let Some(at) = bytes.push(len, |out| out.extend_from_slice(rec)) else {
+                self.short = true;
                 continue;
             };
-            let Ok(at) = u32::try_from(bytes.len()) else { continue };
-            bytes.extend_from_slice(rec);
             index.insert(h, Slot { at, seen: AtomicU32::new(slot.seen.load(Ordering::Relaxed)) });
         }
         index.seal();
-        self.bytes = Some(Arc::new(bytes));
+        self.bytes = bytes;
         self.index = index;
         self.dead = 0;
     }
@@ -290,7 +278,7 @@ impl Recs {
 /// A file's memo held for encoding: its bytes shared, and where each record
 /// starts, sorted by hash.
 pub struct Packed {
-    bytes: Arc<Vec<u8>>,
+    bytes: Chunks,
     fields: Box<[Arc<str>]>,
     at: Vec<(recs::Key, u32)>,
 }
@@ -311,7 +299,7 @@ impl Packed {
     /// The `i`th record by hash.
     pub fn get(&self, i: usize) -> Option<(RawHash, Rec<'_>)> {
         let (k, at) = self.at.get(i)?;
-        let mut r = Cursor { bytes: self.bytes.get(usize::try_from(*at).ok()?..)?, at: 0 };
+        let mut r = Cursor { bytes: self.bytes.at(*at)?, at: 0 };
         let id = r.str()?;
         Some((k.hash(), Rec { id, rest: r.bytes.get(r.at..)?, fields: &self.fields, seen: &NEVER }))
     }
@@ -320,13 +308,53 @@ impl Packed {
 /// The mark of a record read from a [`Packed`] (never a scan's).
 static NEVER: AtomicU32 = AtomicU32::new(0);
 
-/// Grow a buffer by a quarter at a time, not double: a million users' memo
-/// is about 66 MB, which doubling could leave half empty.
-fn reserve(bytes: &mut Vec<u8>, more: usize) {
-    if bytes.capacity() - bytes.len() < more {
-        // A file of one record (a job's status file): exactly its bytes.
-        let want = (bytes.len() / 4).max(more);
-        bytes.reserve_exact(want);
+/// Records' bytes in chunks of at most 1 MiB (a record larger than that
+/// has one of its own): growing never copies what is there, where a 66 MB
+/// buffer grown by a quarter would for a moment exist twice. A record's
+/// place is its chunk (the high 12 bits) and its offset in it (the low 20).
+/// Chunks are shared with a checkpoint save that encodes them without the
+/// memo's lock; a chunk so shared is not written to again.
+#[derive(Debug, Clone, Default)]
+struct Chunks {
+    list: Vec<Arc<Vec<u8>>>,
+    /// Bytes written, in all chunks.
+    len: usize,
+}
+
+/// The low bits of a place: the offset in a chunk.
+const CHUNK_BITS: u32 = 20;
+const CHUNK: usize = 1 << CHUNK_BITS;
+/// Chunks at most (4 GiB of records).
+const MAX_CHUNKS: usize = 1 << (u32::BITS - CHUNK_BITS);
+
+impl Chunks {
+    /// The bytes from a place on, to the end of its chunk.
+    fn at(&self, at: u32) -> Option<&[u8]> {
+        let chunk = self.list.get(usize::try_from(at >> CHUNK_BITS).ok()?)?;
+        chunk.get(usize::try_from(at & ((1 << CHUNK_BITS) - 1)).ok()?..)
+    }
+
+    /// Write a record of `len` bytes; its place (`None` past [`MAX_CHUNKS`]).
+    fn push(&mut self, len: usize, write: impl FnOnce(&mut Vec<u8>)) -> Option<u32> {
+        let room = self
+            .list
+            .last_mut()
+            .and_then(Arc::get_mut)
+            .is_some_and(|c| c.len() < CHUNK && c.capacity() - c.len() >= len);
+        if !room {
+            if self.list.len() >= MAX_CHUNKS {
+                return None;
+            }
+            // The first chunk is the first record's size (a job's status
+            // file: one record), then each as large as all before, to 1 MiB.
+            self.list.push(Arc::new(Vec::with_capacity(len.max(self.len.min(CHUNK)))));
+        }
+        let index = self.list.len().checked_sub(1)?;
+        let chunk = self.list.last_mut().and_then(Arc::get_mut)?;
+        let offset = chunk.len();
+        write(chunk);
+        self.len += chunk.len() - offset;
+        u32::try_from(index << CHUNK_BITS | offset).ok()
     }
 }
 
@@ -423,11 +451,11 @@ mod tests {
         }
         assert_eq!(got(&recs), model);
         // Most removed: the bytes are compacted, and what is left reads the same.
-        let before = recs.bytes().len();
+        let before = recs.bytes.len;
         for i in 0..2500u128 {
             assert_eq!(recs.remove(&i), model.remove(&i).is_some());
         }
-        assert!(!recs.remove(&1) && recs.bytes().len() < before / 2, "{} of {before}", recs.bytes().len());
+        assert!(!recs.remove(&1) && recs.bytes.len < before / 2, "{} of {before}", recs.bytes.len);
         assert_eq!(got(&recs), model);
         recs.retain(|h, r| h % 2 == 0 || r.id().ends_with('é'));
         model.retain(|h, (id, _)| h % 2 == 0 || id.ends_with('é'));
@@ -468,6 +496,46 @@ mod tests {
         recs.insert(h, "changed", []);
         model.insert(h, ("changed".into(), vec![]));
         assert_eq!(got(&recs), model);
+    }
+
+    #[test]
+    fn records_fill_chunks_without_moving_and_a_chunk_a_save_holds_is_not_written_again() {
+        let mut recs = Recs::bulk();
+        let id = |i: u128| format!("user-{i:08}-{}", "x".repeat(usize::try_from(i % 40).unwrap()));
+        for i in 0..40_000u128 {
+            recs.insert(i, &id(i), [("email", "e@x.io")]);
+        }
+        let huge = "h".repeat(CHUNK + 10);
+        recs.insert(1 << 100, &huge, []);
+        recs.seal();
+        let chunks = &recs.bytes.list;
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        // Every chunk within 1 MiB but the one of the record larger than that.
+        assert!(
+            chunks.iter().all(|c| c.len() <= CHUNK || c.len() == str_len(&huge) + 1),
+            "{:?}",
+            chunks.iter().map(|c| c.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(recs.get(&(1 << 100)).map(|r| r.id().len()), Some(huge.len()));
+        // A save holds the chunks: a record added now goes to a new chunk,
+        // and what the save holds reads as it was.
+        let saved = recs.packed();
+        let before: Vec<(*const u8, usize)> = recs.bytes.list.iter().map(|c| (c.as_ptr(), c.len())).collect();
+        recs.insert(7 << 64, "after", []);
+        let after: Vec<(*const u8, usize)> = recs.bytes.list.iter().map(|c| (c.as_ptr(), c.len())).collect();
+        assert_eq!(&after[..before.len()], &before[..], "no chunk moved or grew");
+        assert_eq!(after.len(), before.len() + 1);
+        for i in (0..40_000u128).step_by(997) {
+            assert_eq!(recs.get(&i).map(|r| r.id().to_string()), Some(id(i)));
+        }
+        assert_eq!(recs.get(&(7 << 64)).map(|r| r.id()), Some("after"));
+        assert_eq!(saved.len(), 40_001);
+        let (h, r) = saved.get(0).unwrap();
+        assert_eq!((h, r.id().to_string()), (0, id(0)));
+        // A file of one record: its chunk is exactly its bytes.
+        let mut one = Recs::bulk();
+        one.insert(1, "job_20240908_121002_c3f43a", []);
+        assert_eq!(one.bytes.list[0].capacity(), str_len("job_20240908_121002_c3f43a") + 1);
     }
 
     #[test]

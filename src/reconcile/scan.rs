@@ -185,7 +185,7 @@ impl Pass<'_> {
         self.spec.shape == crate::layout::Shape::Array
             && !self.use_hits
             && self.memory.is_none_or(|m| m.read.lock().is_ok_and(|r| !r.contains_key(&*file.rel)))
-            && std::fs::metadata(&file.path).is_ok_and(|m| source::stream::worth_it(m.len(), limits))
+            && std::fs::metadata(file.path()).is_ok_and(|m| source::stream::worth_it(m.len(), limits))
     }
 
     /// One large array file, checked whole and then read record by record
@@ -197,7 +197,7 @@ impl Pass<'_> {
         out: &mut Scanned,
         emit: &mut Option<Emit<'_>>,
     ) -> bool {
-        let mut streamed = match source::stream::open(&file.path, self.engine.limits) {
+        let mut streamed = match source::stream::open(&file.path(), self.engine.limits) {
             Ok(Some(s)) => s,
             Ok(None) => {
                 out.files += 1;
@@ -310,7 +310,7 @@ impl Pass<'_> {
 fn read_file(memory: Option<&Memory>, file: &SourceFile, limits: source::ReadLimits) -> Read {
     match memory.and_then(|m| m.take_read(&file.rel)) {
         Some(bytes) => Ok(Some(bytes)),
-        None => source::read_stable(&file.path, limits),
+        None => source::read_stable(&file.path(), limits),
     }
 }
 

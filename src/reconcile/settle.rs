@@ -327,7 +327,7 @@ mod tests {
         let layout = Layout::builtin();
         let memory = Memory::default();
         let (users, users_spec) = spec_of(&layout, "users");
-        let users_file = SourceFile { spec: users, rel: "data/users.json".into(), path: "/p/data/users.json".into() };
+        let users_file = SourceFile::at(users, "data/users.json", "/p/data/users.json");
         {
             let mut memo = memory.memo.lock().unwrap();
             memo.insert("data/users.json".into(), FileMemo { digest: Some(7), stamp: None, recs: Default::default() });

@@ -49,8 +49,27 @@ pub struct SourceFile {
     /// Shared: every table a run keeps per file (the memo, the digests, the
     /// files read) holds this one copy of it.
     pub rel: Arc<str>,
+    /// Where it is on disk: its root (shared by the source's files), then
+    /// `rel` past its first `skip` bytes (the root's label and a slash). A
+    /// folder of 200,000 job files keeps no path of each until it is read.
+    root: Arc<Path>,
+    skip: usize,
+}
+
+impl SourceFile {
     /// Where it is on disk.
-    pub path: PathBuf,
+    pub fn path(&self) -> PathBuf {
+        match self.rel.get(self.skip..) {
+            Some(rest) if !rest.is_empty() => self.root.join(rest),
+            _ => self.root.to_path_buf(),
+        }
+    }
+
+    /// A file of source `spec` named `rel` at `path` (tests).
+    #[cfg(test)]
+    pub fn at(spec: usize, rel: &str, path: &str) -> SourceFile {
+        SourceFile { spec, rel: Arc::from(rel), root: Arc::from(Path::new(path)), skip: rel.len() }
+    }
 }
 
 /// Limits applied while reading.
@@ -138,8 +157,9 @@ pub struct FileBytes {
 pub fn discover(layout: &Layout, roots: &Roots, spec_idx: usize) -> Result<Vec<SourceFile>, (String, FileProblem)> {
     let spec = &layout.sources[spec_idx];
     let root = roots.dir(spec.root);
+    let root: Arc<Path> = Arc::from(root);
     let mut files = Vec::new();
-    visit(layout, roots, spec_idx, &mut |rel| files.push(source_file(spec_idx, spec, root, rel)))?;
+    visit(layout, roots, spec_idx, &mut |rel| files.push(file_in(spec_idx, spec, &root, rel)))?;
     files.sort();
     Ok(files)
 }
@@ -200,11 +220,14 @@ fn rel_label(spec: &SourceSpec, rel: &str) -> String {
 
 /// The [`SourceFile`] for a path relative to the source's root.
 pub fn source_file(spec_idx: usize, spec: &SourceSpec, root: &Path, rel: &str) -> SourceFile {
-    // Sized to the path: a join grows the root's buffer by doubling, and a
-    // folder of 200,000 job files keeps every path until it is read.
-    let mut path = root.join(rel);
-    path.shrink_to_fit();
-    SourceFile { spec: spec_idx, rel: Arc::from(rel_label(spec, rel)), path }
+    file_in(spec_idx, spec, &Arc::from(root), rel)
+}
+
+/// The same, under a root the source's files share.
+fn file_in(spec_idx: usize, spec: &SourceSpec, root: &Arc<Path>, rel: &str) -> SourceFile {
+    let labelled = rel_label(spec, rel);
+    let skip = labelled.len() - rel.len();
+    SourceFile { spec: spec_idx, rel: Arc::from(labelled), root: root.clone(), skip }
 }
 
 /// Read a whole file, retrying while it changes under us. `Ok(None)` when it
@@ -273,6 +296,12 @@ mod tests {
         visit(&layout, &roots, jobs, &mut |rel| seen.push(labelled(&layout.sources[jobs], rel))).unwrap();
         seen.sort();
         assert_eq!(seen, ["artifacts/jobs/j1.json", "artifacts/jobs/j2.json"]);
+        // Each file's path is its root's, then its name under the root; the root is one, shared.
+        let files = discover(&layout, &roots, jobs).unwrap();
+        assert_eq!(files[1].path(), roots.artifacts.join("jobs/j2.json"));
+        assert!(Arc::ptr_eq(&files[0].root, &files[1].root));
+        let users = layout.sources.iter().position(|s| s.collection == "users").unwrap();
+        assert_eq!(discover(&layout, &roots, users).unwrap()[0].path(), roots.data.join("users.json"));
     }
 
     #[test]

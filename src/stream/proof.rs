@@ -20,7 +20,7 @@ pub fn changed_large_files(engine: &Engine, head: &Head) -> HashSet<String> {
         if !source::fstype::stamps_prove(engine.roots.dir(engine.layout.sources[file.spec].root)) {
             continue;
         }
-        let now = std::fs::metadata(&file.path).ok().map(|m| source::Stamp::of(&m));
+        let now = std::fs::metadata(file.path()).ok().map(|m| source::Stamp::of(&m));
         if now != Some(stamp) {
             out.insert(entry.group.clone());
         }
@@ -58,7 +58,7 @@ pub fn digests(engine: &Engine, recorded: &BTreeMap<String, FileEntry>) -> Resul
     let local: Vec<bool> =
         engine.layout.sources.iter().map(|s| source::fstype::stamps_prove(engine.roots.dir(s.root))).collect();
     let proven = |f: &SourceFile| {
-        let now = || std::fs::metadata(&f.path).ok().map(|m| (m.is_file(), source::Stamp::of(&m)));
+        let now = || std::fs::metadata(f.path()).ok().map(|m| (m.is_file(), source::Stamp::of(&m)));
         let stamped = recorded.get(&*f.rel).and_then(|e| Some((e.stamp?, e.digest?)));
         stamp_proof(stamped.as_ref(), local.get(f.spec) == Some(&true), now)
     };
@@ -66,7 +66,7 @@ pub fn digests(engine: &Engine, recorded: &BTreeMap<String, FileEntry>) -> Resul
         if let Some((d, stamp)) = proven(f) {
             return Some((Some(d), Some(stamp), true, None));
         }
-        match source::read_stable(&f.path, engine.limits) {
+        match source::read_stable(&f.path(), engine.limits) {
             Ok(None) => None,
             Ok(Some(read)) => {
                 let d = xxhash_rust::xxh3::xxh3_128(&read.bytes);

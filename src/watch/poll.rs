@@ -82,8 +82,8 @@ impl Poller {
             // A folder that cannot be listed is seen as empty; its files reappear when it can.
             let files = source::discover(&tree.layout, &tree.roots, i).unwrap_or_default();
             for f in files {
-                let stamp = std::fs::metadata(&f.path).ok().map(|m| Stamp::of(&m));
-                now.insert(f.path.clone(), (f, stamp));
+                let stamp = std::fs::metadata(f.path()).ok().map(|m| Stamp::of(&m));
+                now.insert(f.path(), (f, stamp));
             }
         }
         let mut hints = Vec::new();

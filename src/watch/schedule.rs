@@ -225,7 +225,6 @@ impl Schedule {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
 
@@ -236,11 +235,7 @@ mod tests {
     }
 
     fn file(name: &str) -> SourceFile {
-        SourceFile {
-            spec: 2,
-            rel: std::sync::Arc::from(format!("artifacts/jobs/{name}")),
-            path: PathBuf::from(format!("/p/jobs/{name}")),
-        }
+        SourceFile::at(2, &format!("artifacts/jobs/{name}"), &format!("/p/jobs/{name}"))
     }
 
     fn files(b: &Option<Batch>) -> Vec<String> {
