@@ -130,6 +130,25 @@ impl Firsts {
         }
     }
 
+    /// Room for `n` more records, each with these unique fields: a file
+    /// counted before it is read (a million users) sizes the tables once,
+    /// instead of growing them, old and new table side by side, as it is read.
+    pub(super) fn reserve(&mut self, n: usize, fields: &[Arc<str>]) {
+        self.by_id.reserve(n);
+        for field in fields {
+            match self.field_at(field) {
+                Some(at) => {
+                    if let Some((_, m)) = self.by_unique.get_mut(at) {
+                        m.reserve(n);
+                    }
+                }
+                None => self
+                    .by_unique
+                    .push((field.clone(), FirstUse::with_capacity_and_hasher(n, BuildRawHasher::default()))),
+            }
+        }
+    }
+
     /// The scan is over: only the ids are needed from here on.
     pub(super) fn done(&mut self) {
         self.by_unique = Vec::new();
@@ -213,6 +232,24 @@ mod tests {
         assert!(firsts.clash("u3", u(&again)).is_none() && firsts.has("u2"));
         assert_eq!(firsts.source_of("u2").map(|r| &**r), Some("data/users.json"));
         assert!(firsts.source_of("u9").is_none());
+    }
+
+    #[test]
+    fn tables_sized_for_a_counted_file_do_not_grow_as_it_is_read() {
+        let mut firsts = Firsts::default();
+        let email: Arc<str> = Arc::from("email");
+        firsts.reserve(5000, std::slice::from_ref(&email));
+        let capacity = (firsts.by_id.capacity(), firsts.by_unique[0].1.capacity());
+        assert!(capacity.0 >= 5000 && capacity.1 >= 5000, "{capacity:?}");
+        let file = firsts.file(&Arc::from("data/users.json"));
+        for i in 0..5000 {
+            let (id, value) = (format!("u{i}"), format!("u{i}@x.io"));
+            let pairs = [(email.clone(), value.as_str())];
+            assert!(firsts.clash(&id, u(&pairs)).is_none());
+            firsts.claim(&id, u(&pairs), file, Some(i));
+        }
+        assert_eq!((firsts.by_id.capacity(), firsts.by_unique[0].1.capacity()), capacity);
+        assert_eq!(firsts.by_unique.len(), 1, "the field's table is the one reserved");
     }
 
     #[test]

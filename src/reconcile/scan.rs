@@ -211,7 +211,8 @@ impl Pass<'_> {
                 return self.refuse(file, problem, out);
             }
         };
-        tracing::debug!(file = %file.rel, "Reading a large file in a stream (checked whole first)");
+        tracing::debug!(file = %file.rel, records = streamed.count, "Reading a large file in a stream (checked whole first)");
+        self.firsts.reserve(streamed.count, &self.unique_fields);
         out.files += 1;
         out.read_ok.insert(file.rel.clone());
         let known = texts.get().and_then(|t| t.get(&file.rel));

@@ -52,6 +52,8 @@ pub struct Streamed {
     /// The hash of the whole file (as [`super::read_stable`]'s bytes would give).
     pub digest: u128,
     pub stamp: Stamp,
+    /// Its records, as the first pass counted them (a scan sizes its tables once).
+    pub count: usize,
     began: std::time::SystemTime,
 }
 
@@ -121,9 +123,9 @@ pub fn open(path: &Path, limits: ReadLimits) -> Result<Option<Streamed>, Option<
         let checked = check(&file).map_err(|e| e.map(io))?;
         let after = Stamp::of(&file.metadata().map_err(|e| Some(io(e)))?);
         if after == stamp {
-            let (digest, len) = checked.ok_or(None)?;
+            let (digest, len, count) = checked.ok_or(None)?;
             if len == stamp.len {
-                return Ok(Some(Streamed { file, digest, stamp, began }));
+                return Ok(Some(Streamed { file, digest, stamp, count, began }));
             }
         }
         if attempt + 1 < ATTEMPTS {
@@ -134,8 +136,9 @@ pub fn open(path: &Path, limits: ReadLimits) -> Result<Option<Streamed>, Option<
 }
 
 /// Hash, and check as UTF-8 JSON with an array at the top: the file's
-/// digest and length, or `None` (read it whole); `Err` where it cannot be read.
-fn check(file: &fs::File) -> Result<Option<(u128, u64)>, Option<std::io::Error>> {
+/// digest, length and number of records, or `None` (read it whole); `Err`
+/// where it cannot be read.
+fn check(file: &fs::File) -> Result<Option<(u128, u64, usize)>, Option<std::io::Error>> {
     use std::io::BufRead;
     const BOM: &[u8] = b"\xEF\xBB\xBF";
     let mut buffered = BufReader::with_capacity(BUF, file);
@@ -155,15 +158,18 @@ fn check(file: &fs::File) -> Result<Option<(u128, u64)>, Option<std::io::Error>>
         reader.inner.consume(BOM.len());
     }
     let mut de = serde_json::Deserializer::from_reader(&mut reader);
-    let parsed = serde::Deserializer::deserialize_seq(&mut de, Skip).and_then(|()| de.end());
+    let parsed = serde::Deserializer::deserialize_seq(&mut de, Skip).and_then(|n| de.end().map(|()| n));
     drop(de);
-    if let Err(e) = parsed {
-        return match e.io_error_kind() {
-            Some(_) => Err(None),
-            None => Ok(None),
-        };
-    }
-    Ok((reader.utf8 && reader.carry.is_empty()).then(|| (reader.hash.digest128(), reader.len)))
+    let count = match parsed {
+        Ok(n) => n,
+        Err(e) => {
+            return match e.io_error_kind() {
+                Some(_) => Err(None),
+                None => Ok(None),
+            }
+        }
+    };
+    Ok((reader.utf8 && reader.carry.is_empty()).then(|| (reader.hash.digest128(), reader.len, count)))
 }
 
 fn skip_bom(reader: &mut impl std::io::BufRead) -> Result<(), FileProblem> {
@@ -218,17 +224,20 @@ impl<R: Read> Read for Checked<R> {
     }
 }
 
-/// Every element of the top-level array, skipped.
+/// Every element of the top-level array, skipped and counted.
 struct Skip;
 
 impl<'de> Visitor<'de> for Skip {
-    type Value = ();
+    type Value = usize;
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("an array of records")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(())
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut n = 0;
+        while seq.next_element::<IgnoredAny>()?.is_some() {
+            n += 1;
+        }
+        Ok(n)
     }
 }
 
@@ -291,6 +300,7 @@ mod tests {
         })
         .unwrap();
         assert!(!s.changed());
+        assert_eq!(s.count, texts.len(), "the first pass counts the records the second reads");
         Some(texts)
     }
 

@@ -177,23 +177,28 @@ pub fn decode_files(bytes: &[u8]) -> Result<Vec<(String, FileMemo)>, String> {
 pub fn encode_entries<K: AsRef<str>>(files: &std::collections::BTreeMap<K, FileEntry>) -> Vec<u8> {
     // Sized once, exactly: 200,000 job files' list is about 27 MB, which
     // grown by doubling would for a moment exist twice.
-    let len: usize = files
-        .iter()
-        .map(|(rel, f)| {
-            let digest = 1 + f.digest.map_or(0, |_| 16);
-            let stamp = 1 + f.stamp.map_or(0, |_| 8 + 16 + 16 + 8 + 8);
-            str_len(rel.as_ref()) + digest + stamp + str_len(&f.group) + 8
-        })
-        .sum();
+    let len: usize = files.iter().map(|(rel, f)| entry_len(rel.as_ref(), f)).sum();
     let mut out = Vec::with_capacity(len);
     for (rel, f) in files {
-        put_str(&mut out, rel.as_ref());
-        put_digest(&mut out, f.digest);
-        put_stamp(&mut out, f.stamp);
-        put_str(&mut out, &f.group);
-        out.extend_from_slice(&f.records.to_le_bytes());
+        encode_entry(&mut out, rel.as_ref(), f);
     }
     out
+}
+
+/// One file's entry in the list [`encode_entries`] packs.
+pub fn encode_entry(out: &mut Vec<u8>, rel: &str, f: &FileEntry) {
+    put_str(out, rel);
+    put_digest(out, f.digest);
+    put_stamp(out, f.stamp);
+    put_str(out, &f.group);
+    out.extend_from_slice(&f.records.to_le_bytes());
+}
+
+/// How many bytes [`encode_entry`] writes.
+fn entry_len(rel: &str, f: &FileEntry) -> usize {
+    let digest = 1 + f.digest.map_or(0, |_| 16);
+    let stamp = 1 + f.stamp.map_or(0, |_| 8 + 16 + 16 + 8 + 8);
+    str_len(rel) + digest + stamp + str_len(&f.group) + 8
 }
 
 /// The file list [`encode_entries`] packed.
