@@ -224,24 +224,44 @@ fn list_hash(files: &BTreeMap<Arc<str>, FileEntry>) -> (u128, usize) {
 
 /// The file list's parts, encoded as they are written (`parts` from [`list_hash`]'s length).
 async fn write_list(sink: &Sink, g: &str, files: &BTreeMap<Arc<str>, FileEntry>, parts: u32) -> Result<(), Fatal> {
-    let (mut buf, mut written) = (Vec::with_capacity(2 * PART_BYTES), 0);
-    for (rel, f) in files {
-        memo_codec::encode_entry(&mut buf, rel, f);
-        while buf.len() >= PART_BYTES {
-            let part: Vec<u8> = buf.drain(..PART_BYTES).collect();
-            write_part(sink, g, written, part).await?;
-            written += 1;
-        }
-    }
-    // The rest (and the one part of an empty list).
-    if !buf.is_empty() || written == 0 {
-        write_part(sink, g, written, buf).await?;
+    let mut written = 0;
+    for part in ListParts::new(files) {
+        write_part(sink, g, written, part).await?;
         written += 1;
     }
     if written != parts {
         return Err(Fatal::Internal(format!("checkpoint list {g} came out in {written} parts, not {parts}")));
     }
     Ok(())
+}
+
+/// The file list in parts of [`PART_BYTES`] (the last one shorter; an empty
+/// list is one empty part), encoded as they are asked for.
+struct ListParts<'a> {
+    files: std::collections::btree_map::Iter<'a, Arc<str>, FileEntry>,
+    buf: Vec<u8>,
+    given: usize,
+}
+
+impl<'a> ListParts<'a> {
+    fn new(files: &'a BTreeMap<Arc<str>, FileEntry>) -> ListParts<'a> {
+        ListParts { files: files.iter(), buf: Vec::with_capacity(2 * PART_BYTES), given: 0 }
+    }
+}
+
+impl Iterator for ListParts<'_> {
+    type Item = Vec<u8>;
+    fn next(&mut self) -> Option<Vec<u8>> {
+        while self.buf.len() < PART_BYTES {
+            let Some((rel, f)) = self.files.next() else { break };
+            memo_codec::encode_entry(&mut self.buf, rel, f);
+        }
+        if self.buf.is_empty() && self.given > 0 {
+            return None;
+        }
+        self.given += 1;
+        Some(self.buf.drain(..self.buf.len().min(PART_BYTES)).collect())
+    }
 }
 
 /// How many parts hold `len` bytes.
@@ -546,5 +566,26 @@ mod tests {
         let whole = memo_codec::encode_entries(&files);
         assert_eq!(list_hash(&files), (xxhash_rust::xxh3::xxh3_128(&whole), whole.len()));
         assert!(whole.len() > 100_000, "{}", whole.len());
+    }
+
+    #[test]
+    fn a_list_comes_in_whole_parts_of_a_megabyte_that_join_up_to_it() {
+        let none: BTreeMap<Arc<str>, FileEntry> = BTreeMap::new();
+        assert_eq!(ListParts::new(&none).collect::<Vec<_>>(), vec![Vec::<u8>::new()], "one empty part");
+        let mut files: BTreeMap<Arc<str>, FileEntry> = BTreeMap::new();
+        for i in 0..40_000u64 {
+            let entry =
+                FileEntry { digest: Some(u128::from(i)), stamp: None, group: bucket(&i.to_string()), records: 1 };
+            files.insert(
+                Arc::from(format!("artifacts/jobs/job_{i:06}_{}.json", "x".repeat(usize::try_from(i % 7).unwrap()))),
+                entry,
+            );
+        }
+        let whole = memo_codec::encode_entries(&files);
+        let parts: Vec<Vec<u8>> = ListParts::new(&files).collect();
+        assert!(parts.len() >= 2, "{} bytes in {} parts", whole.len(), parts.len());
+        assert_eq!(u32::try_from(parts.len()).unwrap(), parts_for("files", whole.len()).unwrap());
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.len() == PART_BYTES));
+        assert_eq!(parts.concat(), whole);
     }
 }
