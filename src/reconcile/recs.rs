@@ -11,21 +11,27 @@ pub type RawHash = u128;
 /// Entries kept in a list at most (found by comparing each hash).
 const FEW: usize = 8;
 
+/// Changes a sealed list takes in place (each moves the entries after it:
+/// a few milliseconds at a million) before it becomes a table.
+const EDITS: u16 = 32;
+
 /// A file's memo entries, by raw-text hash. Most files hold one record (a
 /// job's status file): a handful are kept in a list sized to them (one entry
 /// is 32 bytes, where the smallest hash table is 160). A file mapped or
 /// loaded whole is built as a list sorted by hash once [`Recs::seal`]ed
-/// (24 bytes an entry, looked up by binary search); a table (about twice
-/// that: its size is a power of two) only once such a list is changed (watch,
-/// after the file changed). The hash is kept as two 64-bit halves ([`Key`]):
+/// (24 bytes an entry, found from where the hash's share says); a table
+/// (about twice that: its size is a power of two) only once such a list has
+/// been changed more than [`EDITS`] times (watch, after the file changed). The hash is kept as two 64-bit halves ([`Key`]):
 /// an entry is then 24 bytes, not 32 (a 128-bit number is aligned to 16).
 #[derive(Debug)]
 pub enum Recs<V> {
     Few(Vec<(Key, V)>),
-    /// Built in bulk: in the order given until sealed, then sorted by hash.
+    /// Built in bulk: in the order given until sealed, then sorted by hash
+    /// (and changed in place up to [`EDITS`] times: `edits`).
     Sorted {
         list: Vec<(Key, V)>,
         sealed: bool,
+        edits: u16,
     },
     Many(HashMap<Key, V, BuildRawHasher>),
 }
@@ -77,13 +83,13 @@ impl<V> Recs<V> {
         if n <= FEW {
             Recs::Few(Vec::with_capacity(n))
         } else {
-            Recs::Sorted { list: Vec::with_capacity(n), sealed: false }
+            Recs::Sorted { list: Vec::with_capacity(n), sealed: false, edits: 0 }
         }
     }
 
     /// Entries to come in bulk, added as they come until [`Recs::seal`].
     pub fn bulk() -> Recs<V> {
-        Recs::Sorted { list: Vec::new(), sealed: false }
+        Recs::Sorted { list: Vec::new(), sealed: false, edits: 0 }
     }
 
     /// Being built in bulk: entries are added without looking for the same hash.
@@ -114,16 +120,15 @@ impl<V> Recs<V> {
     /// The bulk is in: sort it by hash (of entries given twice, the last
     /// stays) and size it to its entries. A few go back to a plain list.
     pub fn seal(&mut self) {
-        let Recs::Sorted { list, sealed } = self else { return };
-        if !*sealed {
-            if !list.is_sorted_by(|a, b| a.0 < b.0) {
-                // Stable, after a reversal: of equal hashes the last given comes first and stays.
-                list.reverse();
-                list.sort_by_key(|(k, _)| *k);
-                list.dedup_by(|a, b| a.0 == b.0);
-            }
-            *sealed = true;
+        // (A list sealed already keeps what room its changes in place have.)
+        let Recs::Sorted { list, sealed: sealed @ false, .. } = self else { return };
+        if !list.is_sorted_by(|a, b| a.0 < b.0) {
+            // Stable, after a reversal: of equal hashes the last given comes first and stays.
+            list.reverse();
+            list.sort_by_key(|(k, _)| *k);
+            list.dedup_by(|a, b| a.0 == b.0);
         }
+        *sealed = true;
         if list.len() <= FEW {
             *self = Recs::Few(std::mem::take(list));
         }
@@ -136,15 +141,31 @@ impl<V> Recs<V> {
         let k = Key::of(*h);
         match self {
             Recs::Few(v) => v.iter().find(|(x, _)| *x == k).map(|(_, r)| r),
-            Recs::Sorted { list, sealed: true } => find(list, k).ok().and_then(|i| list.get(i)).map(|(_, r)| r),
-            Recs::Sorted { list, sealed: false } => list.iter().rev().find(|(x, _)| *x == k).map(|(_, r)| r),
+            Recs::Sorted { list, sealed: true, .. } => find(list, k).ok().and_then(|i| list.get(i)).map(|(_, r)| r),
+            Recs::Sorted { list, sealed: false, .. } => list.iter().rev().find(|(x, _)| *x == k).map(|(_, r)| r),
             Recs::Many(m) => m.get(&k),
         }
     }
 
-    /// A sealed list that is changed becomes a table (or a plain list, when short).
+    /// A sealed list that can take one more change in place, with room
+    /// made for the changes left (a sealed list is sized to its entries, and
+    /// a list that grows doubles).
+    fn in_place(&mut self) -> Option<&mut Vec<(Key, V)>> {
+        match self {
+            Recs::Sorted { list, sealed: true, edits } if *edits < EDITS => {
+                if list.capacity() == list.len() {
+                    list.reserve_exact(usize::from(EDITS - *edits));
+                }
+                *edits += 1;
+                Some(list)
+            }
+            _ => None,
+        }
+    }
+
+    /// A sealed list that is changed past [`EDITS`] times becomes a table (or a plain list, when short).
     fn loosen(&mut self) {
-        if let Recs::Sorted { list, sealed: true } = self {
+        if let Recs::Sorted { list, sealed: true, .. } = self {
             let list = std::mem::take(list);
             *self = if list.len() <= FEW {
                 Recs::Few(list)
@@ -159,6 +180,17 @@ impl<V> Recs<V> {
     /// Add or replace an entry (in bulk: add); a list that would pass [`FEW`] becomes a table.
     pub fn insert(&mut self, h: RawHash, rec: V) {
         let k = Key::of(h);
+        if let Some(list) = self.in_place() {
+            match find(list, k) {
+                Ok(i) => {
+                    if let Some(e) = list.get_mut(i) {
+                        e.1 = rec;
+                    }
+                }
+                Err(i) => list.insert(i, (k, rec)),
+            }
+            return;
+        }
         self.loosen();
         if let Recs::Few(v) = self {
             if let Some(slot) = v.iter_mut().find(|(x, _)| *x == k) {
@@ -178,11 +210,14 @@ impl<V> Recs<V> {
 
     pub fn remove(&mut self, h: &RawHash) -> Option<V> {
         let k = Key::of(*h);
-        if let Recs::Sorted { list, sealed: false } = self {
+        if let Recs::Sorted { list, sealed: false, .. } = self {
             // (Not while a bulk comes in: sealed first.)
             if list.iter().any(|(x, _)| *x == k) {
                 self.seal();
             }
+        }
+        if let Some(list) = self.in_place() {
+            return find(list, k).ok().map(|i| list.remove(i).1);
         }
         self.loosen();
         match self {
@@ -198,6 +233,11 @@ impl<V> Recs<V> {
     /// Room for `n` more (a table once a list would pass [`FEW`]; a bulk
     /// grows by a quarter, not double: a million entries are 24 MB).
     pub fn reserve(&mut self, n: usize) {
+        if let Recs::Sorted { sealed: true, edits, .. } = self {
+            if usize::from(*edits) + n <= usize::from(EDITS) {
+                return; // (changed in place)
+            }
+        }
         self.loosen();
         match self {
             Recs::Few(v) if v.len() + n <= FEW => v.reserve_exact(n),
@@ -402,7 +442,7 @@ mod tests {
         assert_eq!(recs.get(&hashes[3]).map(String::as_str), Some("last"), "found before it is sealed too");
         recs.seal();
         assert!(
-            matches!(&recs, Recs::Sorted { list, sealed: true } if list.len() == model.len() && list.capacity() == list.len())
+            matches!(&recs, Recs::Sorted { list, sealed: true, .. } if list.len() == model.len() && list.capacity() == list.len())
         );
         let keys: Vec<RawHash> = recs.keys().collect();
         assert!(keys.windows(2).all(|w| w[0] < w[1]), "sorted by hash");
@@ -415,12 +455,32 @@ mod tests {
         model.retain(|h, _| h % 3 != 0);
         assert!(matches!(&recs, Recs::Sorted { sealed: true, .. }));
         assert!(model.iter().all(|(h, r)| recs.get(h) == Some(r)));
-        // Changed: a table, with the same entries.
-        let gone = *model.keys().next().unwrap();
-        assert_eq!(recs.remove(&gone), model.remove(&gone));
-        assert!(matches!(&recs, Recs::Many(_)));
-        recs.insert(5, "new".into());
-        model.insert(5, "new".into());
+        // Changed a few times: in place, still sorted, still found; past
+        // EDITS changes, a table with the same entries.
+        let mut changes = 0;
+        let Recs::Sorted { list, .. } = &recs else { panic!("sealed") };
+        let room = list.capacity().max(list.len() + usize::from(EDITS));
+        for (i, gone) in model.keys().copied().take(usize::from(EDITS) / 2).collect::<Vec<_>>().into_iter().enumerate()
+        {
+            assert_eq!(recs.remove(&gone), model.remove(&gone));
+            let new = 5 + 1000 * u128::try_from(i).unwrap();
+            recs.insert(new, format!("new{i}"));
+            model.insert(new, format!("new{i}"));
+            changes += 2;
+            // (The memo seals each file after a reconcile: a sealed list keeps its room.)
+            recs.seal();
+            assert!(matches!(&recs, Recs::Sorted { sealed: true, .. }), "in place after {changes} changes");
+            assert!(model.iter().all(|(h, r)| recs.get(h) == Some(r)), "after {changes} changes");
+            let keys: Vec<RawHash> = recs.keys().collect();
+            assert!(keys.windows(2).all(|w| w[0] < w[1]), "still sorted after {changes} changes");
+        }
+        assert!(
+            matches!(&recs, Recs::Sorted { list, .. } if list.capacity() <= room),
+            "room for the changes only, not a doubled list"
+        );
+        recs.insert(7, "one more".into());
+        model.insert(7, "one more".into());
+        assert!(matches!(&recs, Recs::Many(_)), "a table past {EDITS} changes");
         let got: HashMap<RawHash, String> = recs.into_iter().collect();
         assert_eq!(got, model);
         // A bulk of a few is a plain list once sealed.
