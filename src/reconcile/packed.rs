@@ -117,9 +117,7 @@ impl Recs {
     }
 
     fn rec<'a>(&'a self, slot: &'a Slot) -> Option<Rec<'a>> {
-        let mut r = Cursor { bytes: self.bytes.at(slot.at)?, at: 0 };
-        let id = r.str()?;
-        Some(Rec { id, rest: r.bytes.get(r.at..)?, fields: &self.fields, seen: &slot.seen })
+        read(&self.bytes, slot.at, &self.fields, &slot.seen)
     }
 
     /// Add or replace a record. One whose bytes would take the file's memo
@@ -299,10 +297,15 @@ impl Packed {
     /// The `i`th record by hash.
     pub fn get(&self, i: usize) -> Option<(RawHash, Rec<'_>)> {
         let (k, at) = self.at.get(i)?;
-        let mut r = Cursor { bytes: self.bytes.at(*at)?, at: 0 };
-        let id = r.str()?;
-        Some((k.hash(), Rec { id, rest: r.bytes.get(r.at..)?, fields: &self.fields, seen: &NEVER }))
+        Some((k.hash(), read(&self.bytes, *at, &self.fields, &NEVER)?))
     }
+}
+
+/// The record whose bytes start at `at`.
+fn read<'a>(bytes: &'a Chunks, at: u32, fields: &'a [Arc<str>], seen: &'a AtomicU32) -> Option<Rec<'a>> {
+    let mut r = Cursor { bytes: bytes.at(at)?, at: 0 };
+    let id = r.str()?;
+    Some(Rec { id, rest: r.bytes.get(r.at..)?, fields, seen })
 }
 
 /// The mark of a record read from a [`Packed`] (never a scan's).

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bson::Bson;
 
-use super::memo::{FileMemo, Known, Memo, Memory, Staged};
+use super::memo::{Known, Memo, Memory, Staged};
 use super::rejects::RejectRecord;
 use super::scan::Scanned;
 use super::target::{Existing, Target};
@@ -131,15 +131,11 @@ pub fn commit_memo(spec: &SourceSpec, memo: &mut Memo, scanned: &Scanned, mut ne
         }
     }
     for rel in &scanned.read_ok {
-        if !memo.contains_key(rel) {
-            memo.insert(rel.clone(), FileMemo::default());
-        }
-        if let Some(m) = memo.get_mut(rel) {
-            let d = scanned.digests.get(rel);
-            m.digest = d.map(|(digest, _)| *digest);
-            m.stamp = d.and_then(|(_, stamp)| *stamp);
-            m.recs.seal();
-        }
+        let m = memo.entry(rel.clone()).or_default();
+        let d = scanned.digests.get(rel);
+        m.digest = d.map(|(digest, _)| *digest);
+        m.stamp = d.and_then(|(_, stamp)| *stamp);
+        m.recs.seal();
     }
 }
 
