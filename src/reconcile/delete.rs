@@ -11,6 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::memo::Memory;
 use super::scan::Scanned;
 use super::target::{Existing, Target};
 use super::{OnDelete, SourceRun};
@@ -29,19 +30,14 @@ pub(super) struct Deletes {
 pub(super) async fn find<T: Target>(
     target: &T,
     spec: &SourceSpec,
-    scanned: &Scanned,
+    (scanned, memory): (&Scanned, Option<&Memory>),
     existing: &HashMap<String, Existing>,
 ) -> Result<Deletes, Fatal> {
     // Borrowed until the survivors are known: on a re-sync where every record
     // is unchanged, every id of the collection is a candidate at first.
     let mut gone: Vec<&String> =
         existing.keys().filter(|id| !scanned.firsts.has(id) && !scanned.protected_ids.contains(*id)).collect();
-    if !gone.is_empty() && !scanned.unchanged.is_empty() {
-        let mut unchanged: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
-        unchanged.reserve(scanned.unchanged.len());
-        unchanged.extend(scanned.unchanged.iter());
-        gone.retain(|id| !unchanged.contains(id.as_str()));
-    }
+    drop_unchanged(&mut gone, (spec, scanned), memory);
     let gone: Vec<String> = gone.into_iter().cloned().collect();
     let details = if gone.is_empty() { HashMap::new() } else { target.existing(spec, &gone).await? };
     let mut deletes: Vec<(String, Existing)> = gone
@@ -59,6 +55,41 @@ pub(super) async fn find<T: Target>(
         .collect();
     deletes.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(Deletes { deletes, details })
+}
+
+/// Keep in `gone` only the ids that are not of unchanged records: those the
+/// scan listed, and those it left marked in watch's memo. Where the memo no
+/// longer holds every marked record, nothing is deleted this time (the next
+/// scan of the file decides).
+fn drop_unchanged(gone: &mut Vec<&String>, (spec, scanned): (&SourceSpec, &Scanned), memory: Option<&Memory>) {
+    let marked = &scanned.marked;
+    if gone.is_empty() || scanned.unchanged.len() + marked.count == 0 {
+        return;
+    }
+    let mut unchanged: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+    unchanged.reserve(scanned.unchanged.len() + marked.count);
+    unchanged.extend(scanned.unchanged.iter());
+    let guard = memory.filter(|_| marked.count > 0).and_then(|m| m.memo.lock().ok());
+    let mut read = 0;
+    for rel in &marked.rels {
+        if let Some(f) = guard.as_ref().and_then(|m| m.get(rel)) {
+            for (_, r) in f.recs.marked(marked.pass, true) {
+                unchanged.insert(r.id());
+                read += 1;
+            }
+        }
+    }
+    if read < marked.count {
+        tracing::warn!(
+            collection = %spec.collection,
+            marked = marked.count,
+            found = read,
+            "Deletes left to the next scan: watch's memory no longer holds every unchanged record of this one"
+        );
+        gone.clear();
+        return;
+    }
+    gone.retain(|id| !unchanged.contains(id.as_str()));
 }
 
 impl<T: Target> SourceRun<'_, T> {
@@ -162,4 +193,49 @@ impl<T: Target> SourceRun<'_, T> {
 fn ratio(n: usize, total: usize) -> f64 {
     // Counts of documents are far below 2^53, where f64 is exact.
     f64::from(u32::try_from(n).unwrap_or(u32::MAX)) / f64::from(u32::try_from(total).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::layout::Layout;
+    use crate::reconcile::memo::{FileMemo, Marked, Recs};
+    use crate::reconcile::packed::mark;
+
+    #[test]
+    fn ids_left_marked_in_the_memo_are_not_gone_and_a_memo_that_lost_them_deletes_nothing() {
+        let spec = Layout::builtin().sources.into_iter().find(|s| s.collection == "users").unwrap();
+        let rel: Arc<str> = Arc::from("data/users.json");
+        let memory = Memory::memo_only();
+        let mut recs = Recs::default();
+        for (h, id) in [(1, "a"), (2, "b"), (3, "c")] {
+            recs.insert(h, id, []);
+        }
+        for h in [1, 2] {
+            recs.look_up_all(&[h]).slot(0).unwrap().mark(mark(8));
+        }
+        memory.memo.lock().unwrap().insert(rel.clone(), FileMemo { recs, ..FileMemo::default() });
+        let mut scanned = Scanned::default();
+        scanned.unchanged.push("d");
+        scanned.marked = Marked { rels: vec![rel.clone()], pass: mark(8), count: 2 };
+        let ids: Vec<String> = ["a", "c", "d", "e"].map(String::from).into();
+        let left = |scanned: &Scanned, memory: Option<&Memory>| {
+            let mut gone: Vec<&String> = ids.iter().collect();
+            drop_unchanged(&mut gone, (&spec, scanned), memory);
+            gone.into_iter().cloned().collect::<Vec<String>>()
+        };
+        assert_eq!(left(&scanned, Some(&memory)), ["c", "e"]);
+        // No memory, a memo without the file, a mark counted that is not there: nothing goes.
+        assert!(left(&scanned, None).is_empty());
+        scanned.marked.count = 3;
+        assert!(left(&scanned, Some(&memory)).is_empty());
+        scanned.marked.count = 2;
+        memory.memo.lock().unwrap().clear();
+        assert!(left(&scanned, Some(&memory)).is_empty());
+        // Nothing marked: only the listed ids stay.
+        scanned.marked = Marked::default();
+        assert_eq!(left(&scanned, None), ["a", "c", "e"]);
+    }
 }

@@ -191,6 +191,15 @@ impl ClashKeys {
         }
     }
 
+    pub(super) fn is_empty(&self) -> bool {
+        self.few.is_empty() && self.many.is_empty()
+    }
+
+    /// Whether a memo record's id or one of its unique values is a key.
+    pub(super) fn touches(&self, rec: super::memo::Rec<'_>) -> bool {
+        self.contains(rec.id()) || rec.uniques().any(|(_, v)| self.contains(v))
+    }
+
     pub(super) fn contains(&self, key: &str) -> bool {
         if self.many.is_empty() {
             self.few.iter().any(|k| &**k == key)

@@ -308,6 +308,18 @@ impl Ids {
     }
 }
 
+/// A scan's unchanged records that it left in watch's memo, marked with its
+/// pass (see [`super::packed::mark`]) instead of copying their ids: the
+/// files they are in, the mark and how many. The marks stand until that
+/// file's next scan; [`super::delete::find`] reads the ids back where it
+/// needs them.
+#[derive(Debug, Default)]
+pub struct Marked {
+    pub rels: Vec<Arc<str>>,
+    pub pass: u32,
+    pub count: usize,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,6 +24,8 @@ pub mod cores;
 pub mod delete;
 pub mod existing;
 pub mod firsts;
+pub mod hits;
+pub mod lookup;
 pub mod memo;
 pub mod packed;
 pub mod plan;
@@ -300,7 +302,7 @@ async fn reconcile_whole_source<T: Target>(
         run.chunk(chunk, &existing).await?;
     }
     let mut scanned = scan.await.map_err(Fatal::task("scan"))??;
-    tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged_by_text = scanned.unchanged.len(), elapsed_ms = started.elapsed().as_millis(), "Scanned");
+    tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged_by_text = scanned.unchanged_len(), elapsed_ms = started.elapsed().as_millis(), "Scanned");
     let last = std::mem::take(&mut scanned.candidates);
     run.chunk(last, &existing).await?;
     let summary = run.finish(scanned, existing).await?;
@@ -323,7 +325,7 @@ async fn reconcile_files<T: Target>(
         tokio::task::spawn_blocking(move || scan_source(&e, m.as_deref(), Texts::None, spec_idx, Some(files), None))
             .await
             .map_err(Fatal::task("scan"))??;
-    tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged = scanned.unchanged.len(), mapped = scanned.candidates.len(), identical = scanned.identical.len(), elapsed_ms = started.elapsed().as_millis(), "Scanned");
+    tracing::debug!(source = %core.engine.layout.sources[spec_idx].name, records = scanned.records, unchanged = scanned.unchanged_len(), mapped = scanned.candidates.len(), identical = scanned.identical.len(), elapsed_ms = started.elapsed().as_millis(), "Scanned");
     let memory = core.memory.map(Arc::as_ref);
     let existing = existing::for_scan(core.engine, core.target, memory, &scanned).await?;
     let mut run = SourceRun::new(core.engine, core.target, memory, stop, spec_idx, opts);

@@ -101,11 +101,11 @@ impl<'a, T: Target> SourceRun<'a, T> {
     pub async fn finish(mut self, mut scanned: Scanned, existing: HashMap<String, Existing>) -> Result<Summary, Fatal> {
         self.summary.files = scanned.files;
         self.summary.read = scanned.records;
-        self.summary.unchanged += count(scanned.unchanged.len());
+        self.summary.unchanged += count(scanned.unchanged_len());
         let mut rejects = std::mem::take(&mut scanned.rejects);
         rejects.append(&mut self.rejects);
         let started = std::time::Instant::now();
-        let found = delete::find(self.target, &self.spec, &scanned, &existing).await?;
+        let found = delete::find(self.target, &self.spec, (&scanned, self.memory), &existing).await?;
         let found_at = started.elapsed();
         // A whole source's `existing` is the whole collection; some files' is not.
         let whole = scanned.complete.then_some(existing.len());

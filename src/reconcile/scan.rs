@@ -14,9 +14,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::firsts::{ClashKeys, Firsts};
-use super::memo::{raw_hash, text_seed, FileMemo, Ids, Memo, MemoEntry, Memory, RawHash, Rec};
-use super::packed::mark;
+use super::firsts::Firsts;
+use super::hits::{clash_keys, emails_of, Flagged, Hit};
+use super::memo::{raw_hash, text_seed, FileMemo, Ids, Marked, Memo, MemoEntry, Memory, RawHash};
+use super::packed::{self, mark};
 use super::rejects::{file_reject, mapped_reject, record_reject, unparsable_reject, RejectRecord};
 use super::Engine;
 use crate::error::Fatal;
@@ -84,8 +85,11 @@ pub struct Scanned {
     pub complete: bool,
     pub files: u64,
     pub records: u64,
-    /// Records whose raw text is the same as when they were last mirrored.
+    /// Records whose raw text is the same as when they were last mirrored
+    /// (those of the target's texts; watch's are [`Scanned::marked`]).
     pub unchanged: Ids,
+    /// Unchanged records left in watch's memo, marked.
+    pub marked: Marked,
     /// Files whose every mirrored record is in the memo.
     pub memo_covered: HashSet<Arc<str>>,
     /// Memoised records of those files whose text is gone (changed or removed),
@@ -98,6 +102,13 @@ pub struct Scanned {
     pub digests: HashMap<Arc<str>, (RawHash, Option<source::Stamp>)>,
     /// The ids the records kept, and their files (see [`Firsts`]).
     pub firsts: Firsts,
+}
+
+impl Scanned {
+    /// How many records were found unchanged.
+    pub fn unchanged_len(&self) -> usize {
+        self.unchanged.len() + self.marked.count
+    }
 }
 
 /// By default, candidates are handed on in chunks of this many during a full
@@ -136,8 +147,8 @@ pub fn scan_source(
             Fatal::Source(format!("{rel} ({}): {problem}", engine.roots.dir(spec.root).display()))
         })?,
     };
-    // Two marks per scan: the look-ahead of `clash_keys`, then the settled hits.
-    let ahead = memory.map_or(0, |m| m.scans.fetch_add(2, Ordering::Relaxed) + 1);
+    // The settled hits' mark: this scan's own.
+    let pass = memory.map_or(0, |m| m.scans.fetch_add(1, Ordering::Relaxed) + 1);
     // The target's texts serve only scans without watch's memory.
     let mut texts = if memory.is_some() { Texts::None } else { texts };
     let mut pass = Pass {
@@ -149,8 +160,7 @@ pub fn scan_source(
         firsts: Firsts::default(),
         unique_fields: spec.normalize_email.iter().map(|f| Arc::from(f.as_str())).collect(),
         single_file: files.len() == 1,
-        ahead: mark(ahead),
-        mark: mark(ahead + 1),
+        mark: mark(pass),
         // Memo hits are trusted only for changed files: full scans check every
         // record against the target, which is what makes them a safety net.
         use_hits: memory.is_some() && !out.complete,
@@ -362,8 +372,7 @@ struct Pass<'a> {
     /// The names of the unique fields, made once and shared by every record.
     unique_fields: Vec<Arc<str>>,
     single_file: bool,
-    /// Marks of this pass in [`Rec::seen`].
-    ahead: u32,
+    /// The mark of this pass in [`Rec::seen`].
     mark: u32,
     use_hits: bool,
 }
@@ -436,32 +445,26 @@ impl Pass<'_> {
         let file_idx = self.firsts.file(&file.rel);
         let hashes: Vec<RawHash> = raws.iter().map(|(_, t)| raw_hash(self.seed, t)).collect();
         // Each text looked up once (both passes below use the answer).
-        let found: Vec<Option<Rec<'_>>> = match memo {
-            Some(m) => hashes.iter().map(|h| m.recs.get(h)).collect(),
-            None => Vec::new(),
-        };
+        let found = memo.map(|m| m.recs.look_up_all(&hashes)).unwrap_or_default();
         // In a scan of one file, only the hits that share a key with a record
         // that is not a hit need the first-keeps-it check. (The target's texts
         // were not necessarily settled together: every hit is checked.)
-        let clash_keys = match memo {
-            Some(_) if self.single_file && from_memory => {
-                Some(clash_keys((spec, &self.unique_fields), &salt, &raws, &found, self.ahead))
+        let flagged = match memo {
+            Some(m) if self.single_file && from_memory => {
+                let keys = clash_keys((spec, &self.unique_fields), &salt, &raws, (&found, &m.recs));
+                Some(Flagged(if keys.is_empty() { HashSet::new() } else { m.recs.places_where(|r| keys.touches(r)) }))
             }
             _ => None,
         };
+        if from_memory {
+            out.marked.rels.push(file.rel.clone());
+            out.marked.pass = self.mark;
+        }
         for (i, (position, text)) in raws.into_iter().enumerate() {
             let raw_hash = hashes.get(i).copied().unwrap_or(0);
-            if let Some(rec) = found.get(i).copied().flatten() {
-                let check = clash_keys
-                    .as_ref()
-                    .is_none_or(|k| k.contains(rec.id()) || rec.uniques().any(|(_, v)| k.contains(v)));
-                if !check || self.firsts.clash(rec.id(), rec.uniques()).is_none() {
-                    rec.seen().store(self.mark, Ordering::Relaxed);
-                    out.records += 1;
-                    if check {
-                        self.firsts.claim(rec.id(), rec.uniques(), file_idx, position);
-                    }
-                    out.unchanged.push(rec.id());
+            if let (Some(m), Some(slot)) = (memo, found.slot(i)) {
+                let hit = Hit { slot, flagged: flagged.as_ref(), from_memory, file_idx, position };
+                if self.hit(&m.recs, hit, out) {
                     continue;
                 }
                 // Now a duplicate of an earlier record: no longer settled, mapped again below.
@@ -488,12 +491,37 @@ impl Pass<'_> {
         // Records mirrored from this file whose text is no longer there: changed or gone.
         if let (Some(m), true) = (memo, from_memory) {
             out.memo_covered.insert(file.rel.clone());
-            out.vanished.extend(
-                m.recs
-                    .iter()
-                    .filter(|(_, r)| r.seen().load(Ordering::Relaxed) != self.mark)
-                    .map(|(h, rec)| MemoEntry { rel: file.rel.clone(), raw_hash: h, id: rec.id().into() }),
-            );
+            out.vanished.extend(m.recs.marked(self.mark, false).map(|(h, rec)| MemoEntry {
+                rel: file.rel.clone(),
+                raw_hash: h,
+                id: rec.id().into(),
+            }));
+        }
+        true
+    }
+
+    /// A memo hit: unchanged when the first-keeps-it rule lets it keep its id
+    /// and unique values (`false`: it is mapped again). An unflagged hit's
+    /// bytes are not read: the memo keeps it, marked (see [`Marked`]).
+    fn hit(&mut self, recs: &packed::Recs, hit: Hit<'_>, out: &mut Scanned) -> bool {
+        let check = hit.flagged.is_none_or(|f| f.contains(hit.slot.at()));
+        if !check {
+            hit.slot.mark(self.mark);
+            out.records += 1;
+            out.marked.count += 1;
+            return true;
+        }
+        let Some(rec) = recs.rec(hit.slot) else { return false };
+        if self.firsts.clash(rec.id(), rec.uniques()).is_some() {
+            return false;
+        }
+        hit.slot.mark(self.mark);
+        out.records += 1;
+        self.firsts.claim(rec.id(), rec.uniques(), hit.file_idx, hit.position);
+        if hit.from_memory {
+            out.marked.count += 1;
+        } else {
+            out.unchanged.push(rec.id());
         }
         true
     }
@@ -506,43 +534,6 @@ enum Hits {
     Memo,
     /// The target's own record of the texts it holds rows of.
     Target,
-}
-
-/// The ids and unique values that a memo hit of one file could share with
-/// another record of the file: those of the records that are not hits
-/// (changed or new), and those of texts that occur twice. The hits of a file
-/// were settled together in its last scan, so they cannot clash with each other.
-fn clash_keys(
-    (spec, fields): (&SourceSpec, &[Arc<str>]),
-    salt: &str,
-    raws: &[(Option<usize>, &str)],
-    found: &[Option<Rec<'_>>],
-    ahead: u32,
-) -> ClashKeys {
-    let mut keys = ClashKeys::default();
-    for ((_, text), rec) in raws.iter().zip(found) {
-        match rec {
-            Some(rec) if rec.seen().swap(ahead, Ordering::Relaxed) != ahead => {}
-            Some(rec) => {
-                keys.insert(Arc::from(rec.id()));
-                rec.uniques().for_each(|(_, v)| keys.insert(Arc::from(v)));
-            }
-            None => {
-                // Mapped here only for its keys; the scan maps it again in order.
-                let Ok(value) = source::parse_value(text) else { continue };
-                if let Ok(m) = map_record(spec, salt, &value) {
-                    emails_of(fields, &m).into_iter().for_each(|(_, v)| keys.insert(v));
-                    keys.insert(Arc::from(m.id));
-                }
-            }
-        }
-    }
-    keys
-}
-
-/// The record's unique values, under the scan's shared field names.
-fn emails_of(fields: &[Arc<str>], m: &Mapped) -> Vec<(Arc<str>, Arc<str>)> {
-    fields.iter().filter_map(|f| m.doc.get_str(f).ok().map(|v| (f.clone(), Arc::from(v)))).collect()
 }
 
 impl Pass<'_> {

@@ -11,17 +11,22 @@ use crate::reconcile::Engine;
 use crate::source::{self, SourceFile};
 
 /// The groups of the large files (each a group of its own) whose stamp
-/// shows now that they changed since the checkpoint: their memos will be
-/// needed. (Only where stamps are believed; elsewhere the digests decide.)
+/// shows now that they changed since the checkpoint, or that have no stamp
+/// recorded (the file changed just before the checkpoint read it): their
+/// memos will likely be needed, and the digest that decides for a file
+/// without a stamp reads all of it meanwhile. (Only where stamps are
+/// believed; elsewhere the digests decide.)
 pub fn changed_large_files(engine: &Engine, head: &Head) -> HashSet<String> {
     let mut out = HashSet::new();
     for (rel, entry) in head.files.iter().filter(|(_, f)| f.group.starts_with(checkpoint::OWN_GROUP)) {
-        let (Some(stamp), Some(_), Some(file)) = (entry.stamp, entry.digest, file_of(engine, rel)) else { continue };
+        let (Some(_), Some(file)) = (entry.digest, file_of(engine, rel)) else { continue };
         if !source::fstype::stamps_prove(engine.roots.dir(engine.layout.sources[file.spec].root)) {
             continue;
         }
-        let now = std::fs::metadata(file.path()).ok().map(|m| source::Stamp::of(&m));
-        if now != Some(stamp) {
+        let changed = entry
+            .stamp
+            .is_none_or(|stamp| std::fs::metadata(file.path()).ok().map(|m| source::Stamp::of(&m)) != Some(stamp));
+        if changed {
             out.insert(entry.group.clone());
         }
     }
