@@ -302,7 +302,7 @@ impl Recs {
         if self.dead < 4096 || self.dead * 2 < self.bytes.len {
             return;
         }
-        let mut bytes = Chunks::default();
+        let mut bytes = Chunks { limit: self.bytes.limit, ..Chunks::default() };
         let mut index = recs::Recs::with_capacity(self.index.len());
         for (h, slot) in self.index.iter() {
             let len = self.len_at(slot.at);
@@ -369,6 +369,9 @@ struct Chunks {
     list: Vec<Arc<Vec<u8>>>,
     /// Bytes written, in all chunks.
     len: usize,
+    /// The most chunks it takes when fewer than [`MAX_CHUNKS`] (0: that;
+    /// a test's way to reach the limit without 4 GiB).
+    limit: usize,
 }
 
 /// The low bits of a place: the offset in a chunk.
@@ -392,7 +395,8 @@ impl Chunks {
             .and_then(Arc::get_mut)
             .is_some_and(|c| c.len() < CHUNK && c.capacity() - c.len() >= len);
         if !room {
-            if self.list.len() >= MAX_CHUNKS {
+            let max = if self.limit == 0 { MAX_CHUNKS } else { self.limit.min(MAX_CHUNKS) };
+            if self.list.len() >= max {
                 return None;
             }
             // The first chunk is the first record's size (a job's status

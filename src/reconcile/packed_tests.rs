@@ -186,3 +186,31 @@ fn the_places_read_in_the_order_the_bytes_lie_are_the_records_places_and_marks_s
     assert_eq!(recs.marked(mark(4), false).count(), recs.len() - 2);
     assert_eq!(recs.marked(mark(5), true).count(), 0);
 }
+
+#[test]
+fn a_record_past_the_last_chunk_is_refused_and_the_memo_is_marked_short() {
+    let mut recs = Recs::bulk();
+    recs.bytes.limit = 3;
+    let mut saves = Vec::new();
+    for i in 0..3u128 {
+        assert!(recs.insert(i, &format!("user-{i}"), [("email", "e@x.io")]));
+        // Held as a save holds it: the next record goes to a chunk of its own.
+        saves.push(recs.packed());
+    }
+    assert!(!recs.is_short());
+    assert_eq!(recs.bytes.list.len(), 3);
+    assert!(!recs.insert(3, "user-3", []), "a fourth chunk is past the limit");
+    assert!(recs.is_short());
+    // What it took reads back; the refused record is not there.
+    recs.seal();
+    for i in 0..3u128 {
+        assert_eq!(recs.get(&i).map(|r| r.id().to_string()), Some(format!("user-{i}")));
+    }
+    assert!(recs.get(&3).is_none());
+    // A short memo added to another makes it short.
+    let mut other = Recs::default();
+    other.insert(9, "nine", []);
+    other.extend(recs);
+    assert!(other.is_short());
+    assert_eq!(saves.len(), 3);
+}
