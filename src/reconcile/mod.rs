@@ -399,6 +399,54 @@ mod tests {
     }
 
     #[test]
+    fn a_memo_hit_that_shares_an_email_with_an_earlier_changed_record_loses_it_and_the_rest_stay_marked() {
+        use super::memo::{raw_hash, text_seed, FileMemo, Memory, Recs};
+        use super::scan::{scan_source, Texts};
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = crate::source::Roots { data: tmp.path().join("data"), artifacts: tmp.path().join("artifacts") };
+        std::fs::create_dir_all(&roots.data).unwrap();
+        let hash = "$2b$10$J1JbpLNyErs2Vewf4LDN4u/Os0zWvTlg5el0sAu.ZUnk6lHagoW.u";
+        let user = |id: &str, email: &str| {
+            format!(
+                r#"{{"id":"{id}","email":"{email}","name":"U","password":"{hash}","role":"user","createdAt":"2025-09-01T08:00:00.000Z","updatedAt":"2025-09-01T08:00:00.000Z"}}"#
+            )
+        };
+        let before = [user("u1", "a@x.io"), user("u2", "b@x.io"), user("u3", "c@x.io")];
+        let layout = crate::layout::Layout::builtin();
+        let users = layout.sources.iter().position(|s| s.collection == "users").unwrap();
+        let engine = super::Engine::new(layout, roots.clone(), crate::indexes::IndexSet::builtin());
+        // The memo as a scan of `before` left it: each text's hash, id and email.
+        let seed = text_seed(&engine.fingerprints[users]);
+        let mut recs = Recs::bulk();
+        for (text, (id, email)) in before.iter().zip([("u1", "a@x.io"), ("u2", "b@x.io"), ("u3", "c@x.io")]) {
+            recs.insert(raw_hash(seed, text), id, [("email", email)]);
+        }
+        recs.seal();
+        let memory = Memory::default();
+        memory.memo.lock().unwrap().insert("data/users.json".into(), FileMemo { recs, ..FileMemo::default() });
+        // u1 now has u2's email; u2 and u3 are as they were.
+        let after = format!("[{},{},{}]", user("u1", "b@x.io"), before[1], before[2]);
+        std::fs::write(roots.data.join("users.json"), after).unwrap();
+        let files = crate::source::discover(&engine.layout, &roots, users).unwrap();
+        let scanned = scan_source(&engine, Some(&memory), Texts::None, users, Some(files), None).unwrap();
+        // u1 is mapped; u2, found unchanged, shares the email u1 took first, so it is looked at and
+        // rejected; u3 is unchanged, left marked in the memo.
+        let mapped: Vec<&str> = scanned.candidates.iter().map(|c| c.mapped.id.as_str()).collect();
+        assert_eq!(mapped, ["u1"]);
+        let rejected: Vec<Option<&str>> = scanned.rejects.iter().map(|r| r.id.as_deref()).collect();
+        assert_eq!(rejected, [Some("u2")], "{:?}", scanned.rejects);
+        assert_eq!((scanned.marked.count, scanned.unchanged_len(), scanned.records), (1, 1, 3));
+        let memo = memory.memo.lock().unwrap();
+        let marked: Vec<&str> =
+            memo["data/users.json"].recs.marked(scanned.marked.pass, true).map(|(_, r)| r.id()).collect();
+        assert_eq!(marked, ["u3"]);
+        // u1's old text is gone and u2 is no longer settled: both vanished from the memo's view.
+        let mut vanished: Vec<&str> = scanned.vanished.iter().map(|v| &*v.id).collect();
+        vanished.sort_unstable();
+        assert_eq!(vanished, ["u1", "u2"]);
+    }
+
+    #[test]
     fn a_scope_of_files_keeps_each_file_once_in_the_order_given() {
         let files = vec![file(1, "b"), file(0, "x"), file(1, "a"), file(1, "b"), file(0, "x"), file(7, "gone")];
         let work = Work::of(Scope::Files(files), 2);
