@@ -140,15 +140,16 @@ pub fn scan_source(
     mut emit: Option<Emit<'_>>,
 ) -> Result<Scanned, Fatal> {
     let spec = &engine.layout.sources[spec_idx];
-    let mut out = Scanned { spec: spec_idx, complete: files.is_none(), ..Default::default() };
+    // The settled hits' mark: this scan's own.
+    let pass = memory.map_or(0, |m| m.scans.fetch_add(1, Ordering::Relaxed) + 1);
+    let marked = Marked { pass: mark(pass), ..Marked::default() };
+    let mut out = Scanned { spec: spec_idx, complete: files.is_none(), marked, ..Default::default() };
     let files = match files {
         Some(f) => f,
         None => source::discover(&engine.layout, &engine.roots, spec_idx).map_err(|(rel, problem)| {
             Fatal::Source(format!("{rel} ({}): {problem}", engine.roots.dir(spec.root).display()))
         })?,
     };
-    // The settled hits' mark: this scan's own.
-    let pass = memory.map_or(0, |m| m.scans.fetch_add(1, Ordering::Relaxed) + 1);
     // The target's texts serve only scans without watch's memory.
     let mut texts = if memory.is_some() { Texts::None } else { texts };
     let mut pass = Pass {
@@ -160,7 +161,7 @@ pub fn scan_source(
         firsts: Firsts::default(),
         unique_fields: spec.normalize_email.iter().map(|f| Arc::from(f.as_str())).collect(),
         single_file: files.len() == 1,
-        mark: mark(pass),
+        mark: out.marked.pass,
         // Memo hits are trusted only for changed files: full scans check every
         // record against the target, which is what makes them a safety net.
         use_hits: memory.is_some() && !out.complete,
@@ -372,7 +373,7 @@ struct Pass<'a> {
     /// The names of the unique fields, made once and shared by every record.
     unique_fields: Vec<Arc<str>>,
     single_file: bool,
-    /// The mark of this pass in [`Rec::seen`].
+    /// The mark of this pass in [`super::memo::Rec::seen`].
     mark: u32,
     use_hits: bool,
 }
@@ -458,7 +459,6 @@ impl Pass<'_> {
         };
         if from_memory {
             out.marked.rels.push(file.rel.clone());
-            out.marked.pass = self.mark;
         }
         for (i, (position, text)) in raws.into_iter().enumerate() {
             let raw_hash = hashes.get(i).copied().unwrap_or(0);
@@ -504,25 +504,20 @@ impl Pass<'_> {
     /// and unique values (`false`: it is mapped again). An unflagged hit's
     /// bytes are not read: the memo keeps it, marked (see [`Marked`]).
     fn hit(&mut self, recs: &packed::Recs, hit: Hit<'_>, out: &mut Scanned) -> bool {
-        let check = hit.flagged.is_none_or(|f| f.contains(hit.slot.at()));
-        if !check {
-            hit.slot.mark(self.mark);
-            out.records += 1;
-            out.marked.count += 1;
-            return true;
-        }
-        let Some(rec) = recs.rec(hit.slot) else { return false };
-        if self.firsts.clash(rec.id(), rec.uniques()).is_some() {
-            return false;
+        // (Only a scan of watch's memo flags hits: the target's are all checked.)
+        if hit.flagged.is_none_or(|f| f.contains(hit.slot.at())) {
+            let Some(rec) = recs.rec(hit.slot) else { return false };
+            if self.firsts.clash(rec.id(), rec.uniques()).is_some() {
+                return false;
+            }
+            self.firsts.claim(rec.id(), rec.uniques(), hit.file_idx, hit.position);
+            if !hit.from_memory {
+                out.unchanged.push(rec.id());
+            }
         }
         hit.slot.mark(self.mark);
         out.records += 1;
-        self.firsts.claim(rec.id(), rec.uniques(), hit.file_idx, hit.position);
-        if hit.from_memory {
-            out.marked.count += 1;
-        } else {
-            out.unchanged.push(rec.id());
-        }
+        out.marked.count += usize::from(hit.from_memory);
         true
     }
 }
