@@ -7,7 +7,7 @@ use std::time::Duration;
 use bson::{doc, Bson, Document};
 
 use crate::error::Fatal;
-use crate::reconcile::memo::Memory;
+use crate::reconcile::memo::{Count, Memory};
 use crate::reconcile::target::Inspect;
 use crate::reconcile::Engine;
 use crate::sink::{Sink, WriteOp};
@@ -122,15 +122,26 @@ pub fn hostname() -> String {
 
 /// Documents per collection: from watch's picture when it has one (a count
 /// is a full scan on some servers, and this runs every few seconds while
-/// changes flow), else from the server's estimate.
+/// changes flow), else from the server's estimate; watch asks the server for
+/// that at most once a minute per collection (see [`Memory::count_due`]).
 async fn counts<T: StateStore>(engine: &Engine, sink: &T, memory: Option<&Memory>) -> Document {
     let mut d = Document::new();
     for spec in engine.layout.sources.iter() {
-        let n = match memory.and_then(|m| m.documents(&spec.collection)) {
-            Some(n) => u64::try_from(n).unwrap_or(u64::MAX),
-            None => sink.count(spec).await.unwrap_or(0),
+        let c = &spec.collection;
+        let n = match (memory.and_then(|m| m.documents(c)), memory) {
+            (Some(n), _) => Some(u64::try_from(n).unwrap_or(u64::MAX)),
+            (None, Some(m)) => match m.count_due(c, std::time::Instant::now()) {
+                Count::Recent(n) => n,
+                Count::Ask => {
+                    let n = sink.count(spec).await.ok();
+                    tracing::debug!(collection = %c, documents = ?n, "Counted the documents on the server");
+                    m.note_count(c, n);
+                    n
+                }
+            },
+            (None, None) => sink.count(spec).await.ok(),
         };
-        d.insert(spec.collection.clone(), i64::try_from(n).unwrap_or(i64::MAX));
+        d.insert(c.clone(), i64::try_from(n.unwrap_or(0)).unwrap_or(i64::MAX));
     }
     d
 }

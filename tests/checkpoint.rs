@@ -239,6 +239,32 @@ async fn watch_restarts_from_its_checkpoint_after_kill_9_and_stores_one_on_sigte
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn after_a_start_from_the_checkpoint_heartbeats_ask_the_server_for_counts_once_a_minute() {
+    // Until its next full scan, a watch started from the checkpoint has no
+    // picture to count documents from; a count is a full scan on some servers
+    // (SecantusDB among them), so heartbeats every 2 s must not each ask.
+    let db = TestDb::new("ckpt_counts").await;
+    let p = tree();
+    sync(&db, &p, &[]).await;
+    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    assert!(w.log_text().contains(WARM), "{}", w.log_text());
+    for (i, status) in ["failed", "running", "completed", "failed", "running", "completed"].iter().enumerate() {
+        p.job("j1", &job("j1", status, &format!("2025-10-15T09:00:0{i}.000Z")));
+        tokio::time::sleep(std::time::Duration::from_millis(900)).await;
+    }
+    eventually(20, "j1 mirrored", || async {
+        db.doc("training_jobs", "j1").await.and_then(|d| d.get_str("status").ok().map(str::to_string))
+            == Some("completed".into())
+    })
+    .await;
+    let log = w.stop().await;
+    for c in ["users", "datasets", "training_jobs"] {
+        let asked = log.lines().filter(|l| l.contains("Counted the documents on the server") && l.contains(c)).count();
+        assert_eq!(asked, 1, "{c}: asked once in the minute:\n{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_sync_that_writes_more_than_the_servers_history_still_leaves_a_checkpoint() {
     // The server keeps only the last 100 operations; the sync writes 300 documents.
     let server = OwnServer::start_with(free_port(), &["--oplog-max-entries", "100"]);

@@ -59,6 +59,25 @@ pub struct Memory {
     /// `sync`: where a large file's memo goes once its source is settled
     /// (see [`Spill`]); none otherwise.
     pub spill: Mutex<Option<Arc<dyn Spill>>>,
+    /// Per collection, when the server was last asked for its document count
+    /// and what it said (`None` while the answer is awaited): used while the
+    /// picture cannot say (after a start from the checkpoint, until the next
+    /// full scan). A heartbeat asks again only once [`COUNT_FOR`] has passed:
+    /// a count is a full scan on some servers.
+    pub counted: Mutex<HashMap<String, (Instant, Option<u64>)>>,
+}
+
+/// How long a server's document count stands for the picture's (see [`Memory::counted`]).
+pub const COUNT_FOR: Duration = Duration::from_secs(60);
+
+/// What [`Memory::count_due`] says of a collection's document count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    /// The server's count, taken less than [`COUNT_FOR`] ago (`None`: it is
+    /// being taken now, or the last try failed).
+    Recent(Option<u64>),
+    /// Ask the server (the caller now holds the claim; [`Memory::note_count`] when done).
+    Ask,
 }
 
 /// Where `sync` hands over a file's memo once its source is settled: the
@@ -201,6 +220,33 @@ impl Memory {
     pub fn documents(&self, collection: &str) -> Option<usize> {
         self.picture.lock().ok()?.get(collection).map(HashMap::len)
     }
+
+    /// Whether the server must be asked for this collection's document count
+    /// now (see [`Memory::counted`]); asking is claimed at once, so heartbeats
+    /// that overlap a slow count do not ask again.
+    pub fn count_due(&self, collection: &str, now: Instant) -> Count {
+        let Ok(mut counted) = self.counted.lock() else { return Count::Ask };
+        match counted.get_mut(collection) {
+            Some((at, n)) if now.saturating_duration_since(*at) < COUNT_FOR => Count::Recent(*n),
+            Some((at, _)) => {
+                *at = now;
+                Count::Ask
+            }
+            None => {
+                counted.insert(collection.to_string(), (now, None));
+                Count::Ask
+            }
+        }
+    }
+
+    /// The server's answer to a count [`Memory::count_due`] asked for.
+    pub fn note_count(&self, collection: &str, n: Option<u64>) {
+        if let Ok(mut counted) = self.counted.lock() {
+            if let Some(entry) = counted.get_mut(collection) {
+                entry.1 = n.or(entry.1);
+            }
+        }
+    }
 }
 
 /// One document as the mirror last left it: 32 bytes, kept for every
@@ -323,6 +369,22 @@ pub struct Marked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_count_is_asked_once_a_minute_and_overlapping_heartbeats_do_not_ask_again() {
+        let m = Memory::default();
+        let t = Instant::now();
+        assert_eq!(m.count_due("users", t), Count::Ask);
+        // Asked, not answered yet: a heartbeat meanwhile does not ask again.
+        assert_eq!(m.count_due("users", t + Duration::from_secs(5)), Count::Recent(None));
+        m.note_count("users", Some(7));
+        assert_eq!(m.count_due("users", t + Duration::from_secs(59)), Count::Recent(Some(7)));
+        assert_eq!(m.count_due("jobs", t), Count::Ask, "each collection on its own");
+        // A minute on: asked again; a failed answer keeps the last one.
+        assert_eq!(m.count_due("users", t + COUNT_FOR), Count::Ask);
+        m.note_count("users", None);
+        assert_eq!(m.count_due("users", t + COUNT_FOR + Duration::from_secs(1)), Count::Recent(Some(7)));
+    }
 
     #[test]
     fn a_known_hash_comes_back_as_the_text_it_was_and_an_odd_one_never_matches() {
