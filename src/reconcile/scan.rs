@@ -389,18 +389,18 @@ impl Pass<'_> {
         emit: &mut Option<Emit<'_>>,
     ) -> bool {
         out.files += 1;
-        let (bytes, settled) = match read {
+        let (bytes, settled, known) = match read {
             Ok(None) => {
                 out.missing.insert(file.rel.clone());
                 return true;
             }
-            Ok(Some(f)) => (f.bytes, f.settled),
+            Ok(Some(f)) => (f.bytes, f.settled, f.digest),
             Err(problem) => return self.refuse(file, problem, out),
         };
         let memory = self.memory;
         // A changed file's bytes may be just as they were last settled (a writer
         // that rewrites without changing anything, or a second event for one write).
-        let digest = memory.map(|_| xxhash_rust::xxh3::xxh3_128(&bytes));
+        let digest = memory.map(|_| known.unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(&bytes)));
         if self.use_hits {
             let settled = memory.and_then(|m| m.memo.lock().ok()).and_then(|m| m.get(&file.rel)?.digest);
             if settled.is_some() && settled == digest {

@@ -150,6 +150,8 @@ pub struct FileBytes {
     pub stamp: Stamp,
     /// The stamp, if it proves these bytes until it changes ([`Stamp::settled`]).
     pub settled: Option<Stamp>,
+    /// Their xxh3-128, where a reader already took it (a start's proofs).
+    pub digest: Option<u128>,
 }
 
 /// The files a source consists of right now, sorted by name. A folder that
@@ -262,7 +264,7 @@ pub fn read_stable(path: &Path, limits: ReadLimits) -> Result<Option<FileBytes>,
         // Written in place while it was read: its size or time moved.
         let stamp = Stamp::of(&file.metadata().map_err(io)?);
         if Stamp::of(&before) == stamp && u64::try_from(bytes.len()).ok() == Some(stamp.len) {
-            return Ok(Some(FileBytes { bytes, stamp, settled: stamp.settled(began) }));
+            return Ok(Some(FileBytes { bytes, stamp, settled: stamp.settled(began), digest: None }));
         }
         if attempt + 1 < ATTEMPTS {
             std::thread::sleep(std::time::Duration::from_millis(5 << attempt));

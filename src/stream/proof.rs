@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use super::checkpoint::{self, FileEntry, Head};
 use crate::error::Fatal;
@@ -41,7 +42,7 @@ type Part = (Digested, usize, Kept);
 /// The bytes of the large files read, by label.
 pub type Kept = Vec<(String, source::FileBytes)>;
 /// Every source file by its label, with its digest and stamp.
-pub type Now = BTreeMap<String, (SourceFile, Option<u128>, Option<source::Stamp>)>;
+pub type Now = BTreeMap<Arc<str>, (SourceFile, Option<u128>, Option<source::Stamp>)>;
 
 /// Every source file now, with the digest of its bytes (`None`: unreadable)
 /// and the stamp that proves them where there is one, and how many files
@@ -73,9 +74,10 @@ pub fn digests(engine: &Engine, recorded: &BTreeMap<String, FileEntry>) -> Resul
         }
         match source::read_stable(&f.path(), engine.limits) {
             Ok(None) => None,
-            Ok(Some(read)) => {
+            Ok(Some(mut read)) => {
                 let d = xxhash_rust::xxh3::xxh3_128(&read.bytes);
                 let keep = read.bytes.len() >= KEEP_READ_FROM;
+                read.digest = Some(d);
                 Some((Some(d), read.settled, false, keep.then_some(read)))
             }
             Err(_) => Some((None, None, false, None)),
@@ -98,7 +100,7 @@ pub fn digests(engine: &Engine, recorded: &BTreeMap<String, FileEntry>) -> Resul
     let out = files
         .into_iter()
         .zip(slots)
-        .filter_map(|(f, slot)| slot.map(|(d, stamp)| (f.rel.to_string(), (f, d, stamp))))
+        .filter_map(|(f, slot)| slot.map(|(d, stamp)| (f.rel.clone(), (f, d, stamp))))
         .collect();
     Ok((out, by_stamp, read))
 }

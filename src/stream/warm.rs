@@ -116,25 +116,31 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
     let early_loaded = early_loaded?;
     let t_digest = t0.elapsed();
     let mut scan: BTreeMap<String, SourceFile> = BTreeMap::new();
-    let mut same: Vec<(&String, u64)> = Vec::new();
+    let mut same: Vec<(&str, u64)> = Vec::new();
     // The proving thread is done with the list: this is its only holder again.
-    let list = Arc::make_mut(&mut head.files);
+    // Both are in name order: walked side by side, not looked up name by name.
+    let mut gone: Vec<String> = Vec::new();
+    let mut list = Arc::make_mut(&mut head.files).iter_mut().peekable();
     for (rel, (file, digest, stamp)) in &now {
-        match list.get_mut(rel) {
-            Some(f) if digest.is_some() && f.digest == *digest => {
+        while let Some((r, _)) = list.next_if(|(r, _)| r.as_str() < &**rel) {
+            gone.push(r.clone());
+        }
+        match list.next_if(|(r, _)| r.as_str() == &**rel) {
+            Some((_, f)) if digest.is_some() && f.digest == *digest => {
                 // Read again and found as settled (touched, chmod'ed, rewritten
                 // with the same bytes): its stamp now is what proves them.
                 f.stamp = *stamp;
                 same.push((rel, f.records));
             }
             _ => {
-                scan.insert(rel.clone(), file.clone());
+                scan.insert(rel.to_string(), file.clone());
             }
         }
     }
-    for rel in head.files.keys().filter(|r| !now.contains_key(*r)) {
-        if let Some(f) = file_of(engine, rel) {
-            scan.insert(rel.clone(), f);
+    gone.extend(list.map(|(r, _)| r.clone()));
+    for rel in gone {
+        if let Some(f) = file_of(engine, &rel) {
+            scan.insert(rel, f);
         }
     }
     let (mut recheck, unresolved) = touched_files(engine, sink, &touched.ids).await?;
@@ -187,7 +193,7 @@ pub async fn start(core: Core<'_, Sink>, opts: RunOptions, cancel: &Cancellation
         }
     }
     for rel in recheck.keys() {
-        if let Some(f) = now.get(rel).map(|(f, _, _)| f.clone()).or_else(|| file_of(engine, rel)) {
+        if let Some(f) = now.get(rel.as_str()).map(|(f, _, _)| f.clone()).or_else(|| file_of(engine, rel)) {
             scan.insert(rel.clone(), f);
         }
     }
