@@ -801,6 +801,20 @@ def write_json_by_rename(path: str, value) -> None:
     os.replace(tmp, path)
 
 
+def wait_server_idle(srv: Server, limit: float = 60.0) -> float:
+    """Until the server used under a tenth of a core over the last second (or
+    `limit` seconds passed): a killed watcher's last request (a count reads
+    every document on the test server) must not run beside the next round.
+    Returns how long it waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        c = srv.cpu()
+        time.sleep(1.0)
+        if srv.cpu() - c < 0.1:
+            break
+    return time.monotonic() - t0
+
+
 def restart_round(cfg, srv: Server, data: str, artifacts: str, cmd: list[str], label: str, tag: str) -> dict:
     """Kill -9 the watcher, change 10 job files and one user, start it again:
     how long after it connects are all 11 in MongoDB?"""
@@ -863,6 +877,7 @@ def scenario_restart_drift(cfg, srv: Server, data: str, artifacts: str, cmd: lis
         proc.kill()
         proc.wait(timeout=30)
         _children.remove(proc)
+        wait_server_idle(srv)
         rnd = restart_round(cfg, srv, data, artifacts, cmd + (["--full"] if full else []), f"{r + 1}", f"restart-{r + 1}")
         proc = rnd.pop("proc")
         (out["restart_full"] if full else out["restart"]).append(rnd)
@@ -1265,7 +1280,7 @@ def render(cfg, full: Tree, tenth: Tree, sync: dict, watch: dict, mongoimport_no
         else:
             A(f"`docmirror watch` runs on the tree above; it is killed with SIGKILL, 10 job files and one user in "
               f"`users.json` are changed (rename-over writes), and it is started again. Measured: from its "
-              f"`Connected to MongoDB` log line to all 11 changes being in MongoDB (each seen arriving on a change stream opened before the start). "
+              f"`Connected to MongoDB` log line to all 11 changes being in MongoDB (each seen arriving on a change stream opened before the start; each round starts once the server is idle). "
               f"{len(s6.get('restart', []))} rounds from the checkpoint, then one with `--full` (the checkpoint "
               "ignored: what a server without change streams gets).\n")
             A("| start | caught up after connecting: median | min–max | from process start: median | started from the checkpoint |")
