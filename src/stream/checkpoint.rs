@@ -129,7 +129,13 @@ pub async fn load_head(sink: &Sink) -> Result<Option<Head>, Fatal> {
     let Some(mut head) = load_head_bare(sink).await? else { return Ok(None) };
     let g = list_group(&head.list.hash);
     let mut parts = read_parts(sink, std::slice::from_ref(&(g.clone(), head.list.clone()))).await?;
-    match whole(&g, &head.list, &mut parts).map(|b| memo_codec::decode_entries(&b)) {
+    // 200,000 job files' list is tens of megabytes to hash and decode: off the async workers.
+    let list = head.list.clone();
+    let decoded =
+        tokio::task::spawn_blocking(move || whole(&g, &list, &mut parts).map(|b| memo_codec::decode_entries(&b)))
+            .await
+            .map_err(Fatal::task("checkpoint file list"))?;
+    match decoded {
         Some(Ok(files)) => {
             head.files = std::sync::Arc::new(files);
             Ok(Some(head))
