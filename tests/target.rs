@@ -177,8 +177,8 @@ async fn an_update_applies_only_over_the_version_the_core_compared() {
         (Held::Absent, None, 1),
         (Held::Absent, Some(bson::Bson::Null), 1),
         (Held::Absent, Some(older.clone()), 0),
-        (Held::Other(string.clone()), Some(string), 1),
-        (Held::Other(bson::Bson::Int64(5)), Some(older), 0),
+        (Held::Other(Box::new(string.clone())), Some(string), 1),
+        (Held::Other(Box::new(bson::Bson::Int64(5))), Some(older), 0),
     ];
     for (held, stored, matched) in cases {
         users.delete_many(doc! {}).await.unwrap();

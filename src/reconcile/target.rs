@@ -45,8 +45,15 @@ pub enum Held {
     /// A date.
     Date(bson::DateTime),
     /// Anything else the app stored (an ISO string, epoch milliseconds, ...).
-    Other(bson::Bson),
+    /// Boxed: rare, and a value of any BSON type is over 100 bytes, which
+    /// every [`Existing`] would carry otherwise (a full reconcile holds one
+    /// per document of the collection: a million at the scale this is built for).
+    Other(Box<bson::Bson>),
 }
+
+// A full reconcile holds an [`Existing`] for every document of a collection,
+// in a table sized to a power of two: each byte here is two MB at a million.
+const _: () = assert!(std::mem::size_of::<Existing>() <= 88);
 
 /// One write the core asks for.
 #[derive(Debug, Clone, Copy)]

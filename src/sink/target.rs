@@ -300,7 +300,7 @@ fn existing_from(spec: &SourceSpec, d: &Document) -> Option<(String, Existing)> 
         version: match spec.version_field.as_ref().and_then(|v| d.get(v)) {
             None | Some(Bson::Null) => Held::Absent,
             Some(Bson::DateTime(t)) => Held::Date(*t),
-            Some(other) => Held::Other(other.clone()),
+            Some(other) => Held::Other(Box::new(other.clone())),
         },
     };
     Some((id, ex))
@@ -354,7 +354,7 @@ fn update_filter(spec: &SourceSpec, c: &Candidate, was: &Held, newer_wins: bool)
     let mut f = doc! { "_id": &c.mapped.id };
     let (true, Some(vf), Some(v)) = (newer_wins, &spec.version_field, c.mapped.version) else { return f };
     let clause = match was {
-        Held::Other(b) => b.clone(),
+        Held::Other(b) => (**b).clone(),
         // `$lte` with a date matches only dates: a version stored meanwhile as
         // a string, a number or nothing is refused.
         Held::Date(_) | Held::Unread => Bson::Document(doc! { "$lte": v }),
@@ -411,7 +411,7 @@ mod tests {
             (Held::Unread, Bson::Document(doc! { "$lte": v })),
             (Held::Date(v), Bson::Document(doc! { "$lte": v })),
             (Held::Absent, Bson::Null),
-            (Held::Other(Bson::String("x".into())), Bson::String("x".into())),
+            (Held::Other(Box::new(Bson::String("x".into()))), Bson::String("x".into())),
         ] {
             let f = update_filter(&spec, &c, &held, true);
             assert!(f.keys().all(|k| !k.starts_with('$')), "{held:?}: {f}");
