@@ -31,7 +31,7 @@ async fn sink_at(uri: String, op_timeout: Duration) -> Sink {
 }
 
 fn existing(hash: &str) -> Existing {
-    Existing { hash: Some(hash.to_string()), ..Default::default() }
+    Existing { hash: Some(hash.into()), ..Default::default() }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -104,7 +104,7 @@ impl Pg {
                     }
                 }
             }
-            existing.insert(id.to_string(), Existing { hash: hash.map(str::to_string), ..Default::default() });
+            existing.insert(id.to_string(), Existing { hash: hash.map(Box::from), ..Default::default() });
         }
         Ok((existing, memo))
     }

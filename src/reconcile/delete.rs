@@ -44,8 +44,7 @@ pub(super) async fn find<T: Target>(
         .iter()
         .filter_map(|id| {
             let ex = details.get(id)?;
-            let src = ex.source.as_ref()?;
-            let src = src.as_str();
+            let src: &str = ex.source.as_deref()?;
             let authoritative = !scanned.no_deletes.contains(src)
                 && (scanned.read_ok.contains(src)
                     || scanned.missing.contains(src)

@@ -93,7 +93,7 @@ const LOOKUP_MAX: usize = 20_000;
 
 /// What the picture knows of a document.
 fn known(k: &Known) -> Existing {
-    Existing { hash: Some(k.hash_text()), source: Some(k.source.to_string()), ..Default::default() }
+    Existing { hash: Some(k.hash_text().into()), source: Some(Box::from(&*k.source)), ..Default::default() }
 }
 
 /// The same, from watch's picture of the collection (`None` without one).

@@ -137,7 +137,7 @@ fn other_live_source(engine: &Engine, spec: &SourceSpec, c: &Candidate, ex: &Exi
     records
         .iter()
         .any(|r| r.value.get(&spec.id_field).and_then(|v| v.as_str()) == Some(c.mapped.id.as_str()))
-        .then(|| src.clone())
+        .then(|| src.to_string())
 }
 
 /// Whether each plaintext password differs from the stored hash (bcrypt on

@@ -22,11 +22,11 @@ use crate::layout::SourceSpec;
 #[derive(Debug, Clone, Default)]
 pub struct Existing {
     /// The content hash the mirror wrote (`_mirror.hash`).
-    pub hash: Option<String>,
+    pub hash: Option<Box<str>>,
     /// The file it was mirrored from (`_mirror.source`).
-    pub source: Option<String>,
+    pub source: Option<Box<str>>,
     /// The fields the mirror owns (`_mirror.fields`).
-    pub fields: Vec<String>,
+    pub fields: Box<[String]>,
     /// The version field (`updatedAt`, `updated_at`), where it was read.
     pub version: Held,
 }
@@ -53,7 +53,7 @@ pub enum Held {
 
 // A full reconcile holds an [`Existing`] for every document of a collection,
 // in a table sized to a power of two: each byte here is two MB at a million.
-const _: () = assert!(std::mem::size_of::<Existing>() <= 88);
+const _: () = assert!(std::mem::size_of::<Existing>() <= 64);
 
 /// One write the core asks for.
 #[derive(Debug, Clone, Copy)]

@@ -136,7 +136,7 @@ impl Target for Sink {
             .map(|(id, ex)| {
                 let mut filter = doc! { "_id": id };
                 if let Some(h) = &ex.hash {
-                    filter.insert("_mirror.hash", h);
+                    filter.insert("_mirror.hash", &**h);
                 }
                 WriteOp::Delete { coll: spec.collection.clone(), filter }
             })
@@ -291,8 +291,8 @@ fn existing_from(spec: &SourceSpec, d: &Document) -> Option<(String, Existing)> 
     let id = id_string(d.get("_id")?);
     let m = d.get_document("_mirror").ok();
     let ex = Existing {
-        hash: m.and_then(|m| m.get_str("hash").ok()).map(str::to_string),
-        source: m.and_then(|m| m.get_str("source").ok()).map(str::to_string),
+        hash: m.and_then(|m| m.get_str("hash").ok()).map(Box::from),
+        source: m.and_then(|m| m.get_str("source").ok()).map(Box::from),
         fields: m
             .and_then(|m| m.get_array("fields").ok())
             .map(|a| a.iter().filter_map(|b| b.as_str().map(str::to_string)).collect())

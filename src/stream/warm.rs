@@ -251,7 +251,7 @@ async fn touched_files(
             let found = sink.existing(spec, &list).await?;
             let mut left = HashSet::new();
             for id in ids {
-                match found.get(id).and_then(|e| e.source.clone()).filter(|r| spec.owns_rel(r)) {
+                match found.get(id).and_then(|e| e.source.as_deref().map(str::to_string)).filter(|r| spec.owns_rel(r)) {
                     Some(rel) => {
                         recheck.entry(rel).or_default().insert(id.clone());
                     }
