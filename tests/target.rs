@@ -142,10 +142,8 @@ async fn a_collection_slower_to_list_than_the_operation_timeout_is_still_read() 
     let sink = sink_at(uri, Duration::from_secs(4)).await;
     let spec = Layout::builtin().sources.into_iter().find(|s| s.collection == "training_jobs").unwrap();
     let started = std::time::Instant::now();
-    let hashes = sink.hashes(&spec, 100_000).await.expect("the listing is read, batch by batch");
+    let hashes = sink.hashes(&spec).await.expect("the listing is read, batch by batch");
     assert_eq!(hashes.len(), 30_050);
-    // Sized once to what was expected (watch's picture of the collection).
-    assert!(hashes.capacity() >= 100_000, "capacity {}", hashes.capacity());
     assert!(started.elapsed() > Duration::from_secs(4), "the proxy did slow the listing past one timeout");
 }
 

@@ -100,7 +100,7 @@ async fn a_delete_that_matched_nothing_is_not_counted_and_leaves_no_archive_copy
     ];
     let writes: Vec<Write<'_>> = cands.iter().map(Write::Insert).collect();
     pg.write(users, &writes, true).await.unwrap();
-    let held = pg.hashes(users, 0).await.unwrap();
+    let held = pg.hashes(users).await.unwrap();
     // u1 changed since the core looked (its hash is no longer the one it saw); u2 did not.
     let stale = Existing { hash: Some("seen-before".into()), ..Default::default() };
     let gone = vec![("u1".to_string(), stale), ("u2".to_string(), held["u2"].clone())];

@@ -104,9 +104,8 @@ impl Target for Pg {
         }
     }
 
-    async fn hashes(&self, spec: &SourceSpec, _expect: usize) -> Result<HashMap<String, Existing>, Fatal> {
+    async fn hashes(&self, spec: &SourceSpec) -> Result<HashMap<String, Existing>, Fatal> {
         // Only the hash, as on MongoDB: the core asks for the rest where it needs it.
-        // (Sized from the rows read, all at once: `_expect` is not needed.)
         let t = table_of(spec)?;
         if self.absent() {
             return Ok(HashMap::new());

@@ -45,7 +45,7 @@ async fn held<T: Target>(
 ) -> Result<HashMap<String, Existing>, Fatal> {
     let spec = &engine.layout.sources[scanned.spec];
     if scanned.complete {
-        return target.hashes(spec, memory.and_then(|m| m.documents(&spec.collection)).unwrap_or(0)).await;
+        return target.hashes(spec).await;
     }
     if let Some(found) = memory.and_then(|m| from_picture(m, &spec.collection, scanned)) {
         return Ok(found);

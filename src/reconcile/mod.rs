@@ -238,16 +238,11 @@ pub async fn reconcile<T: Target>(
     let (e, t, whole) = (engine.clone(), core.target.clone(), work.whole);
     let order = whole.clone();
     let texts = opts.texts && core.memory.is_none();
-    // watch's picture says about how many documents each collection holds.
-    let expect: Vec<usize> = whole
-        .iter()
-        .map(|s| core.memory.and_then(|m| m.documents(&engine.layout.sources[*s].collection)).unwrap_or(0))
-        .collect();
     reader.spawn(async move {
-        for (spec_idx, expect) in whole.into_iter().zip(expect) {
+        for spec_idx in whole {
             let started = std::time::Instant::now();
             let spec = &e.layout.sources[spec_idx];
-            let existing = if texts { t.hashes_and_texts(spec).await } else { t.hashes(spec, expect).await.map(|h| (h, None)) };
+            let existing = if texts { t.hashes_and_texts(spec).await } else { t.hashes(spec).await.map(|h| (h, None)) };
             tracing::debug!(collection = %spec.collection, documents = existing.as_ref().map_or(0, |(h, _)| h.len()), texts = existing.as_ref().map_or(0, |(_, t)| t.as_ref().map_or(0, |t| t.values().map(|f| f.recs.len()).sum())), elapsed_ms = started.elapsed().as_millis(), "Fetched what the target holds");
             let failed = existing.is_err();
             if fetched_tx.send((spec_idx, existing)).await.is_err() || failed {

@@ -96,16 +96,7 @@ pub trait Target: Clone + Send + Sync + 'static {
     }
 
     /// Every document's id and content hash (what a full scan compares with).
-    /// `expect`: about how many documents the collection holds, where known
-    /// (watch's picture of it; 0 otherwise), so the table is sized once
-    /// instead of doubling as they arrive: at a million documents the last
-    /// doubling holds both tables at once, about 90 MB more at the peak of a
-    /// periodic full rescan.
-    fn hashes(
-        &self,
-        spec: &SourceSpec,
-        expect: usize,
-    ) -> impl Future<Output = Result<HashMap<String, Existing>, Fatal>> + Send;
+    fn hashes(&self, spec: &SourceSpec) -> impl Future<Output = Result<HashMap<String, Existing>, Fatal>> + Send;
 
     /// The same, and where the target keeps them beside its rows, the raw
     /// texts of the records it wrote, per file (see [`crate::reconcile::scan::scan_source`]).
@@ -114,7 +105,7 @@ pub trait Target: Clone + Send + Sync + 'static {
         &self,
         spec: &SourceSpec,
     ) -> impl Future<Output = Result<(HashMap<String, Existing>, Option<Memo>), Fatal>> + Send {
-        async move { Ok((self.hashes(spec, 0).await?, None)) }
+        async move { Ok((self.hashes(spec).await?, None)) }
     }
 
     /// Everything [`Existing`] holds, for these ids (those the target holds).

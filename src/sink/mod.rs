@@ -413,23 +413,6 @@ impl Sink {
         C: Default + Extend<T>,
         F: Fn(Document) -> Option<T>,
     {
-        self.find_map_into(coll, filter, projection, f, C::default).await
-    }
-
-    /// [`Sink::find_map`] into a container `fresh` makes (one per try; e.g.
-    /// a table sized to what is expected).
-    pub async fn find_map_into<T, C, F>(
-        &self,
-        coll: &str,
-        filter: Document,
-        projection: Option<Document>,
-        f: F,
-        fresh: impl Fn() -> C,
-    ) -> Result<C, SinkError>
-    where
-        C: Extend<T>,
-        F: Fn(Document) -> Option<T>,
-    {
         let c = self.collection(coll);
         let f = &f;
         // Each step (the query, each batch of results) has its own time limit,
@@ -438,7 +421,6 @@ impl Sink {
         let step = self.opts.op_timeout;
         let stalled = move |_| MongoError::custom(format!("{STALLED} {step:?} while reading {coll}"));
         let metrics = &self.opts.metrics;
-        let fresh = &fresh;
         self.retry_with("read", false, || {
             let c = c.clone();
             let filter = filter.clone();
@@ -449,7 +431,7 @@ impl Sink {
                     find = find.projection(p);
                 }
                 let mut cursor = tokio::time::timeout(step, async move { find.await }).await.map_err(stalled)??;
-                let mut out = fresh();
+                let mut out = C::default();
                 let mut n = 0u64;
                 while let Some(d) = tokio::time::timeout(step, cursor.try_next()).await.map_err(stalled)?? {
                     n += 1;

@@ -19,11 +19,10 @@ use crate::reconcile::target::{Existing, Held, Inspect, Outcome, Target, Write};
 use crate::reconcile::{ARCHIVE, REJECTS};
 
 impl Target for Sink {
-    async fn hashes(&self, spec: &SourceSpec, expect: usize) -> Result<HashMap<String, Existing>, Fatal> {
+    async fn hashes(&self, spec: &SourceSpec) -> Result<HashMap<String, Existing>, Fatal> {
         // Only the hash: on a large collection every projected field costs the server.
         let projection = Some(doc! { "_mirror.hash": 1 });
-        let fresh = || HashMap::with_capacity(expect);
-        Ok(self.find_map_into(&spec.collection, doc! {}, projection, |d| existing_from(spec, &d), fresh).await?)
+        Ok(self.find_map(&spec.collection, doc! {}, projection, |d| existing_from(spec, &d)).await?)
     }
 
     async fn existing(&self, spec: &SourceSpec, ids: &[String]) -> Result<HashMap<String, Existing>, Fatal> {
