@@ -69,8 +69,8 @@ impl Pg {
             let fields: Option<Value> = r.try_get(3).ok().flatten();
             let version: Option<chrono::NaiveDateTime> = r.try_get(4).ok().flatten();
             let ex = Existing {
-                hash: r.try_get::<_, Option<String>>(1).ok().flatten().map(String::into_boxed_str),
-                source: r.try_get::<_, Option<String>>(2).ok().flatten().map(String::into_boxed_str),
+                hash: r.try_get(1).ok().flatten(),
+                source: r.try_get(2).ok().flatten(),
                 fields: match fields {
                     Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect(),
                     _ => Box::default(),
@@ -295,8 +295,7 @@ impl Target for Pg {
         let client = self.client().await?;
         let run = |items: &[(String, Existing)]| {
             let ids: Vec<String> = items.iter().map(|(id, _)| id.clone()).collect();
-            let hashes: Vec<Option<String>> =
-                items.iter().map(|(_, ex)| ex.hash.as_deref().map(str::to_string)).collect();
+            let hashes: Vec<Option<Box<str>>> = items.iter().map(|(_, ex)| ex.hash.clone()).collect();
             let (sql, client) = (sql.clone(), client.clone());
             async move {
                 let rows = client.query(&sql, &[&ids, &hashes]).await?;

@@ -45,7 +45,7 @@ pub enum Held {
     /// A date.
     Date(bson::DateTime),
     /// Anything else the app stored (an ISO string, epoch milliseconds, ...).
-    /// Boxed: rare, and a value of any BSON type is over 100 bytes, which
+    /// Boxed: rare, and a `Bson` takes 112 bytes whatever it holds, which
     /// every [`Existing`] would carry otherwise (a full reconcile holds one
     /// per document of the collection: a million at the scale this is built for).
     Other(Box<bson::Bson>),
