@@ -7,7 +7,7 @@
 //!   record, so it is neither mapped nor looked up again);
 //! - the **picture**: per collection, what each document holds as far as the
 //!   mirror knows (id → content hash and source file), so a changed file is
-//!   compared without reading the whole collection again.
+//!   compared without reading the whole collection again (see [`Picture`]).
 //!
 //! Stale entries are safe: every write is still checked by the server (the
 //! version condition, unique indexes) and anything surprising is planned again
@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use super::picture::{IdKey, IdSeed, Known, Picture};
 pub use super::recs::RawHash;
 use crate::layout::Layout;
 use crate::source::SourceFile;
@@ -26,7 +27,9 @@ use crate::source::SourceFile;
 #[derive(Debug, Default)]
 pub struct Memory {
     /// Per collection: id → what the mirror last left there.
-    pub picture: Mutex<HashMap<String, HashMap<Arc<str>, Known>>>,
+    pub picture: Mutex<Picture>,
+    /// The seed of the picture's id keys ([`Memory::id_key`]).
+    pub ids: IdSeed,
     /// Per source file (`rel`): the records mirrored from it.
     pub memo: Mutex<Memo>,
     /// Numbers the passes of scans over the memo (marks in [`Rec::seen`]).
@@ -218,7 +221,12 @@ impl Memory {
     /// Documents per collection as the picture has them (`None` before the
     /// first full scan of that collection).
     pub fn documents(&self, collection: &str) -> Option<usize> {
-        self.picture.lock().ok()?.get(collection).map(HashMap::len)
+        self.picture.lock().ok()?.get(collection).map(super::picture::Coll::len)
+    }
+
+    /// How the picture knows a document.
+    pub fn id_key(&self, id: &str) -> IdKey {
+        self.ids.key(id)
     }
 
     /// Whether the server must be asked for this collection's document count
@@ -246,38 +254,6 @@ impl Memory {
                 entry.1 = n.or(entry.1);
             }
         }
-    }
-}
-
-/// One document as the mirror last left it: 32 bytes, kept for every
-/// document of every mirrored collection.
-#[derive(Debug, Clone)]
-pub struct Known {
-    /// The content hash (`_mirror.hash`, 32 hex digits) as a number; see [`Known::new`].
-    pub hash: u128,
-    pub source: Arc<str>,
-}
-
-impl Known {
-    /// A hash the target holds in any other form than the mirror's 32
-    /// lowercase hex digits (an app's or an operator's write): kept as this
-    /// value, which [`Known::hash_text`] turns into a text no record's content
-    /// hash ever equals, so the document is written again, as it would be
-    /// with the text itself.
-    const ODD: u128 = 0;
-
-    pub fn new(hash: &str, source: Arc<str>) -> Known {
-        let lower_hex = hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        let hash = if lower_hex { u128::from_str_radix(hash, 16).unwrap_or(Known::ODD) } else { Known::ODD };
-        Known { hash, source }
-    }
-
-    /// The content hash as the target holds it (as the mapping writes it).
-    pub fn hash_text(&self) -> String {
-        if self.hash == Known::ODD {
-            return "?".to_string();
-        }
-        format!("{:032x}", self.hash)
     }
 }
 

@@ -28,6 +28,7 @@ pub mod hits;
 pub mod lookup;
 pub mod memo;
 pub mod packed;
+pub mod picture;
 pub mod plan;
 pub mod recs;
 pub mod rejects;
@@ -354,8 +355,8 @@ struct SourceRun<'a, T: Target> {
     pub rejects: Vec<RejectRecord>,
     /// watch: the memo entries of the candidates, committed once settled.
     pub memo_pending: memo::Staged,
-    /// watch: what was written, for the picture.
-    pub fresh: Vec<(Arc<str>, Known)>,
+    /// watch: what was written, for the picture (by id key).
+    pub fresh: Vec<(memo::IdKey, Known)>,
 }
 
 #[cfg(test)]
@@ -444,6 +445,36 @@ mod tests {
         let mut vanished: Vec<&str> = scanned.vanished.iter().map(|v| &*v.id).collect();
         vanished.sort_unstable();
         assert_eq!(vanished, ["u1", "u2"]);
+    }
+
+    #[test]
+    fn a_file_gone_whose_records_the_memo_holds_is_covered_by_them() {
+        use super::memo::{FileMemo, Memory, Recs};
+        use super::scan::{scan_source, Texts};
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = crate::source::Roots { data: tmp.path().join("data"), artifacts: tmp.path().join("artifacts") };
+        std::fs::create_dir_all(roots.artifacts.join("jobs")).unwrap();
+        let layout = crate::layout::Layout::builtin();
+        let jobs = layout.sources.iter().position(|s| s.collection == "training_jobs").unwrap();
+        let engine = super::Engine::new(layout, roots.clone(), crate::indexes::IndexSet::builtin());
+        let memory = Memory::default();
+        let mut recs = Recs::bulk();
+        recs.insert(7, "j1", []);
+        recs.seal();
+        memory.memo.lock().unwrap().insert("artifacts/jobs/j1.json".into(), FileMemo { recs, ..FileMemo::default() });
+        // Both files are gone; the memo knows what was mirrored from j1.json only.
+        let gone = ["j1", "j2"].map(|j| {
+            let rel = format!("artifacts/jobs/{j}.json");
+            let path = roots.artifacts.join(format!("jobs/{j}.json"));
+            SourceFile::at(jobs, &rel, path.to_str().unwrap())
+        });
+        let scanned = scan_source(&engine, Some(&memory), Texts::None, jobs, Some(gone.to_vec()), None).unwrap();
+        assert_eq!(scanned.missing.len(), 2);
+        let covered: Vec<&str> = scanned.memo_covered.iter().map(|r| &**r).collect();
+        assert_eq!(covered, ["artifacts/jobs/j1.json"]);
+        let vanished: Vec<(&str, &str, u128)> =
+            scanned.vanished.iter().map(|v| (&*v.rel, &*v.id, v.raw_hash)).collect();
+        assert_eq!(vanished, [("artifacts/jobs/j1.json", "j1", 7)]);
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl Pass<'_> {
             Ok(Some(s)) => s,
             Ok(None) => {
                 out.files += 1;
-                out.missing.insert(file.rel.clone());
+                self.missing(file, out);
                 return true;
             }
             // Not an array after all (or not a file): read whole, as usual.
@@ -391,7 +391,7 @@ impl Pass<'_> {
         out.files += 1;
         let (bytes, settled, known) = match read {
             Ok(None) => {
-                out.missing.insert(file.rel.clone());
+                self.missing(file, out);
                 return true;
             }
             Ok(Some(f)) => (f.bytes, f.settled, f.digest),
@@ -426,6 +426,21 @@ impl Pass<'_> {
             None => texts.get().and_then(|t| t.get(&file.rel)).map(|m| (m, Hits::Target)),
         };
         self.records(file, raws, memo, out, emit)
+    }
+
+    /// A file found absent. Where watch's memo holds what was mirrored from
+    /// it, every record there is gone and the memo covers the file: its
+    /// documents are found by id, not by their source.
+    fn missing(&mut self, file: &SourceFile, out: &mut Scanned) {
+        out.missing.insert(file.rel.clone());
+        let Some(memo) = self.memory.filter(|_| self.use_hits).and_then(|m| m.memo.lock().ok()) else { return };
+        let Some(m) = memo.get(&file.rel).filter(|m| !m.recs.is_short()) else { return };
+        out.memo_covered.insert(file.rel.clone());
+        out.vanished.extend(m.recs.iter().map(|(h, rec)| MemoEntry {
+            rel: file.rel.clone(),
+            raw_hash: h,
+            id: rec.id().into(),
+        }));
     }
 
     /// The records of one file, in order.

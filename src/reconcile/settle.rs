@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use bson::Bson;
 
-use super::memo::{Known, Memo, Memory, Staged};
+use super::memo::{IdKey, Known, Memo, Memory, Staged};
+use super::picture::Coll;
 use super::rejects::RejectRecord;
 use super::scan::Scanned;
 use super::target::{Existing, Target};
@@ -149,8 +150,8 @@ pub struct Learnt<'a> {
     pub details: &'a HashMap<String, Existing>,
     /// The ids in the files, and the file each came from.
     pub firsts: &'a super::firsts::Firsts,
-    /// What was written.
-    pub written: Vec<(Arc<str>, Known)>,
+    /// What was written (by id key).
+    pub written: Vec<(IdKey, Known)>,
     /// What was deleted.
     pub removed: Vec<String>,
 }
@@ -160,24 +161,41 @@ pub fn remember(memory: &Memory, spec: &SourceSpec, learnt: Learnt<'_>) {
     if !memory.keeps_picture() {
         return;
     }
-    let Ok(mut picture) = memory.picture.lock() else { return };
-    // A picture is only ever started by a full scan; until then (at start, or
-    // after a failure made watch forget it) changes are compared with the target.
-    let coll = if learnt.complete {
-        let coll = picture.entry(spec.collection.clone()).or_default();
-        coll.clear();
-        coll
-    } else {
-        match picture.get_mut(&spec.collection) {
-            Some(coll) => coll,
-            None => return,
+    if learnt.complete {
+        // A picture is only ever started by a full scan: built in bulk, out
+        // of the lock, from what was written and (where nothing was) what
+        // the target held.
+        let coll = Coll::build(pictured(memory, learnt));
+        if let Ok(mut picture) = memory.picture.lock() {
+            picture.insert(&spec.collection, coll);
         }
-    };
-    // Sized once (see `commit_memo`).
-    coll.reserve(if learnt.complete { learnt.existing.len() } else { 0 } + learnt.written.len());
-    // After a partial scan the picture already holds everything but what changed.
-    for (id, ex) in learnt.existing.iter().filter(|_| learnt.complete) {
+        return;
+    }
+    // Until then (at start, or after a failure made watch forget it)
+    // changes are compared with the target.
+    let Ok(mut picture) = memory.picture.lock() else { return };
+    let Some(coll) = picture.get_mut(&spec.collection) else { return };
+    for (key, k) in learnt.written {
+        coll.set(key, k);
+    }
+    for id in learnt.removed {
+        coll.remove(memory.id_key(&id));
+    }
+}
+
+/// A full scan's picture of a collection, before the deleted are taken out:
+/// what was written first, so it stays over what the target held.
+fn pictured(memory: &Memory, learnt: Learnt<'_>) -> Vec<(IdKey, Known)> {
+    let removed: HashSet<IdKey> = learnt.removed.iter().map(|id| memory.id_key(id)).collect();
+    let mut all = learnt.written;
+    all.retain(|(k, _)| !removed.contains(k));
+    all.reserve(learnt.existing.len());
+    for (id, ex) in learnt.existing {
         let Some(hash) = &ex.hash else { continue };
+        let key = memory.id_key(id);
+        if removed.contains(&key) {
+            continue;
+        }
         // The scan's shared name of the file.
         let source = learnt
             .details
@@ -186,15 +204,10 @@ pub fn remember(memory: &Memory, spec: &SourceSpec, learnt: Learnt<'_>) {
             .map(Arc::from)
             .or_else(|| learnt.firsts.source_of(id).cloned());
         if let Some(source) = source {
-            coll.insert(Arc::from(id.as_str()), Known::new(hash, source));
+            all.push((key, Known::new(hash, source)));
         }
     }
-    for (id, k) in learnt.written {
-        coll.insert(id, k);
-    }
-    for id in learnt.removed {
-        coll.remove(id.as_str());
-    }
+    all
 }
 
 #[cfg(test)]
@@ -330,8 +343,8 @@ mod tests {
             memo.insert("artifacts/jobs/j1.json".into(), FileMemo::default());
             let mut picture = memory.picture.lock().unwrap();
             let k = Known::new("h", Arc::from("data/users.json"));
-            picture.entry("users".into()).or_default().insert("u1".into(), k.clone());
-            picture.entry("training_jobs".into()).or_default().insert("j1".into(), k);
+            picture.insert("users", Coll::build(vec![(memory.id_key("u1"), k.clone())]));
+            picture.insert("training_jobs", Coll::build(vec![(memory.id_key("j1"), k)]));
         }
         memory.forget(&layout, Some(std::slice::from_ref(&users_file)));
         {
@@ -339,10 +352,10 @@ mod tests {
             assert!(!memo.contains_key("data/users.json"), "the failed file's memo (and digest) must go");
             assert!(memo.contains_key("artifacts/jobs/j1.json"));
             let picture = memory.picture.lock().unwrap();
-            assert!(!picture.contains_key("users") && picture.contains_key("training_jobs"));
+            assert!(!picture.contains("users") && picture.contains("training_jobs"));
         }
         // No picture is started again by a partial reconcile.
-        let written = vec![(Arc::from("u2"), Known::new("h2", Arc::from("data/users.json")))];
+        let written = vec![(memory.id_key("u2"), Known::new("h2", Arc::from("data/users.json")))];
         let (existing, details, firsts) = (HashMap::new(), HashMap::new(), Default::default());
         let learnt = Learnt {
             complete: false,
@@ -353,12 +366,12 @@ mod tests {
             removed: vec![],
         };
         remember(&memory, &users_spec, learnt);
-        assert!(!memory.picture.lock().unwrap().contains_key("users"));
+        assert!(!memory.picture.lock().unwrap().contains("users"));
         // A failed rescan of a whole source forgets that source, files and picture.
         let (jobs, _) = spec_of(&layout, "training_jobs");
         memory.forget_sources(&layout, &[jobs]);
         assert!(!memory.memo.lock().unwrap().contains_key("artifacts/jobs/j1.json"));
-        assert!(!memory.picture.lock().unwrap().contains_key("training_jobs"));
+        assert!(!memory.picture.lock().unwrap().contains("training_jobs"));
         memory.forget(&layout, None);
         assert!(memory.memo.lock().unwrap().is_empty());
         assert!(memory.picture.lock().unwrap().is_empty());
@@ -376,7 +389,7 @@ mod tests {
                 ..Default::default()
             };
             commit_memo(&users_spec, &mut memory.memo.lock().unwrap(), &scanned, entry("data/users.json", 1, "u1"));
-            let written = vec![(Arc::from("u1"), Known::new("h1", Arc::from("data/users.json")))];
+            let written = vec![(memory.id_key("u1"), Known::new("h1", Arc::from("data/users.json")))];
             let (existing, details) = (HashMap::new(), HashMap::new());
             let learnt = Learnt {
                 complete: true,

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use tokio_util::sync::CancellationToken;
 
 use super::cores::on_all_cores;
-use super::memo::{Known, Memory};
+use super::memo::Known;
 use super::plan::{verdict, Verdict};
 use super::scan::Candidate;
 use super::target::{Existing, Outcome, Target, Write};
@@ -221,9 +221,9 @@ impl<T: Target> SourceRun<'_, T> {
         if self.opts.log_changes {
             tracing::info!(collection = %self.spec.collection, id = %c.mapped.id, source = %c.locate(), action, "Mirrored change");
         }
-        if self.memory.is_some_and(Memory::keeps_picture) {
+        if let Some(memory) = self.memory.filter(|m| m.keeps_picture()) {
             let known = Known::new(&c.mapped.hash, c.rel.clone());
-            self.fresh.push((c.id.clone(), known));
+            self.fresh.push((memory.id_key(&c.id), known));
         }
     }
 
