@@ -2,7 +2,7 @@
 //! `insert`/`update`/`delete` commands every server understands, with their
 //! replies turned into one [`Outcome`] per operation.
 
-use bson::{doc, Bson, Document};
+use bson::{Bson, Document, RawArrayBuf, RawDocumentBuf};
 use mongodb::error::{Error as MongoError, ErrorKind};
 use mongodb::options::WriteModel;
 use mongodb::Namespace;
@@ -91,28 +91,19 @@ impl Sink {
     /// The pre-8.0 path: consecutive ops of one kind on one collection become
     /// one `insert`/`update`/`delete` command, kept under the 16 MiB limit.
     pub(super) async fn commands_batch(&self, ops: &[WriteOp]) -> Result<Vec<Outcome>, SinkError> {
-        const MAX_COMMAND_BYTES: usize = 12 * 1024 * 1024;
         let mut results = Vec::with_capacity(ops.len());
         let mut start = 0;
         while start < ops.len() {
-            let mut end = start;
-            let mut bytes = 0usize;
-            while end < ops.len()
-                && ops[end].kind() == ops[start].kind()
-                && ops[end].coll() == ops[start].coll()
-                && (end == start || bytes < MAX_COMMAND_BYTES)
-            {
-                bytes += op_size(&ops[end]);
-                end += 1;
-            }
-            let group = &ops[start..end];
-            let cmd = command_for(group);
+            let (cmd, end) = command_from(ops, start)
+                .map_err(|e| SinkError::Refused { code: 0, message: self.scrub(&e.to_string()) })?;
+            let group = ops.get(start..end).unwrap_or_default();
             let reply = self
                 .retry("write command", || {
                     let db = self.db.clone();
+                    // (A copy of the encoded bytes: one allocation.)
                     let cmd = cmd.clone();
                     async move {
-                        let reply = db.run_command(cmd).await?;
+                        let reply = db.run_raw_command(cmd).await?;
                         match super::failover_in(&reply) {
                             Some(transient) => Err(transient),
                             None => Ok(reply),
@@ -121,7 +112,7 @@ impl Sink {
                 })
                 .await?;
             results.extend(self.command_results(group, &reply)?);
-            start = end;
+            start = end.max(start + 1);
         }
         Ok(results)
     }
@@ -173,39 +164,113 @@ fn classify(code: i32, message: &str) -> Outcome {
     }
 }
 
-fn op_size(op: &WriteOp) -> usize {
-    let d = match op {
-        WriteOp::Insert { doc, .. } => doc,
-        WriteOp::Update { update, .. } => update,
-        WriteOp::Delete { filter, .. } | WriteOp::DeleteMany { filter, .. } => filter,
+/// The command for the ops from `start` on that share its kind and
+/// collection, up to [`MAX_COMMAND_BYTES`], and where they end. Each op's
+/// documents are encoded once, straight into the command's bytes: no copy
+/// of them is made as documents (a mapped document takes about five times
+/// its encoded size in memory). An op that cannot be encoded refuses the
+/// command, and [`Sink::write`] isolates it.
+fn command_from(ops: &[WriteOp], start: usize) -> Result<(RawDocumentBuf, usize), bson::raw::Error> {
+    let Some(first) = ops.get(start) else { return Ok((RawDocumentBuf::new(), start)) };
+    let mut items = RawArrayBuf::new();
+    let (mut end, mut bytes) = (start, 0usize);
+    while let Some(op) = ops.get(end) {
+        if op.kind() != first.kind() || op.coll() != first.coll() || (end > start && bytes >= MAX_COMMAND_BYTES) {
+            break;
+        }
+        let item = command_item(op)?;
+        bytes += item.as_bytes().len() + 64;
+        items.push(item);
+        end += 1;
+    }
+    let (verb, list) = match first {
+        WriteOp::Insert { .. } => ("insert", "documents"),
+        WriteOp::Update { .. } => ("update", "updates"),
+        WriteOp::Delete { .. } | WriteOp::DeleteMany { .. } => ("delete", "deletes"),
     };
-    bson::to_vec(d).map(|v| v.len()).unwrap_or(1024) + 64
+    let mut cmd = RawDocumentBuf::new();
+    cmd.append(verb, first.coll());
+    cmd.append(list, items);
+    cmd.append("ordered", false);
+    Ok((cmd, end))
 }
 
-fn command_for(group: &[WriteOp]) -> Document {
-    let coll = group.first().map(WriteOp::coll).unwrap_or_default().to_string();
-    match group.first() {
-        Some(WriteOp::Insert { .. }) => doc! {
-            "insert": coll,
-            "documents": group.iter().filter_map(|op| match op { WriteOp::Insert { doc, .. } => Some(Bson::Document(doc.clone())), _ => None }).collect::<Vec<_>>(),
-            "ordered": false,
-        },
-        Some(WriteOp::Update { .. }) => doc! {
-            "update": coll,
-            "updates": group.iter().filter_map(|op| match op {
-                WriteOp::Update { filter, update, upsert, .. } => Some(Bson::Document(doc! { "q": filter.clone(), "u": update.clone(), "upsert": *upsert, "multi": false })),
-                _ => None,
-            }).collect::<Vec<_>>(),
-            "ordered": false,
-        },
-        _ => doc! {
-            "delete": coll,
-            "deletes": group.iter().filter_map(|op| match op {
-                WriteOp::Delete { filter, .. } => Some(Bson::Document(doc! { "q": filter.clone(), "limit": 1 })),
-                WriteOp::DeleteMany { filter, .. } => Some(Bson::Document(doc! { "q": filter.clone(), "limit": 0 })),
-                _ => None,
-            }).collect::<Vec<_>>(),
-            "ordered": false,
-        },
+/// A command's list is kept under this many bytes (the server's limit is 16 MiB).
+const MAX_COMMAND_BYTES: usize = 12 * 1024 * 1024;
+
+/// One op as its command's list holds it.
+fn command_item(op: &WriteOp) -> Result<RawDocumentBuf, bson::raw::Error> {
+    let raw = RawDocumentBuf::from_document;
+    Ok(match op {
+        WriteOp::Insert { doc, .. } => raw(doc)?,
+        WriteOp::Update { filter, update, upsert, .. } => {
+            let mut d = RawDocumentBuf::new();
+            d.append("q", raw(filter)?);
+            d.append("u", raw(update)?);
+            d.append("upsert", *upsert);
+            d.append("multi", false);
+            d
+        }
+        WriteOp::Delete { filter, .. } | WriteOp::DeleteMany { filter, .. } => {
+            let mut d = RawDocumentBuf::new();
+            d.append("q", raw(filter)?);
+            d.append("limit", i32::from(matches!(op, WriteOp::Delete { .. })));
+            d
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    #[test]
+    fn runs_of_one_kind_on_one_collection_become_one_command_each_encoded_as_before() {
+        let ins = |id: &str| WriteOp::Insert { coll: "users".into(), doc: doc! { "_id": id, "n": 1 } };
+        let ops = vec![
+            ins("a"),
+            ins("b"),
+            WriteOp::Update {
+                coll: "users".into(),
+                filter: doc! { "_id": "a" },
+                update: doc! { "$set": { "n": 2 } },
+                upsert: true,
+            },
+            WriteOp::Delete { coll: "users".into(), filter: doc! { "_id": "b" } },
+            WriteOp::DeleteMany { coll: "users".into(), filter: doc! { "_id": { "$in": ["c"] } } },
+            WriteOp::Delete { coll: "datasets".into(), filter: doc! { "_id": "d" } },
+        ];
+        let mut commands = Vec::new();
+        let mut start = 0;
+        while start < ops.len() {
+            let (cmd, end) = command_from(&ops, start).unwrap();
+            commands.push(cmd.to_document().unwrap());
+            start = end;
+        }
+        let expected = vec![
+            doc! { "insert": "users", "documents": [{ "_id": "a", "n": 1 }, { "_id": "b", "n": 1 }], "ordered": false },
+            doc! { "update": "users", "updates": [{ "q": { "_id": "a" }, "u": { "$set": { "n": 2 } }, "upsert": true, "multi": false }], "ordered": false },
+            doc! { "delete": "users", "deletes": [{ "q": { "_id": "b" }, "limit": 1 }, { "q": { "_id": { "$in": ["c"] } }, "limit": 0 }], "ordered": false },
+            doc! { "delete": "datasets", "deletes": [{ "q": { "_id": "d" }, "limit": 1 }], "ordered": false },
+        ];
+        assert_eq!(commands, expected);
+    }
+
+    #[test]
+    fn a_command_stops_once_its_list_passes_twelve_mib() {
+        let big = "x".repeat(1024 * 1024);
+        let ops: Vec<WriteOp> =
+            (0..14).map(|i| WriteOp::Insert { coll: "users".into(), doc: doc! { "_id": i, "s": &big } }).collect();
+        let (first, end) = command_from(&ops, 0).unwrap();
+        assert_eq!(end, 12, "twelve documents of a little over 1 MiB reach the limit");
+        assert!(first.as_bytes().len() < 16 * 1024 * 1024);
+        assert_eq!(command_from(&ops, end).unwrap().1, 14);
+    }
+
+    #[test]
+    fn a_document_bson_cannot_encode_refuses_its_command() {
+        let ops = vec![WriteOp::Insert { coll: "users".into(), doc: doc! { "_id": "a", "bad\u{0}key": 1 } }];
+        assert!(command_from(&ops, 0).is_err());
     }
 }
