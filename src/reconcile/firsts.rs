@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use super::picture::IdSeed;
 use super::recs::{BuildRawHasher, Key};
 use crate::mapping::Reject;
 
@@ -39,8 +40,9 @@ type FirstUse = HashMap<Key, Loc, BuildRawHasher>;
 /// Handed on in [`Scanned::firsts`] once the scan is in: its ids are the
 /// ids in the files (for the deletes) and where each came from (for the
 /// picture), so the run keeps no second table of a million ids.
+#[derive(Default)]
 pub struct Firsts {
-    seed: u64,
+    seed: IdSeed,
     rels: Vec<Arc<str>>,
     by_id: FirstUse,
     /// Per unique field (a handful: compared by pointer, then by name), by
@@ -55,17 +57,9 @@ impl std::fmt::Debug for Firsts {
     }
 }
 
-impl Default for Firsts {
-    fn default() -> Self {
-        use std::hash::BuildHasher;
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0u64);
-        Firsts { seed, rels: Vec::new(), by_id: FirstUse::default(), by_unique: Vec::new() }
-    }
-}
-
 impl Firsts {
     fn key(&self, text: &str) -> Key {
-        Key::of(xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), self.seed))
+        self.seed.key(text)
     }
 
     /// The index of a file (the last one again while its records come in

@@ -53,7 +53,9 @@ impl Known {
     }
 }
 
-/// The seed of one process's id keys.
+/// A random seed for 128-bit keys of texts (XXH3): the picture's id keys
+/// (one seed per process) and first-keeps-it's (one per scan). Nobody can
+/// pick a text whose key another text has.
 #[derive(Debug, Clone, Copy)]
 pub struct IdSeed(u64);
 
