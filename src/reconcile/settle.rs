@@ -183,17 +183,27 @@ pub fn remember(memory: &Memory, spec: &SourceSpec, learnt: Learnt<'_>) {
     }
 }
 
-/// A full scan's picture of a collection, before the deleted are taken out:
-/// what was written first, so it stays over what the target held.
+/// A full scan's picture of a collection: what was written, and (for the
+/// documents not written) what the target held; the deleted taken out.
+/// Each key once, so [`Coll::build`] sorts in place, with no scratch the
+/// size of the list.
 fn pictured(memory: &Memory, learnt: Learnt<'_>) -> Vec<(IdKey, Known)> {
     let removed: HashSet<IdKey> = learnt.removed.iter().map(|id| memory.id_key(id)).collect();
     let mut all = learnt.written;
     all.retain(|(k, _)| !removed.contains(k));
+    // (An id written twice in one reconcile, a write retried, was written
+    // from the same record both times.)
+    all.sort_unstable_by_key(|(k, _)| *k);
+    all.dedup_by_key(|(k, _)| *k);
+    if learnt.existing.is_empty() {
+        return all;
+    }
+    let fresh: Vec<IdKey> = all.iter().map(|(k, _)| *k).collect();
     all.reserve(learnt.existing.len());
     for (id, ex) in learnt.existing {
         let Some(hash) = &ex.hash else { continue };
         let key = memory.id_key(id);
-        if removed.contains(&key) {
+        if removed.contains(&key) || fresh.binary_search(&key).is_ok() {
             continue;
         }
         // The scan's shared name of the file.
@@ -403,5 +413,38 @@ mod tests {
             assert_eq!(memory.memo.lock().unwrap().get("data/users.json").map(|m| m.recs.len()), Some(1));
             assert_eq!(memory.documents("users"), pictured.then_some(1), "picture kept: {pictured}");
         }
+    }
+
+    #[test]
+    fn a_full_scans_picture_takes_what_was_written_over_what_was_held_and_leaves_out_the_deleted() {
+        let memory = Memory::default();
+        let file: Arc<str> = Arc::from("data/users.json");
+        let held = |hash: &str| Existing {
+            hash: Some(hash.into()),
+            source: Some("data/users.json".into()),
+            ..Default::default()
+        };
+        let (a, b, c) = ("a".repeat(32), "b".repeat(32), "c".repeat(32));
+        let existing =
+            HashMap::from([("u1".to_string(), held(&a)), ("u2".to_string(), held(&a)), ("u3".to_string(), held(&a))]);
+        let written =
+            vec![(memory.id_key("u1"), Known::new(&b, file.clone())), (memory.id_key("u4"), Known::new(&c, file))];
+        let learnt = Learnt {
+            complete: true,
+            existing: &existing,
+            details: &existing,
+            firsts: &Default::default(),
+            written,
+            removed: vec!["u2".into()],
+        };
+        let all = pictured(&memory, learnt);
+        let mut keys: Vec<IdKey> = all.iter().map(|(k, _)| *k).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), all.len(), "each document once");
+        let coll = Coll::build(all);
+        let hash = |id: &str| coll.get(memory.id_key(id)).map(Known::hash_text);
+        assert_eq!((hash("u1"), hash("u2"), hash("u3"), hash("u4")), (Some(b), None, Some(a), Some(c)));
+        assert_eq!(coll.len(), 3);
     }
 }
