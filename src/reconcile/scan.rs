@@ -319,6 +319,13 @@ impl Pass<'_> {
 }
 
 /// A file's bytes: those a start from the checkpoint read already, or read now.
+/// The memo covers this file (it holds every record mirrored from it), and
+/// these of its records are gone from it.
+fn covered<'a>(out: &mut Scanned, rel: &Arc<str>, gone: impl Iterator<Item = (RawHash, packed::Rec<'a>)>) {
+    out.memo_covered.insert(rel.clone());
+    out.vanished.extend(gone.map(|(raw_hash, rec)| MemoEntry { rel: rel.clone(), raw_hash, id: rec.id().into() }));
+}
+
 fn read_file(memory: Option<&Memory>, file: &SourceFile, limits: source::ReadLimits) -> Read {
     match memory.and_then(|m| m.take_read(&file.rel)) {
         Some(bytes) => Ok(Some(bytes)),
@@ -435,12 +442,7 @@ impl Pass<'_> {
         out.missing.insert(file.rel.clone());
         let Some(memo) = self.memory.filter(|_| self.use_hits).and_then(|m| m.memo.lock().ok()) else { return };
         let Some(m) = memo.get(&file.rel).filter(|m| !m.recs.is_short()) else { return };
-        out.memo_covered.insert(file.rel.clone());
-        out.vanished.extend(m.recs.iter().map(|(h, rec)| MemoEntry {
-            rel: file.rel.clone(),
-            raw_hash: h,
-            id: rec.id().into(),
-        }));
+        covered(out, &file.rel, m.recs.iter());
     }
 
     /// The records of one file, in order.
@@ -505,12 +507,7 @@ impl Pass<'_> {
         }
         // Records mirrored from this file whose text is no longer there: changed or gone.
         if let (Some(m), true) = (memo, from_memory) {
-            out.memo_covered.insert(file.rel.clone());
-            out.vanished.extend(m.recs.marked(self.mark, false).map(|(h, rec)| MemoEntry {
-                rel: file.rel.clone(),
-                raw_hash: h,
-                id: rec.id().into(),
-            }));
+            covered(out, &file.rel, m.recs.marked(self.mark, false));
         }
         true
     }
