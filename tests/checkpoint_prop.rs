@@ -499,9 +499,18 @@ async fn start_and_compare(a: &TestDb, b: &TestDb, p: &Platform, allow: bool) ->
 }
 
 /// One sequence: a fresh tree and database, a first sync, then the steps, and
-/// a start at the end if the last step was not one.
-async fn run_case(a: &TestDb, b: &TestDb, steps: &[Step]) -> Result<(), String> {
+/// a start at the end if the last step was not one. The database is new to
+/// the server, not the last case's dropped: its stream holds only what the
+/// case did.
+async fn run_case(base: &TestDb, b: &TestDb, steps: &[Step]) -> Result<(), String> {
+    static CASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let a = base.sibling(&CASES.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string());
+    let result = run_steps(&a, b, steps).await;
     a.db.drop().await.unwrap();
+    result
+}
+
+async fn run_steps(a: &TestDb, b: &TestDb, steps: &[Step]) -> Result<(), String> {
     let p = Platform::new();
     let mut files = Files::initial(&p);
     let first = docmirror(a, &p, &["sync"]).await;

@@ -139,6 +139,14 @@ impl TestDb {
         TestDb { name, client, db, base: base.to_string() }
     }
 
+    /// Another database on the same server and client, named after this one
+    /// and `suffix` (not dropped first: the name is the caller's to keep unique).
+    pub fn sibling(&self, suffix: &str) -> TestDb {
+        let name = format!("{}_{suffix}", self.name);
+        let db = self.client.database(&name);
+        TestDb { name, client: self.client.clone(), db, base: self.base.clone() }
+    }
+
     /// The URI the binary gets, with this database as its path.
     pub fn uri(&self) -> String {
         let base = &self.base;

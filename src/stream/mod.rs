@@ -148,10 +148,33 @@ pub fn position(stream: &Stream) -> Option<Bson> {
     stream.resume_token().and_then(|t| bson::to_bson(&t).ok())
 }
 
-/// A position from now on: what a full reconcile stores, taken before its reads.
+/// A position from now on: what a full reconcile stores, taken before its
+/// reads. A stream opened "now" may start a little before now: SecantusDB
+/// starts it at its oldest write still in flight, anywhere on the server, so
+/// a drop committed before the open could still follow the position, and
+/// every start from the checkpoint would see it and reconcile in full. So a
+/// fence is written and the stream read up to it, whatever comes first: all
+/// of that was committed before the fence, hence before the reads; the
+/// position is the fence's.
 pub async fn position_now(sink: &Sink) -> Result<Bson, Unusable> {
-    let stream = open(sink, None, Events::All, Pace::CatchUp).await?;
-    position(&stream).ok_or_else(|| Unusable::NoStreams("the server gave no resume token".into()))
+    let mut stream = open(sink, None, Events::All, Pace::CatchUp).await?;
+    let n = fence(sink).await.map_err(|e| Unusable::Failed(format!("cannot write the fence: {e}")))?;
+    let deadline = tokio::time::Instant::now() + FENCE_WAIT;
+    loop {
+        let ev = match tokio::time::timeout_at(deadline, stream.next_if_any()).await {
+            Ok(Ok(Some(ev))) => ev,
+            Ok(Ok(None)) => continue,
+            Ok(Err(e)) => return Err(classify(&e, &|s: &str| sink.scrub(s))),
+            Err(_) => {
+                return Err(Unusable::Failed(format!(
+                    "the change stream did not reach its fence within {FENCE_WAIT:?}"
+                )))
+            }
+        };
+        if is_fence(&ev, &n) {
+            return bson::to_bson(&ev.id).map_err(|e| Unusable::Failed(format!("unreadable resume token: {e}")));
+        }
+    }
 }
 
 /// What one event says, for the mirror.
