@@ -203,12 +203,28 @@ async fn nothing_is_lost_while_the_server_is_down() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_large_file_is_followed_record_by_record_and_stays_exact() {
-    let db = TestDb::new("watch_memo").await;
+    large_file_followed("watch_memo", &[]).await;
+}
+
+/// The same, with the file compared with its memo in a stream (as a file of
+/// 8 MB or more is): the same documents, rejects and archive.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_file_compared_in_a_stream_is_followed_record_by_record_and_stays_exact() {
+    let log = large_file_followed("watch_memo_stream", &[("DOCMIRROR_STREAM_FROM_BYTES", "0")]).await;
+    let streamed = log.matches("Comparing a large file with its memo in a stream").count();
+    assert!(streamed >= 5, "each change was compared in a stream ({streamed}): {log}");
+}
+
+/// Changes to users.json under watch: one record changed, one gone, the
+/// file reordered, a record added, an email clash and its fix. The log.
+async fn large_file_followed(name: &str, env: &[(&str, &str)]) -> String {
+    let db = TestDb::new(name).await;
     let p = Platform::new();
     let mut users: Vec<_> =
         (0..50).map(|i| user(&format!("u{i:02}"), &format!("{i}@x.io"), "2025-10-01T00:00:00Z")).collect();
     p.users(&json!(users));
-    let w = WatchProc::start(&db.uri(), &p, &[]).await;
+    let w = WatchProc::spawn_env(&db.uri(), &p, &[], env);
+    w.wait_ready().await;
     // One record changes.
     users[10]["name"] = json!("ten");
     users[10]["updatedAt"] = json!("2025-10-02T00:00:00Z");
@@ -245,9 +261,11 @@ async fn a_large_file_is_followed_record_by_record_and_stays_exact() {
     users[0]["email"] = json!("fixed@x.io");
     p.write_by_rename("data/users.json", &serde_json::to_vec(&users).unwrap());
     eventually(20, "the clash is cleared", || async { db.rejects().await.is_empty() }).await;
+    let log = w.log_text();
     w.stop().await;
     let run = docmirror(&db, &p, &["verify"]).await;
     assert_eq!(run.code, 0, "{}", run.stdout);
+    log
 }
 
 /// The memo of one source survives the reconcile of the others (a change

@@ -9,12 +9,11 @@
 //! the memo's bytes in the order they lie). The others stay in the memo,
 //! marked ([`super::memo::Marked`]).
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::firsts::ClashKeys;
 use super::lookup::Found;
-use super::packed::{self, Slot};
+use super::packed::{self, Places, Slot};
 use crate::layout::SourceSpec;
 use crate::mapping::{map_record, Mapped};
 use crate::source;
@@ -23,7 +22,7 @@ use crate::source;
 /// records that share an id or a unique value with a changed record: the
 /// only hits the first-keeps-it rule must look at.
 #[derive(Debug, Default)]
-pub struct Flagged(pub HashSet<u32>);
+pub struct Flagged(pub Places);
 
 impl Flagged {
     pub fn contains(&self, at: u32) -> bool {
@@ -45,14 +44,17 @@ pub(super) struct Hit<'a> {
 /// another record of the file: those of the records that are not hits
 /// (changed or new), and those of texts that occur twice. The hits of a file
 /// were settled together in its last scan, so they cannot clash with each other.
-pub(super) fn clash_keys(
+/// `keyed`: the records (by index in the file) that may be either, with
+/// their texts (a hit's is not needed; a record that is not a hit without
+/// its text adds nothing).
+pub(super) fn clash_keys<'t>(
     (spec, fields): (&SourceSpec, &[Arc<str>]),
     salt: &str,
-    raws: &[(Option<usize>, &str)],
+    keyed: impl Iterator<Item = (usize, Option<&'t str>)>,
     (found, recs): (&Found<'_, Slot>, &packed::Recs),
 ) -> ClashKeys {
     let mut keys = ClashKeys::default();
-    for (i, (_, text)) in raws.iter().enumerate() {
+    for (i, text) in keyed {
         match found.slot(i) {
             Some(_) if !found.twice(i) => {}
             Some(slot) => {
@@ -61,6 +63,7 @@ pub(super) fn clash_keys(
                 rec.uniques().for_each(|(_, v)| keys.insert(Arc::from(v)));
             }
             None => {
+                let Some(text) = text else { continue };
                 // Mapped here only for its keys; the scan maps it again in order.
                 let Ok(value) = source::parse_value(text) else { continue };
                 if let Ok(m) = map_record(spec, salt, &value) {

@@ -264,7 +264,12 @@ pub use super::packed::{Rec, Recs};
 /// (`seed`: [`text_seed`] of the rules' fingerprint), so a text mapped under
 /// other rules never matches. The content hash in `_mirror` stays SHA-256.
 pub fn raw_hash(seed: u64, text: &str) -> RawHash {
-    xxhash_rust::xxh3::xxh3_128_with_seed(text.as_bytes(), seed)
+    raw_hash_of(seed, text.as_bytes())
+}
+
+/// [`raw_hash`] of a text's bytes.
+pub fn raw_hash_of(seed: u64, text: &[u8]) -> RawHash {
+    xxhash_rust::xxh3::xxh3_128_with_seed(text, seed)
 }
 
 /// The seed of [`raw_hash`] for a source whose rules have this fingerprint.

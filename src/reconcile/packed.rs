@@ -9,12 +9,14 @@
 //! Texts and numbers are LEB128-prefixed, as in the checkpoint's memo codec,
 //! which writes the same shape.
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use super::lookup;
 use super::recs::{self, RawHash};
+
+/// Places in a memo (looked up once per record of a changed file: a fast hash).
+pub type Places = std::collections::HashSet<u32, foldhash::fast::RandomState>;
 
 /// Where a record's bytes start, and the last scan pass that met it (see
 /// [`mark`]; 0 for none).
@@ -137,8 +139,8 @@ impl Recs {
 
     /// The places of the records `pick` says yes to, the bytes read in the
     /// order they lie (records no entry points at any more included).
-    pub fn places_where(&self, mut pick: impl FnMut(Rec<'_>) -> bool) -> HashSet<u32> {
-        let mut out = HashSet::new();
+    pub fn places_where(&self, mut pick: impl FnMut(Rec<'_>) -> bool) -> Places {
+        let mut out = Places::default();
         for (c, chunk) in self.bytes.list.iter().enumerate() {
             let mut offset = 0;
             while offset < chunk.len() && offset < CHUNK {

@@ -16,14 +16,17 @@ use std::sync::Arc;
 
 use super::firsts::Firsts;
 use super::hits::{clash_keys, emails_of, Flagged, Hit};
+use super::lookup::Found;
 use super::memo::{raw_hash, text_seed, FileMemo, Ids, Marked, Memo, MemoEntry, Memory, RawHash};
-use super::packed::{self, mark};
+use super::packed::{self, mark, Places};
 use super::rejects::{file_reject, mapped_reject, record_reject, unparsable_reject, RejectRecord};
 use super::Engine;
 use crate::error::Fatal;
 use crate::layout::SourceSpec;
 use crate::mapping::{map_record, Mapped, Reject};
 use crate::source::{self, SourceFile};
+
+mod streamed;
 
 /// A mapped record that is ready to be compared.
 #[derive(Debug, Clone)]
@@ -174,6 +177,12 @@ pub fn scan_source(
                 }
                 continue;
             }
+            if pass.streams_hits(&file) {
+                if !pass.stream_hits(&file, &mut out, &mut emit) {
+                    break;
+                }
+                continue;
+            }
             let read = read_file(memory, &file, engine.limits);
             if !pass.file(&file, read, &mut texts, &mut out, &mut emit) {
                 break;
@@ -188,84 +197,6 @@ pub fn scan_source(
 }
 
 impl Pass<'_> {
-    /// Whether this file is read in a stream ([`source::stream`]): a large
-    /// array file, in a scan that looks no record up in watch's memo (the
-    /// look-ahead of a changed file's memo hits needs every record at once).
-    fn streams(&self, file: &SourceFile) -> bool {
-        let limits = self.engine.limits;
-        self.spec.shape == crate::layout::Shape::Array
-            && !self.use_hits
-            && self.memory.is_none_or(|m| m.read.lock().is_ok_and(|r| !r.contains_key(&*file.rel)))
-            && std::fs::metadata(file.path()).is_ok_and(|m| source::stream::worth_it(m.len(), limits))
-    }
-
-    /// One large array file, checked whole and then read record by record
-    /// in blocks; `false` when nobody listens any more.
-    fn stream_file(
-        &mut self,
-        file: &SourceFile,
-        texts: &mut Texts,
-        out: &mut Scanned,
-        emit: &mut Option<Emit<'_>>,
-    ) -> bool {
-        let mut streamed = match source::stream::open(&file.path(), self.engine.limits) {
-            Ok(Some(s)) => s,
-            Ok(None) => {
-                out.files += 1;
-                self.missing(file, out);
-                return true;
-            }
-            // Not an array after all (or not a file): read whole, as usual.
-            Err(None) => return self.file(file, read_file(self.memory, file, self.engine.limits), texts, out, emit),
-            Err(Some(problem)) => {
-                out.files += 1;
-                return self.refuse(file, problem, out);
-            }
-        };
-        tracing::debug!(file = %file.rel, records = streamed.count, "Reading a large file in a stream (checked whole first)");
-        self.firsts.reserve(streamed.count, &self.unique_fields);
-        out.files += 1;
-        out.read_ok.insert(file.rel.clone());
-        let known = texts.get().and_then(|t| t.get(&file.rel));
-        let mut block: Vec<(usize, Box<serde_json::value::RawValue>)> = Vec::with_capacity(STREAM_BLOCK);
-        let mut going = true;
-        let mut flush = |pass: &mut Self, block: &mut Vec<(usize, Box<serde_json::value::RawValue>)>| {
-            let raws: Vec<(Option<usize>, &str)> = block.iter().map(|(i, r)| (Some(*i), r.get())).collect();
-            let going = pass.records(file, raws, known.map(|m| (m, Hits::Target)), out, emit);
-            block.clear();
-            going
-        };
-        let read = streamed.records(&mut |i, raw| {
-            block.push((i, raw));
-            if block.len() >= STREAM_BLOCK {
-                going = flush(self, &mut block);
-            }
-            going
-        });
-        if going && read.is_ok() && !block.is_empty() {
-            going = flush(self, &mut block);
-        }
-        if !going {
-            return false;
-        }
-        // Written in place between the passes: what was mirrored from it
-        // stands, but it is judged again (no deletes from it, no digest).
-        let read = read.and_then(|()| if streamed.changed() { Err(source::FileProblem::Unstable) } else { Ok(()) });
-        match read {
-            Err(problem) => {
-                out.read_ok.remove(&file.rel);
-                self.refuse(file, problem, out)
-            }
-            Ok(()) => {
-                if self.memory.is_some() {
-                    let settled = streamed.settled().ok().flatten();
-                    out.digests.insert(file.rel.clone(), (streamed.digest, settled));
-                }
-                true
-            }
-        }
-    }
-
     /// A file that could not be read or parsed: a reject, and its documents left alone.
     fn refuse(&mut self, file: &SourceFile, problem: source::FileProblem, out: &mut Scanned) -> bool {
         out.bad.insert(file.rel.clone());
@@ -318,7 +249,6 @@ impl Pass<'_> {
     }
 }
 
-/// A file's bytes: those a start from the checkpoint read already, or read now.
 /// The memo covers this file (it holds every record mirrored from it), and
 /// these of its records are gone from it.
 fn covered<'a>(out: &mut Scanned, rel: &Arc<str>, gone: impl Iterator<Item = (RawHash, packed::Rec<'a>)>) {
@@ -326,6 +256,7 @@ fn covered<'a>(out: &mut Scanned, rel: &Arc<str>, gone: impl Iterator<Item = (Ra
     out.vanished.extend(gone.map(|(raw_hash, rec)| MemoEntry { rel: rel.clone(), raw_hash, id: rec.id().into() }));
 }
 
+/// A file's bytes: those a start from the checkpoint read already, or read now.
 fn read_file(memory: Option<&Memory>, file: &SourceFile, limits: source::ReadLimits) -> Read {
     match memory.and_then(|m| m.take_read(&file.rel)) {
         Some(bytes) => Ok(Some(bytes)),
@@ -363,6 +294,14 @@ impl Texts {
             Texts::None | Texts::Later(_) => None,
         }
     }
+}
+
+/// A file's records as looked up: where its known texts come from, each
+/// record's entry there, and the hits to check (`None`: all of them).
+struct Looked<'m> {
+    memo: Option<(&'m FileMemo, Hits)>,
+    found: Found<'m, packed::Slot>,
+    flagged: Option<Flagged>,
 }
 
 /// What reading one file gave.
@@ -445,40 +384,73 @@ impl Pass<'_> {
         covered(out, &file.rel, m.recs.iter());
     }
 
-    /// The records of one file, in order.
+    /// The records of one file, in order, all at hand.
     fn records(
         &mut self,
         file: &SourceFile,
         raws: Vec<(Option<usize>, &str)>,
-        found: Option<(&FileMemo, Hits)>,
+        memo: Option<(&FileMemo, Hits)>,
         out: &mut Scanned,
         emit: &mut Option<Emit<'_>>,
     ) -> bool {
-        let memo = found.map(|(m, _)| m);
-        let from_memory = matches!(found, Some((_, Hits::Memo)));
-        let spec = self.spec;
-        // The content hash covers the file's name too: a record that moves
-        // to another file is written again (its `_mirror.source` changes).
-        let salt = format!("{}\u{0}{}", self.fingerprint, file.rel);
-        let file_idx = self.firsts.file(&file.rel);
         let hashes: Vec<RawHash> = raws.iter().map(|(_, t)| raw_hash(self.seed, t)).collect();
         // Each text looked up once (both passes below use the answer).
-        let found = memo.map(|m| m.recs.look_up_all(&hashes)).unwrap_or_default();
+        let found = memo.map(|(m, _)| m.recs.look_up_all(&hashes)).unwrap_or_default();
         // In a scan of one file, only the hits that share a key with a record
         // that is not a hit need the first-keeps-it check. (The target's texts
         // were not necessarily settled together: every hit is checked.)
         let flagged = match memo {
-            Some(m) if self.single_file && from_memory => {
-                let keys = clash_keys((spec, &self.unique_fields), &salt, &raws, (&found, &m.recs));
-                Some(Flagged(if keys.is_empty() { HashSet::new() } else { m.recs.places_where(|r| keys.touches(r)) }))
+            Some((m, Hits::Memo)) if self.single_file => {
+                Some(self.flag(file, m, &found, raws.iter().enumerate().map(|(i, (_, t))| (i, Some(*t)))))
             }
             _ => None,
         };
+        let text = |i: usize| raws.get(i).map_or((None, None), |(p, t)| (*p, Some(*t)));
+        self.judge(file, &hashes, &text, Looked { memo, found, flagged }, out, emit)
+    }
+
+    /// The hits of a file that share an id or a unique value with a record
+    /// that is not one (see [`clash_keys`]; `keyed`: the records that may).
+    fn flag<'t>(
+        &self,
+        file: &SourceFile,
+        m: &FileMemo,
+        found: &Found<'_, packed::Slot>,
+        keyed: impl Iterator<Item = (usize, Option<&'t str>)>,
+    ) -> Flagged {
+        let salt = self.salt(file);
+        let keys = clash_keys((self.spec, &self.unique_fields), &salt, keyed, (found, &m.recs));
+        Flagged(if keys.is_empty() { Places::default() } else { m.recs.places_where(|r| keys.touches(r)) })
+    }
+
+    /// The content hash covers the file's name too: a record that moves
+    /// to another file is written again (its `_mirror.source` changes).
+    fn salt(&self, file: &SourceFile) -> String {
+        format!("{}\u{0}{}", self.fingerprint, file.rel)
+    }
+
+    /// The records of one file, in order, by their hashes: `text(i)` gives
+    /// the `i`th record's position and, where the scan has it, its text (a
+    /// file compared in a stream has only those that may be needed).
+    fn judge<'t>(
+        &mut self,
+        file: &SourceFile,
+        hashes: &[RawHash],
+        text: &dyn Fn(usize) -> (Option<usize>, Option<&'t str>),
+        Looked { memo, found, flagged }: Looked<'_>,
+        out: &mut Scanned,
+        emit: &mut Option<Emit<'_>>,
+    ) -> bool {
+        let from_memory = matches!(memo, Some((_, Hits::Memo)));
+        let memo = memo.map(|(m, _)| m);
+        let spec = self.spec;
+        let salt = self.salt(file);
+        let file_idx = self.firsts.file(&file.rel);
         if from_memory {
             out.marked.rels.push(file.rel.clone());
         }
-        for (i, (position, text)) in raws.into_iter().enumerate() {
-            let raw_hash = hashes.get(i).copied().unwrap_or(0);
+        for (i, raw_hash) in hashes.iter().copied().enumerate() {
+            let (position, text) = text(i);
             if let (Some(m), Some(slot)) = (memo, found.slot(i)) {
                 let hit = Hit { slot, flagged: flagged.as_ref(), from_memory, file_idx, position };
                 if self.hit(&m.recs, hit, out) {
@@ -486,6 +458,13 @@ impl Pass<'_> {
                 }
                 // Now a duplicate of an earlier record: no longer settled, mapped again below.
             }
+            let Some(text) = text else {
+                // (Never: a streamed file's texts include every hit that is checked.)
+                tracing::error!(file = %file.rel, ?position, "A record's text was not at hand; nothing is deleted from the file");
+                out.records += 1;
+                out.no_deletes.insert(file.rel.clone());
+                continue;
+            };
             let value = match source::parse_value(text) {
                 Ok(v) => v,
                 Err(problem) => {

@@ -5,6 +5,7 @@
 
 pub mod fstype;
 pub mod json;
+pub mod split;
 pub mod stream;
 
 use std::fs;

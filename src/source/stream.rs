@@ -2,25 +2,30 @@
 //! `users.json` would otherwise keep all of it in memory while its records
 //! are mapped and written.
 //!
-//! Two passes over one open file. The first checks it whole (UTF-8, JSON, an
-//! array at the top) and hashes its bytes, holding nothing; only a file that
-//! passes is read again, record by record, so a broken file is still refused
-//! whole before any of its records is written. A file that fails the check
-//! is left to the whole read ([`super::read_stable`], [`super::json::parse_raw`]),
-//! which words its problem exactly as for a small file (line and column; the
-//! streaming parser counts some columns differently). Both passes
-//! read the file that was open (a rename over it meanwhile does not mix two
+//! Two passes over one open file, each reading it in blocks and finding the
+//! records in them with [`super::split`]. The first checks it whole (UTF-8,
+//! an array at the top, each record JSON) and hashes its bytes, holding
+//! nothing; only a file that passes is read again, record by record, so a
+//! broken file is still refused whole before any of its records is written.
+//! A file that fails the check is left to the whole read
+//! ([`super::read_stable`], [`super::json::parse_raw`]), which words its
+//! problem exactly as for a small file (line and column). Both passes read
+//! the file that was open (a rename over it meanwhile does not mix two
 //! files); a write in place between them is caught by the stamp
 //! ([`Streamed::changed`]).
+//!
+//! A first pass may instead hand each record's text on unchecked
+//! ([`open_hashing`]): watch compares a changed file's records with its
+//! memo by their hashes, and parses only the texts it needs.
 
 use std::fs;
-use std::io::{BufReader, Read, Seek};
+use std::io::{Read, Seek};
 use std::path::Path;
 
-use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
-use serde_json::value::RawValue;
+use serde::de::IgnoredAny;
 
 use super::json::FileProblem;
+use super::split::{Each, Split};
 use super::{ReadLimits, Stamp};
 
 /// Array files of at least this many bytes are streamed by default
@@ -70,30 +75,92 @@ impl Streamed {
         self.file.metadata().map_or(true, |m| Stamp::of(&m) != self.stamp)
     }
 
+    /// The text of `len` bytes at `at` (a place the first pass handed on),
+    /// or `None` when it cannot be read or is not UTF-8.
+    pub fn text_at(&self, at: u64, len: usize) -> Option<String> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        self.file.read_exact_at(&mut buf, at).ok()?;
+        String::from_utf8(buf).ok()
+    }
+
     /// The second pass: each record's raw text, in order, to `each` (which
-    /// returns `false` to stop). A problem here means the file changed
-    /// between the passes.
-    pub fn records(&mut self, each: &mut dyn FnMut(usize, Box<RawValue>) -> bool) -> Result<(), FileProblem> {
+    /// returns `false` to stop), checked as JSON again. A problem here means
+    /// the file changed between the passes.
+    pub fn records(&mut self, each: &mut dyn FnMut(usize, &str) -> bool) -> Result<(), FileProblem> {
         self.file.rewind().map_err(io)?;
-        let mut reader = BufReader::with_capacity(BUF, &self.file);
-        skip_bom(&mut reader)?;
-        let mut de = serde_json::Deserializer::from_reader(reader);
-        let stopped = serde::Deserializer::deserialize_seq(&mut de, Each { each }).map_err(|e| json_problem(&e))?;
-        if !stopped {
-            de.end().map_err(|e| json_problem(&e))?;
+        let mut failed = false;
+        let mut split = Split::default();
+        let mut on = |i: usize, _: u64, bytes: &[u8]| match text(bytes) {
+            Some(t) => each(i, t),
+            None => {
+                failed = true;
+                false
+            }
+        };
+        let going = read_split(&mut &self.file, &mut split, &mut on).map_err(io)?;
+        if failed {
+            return Err(FileProblem::Unstable);
+        }
+        if going {
+            split.finish().map_err(|_| FileProblem::Unstable)?;
         }
         Ok(())
     }
+}
+
+/// An element's text, if it is UTF-8 JSON.
+fn text(bytes: &[u8]) -> Option<&str> {
+    let t = std::str::from_utf8(bytes).ok()?;
+    serde_json::from_str::<IgnoredAny>(t).is_ok().then_some(t)
+}
+
+/// Read `from` to its end (or until `each` stops: `Ok(false)`) through
+/// `split`, skipping a leading byte-order mark. A block is at least as
+/// large as an element cut by the last one, so a record of any size is
+/// scanned a few times at most.
+fn read_split(from: &mut impl Read, split: &mut Split, each: &mut Each<'_>) -> std::io::Result<bool> {
+    const BOM: &[u8] = b"\xEF\xBB\xBF";
+    let mut buf = vec![0u8; BUF];
+    let mut first = true;
+    loop {
+        let want = BUF.max(split.carried());
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let n = read_full(from, &mut buf[..want])?;
+        if n == 0 {
+            return Ok(true);
+        }
+        let mut block = &buf[..n];
+        if std::mem::take(&mut first) && block.starts_with(BOM) {
+            block = &block[BOM.len()..];
+            split.skipped(BOM.len());
+        }
+        if !split.feed(block, each).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))? {
+            return Ok(false);
+        }
+    }
+}
+
+/// Fill `buf` as far as the reader goes (short only at its end).
+fn read_full(from: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match from.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 const BUF: usize = 1 << 20;
 
 fn io(e: std::io::Error) -> FileProblem {
     FileProblem::Io(e.to_string())
-}
-
-fn json_problem(e: &serde_json::Error) -> FileProblem {
-    FileProblem::Json { line: e.line(), column: e.column(), reason: super::json::json_reason(e) }
 }
 
 /// Whether a file of this size is read by [`open`] rather than whole.
@@ -106,6 +173,32 @@ pub fn worth_it(len: u64, limits: ReadLimits) -> bool {
 /// so it is read whole (which words its problem). A file that changes while it is checked is checked
 /// again, as [`super::read_stable`] reads again.
 pub fn open(path: &Path, limits: ReadLimits) -> Result<Option<Streamed>, Option<FileProblem>> {
+    open_each(path, limits, None)
+}
+
+/// What the first pass hands each record to: its index, where its text
+/// starts in the file, and the text's bytes (UTF-8: the file is checked as
+/// a whole, a block at a time, which is much faster than record by record).
+pub type Hand<'a> = dyn FnMut(usize, u64, &[u8]) + 'a;
+
+/// [`open`], but each record's raw text is handed to `each` in the first
+/// pass (with its index and place: a pass that starts again, for a file that changed
+/// while it was checked, starts again from 0) and not checked as JSON: the
+/// caller parses the texts it uses, and reads the file whole if one is not
+/// JSON. The array around them, and UTF-8, are checked.
+pub fn open_hashing(
+    path: &Path,
+    limits: ReadLimits,
+    each: &mut Hand<'_>,
+) -> Result<Option<Streamed>, Option<FileProblem>> {
+    open_each(path, limits, Some(each))
+}
+
+fn open_each(
+    path: &Path,
+    limits: ReadLimits,
+    mut each: Option<&mut Hand<'_>>,
+) -> Result<Option<Streamed>, Option<FileProblem>> {
     use std::os::unix::fs::OpenOptionsExt;
     const ATTEMPTS: usize = 5;
     for attempt in 0..ATTEMPTS {
@@ -120,7 +213,7 @@ pub fn open(path: &Path, limits: ReadLimits) -> Result<Option<Streamed>, Option<
             return Err(None); // Refused as a whole read refuses it.
         }
         let stamp = Stamp::of(&before);
-        let checked = check(&file).map_err(|e| e.map(io))?;
+        let checked = check(&file, each.as_mut().map(|f| &mut **f as &mut Hand<'_>)).map_err(|e| e.map(io))?;
         let after = Stamp::of(&file.metadata().map_err(|e| Some(io(e)))?);
         if after == stamp {
             let (digest, len, count) = checked.ok_or(None)?;
@@ -135,52 +228,42 @@ pub fn open(path: &Path, limits: ReadLimits) -> Result<Option<Streamed>, Option<
     Err(Some(FileProblem::Unstable))
 }
 
-/// Hash, and check as UTF-8 JSON with an array at the top: the file's
-/// digest, length and number of records, or `None` (read it whole); `Err`
-/// where it cannot be read.
-fn check(file: &fs::File) -> Result<Option<(u128, u64, usize)>, Option<std::io::Error>> {
-    use std::io::BufRead;
-    const BOM: &[u8] = b"\xEF\xBB\xBF";
-    let mut buffered = BufReader::with_capacity(BUF, file);
-    let head = buffered.fill_buf().map_err(Some)?;
-    let bom = head.starts_with(BOM);
-    let text = if bom { &head[BOM.len()..] } else { head };
-    // Only a file that starts as an array (after JSON's own whitespace) is
-    // streamed; anything else is read whole, which words its problem.
-    if text.iter().find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r')) != Some(&b'[') {
-        return Ok(None);
-    }
+/// Hash, and check as UTF-8 JSON with an array at the top (each record
+/// as JSON only without `each`, which is handed the texts instead): the
+/// file's digest, length and number of records, or `None` (read it whole);
+/// `Err` where it cannot be read.
+fn check(
+    file: &fs::File,
+    mut each: Option<&mut Hand<'_>>,
+) -> Result<Option<(u128, u64, usize)>, Option<std::io::Error>> {
     let mut reader =
-        Checked { inner: buffered, hash: xxhash_rust::xxh3::Xxh3::new(), len: 0, carry: Vec::new(), utf8: true };
-    if bom {
-        reader.hash.update(BOM);
-        reader.len = 3;
-        reader.inner.consume(BOM.len());
-    }
-    let mut de = serde_json::Deserializer::from_reader(&mut reader);
-    let parsed = serde::Deserializer::deserialize_seq(&mut de, Skip).and_then(|n| de.end().map(|()| n));
-    drop(de);
-    let count = match parsed {
-        Ok(n) => n,
-        Err(e) => {
-            return match e.io_error_kind() {
-                Some(_) => Err(None),
-                None => Ok(None),
-            }
+        Hashed { inner: file, hash: xxhash_rust::xxh3::Xxh3::new(), len: 0, carry: Vec::new(), utf8: true };
+    let mut split = Split::default();
+    let mut bad = false;
+    let mut on = |i: usize, at: u64, bytes: &[u8]| match each.as_deref_mut() {
+        Some(each) => {
+            each(i, at, bytes);
+            true
+        }
+        None if serde_json::from_slice::<IgnoredAny>(bytes).is_ok() => true,
+        None => {
+            bad = true;
+            false
         }
     };
-    Ok((reader.utf8 && reader.carry.is_empty()).then(|| (reader.hash.digest128(), reader.len, count)))
-}
-
-fn skip_bom(reader: &mut impl std::io::BufRead) -> Result<(), FileProblem> {
-    if reader.fill_buf().map_err(io)?.starts_with(b"\xEF\xBB\xBF") {
-        reader.consume(3);
+    match read_split(&mut reader, &mut split, &mut on) {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Ok(None),
+        Err(e) => return Err(Some(e)),
     }
-    Ok(())
+    let Ok(count) = split.finish() else { return Ok(None) };
+    let utf8 = reader.utf8 && reader.carry.is_empty();
+    Ok((!bad && utf8).then(|| (reader.hash.digest128(), reader.len, count)))
 }
 
 /// A reader that hashes what passes and checks it as UTF-8.
-struct Checked<R> {
+struct Hashed<R> {
     inner: R,
     hash: xxhash_rust::xxh3::Xxh3,
     len: u64,
@@ -189,7 +272,7 @@ struct Checked<R> {
     utf8: bool,
 }
 
-impl<R> Checked<R> {
+impl<R> Hashed<R> {
     /// Check the next bytes as UTF-8, after any carried over.
     fn check_utf8(&mut self, bytes: &[u8]) {
         if !self.utf8 {
@@ -214,62 +297,13 @@ impl<R> Checked<R> {
     }
 }
 
-impl<R: Read> Read for Checked<R> {
+impl<R: Read> Read for Hashed<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hash.update(&buf[..n]);
         self.len += u64::try_from(n).unwrap_or(u64::MAX);
         self.check_utf8(&buf[..n]);
         Ok(n)
-    }
-}
-
-/// Every element of the top-level array, skipped and counted.
-struct Skip;
-
-impl<'de> Visitor<'de> for Skip {
-    type Value = usize;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of records")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
-        let mut n = 0;
-        while seq.next_element::<IgnoredAny>()?.is_some() {
-            n += 1;
-        }
-        Ok(n)
-    }
-}
-
-/// Every element of the top-level array, handed on as raw text; `true`
-/// when the receiver stopped early.
-struct Each<'a> {
-    each: &'a mut dyn FnMut(usize, Box<RawValue>) -> bool,
-}
-
-impl<'de> Visitor<'de> for Each<'_> {
-    type Value = bool;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an array of records")
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        let mut i = 0;
-        while let Some(raw) = seq.next_element_seed(Raw)? {
-            if !(self.each)(i, raw) {
-                return Ok(true);
-            }
-            i += 1;
-        }
-        Ok(false)
-    }
-}
-
-struct Raw;
-
-impl<'de> DeserializeSeed<'de> for Raw {
-    type Value = Box<RawValue>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Box<RawValue>, D::Error> {
-        serde::Deserialize::deserialize(d)
     }
 }
 
@@ -295,7 +329,7 @@ mod tests {
         let mut texts = Vec::new();
         s.records(&mut |i, raw| {
             assert_eq!(i, texts.len());
-            texts.push(raw.get().to_string());
+            texts.push(raw.to_string());
             true
         })
         .unwrap();
