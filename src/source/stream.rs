@@ -98,7 +98,11 @@ impl Streamed {
                 false
             }
         };
-        let going = read_split(&mut &self.file, &mut split, &mut on).map_err(io)?;
+        // (Bytes that are not an array now were one in the first pass: changed.)
+        let going = read_split(&mut &self.file, &mut split, &mut on).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidData => FileProblem::Unstable,
+            _ => io(e),
+        })?;
         if failed {
             return Err(FileProblem::Unstable);
         }
@@ -405,6 +409,11 @@ mod tests {
         std::fs::write(&path, b"[{\"id\":\"u1\"},{\"id\":\"u2\"}]").unwrap();
         assert!(s.changed());
         assert_eq!(s.settled(), Ok(None), "nothing is believed of a changed file");
+        // One no longer an array by the second pass is called changed, not unreadable.
+        let mut s = open(&path, limits).unwrap().unwrap();
+        std::fs::write(&path, b"[{\"id\":\"u1\"},").unwrap();
+        assert_eq!(s.records(&mut |_, _| true), Err(FileProblem::Unstable));
+        std::fs::write(&path, b"[{\"id\":\"u1\"},{\"id\":\"u2\"}]").unwrap();
         // A file renamed over it is another file: the open one is read as it was.
         let mut s = open(&path, limits).unwrap().unwrap();
         let other = dir.path().join("tmp.json");

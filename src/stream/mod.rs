@@ -161,11 +161,10 @@ pub async fn position_now(sink: &Sink) -> Result<Bson, Unusable> {
     let n = fence(sink).await.map_err(|e| Unusable::Failed(format!("cannot write the fence: {e}")))?;
     let deadline = tokio::time::Instant::now() + FENCE_WAIT;
     loop {
-        let ev = match tokio::time::timeout_at(deadline, stream.next_if_any()).await {
-            Ok(Ok(Some(ev))) => ev,
-            Ok(Ok(None)) => continue,
-            Ok(Err(e)) => return Err(classify(&e, &|s: &str| sink.scrub(s))),
-            Err(_) => {
+        let ev = match next_by(&mut stream, deadline).await {
+            Ok(Some(ev)) => ev,
+            Err(e) => return Err(classify(&e, &|s: &str| sink.scrub(s))),
+            Ok(None) => {
                 return Err(Unusable::Failed(format!(
                     "the change stream did not reach its fence within {FENCE_WAIT:?}"
                 )))
@@ -284,6 +283,21 @@ pub fn is_fence(ev: &ChangeStreamEvent<Document>, n: &str) -> bool {
     set == Some(n) || full == Some(n)
 }
 
+/// The stream's next event, or `None` once `deadline` passes first.
+async fn next_by(
+    stream: &mut Stream,
+    deadline: tokio::time::Instant,
+) -> Result<Option<ChangeStreamEvent<Document>>, mongodb::error::Error> {
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next_if_any()).await {
+            Ok(Ok(Some(ev))) => return Ok(Some(ev)),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
 /// How long a drain waits for its fence before giving up.
 pub const FENCE_WAIT: Duration = Duration::from_secs(60);
 
@@ -299,11 +313,10 @@ pub async fn drain(
     let mut touched = Touched::default();
     let deadline = tokio::time::Instant::now() + FENCE_WAIT;
     loop {
-        let ev = match tokio::time::timeout_at(deadline, stream.next_if_any()).await {
-            Ok(Ok(Some(ev))) => ev,
-            Ok(Ok(None)) => continue,
-            Ok(Err(e)) => return Err(format!("the change stream failed while catching up: {e}")),
-            Err(_) => return Err(format!("the change stream did not reach its fence within {FENCE_WAIT:?}")),
+        let ev = match next_by(stream, deadline).await {
+            Ok(Some(ev)) => ev,
+            Err(e) => return Err(format!("the change stream failed while catching up: {e}")),
+            Ok(None) => return Err(format!("the change stream did not reach its fence within {FENCE_WAIT:?}")),
         };
         touched.events += 1;
         match read_event(&ev, collections) {
